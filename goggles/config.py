@@ -1,0 +1,180 @@
+"""Every stage's parameters, as frozen dataclasses validated on construction.
+
+The same snake_case names run from ``pipeline.py`` through the components and the CLI to the
+library (``num_classes``, ``top_k``, ``max_iter``, ``seed`` ...). A bad value raises
+:class:`ConfigError` naming the parameter, what was expected, and what to do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+BACKBONES = ("vgg16", "mobilenet_v2")
+METHODS = ("em", "kmeans", "em-random")
+M_STEPS = ("sampled", "soft")
+DEVICES = ("auto", "cpu", "cuda")
+DTYPES = ("float32", "float16", "bfloat16")
+IMAGE_EXTENSIONS = (
+    ".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm",
+)
+
+
+class ConfigError(ValueError):
+    """A parameter is out of range or inconsistent; the message says how to fix it."""
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+class _Config:
+    """Shared helpers: dict round-trip for artifacts, metadata and the pipeline."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload, no-any-return]
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]):  # type: ignore[no-untyped-def]
+        known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(values) - known)
+        _check(not unknown, f"{cls.__name__}: unknown parameter(s) {unknown}; "
+                            f"expected some of {sorted(known)}")
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class IngestConfig(_Config):
+    """Parameters of the ingest stage.
+
+    Attributes
+    ----------
+    extensions : file name suffixes listed as images (case-insensitive); other files are ignored.
+    max_pixels : images with more pixels are rejected as decompression bombs.
+    max_bytes : files larger than this are rejected without being read.
+    labels_from_folders : take ground-truth labels from the first folder level (ImageFolder).
+    """
+
+    extensions: tuple[str, ...] = IMAGE_EXTENSIONS
+    max_pixels: int = 64_000_000
+    max_bytes: int = 256 * 1024 * 1024
+    labels_from_folders: bool = True
+
+    def __post_init__(self) -> None:
+        _check(len(self.extensions) > 0, "extensions must name at least one suffix, e.g. '.jpg'")
+        _check(all(e.startswith(".") for e in self.extensions),
+               f"extensions must start with a dot, got {self.extensions}")
+        _check(self.max_pixels > 0, f"max_pixels must be positive, got {self.max_pixels}")
+        _check(self.max_bytes > 0, f"max_bytes must be positive, got {self.max_bytes}")
+
+
+@dataclass(frozen=True)
+class ExtractConfig(_Config):
+    """Parameters of filter-map extraction and prototype selection (paper §3.1).
+
+    Attributes
+    ----------
+    backbone : CNN whose last feature map is used; one of ``BACKBONES``.
+    weights_uri : explicit weights (torchvision state dict or safetensors); ``""`` resolves
+        them automatically (see :mod:`goggles.backbones`).
+    image_size : images are resized to ``image_size x image_size`` (224 gives 7x7 maps).
+    top_k : channels picked by global max pooling per image; duplicates positions are dropped,
+        so each image yields between 1 and ``top_k`` prototypes.
+    batch_size : images per forward pass.
+    num_workers : image-decoding worker processes; -1 picks one per spare core.
+    device : ``auto`` uses CUDA when present.
+    shard_size : images per filter-map shard file.
+    """
+
+    backbone: str = "vgg16"
+    weights_uri: str = ""
+    image_size: int = 224
+    top_k: int = 5
+    batch_size: int = 32
+    num_workers: int = -1
+    device: str = "auto"
+    shard_size: int = 2048
+
+    def __post_init__(self) -> None:
+        _check(self.backbone in BACKBONES,
+               f"unknown backbone {self.backbone!r}; choose one of {', '.join(BACKBONES)}")
+        _check(self.image_size >= 32, f"image_size must be at least 32, got {self.image_size}")
+        _check(self.top_k >= 1, f"top_k must be at least 1, got {self.top_k}")
+        _check(self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}")
+        _check(self.num_workers >= -1, f"num_workers must be -1 (auto) or >= 0, "
+                                       f"got {self.num_workers}")
+        _check(self.device in DEVICES,
+               f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)}")
+        _check(self.shard_size >= 1, f"shard_size must be at least 1, got {self.shard_size}")
+
+
+@dataclass(frozen=True)
+class AffinityConfig(_Config):
+    """Parameters of the affinity matrix computation (paper §3.2).
+
+    Attributes
+    ----------
+    num_shards : row shards of A; each is computed by its own task (pod on a cluster).
+    memory_mb : bound on the scratch memory of one similarity block.
+    dtype : arithmetic of the similarity GEMM; the output is always float32.
+    device : ``auto`` uses CUDA when present.
+    """
+
+    num_shards: int = 1
+    memory_mb: int = 256
+    dtype: str = "float32"
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        _check(self.num_shards >= 1, f"num_shards must be at least 1, got {self.num_shards}")
+        _check(self.memory_mb >= 1, f"memory_mb must be at least 1, got {self.memory_mb}")
+        _check(self.dtype in DTYPES,
+               f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
+        _check(self.device in DEVICES,
+               f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)}")
+
+
+@dataclass(frozen=True)
+class InferConfig(_Config):
+    """Parameters of class inference (paper §4).
+
+    Attributes
+    ----------
+    num_classes : K, the number of classes to find.
+    method : ``em`` (GOGGLES: k-means start, then EM), ``kmeans`` (AF+KM, the start alone),
+        ``em-random`` (EM from a random start).
+    max_iter : EM iterations at most.
+    tol : EM stops when the mean absolute change of the posteriors falls below ``tol``.
+    seed : the one source of randomness (k-means, sampling, random starts).
+    m_step : ``sampled`` draws hard labels from the posteriors as the paper does (§4.3);
+        ``soft`` weights every image by its posterior.
+    variance_floor : lower bound on every fitted variance.
+    exclude_self : leave out the affinity of an image to its own prototypes (always 1.0).
+    n_init : k-means restarts; the one with the lowest inertia starts EM.
+    """
+
+    num_classes: int = 2
+    method: str = "em"
+    max_iter: int = 100
+    tol: float = 1e-4
+    seed: int = 0
+    m_step: str = "sampled"
+    variance_floor: float = 1e-4
+    exclude_self: bool = True
+    n_init: int = 10
+
+    def __post_init__(self) -> None:
+        _check(self.num_classes >= 2,
+               f"num_classes must be at least 2 (got {self.num_classes}); "
+               "labeling needs two or more classes")
+        _check(self.method in METHODS,
+               f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        _check(self.max_iter >= 1, f"max_iter must be at least 1, got {self.max_iter}")
+        _check(self.tol > 0, f"tol must be positive, got {self.tol}")
+        _check(self.seed >= 0, f"seed must be non-negative, got {self.seed}")
+        _check(self.m_step in M_STEPS,
+               f"unknown m_step {self.m_step!r}; choose one of {', '.join(M_STEPS)}")
+        _check(self.variance_floor > 0,
+               f"variance_floor must be positive, got {self.variance_floor}")
+        _check(self.n_init >= 1, f"n_init must be at least 1, got {self.n_init}")

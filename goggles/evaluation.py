@@ -1,0 +1,83 @@
+"""Evaluation against ground truth: the best cluster→class mapping (Hungarian), accuracy,
+per-class recall, confusion matrix; and naming clusters from a few labeled images."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+
+def confusion_matrix(truth: np.ndarray, predicted: np.ndarray, num_truth: int,
+                     num_predicted: int) -> np.ndarray:
+    """[num_truth, num_predicted] counts of (true class, predicted cluster) pairs."""
+    matrix = np.zeros((num_truth, num_predicted), dtype=np.int64)
+    np.add.at(matrix, (truth, predicted), 1)
+    return matrix
+
+
+def best_mapping(truth: np.ndarray, predicted: np.ndarray, num_truth: int,
+                 num_predicted: int) -> dict[int, int]:
+    """Cluster → class mapping that maximises agreement (Hungarian on the confusion matrix).
+
+    Clusters left unmatched (more clusters than classes) map to their majority class.
+    """
+    confusion = confusion_matrix(truth, predicted, num_truth, num_predicted)
+    classes, clusters = linear_sum_assignment(-confusion)
+    mapping = {int(c): int(k) for k, c in zip(classes, clusters, strict=True)}
+    for cluster in range(num_predicted):
+        if cluster not in mapping:
+            mapping[cluster] = int(confusion[:, cluster].argmax())
+    return mapping
+
+
+def evaluate(truth_names: Sequence[str], predicted: np.ndarray, num_classes: int,
+             *, initial: np.ndarray | None = None) -> dict[str, object]:
+    """Accuracy after the best cluster→class mapping, per-class recall and the confusion matrix.
+
+    Parameters
+    ----------
+    truth_names : [N] ground-truth class names.
+    predicted : [N] cluster ids in 0..num_classes-1.
+    initial : [N] cluster ids of the k-means initialisation, scored as ``accuracy_kmeans``.
+    """
+    names = sorted(set(truth_names))
+    index = {name: i for i, name in enumerate(names)}
+    truth = np.asarray([index[n] for n in truth_names], dtype=np.int64)
+    predicted = np.asarray(predicted, dtype=np.int64)
+    mapping = best_mapping(truth, predicted, len(names), num_classes)
+    mapped = np.asarray([mapping[int(p)] for p in predicted], dtype=np.int64)
+    confusion = confusion_matrix(truth, mapped, len(names), len(names))
+    support = confusion.sum(axis=1)
+    recall = np.divide(np.diag(confusion), support, out=np.zeros(len(names)),
+                       where=support > 0)
+    result: dict[str, object] = {
+        "accuracy": float((mapped == truth).mean()) if len(truth) else 0.0,
+        "per_class_recall": {name: float(r) for name, r in zip(names, recall, strict=True)},
+        "confusion": {"labels": names, "matrix": confusion.tolist()},
+        "cluster_to_class": {f"cluster_{c}": names[k] for c, k in sorted(mapping.items())},
+    }
+    if initial is not None:
+        initial = np.asarray(initial, dtype=np.int64)
+        init_map = best_mapping(truth, initial, len(names), num_classes)
+        init_mapped = np.asarray([init_map[int(p)] for p in initial])
+        result["accuracy_kmeans"] = float((init_mapped == truth).mean()) if len(truth) else 0.0
+    return result
+
+
+def name_clusters(dev_names: Sequence[str], dev_predicted: np.ndarray,
+                  num_classes: int) -> list[str]:
+    """Names for clusters 0..K-1 from a few labeled images (a dev set), by Hungarian matching;
+    clusters no dev image lands in keep the name ``cluster_k``."""
+    names = sorted(set(dev_names))
+    index = {name: i for i, name in enumerate(names)}
+    truth = np.asarray([index[n] for n in dev_names], dtype=np.int64)
+    confusion = confusion_matrix(truth, np.asarray(dev_predicted, np.int64), len(names),
+                                 num_classes)
+    classes, clusters = linear_sum_assignment(-confusion)
+    result = [f"cluster_{k}" for k in range(num_classes)]
+    for k, c in zip(classes, clusters, strict=True):
+        if confusion[k, c] > 0:
+            result[int(c)] = names[int(k)]
+    return result

@@ -1,0 +1,112 @@
+"""Ways to run the whole pipeline on this machine.
+
+``run_inprocess`` calls :mod:`goggles.steps` directly in this process (library users, debugging).
+The Kubeflow runners (kfp's local SubprocessRunner and DockerRunner) live in
+:mod:`goggles.kfp_runner` and run the DAG of ``pipeline.py``.
+Every runner leaves the same files in the output: ``manifest.parquet``, ``labels.parquet``,
+``metrics.json``, ``report.html`` and intermediate artifacts under ``artifacts/``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from goggles import steps, storage
+from goggles.config import AffinityConfig, ExtractConfig, IngestConfig, InferConfig
+from goggles.report import write_report
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunParameters:
+    """Everything a run needs; the names are the pipeline's parameter names."""
+
+    source_uri: str
+    output_uri: str
+    num_classes: int
+    backbone: str = "vgg16"
+    weights_uri: str = ""
+    top_k: int = 5
+    num_shards: int = 1
+    method: str = "em"
+    max_iter: int = 100
+    seed: int = 0
+    dev_labels_uri: str = ""
+    device: str = "auto"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def configs(self) -> tuple[IngestConfig, ExtractConfig, AffinityConfig, InferConfig]:
+        return (IngestConfig(),
+                ExtractConfig(backbone=self.backbone, weights_uri=self.weights_uri,
+                              top_k=self.top_k, device=self.device),
+                AffinityConfig(num_shards=self.num_shards, device=self.device),
+                InferConfig(num_classes=self.num_classes, method=self.method,
+                            max_iter=self.max_iter, seed=self.seed))
+
+    def validate(self) -> None:
+        """Check parameters before any work starts (configs validate themselves)."""
+        self.configs()
+        source = self.source_uri.rstrip("/")
+        output = self.output_uri.rstrip("/")
+        if output == source or output.startswith(source + "/"):
+            raise ValueError(f"output {self.output_uri!r} is inside the source {self.source_uri!r}"
+                             "; the next run would ingest its own outputs. Choose an output "
+                             "outside the source folder")
+
+
+def output_paths(output_uri: str) -> dict[str, str]:
+    art = storage.join(output_uri, "artifacts")
+    return {
+        "manifest": storage.join(output_uri, "manifest.parquet"),
+        "labels": storage.join(output_uri, "labels.parquet"),
+        "metrics": storage.join(output_uri, "metrics.json"),
+        "report": storage.join(output_uri, "report.html"),
+        "features": storage.join(art, "features"),
+        "prototypes": storage.join(art, "prototypes.parquet"),
+        "affinity": storage.join(art, "affinity"),
+        "inference": storage.join(art, "inference.json"),
+    }
+
+
+def run_inprocess(params: RunParameters) -> dict[str, Any]:
+    """Run every stage in this process; returns the metrics written to ``metrics.json``."""
+    params.validate()
+    ingest_cfg, extract_cfg, affinity_cfg, infer_cfg = params.configs()
+    paths = output_paths(params.output_uri)
+    timings: dict[str, float] = {}
+    with steps.timed(timings, "ingest"):
+        ingested = steps.run_ingest(ingest_cfg, params.source_uri, paths["manifest"])
+    if ingested["n_images"] < params.num_classes:
+        raise steps.StageError(f"only {ingested['n_images']} images were accepted, fewer than "
+                               f"num_classes={params.num_classes}; see {paths['manifest']}")
+    with steps.timed(timings, "extract"):
+        extracted = steps.run_extract(extract_cfg, paths["manifest"], paths["features"],
+                                      paths["prototypes"])
+    shard_uris = []
+    if params.num_shards > ingested["n_images"]:
+        raise steps.StageError(f"num_shards={params.num_shards} exceeds the "
+                               f"{ingested['n_images']} accepted images; use fewer shards")
+    with steps.timed(timings, "affinity"):
+        for shard_id in range(params.num_shards):
+            uri = storage.join(paths["affinity"], f"shard-{shard_id:05d}")
+            steps.run_affinity(affinity_cfg, paths["features"], paths["prototypes"], shard_id, uri)
+            shard_uris.append(uri)
+    with steps.timed(timings, "infer"):
+        inferred = steps.run_infer(infer_cfg, paths["manifest"], paths["prototypes"], shard_uris,
+                                   paths["labels"], paths["inference"], params.dev_labels_uri)
+    with steps.timed(timings, "evaluate"):
+        metrics = steps.run_evaluate(
+            paths["manifest"], paths["labels"], paths["inference"], paths["metrics"],
+            extra={"num_prototypes": inferred["num_prototypes"], "backbone": params.backbone,
+                   "weights_source": extracted["weights_source"], "runner": "inprocess",
+                   "seed": params.seed, "top_k": params.top_k, "num_shards": params.num_shards,
+                   "source_uri": params.source_uri})
+    metrics["timings_s"] = timings
+    storage.write_json(metrics, paths["metrics"])
+    write_report(paths["report"], metrics, labels_uri=paths["labels"],
+                 inference_uri=paths["inference"], prototypes_uri=paths["prototypes"],
+                 affinity_uris=shard_uris)
+    return metrics

@@ -1,0 +1,300 @@
+"""One function per pipeline stage. The CLI's in-process runner, the KFP components and the tests
+all call these, so the algorithm lives in one place.
+
+Artifacts (see DESIGN.md):
+
+* manifest — Parquet, :data:`goggles.ingest.MANIFEST_SCHEMA`.
+* features — a folder: ``shard-NNNNN.npy`` ([n, C, H, W] float32 filter maps) and
+  ``index.parquet`` (``image_id``, ``shard``, ``row``) plus ``meta.json`` (shape, backbone).
+* prototypes — Parquet with ``prototype_id, image_id, h, w, channel, vector``.
+* affinity shard — a folder: ``affinity.npy`` (rows ``[start, stop)`` x M float32) and
+  ``meta.json`` (``start``, ``stop``, ``shard_id``, ``num_shards``, ``num_prototypes``).
+* labels — Parquet: ``image_id, uri, probs, label, label_name, confidence``.
+* inference — JSON: EM trace, k-means labels, warnings (for evaluation and the report).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from goggles import __version__, storage
+from goggles.affinity import affinity_block, shard_bounds
+from goggles.backbones import load_backbone
+from goggles.config import AffinityConfig, ExtractConfig, IngestConfig, InferConfig
+from goggles.evaluation import evaluate, name_clusters
+from goggles.features import Prototypes, extract_filter_maps, resolve_device, select_prototypes
+from goggles.inference import AffinityEM
+from goggles.ingest import accepted, build_manifest
+
+logger = logging.getLogger(__name__)
+
+
+class StageError(RuntimeError):
+    """A stage cannot run with the inputs it was given; the message says what to change."""
+
+
+# -- ingest ------------------------------------------------------------------------------------------
+
+def run_ingest(config: IngestConfig, source_uri: str, manifest_uri: str) -> dict[str, Any]:
+    """List, decode and validate the images under ``source_uri``; write the manifest."""
+    manifest = build_manifest(source_uri, config)
+    storage.write_parquet(manifest, manifest_uri)
+    n_images = int(pc.sum(pc.equal(manifest["status"], "accepted")).as_py() or 0)
+    return {"n_listed": manifest.num_rows, "n_images": n_images,
+            "n_rejected": manifest.num_rows - n_images}
+
+
+# -- extract -----------------------------------------------------------------------------------------
+
+def run_extract(config: ExtractConfig, manifest_uri: str, features_uri: str,
+                prototypes_uri: str) -> dict[str, Any]:
+    """Filter maps of every accepted image (sharded) and their prototypes (paper §3.1)."""
+    rows = accepted(storage.read_parquet(manifest_uri))
+    if rows.num_rows == 0:
+        raise StageError("the manifest has no accepted images; every file was rejected — see "
+                         "the manifest's error column")
+    uris = rows["uri"].to_pylist()
+    image_ids = rows["image_id"].to_numpy()
+    model, weights_source = load_backbone(config.backbone, config.weights_uri)
+    device = resolve_device(config.device)
+    pending: list[np.ndarray] = []
+    prototype_parts: list[Prototypes] = []
+    index_rows: list[tuple[int, int, int]] = []
+    shape: list[int] = []
+    shard = 0
+
+    def flush() -> None:
+        nonlocal shard
+        if not pending:
+            return
+        block = np.concatenate(pending)
+        storage.write_npy(block, storage.join(features_uri, f"shard-{shard:05d}.npy"))
+        pending.clear()
+        shard += 1
+
+    def on_batch(start: int, maps: np.ndarray) -> None:
+        ids = image_ids[start:start + len(maps)]
+        prototype_parts.append(select_prototypes(maps, ids, config.top_k))
+        shape[:] = list(maps.shape[1:])
+        offset = sum(len(p) for p in pending)
+        for i, image_id in enumerate(ids):
+            index_rows.append((int(image_id), shard, offset + i))
+        pending.append(maps)
+        if offset + len(maps) >= config.shard_size:
+            flush()
+
+    extract_filter_maps(uris, model, image_size=config.image_size, batch_size=config.batch_size,
+                        num_workers=config.num_workers, device=device, on_batch=on_batch)
+    flush()
+    index = np.asarray(index_rows, dtype=np.int64)
+    storage.write_parquet(pa.table({"image_id": index[:, 0], "shard": index[:, 1],
+                                    "row": index[:, 2]}),
+                          storage.join(features_uri, "index.parquet"))
+    storage.write_json({"shape": shape, "num_images": len(uris), "num_shards": shard,
+                        "backbone": config.backbone, "weights": weights_source,
+                        "image_size": config.image_size, "goggles_version": __version__},
+                       storage.join(features_uri, "meta.json"))
+    prototypes = Prototypes.concatenate(prototype_parts, shape[0])
+    storage.write_parquet(prototypes.to_table(), prototypes_uri)
+    return {"n_images": len(uris), "num_prototypes": len(prototypes),
+            "filter_map_shape": shape, "backbone": config.backbone,
+            "weights_source": weights_source, "device": str(device)}
+
+
+def read_filter_maps(features_uri: str, start: int, stop: int) -> np.ndarray:
+    """Filter maps of images ``start .. stop-1`` ([stop-start, C, H, W] float32)."""
+    index = storage.read_parquet(storage.join(features_uri, "index.parquet")).sort_by("image_id")
+    meta = storage.read_json(storage.join(features_uri, "meta.json"))
+    ids = index["image_id"].to_numpy()
+    if stop > len(ids) or start < 0 or start > stop:
+        raise StageError(f"rows [{start}, {stop}) are outside the {len(ids)} extracted images")
+    shards = index["shard"].to_numpy()[start:stop]
+    offsets = index["row"].to_numpy()[start:stop]
+    out = np.empty([stop - start, *meta["shape"]], dtype=np.float32)
+    for shard in np.unique(shards):
+        block = storage.read_npy(storage.join(features_uri, f"shard-{int(shard):05d}.npy"))
+        where = np.flatnonzero(shards == shard)
+        out[where] = block[offsets[where]]
+    return out
+
+
+# -- affinity ----------------------------------------------------------------------------------------
+
+def run_affinity(config: AffinityConfig, features_uri: str, prototypes_uri: str, shard_id: int,
+                 affinity_uri: str) -> dict[str, Any]:
+    """Rows of the affinity matrix for shard ``shard_id`` of ``config.num_shards`` (§3.2)."""
+    meta = storage.read_json(storage.join(features_uri, "meta.json"))
+    num_images = int(meta["num_images"])
+    bounds = shard_bounds(num_images, config.num_shards)
+    if not 0 <= shard_id < config.num_shards:
+        raise StageError(f"shard_id {shard_id} is outside 0..{config.num_shards - 1}")
+    start, stop = bounds[shard_id]
+    prototypes = Prototypes.from_table(storage.read_parquet(prototypes_uri))
+    maps = read_filter_maps(features_uri, start, stop)
+    block = affinity_block(maps, prototypes.vectors, memory_mb=config.memory_mb,
+                           dtype=config.dtype, device=resolve_device(config.device))
+    storage.write_npy(block, storage.join(affinity_uri, "affinity.npy"))
+    storage.write_json({"start": start, "stop": stop, "shard_id": shard_id,
+                        "num_shards": config.num_shards, "num_prototypes": len(prototypes),
+                        "dtype": config.dtype}, storage.join(affinity_uri, "meta.json"))
+    return {"start": start, "stop": stop, "num_prototypes": len(prototypes)}
+
+
+def read_affinity(affinity_uris: Sequence[str]) -> np.ndarray:
+    """Assemble the full [N, M] matrix from its shards (in row order, checked contiguous)."""
+    parts = []
+    for uri in affinity_uris:
+        meta = storage.read_json(storage.join(uri, "meta.json"))
+        parts.append((int(meta["start"]), int(meta["stop"]), uri))
+    parts.sort()
+    expected = 0
+    blocks = []
+    for start, stop, uri in parts:
+        if start != expected:
+            raise StageError(f"affinity shards do not tile the rows: expected a shard starting "
+                             f"at row {expected}, found one at {start} ({uri})")
+        blocks.append(storage.read_npy(storage.join(uri, "affinity.npy")))
+        expected = stop
+    return np.concatenate(blocks) if blocks else np.zeros((0, 0), np.float32)
+
+
+# -- infer -------------------------------------------------------------------------------------------
+
+LABELS_SCHEMA = pa.schema([
+    ("image_id", pa.int64()), ("uri", pa.string()), ("probs", pa.list_(pa.float64())),
+    ("label", pa.int64()), ("label_name", pa.string()), ("confidence", pa.float64()),
+])
+
+
+def infer_labels(affinity: np.ndarray, source_index: np.ndarray, config: InferConfig,
+                 ) -> tuple[np.ndarray, AffinityEM]:
+    """Posteriors [N, K] for ``config.method`` and the fitted estimator."""
+    model = AffinityEM(num_classes=config.num_classes,
+                       init="random" if config.method == "em-random" else "kmeans",
+                       max_iter=config.max_iter, tol=config.tol, m_step=config.m_step,
+                       variance_floor=config.variance_floor, exclude_self=config.exclude_self,
+                       n_init=config.n_init, random_state=config.seed)
+    if config.method == "kmeans":
+        model.max_iter = 1
+    model.fit(affinity, source_index)
+    if config.method == "kmeans":
+        assert model.initial_labels_ is not None
+        probs = np.eye(config.num_classes)[model.initial_labels_]
+    else:
+        probs = model.posteriors_
+    return probs, model
+
+
+def run_infer(config: InferConfig, manifest_uri: str, prototypes_uri: str,
+              affinity_uris: Sequence[str], labels_uri: str, inference_uri: str,
+              dev_labels_uri: str = "") -> dict[str, Any]:
+    """Probabilistic labels by EM on the affinity matrix (paper §4)."""
+    rows = accepted(storage.read_parquet(manifest_uri))
+    n = rows.num_rows
+    if config.num_classes > n:
+        raise StageError(f"num_classes={config.num_classes} exceeds the {n} accepted images; "
+                         f"use at most {n} classes or add images")
+    affinity = read_affinity(affinity_uris)
+    prototypes = storage.read_parquet(prototypes_uri)
+    source_index = prototypes.sort_by("prototype_id")["image_id"].to_numpy()
+    if affinity.shape != (n, len(source_index)):
+        raise StageError(f"affinity is {affinity.shape} but there are {n} images and "
+                         f"{len(source_index)} prototypes; rerun the affinity stage")
+    probs, model = infer_labels(affinity, source_index, config)
+    labels = probs.argmax(axis=1)
+    names = [f"cluster_{k}" for k in range(config.num_classes)]
+    if dev_labels_uri:
+        names = dev_cluster_names(dev_labels_uri, rows, labels, config.num_classes)
+    table = pa.table({
+        "image_id": rows["image_id"], "uri": rows["uri"],
+        "probs": pa.array(probs.tolist(), pa.list_(pa.float64())),
+        "label": pa.array(labels, pa.int64()),
+        "label_name": pa.array([names[k] for k in labels], pa.string()),
+        "confidence": pa.array(probs.max(axis=1), pa.float64()),
+    }, schema=LABELS_SCHEMA)
+    storage.write_parquet(table, labels_uri)
+    assert model.initial_labels_ is not None
+    state = {
+        "method": config.method, "em_iterations": model.n_iter_ if config.method != "kmeans" else 0,
+        "converged": bool(model.converged_) if config.method != "kmeans" else True,
+        "initial_labels": model.initial_labels_.tolist(), "cluster_names": names,
+        "log_likelihood_trace": model.log_likelihood_trace_, "change_trace": model.change_trace_,
+        "warnings": model.warnings_,
+    }
+    storage.write_json(state, inference_uri)
+    return {"num_prototypes": int(len(source_index)), "em_iterations": state["em_iterations"],
+            "converged": state["converged"], "num_classes": config.num_classes}
+
+
+def dev_cluster_names(dev_labels_uri: str, rows: pa.Table, labels: np.ndarray,
+                      num_classes: int) -> list[str]:
+    """Cluster names from a dev set: a CSV or Parquet of ``uri,label`` rows."""
+    if dev_labels_uri.endswith(".parquet"):
+        dev = storage.read_parquet(dev_labels_uri)
+    else:
+        import pyarrow.csv as pacsv
+
+        dev = pacsv.read_csv(pa.BufferReader(storage.read_bytes(dev_labels_uri)))
+    missing = {"uri", "label"} - set(dev.column_names)
+    if missing:
+        raise StageError(f"dev labels {dev_labels_uri} lack column(s) {sorted(missing)}; "
+                         "give a CSV or Parquet with columns uri,label")
+    position = {uri: i for i, uri in enumerate(rows["uri"].to_pylist())}
+    by_tail = {uri.rsplit("/", 2)[-2] + "/" + uri.rsplit("/", 1)[-1]: i
+               for uri, i in position.items() if uri.count("/") >= 1}
+    names, predicted = [], []
+    for uri, label in zip(dev["uri"].to_pylist(), dev["label"].to_pylist(), strict=True):
+        i = position.get(uri, by_tail.get("/".join(str(uri).rsplit("/", 2)[-2:])))
+        if i is None:
+            logger.warning("dev label for %s: no such accepted image; ignored", uri)
+            continue
+        names.append(str(label))
+        predicted.append(int(labels[i]))
+    if not names:
+        raise StageError(f"none of the dev labels in {dev_labels_uri} match an accepted image; "
+                         "use the same URIs (or folder/name) as the source")
+    return name_clusters(names, np.asarray(predicted), num_classes)
+
+
+# -- evaluate ----------------------------------------------------------------------------------------
+
+def run_evaluate(manifest_uri: str, labels_uri: str, inference_uri: str, metrics_uri: str,
+                 *, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Metrics of the run (DESIGN.md's metrics contract); accuracy when ground truth exists."""
+    manifest = storage.read_parquet(manifest_uri)
+    rows = accepted(manifest)
+    labels = storage.read_parquet(labels_uri).sort_by("image_id")
+    state = storage.read_json(inference_uri)
+    num_classes = len(state["cluster_names"])
+    metrics: dict[str, Any] = dict(extra or {})
+    metrics.update({
+        "n_images": rows.num_rows, "n_rejected": manifest.num_rows - rows.num_rows,
+        "num_classes": num_classes, "method": state["method"],
+        "em_iterations": state["em_iterations"], "converged": state["converged"],
+        "warnings": state["warnings"], "goggles_version": __version__,
+    })
+    truth = rows["label"].to_pylist()
+    if truth and all(t is not None for t in truth) and len(set(truth)) > 1:
+        metrics.update(evaluate(truth, labels["label"].to_numpy(), num_classes,
+                                initial=np.asarray(state["initial_labels"])))
+    storage.write_json(metrics, metrics_uri)
+    return metrics
+
+
+def timed(timings: dict[str, float], stage: str):  # type: ignore[no-untyped-def]
+    """Context manager adding the wall time of a block to ``timings[stage]``."""
+    class _Timer:
+        def __enter__(self) -> None:
+            self.start = time.perf_counter()
+
+        def __exit__(self, *exc: object) -> None:
+            timings[stage] = round(timings.get(stage, 0.0) + time.perf_counter() - self.start, 3)
+
+    return _Timer()
