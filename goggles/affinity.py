@@ -62,10 +62,14 @@ def affinity_block(
     compute = _DTYPES[dtype]
     if device.type == "cpu" and compute == torch.float16:
         compute = torch.bfloat16  # CPU GEMMs have no fast float16 path
-    maps_t = torch.as_tensor(maps)
+    if isinstance(maps, torch.Tensor):
+        maps_t = maps
+    else:
+        array = np.asarray(maps, dtype=np.float32)
+        maps_t = torch.from_numpy(array if array.flags.writeable else array.copy())
     n, channels, height, width = maps_t.shape
     positions = height * width
-    protos = normalise(torch.as_tensor(prototypes, dtype=torch.float32).to(device))
+    protos = normalise(torch.tensor(np.asarray(prototypes), dtype=torch.float32, device=device))
     protos = protos.to(compute)
     count = protos.shape[0]
     out = torch.empty((n, count), dtype=torch.float32)

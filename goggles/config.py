@@ -11,6 +11,9 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 BACKBONES = ("vgg16", "mobilenet_v2")
+# Channels C of each backbone's filter map (goggles.backbones.SPECS holds the same numbers; this
+# copy keeps config free of torch). top_k cannot exceed C.
+BACKBONE_CHANNELS = {"vgg16": 512, "mobilenet_v2": 1280}
 METHODS = ("em", "kmeans", "em-random")
 M_STEPS = ("sampled", "soft")
 DEVICES = ("auto", "cpu", "cuda")
@@ -101,6 +104,10 @@ class ExtractConfig(_Config):
                f"unknown backbone {self.backbone!r}; choose one of {', '.join(BACKBONES)}")
         _check(self.image_size >= 32, f"image_size must be at least 32, got {self.image_size}")
         _check(self.top_k >= 1, f"top_k must be at least 1, got {self.top_k}")
+        channels = BACKBONE_CHANNELS[self.backbone]
+        _check(self.top_k <= channels,
+               f"top_k={self.top_k} exceeds the {channels} channels of {self.backbone}'s filter "
+               f"map; use top_k <= {channels} (the paper uses 5)")
         _check(self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}")
         _check(self.num_workers >= -1, f"num_workers must be -1 (auto) or >= 0, "
                                        f"got {self.num_workers}")
