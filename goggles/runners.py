@@ -10,11 +10,13 @@ Every runner leaves the same files in the output: ``manifest.parquet``, ``labels
 from __future__ import annotations
 
 import logging
+import os
+import posixpath
 from dataclasses import dataclass, field
 from typing import Any
 
 from goggles import steps, storage
-from goggles.config import AffinityConfig, ExtractConfig, IngestConfig, InferConfig
+from goggles.config import AffinityConfig, ConfigError, ExtractConfig, InferConfig, IngestConfig
 from goggles.report import write_report
 
 logger = logging.getLogger(__name__)
@@ -49,12 +51,24 @@ class RunParameters:
     def validate(self) -> None:
         """Check parameters before any work starts (configs validate themselves)."""
         self.configs()
-        source = self.source_uri.rstrip("/")
-        output = self.output_uri.rstrip("/")
-        if output == source or output.startswith(source + "/"):
-            raise ValueError(f"output {self.output_uri!r} is inside the source {self.source_uri!r}"
-                             "; the next run would ingest its own outputs. Choose an output "
-                             "outside the source folder")
+        source, output = _comparable(self.source_uri), _comparable(self.output_uri)
+        if output == source or output.startswith(source.rstrip("/") + "/"):
+            raise ConfigError(f"output {self.output_uri!r} is inside the source "
+                              f"{self.source_uri!r}; the next run would ingest its own outputs. "
+                              "Choose an output outside the source folder")
+
+
+_PROTOCOL_ALIASES = {"gcs": "gs", "s3a": "s3"}
+
+
+def _comparable(uri: str) -> str:
+    """``uri`` in one spelling per location: local paths absolute with symlinks resolved and
+    ``.``/``..`` folded; remote URIs with protocol aliases (gcs://, s3a://) folded."""
+    if storage.is_local(uri):
+        return os.path.realpath(storage.local_path(uri))
+    protocol, path = uri.split("://", 1)
+    protocol = _PROTOCOL_ALIASES.get(protocol, protocol)
+    return f"{protocol}://{posixpath.normpath('/' + path).lstrip('/')}"
 
 
 def output_paths(output_uri: str) -> dict[str, str]:
@@ -81,14 +95,16 @@ def run_inprocess(params: RunParameters) -> dict[str, Any]:
         ingested = steps.run_ingest(ingest_cfg, params.source_uri, paths["manifest"])
     if ingested["n_images"] < params.num_classes:
         raise steps.StageError(f"only {ingested['n_images']} images were accepted, fewer than "
-                               f"num_classes={params.num_classes}; see {paths['manifest']}")
+                               f"num_classes={params.num_classes}; lower num_classes or add "
+                               f"images (rejection reasons: {paths['manifest']})")
+    if params.num_shards > ingested["n_images"]:
+        raise steps.StageError(f"num_shards={params.num_shards} exceeds the "
+                               f"{ingested['n_images']} accepted images; use at most "
+                               f"{ingested['n_images']} shards")
     with steps.timed(timings, "extract"):
         extracted = steps.run_extract(extract_cfg, paths["manifest"], paths["features"],
                                       paths["prototypes"])
     shard_uris = []
-    if params.num_shards > ingested["n_images"]:
-        raise steps.StageError(f"num_shards={params.num_shards} exceeds the "
-                               f"{ingested['n_images']} accepted images; use fewer shards")
     with steps.timed(timings, "affinity"):
         for shard_id in range(params.num_shards):
             uri = storage.join(paths["affinity"], f"shard-{shard_id:05d}")
