@@ -51,7 +51,8 @@ MANIFEST_SCHEMA = pa.schema([
 
 # Pillow decoders admitted (the raster formats of config.IMAGE_EXTENSIONS). Others are refused
 # before decoding: some (EPS) run external programs, and none is an image dataset's format.
-SUPPORTED_FORMATS = ("JPEG", "MPO", "PNG", "GIF", "BMP", "DIB", "WEBP", "TIFF", "PPM")
+# (Pillow's JPEG decoder also opens multi-picture MPO files, as their first picture.)
+SUPPORTED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "DIB", "WEBP", "TIFF", "PPM")
 
 # Rejections logged one by one; the rest are counted in one summary line.
 _LOGGED_REJECTIONS = 20
@@ -168,9 +169,17 @@ def label_of(relative: str) -> str | None:
 
 
 def printable(text: str) -> str:
-    """``text`` as valid UTF-8: undecodable bytes of a file name (surrogate escapes) are shown as
-    ``\\udcXX`` so Parquet and logs can hold the name."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    """``text`` as valid UTF-8, so Parquet and logs can hold it: the undecodable bytes of a file
+    name (Python's surrogate escapes) are shown as ``\\xNN``."""
+    try:
+        return text.encode("utf-8").decode("utf-8")
+    except UnicodeEncodeError:
+        pass
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # lone surrogates that are not escaped bytes
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
 
 
 def precheck(listed: storage.ListedFile, config: IngestConfig) -> str | None:
@@ -181,8 +190,8 @@ def precheck(listed: storage.ListedFile, config: IngestConfig) -> str | None:
     such as /dev/zero never ends.
     """
     if printable(listed.uri) != listed.uri:
-        return ("file name is not valid UTF-8 (shown with \\x escapes); rename the file to a "
-                "UTF-8 name to include it")
+        return ("file name is not valid UTF-8 (its bytes are shown as \\xNN); rename the file "
+                "to a UTF-8 name to include it")
     parts = listed.relative.split("/")
     if listed.relative.startswith("/") or any(p in ("", ".", "..") for p in parts):
         return (f"path {listed.relative!r} has an empty, '.' or '..' component and could "
