@@ -18,20 +18,22 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from goggles import __version__, storage
-from goggles.affinity import affinity_block, shard_bounds
-from goggles.backbones import load_backbone
 from goggles.config import AffinityConfig, ExtractConfig, IngestConfig, InferConfig
 from goggles.evaluation import evaluate, name_clusters
-from goggles.features import Prototypes, extract_filter_maps, resolve_device, select_prototypes
-from goggles.inference import AffinityEM
 from goggles.ingest import accepted, build_manifest
+
+if TYPE_CHECKING:
+    from goggles.inference import AffinityEM
+
+# torch, torchvision and scikit-learn are imported by the stages that use them, so a pipeline
+# task that needs none of them (ingest, evaluate) starts without paying for their imports.
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +58,14 @@ def run_ingest(config: IngestConfig, source_uri: str, manifest_uri: str) -> dict
 def run_extract(config: ExtractConfig, manifest_uri: str, features_uri: str,
                 prototypes_uri: str) -> dict[str, Any]:
     """Filter maps of every accepted image (sharded) and their prototypes (paper §3.1)."""
+    from goggles.backbones import load_backbone
+    from goggles.features import (
+        Prototypes,
+        extract_filter_maps,
+        resolve_device,
+        select_prototypes,
+    )
+
     rows = accepted(storage.read_parquet(manifest_uri))
     if rows.num_rows == 0:
         raise StageError("the manifest has no accepted images; every file was rejected — see "
@@ -130,6 +140,9 @@ def read_filter_maps(features_uri: str, start: int, stop: int) -> np.ndarray:
 def run_affinity(config: AffinityConfig, features_uri: str, prototypes_uri: str, shard_id: int,
                  affinity_uri: str) -> dict[str, Any]:
     """Rows of the affinity matrix for shard ``shard_id`` of ``config.num_shards`` (§3.2)."""
+    from goggles.affinity import affinity_block, shard_bounds
+    from goggles.features import Prototypes, resolve_device
+
     meta = storage.read_json(storage.join(features_uri, "meta.json"))
     num_images = int(meta["num_images"])
     bounds = shard_bounds(num_images, config.num_shards)
@@ -176,6 +189,8 @@ LABELS_SCHEMA = pa.schema([
 def infer_labels(affinity: np.ndarray, source_index: np.ndarray, config: InferConfig,
                  ) -> tuple[np.ndarray, AffinityEM]:
     """Posteriors [N, K] for ``config.method`` and the fitted estimator."""
+    from goggles.inference import AffinityEM
+
     model = AffinityEM(num_classes=config.num_classes,
                        init="random" if config.method == "em-random" else "kmeans",
                        max_iter=config.max_iter, tol=config.tol, m_step=config.m_step,
