@@ -97,6 +97,9 @@ def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
     # Pillow's process-wide switch; a truncated image must fail, never decode half grey.
     ImageFile.LOAD_TRUNCATED_IMAGES = False
     with warnings.catch_warnings():
+        # Pillow warns about corrupt metadata (TIFF tags, EXIF) it skips: the image is then
+        # accepted or rejected on its pixels, and thousands of bad files must not flood stderr.
+        warnings.simplefilter("ignore")
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
             image = Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS)
@@ -105,6 +108,10 @@ def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
         except Image.UnidentifiedImageError as error:
             raise ImageRejected("not an image: the bytes match no supported image format ("
                                 f"{', '.join(SUPPORTED_FORMATS)})") from error
+        except OSError as error:
+            if "truncated" in str(error).lower():
+                raise ImageRejected(f"truncated image: {error}") from error
+            raise ImageRejected(f"cannot open image: {type(error).__name__}: {error}") from error
         except Exception as error:  # noqa: BLE001 - any decoder failure is a rejection
             raise ImageRejected(f"cannot open image: {type(error).__name__}: {error}") from error
         width, height = image.size
