@@ -48,10 +48,44 @@ def _parser() -> argparse.ArgumentParser:
                      help="em (GOGGLES), kmeans (AF+KM), em-random (random start)")
     run.add_argument("--dev-labels", default="", help="CSV/Parquet of uri,label naming clusters")
     run.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    run.add_argument("--runner", default="inprocess", choices=RUNNERS,
-                     help="inprocess: call the library directly (default); local: kfp's local "
-                          "runner; docker: kfp's DockerRunner with the project image")
+    run.add_argument("--runner", default="local", choices=RUNNERS,
+                     help="local: the Kubeflow pipeline with kfp's local runner (default); "
+                          "docker: the same with kfp's DockerRunner and the project image; "
+                          "inprocess: call the library directly (library users, debugging)")
+    run.add_argument("--pipeline-root", default="",
+                     help="local/docker runners: folder for kfp's task outputs (default: a "
+                          "temporary folder, removed after a successful run)")
+    run.add_argument("--cache", action="store_true",
+                     help="local/docker runners: reuse task outputs of earlier runs with the "
+                          "same inputs under --pipeline-root (kfp's local cache)")
+
+    compile_ = sub.add_parser("compile", help="compile the Kubeflow pipeline to a YAML package")
+    compile_.add_argument("--output", default="goggles_pipeline.yaml", help="package to write")
+
+    submit = sub.add_parser("submit", help="start one run on a Kubeflow Pipelines cluster")
+    _cluster_arguments(submit)
+    submit.add_argument("--run-name", default="", help="name of the run (default: KFP's)")
+
+    schedule = sub.add_parser("schedule", help="create a recurring run on a KFP cluster")
+    _cluster_arguments(schedule)
+    schedule.add_argument("--cron", required=True,
+                          help="KFP's six-field cron, seconds first: '0 0 3 * * *' is 03:00 "
+                               "every day")
+    schedule.add_argument("--job-name", default="goggles-recurring",
+                          help="name of the recurring run")
     return parser
+
+
+def _cluster_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", required=True,
+                        help="URL of the Kubeflow Pipelines API, e.g. http://localhost:8080")
+    parser.add_argument("--experiment", default="goggles", help="experiment to run in")
+    parser.add_argument("--namespace", default="", help="KFP namespace (multi-user clusters)")
+    parser.add_argument("--package", default="",
+                        help="a compiled package to send (default: compile pipeline.py now)")
+    parser.add_argument("parameters", nargs="*", metavar="PARAM=VALUE",
+                        help="pipeline parameters, e.g. source_uri=gs://bucket/images "
+                             "num_classes=3 num_shards=8")
 
 
 def _configure_logging(verbose: bool) -> None:
@@ -73,7 +107,8 @@ def _run(args: argparse.Namespace) -> int:
     else:
         from goggles.kfp_runner import run_pipeline
 
-        metrics = run_pipeline(params, runner=args.runner)
+        metrics = run_pipeline(params, runner=args.runner, pipeline_root=args.pipeline_root,
+                               enable_caching=args.cache)
     summary = {k: metrics[k] for k in ("n_images", "n_rejected", "num_classes", "num_prototypes",
                                        "em_iterations", "converged", "accuracy",
                                        "accuracy_kmeans", "timings_s") if k in metrics}
@@ -83,12 +118,43 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compile(args: argparse.Namespace) -> int:
+    from goggles.kfp_client import compile_package
+
+    print(compile_package(args.output))
+    return 0
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from goggles.kfp_client import submit
+
+    run_id = submit(args.host, args.parameters, experiment=args.experiment,
+                    run_name=args.run_name, package_path=args.package, namespace=args.namespace)
+    print(f"run: {run_id}")
+    print(f"see: {args.host.rstrip('/')}/#/runs/details/{run_id}")
+    return 0
+
+
+def _schedule(args: argparse.Namespace) -> int:
+    from goggles.kfp_client import schedule
+
+    recurring_id = schedule(args.host, args.cron, args.parameters, experiment=args.experiment,
+                            job_name=args.job_name, package_path=args.package,
+                            namespace=args.namespace)
+    print(f"recurring run: {recurring_id} ({args.cron})")
+    print(f"see: {args.host.rstrip('/')}/#/recurringruns/details/{recurring_id}")
+    return 0
+
+
+COMMANDS = {"run": _run, "compile": _compile, "submit": _submit, "schedule": _schedule}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     _configure_logging(args.verbose)
     try:
-        return _run(args)
+        return COMMANDS[args.command](args)
     except (ConfigError, ValueError) as error:
         print(f"goggles: error: {error}", file=sys.stderr)
         return 2

@@ -1,0 +1,86 @@
+"""The evaluate/report component: metrics.json, report.html and the Kubeflow UI outputs."""
+
+from kfp import dsl
+from kfp.dsl import (
+    HTML,
+    Artifact,
+    ClassificationMetrics,
+    Dataset,
+    Input,
+    Markdown,
+    Metrics,
+    Output,
+)
+
+from components.image import BASE_IMAGE
+
+
+@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+def evaluate(manifest: Input[Dataset], prototypes: Input[Dataset],
+             affinity_shards: Input[list[Dataset]], labels: Input[Dataset],
+             inference: Input[Artifact], source_uri: str, backbone: str, top_k: int,
+             num_shards: int, seed: int, metrics_json: Output[Artifact], report: Output[HTML],
+             metrics: Output[Metrics], confusion: Output[ClassificationMetrics],
+             summary: Output[Markdown]) -> None:
+    """Metrics (:func:`goggles.steps.run_evaluate`) and the report
+    (:func:`goggles.report.write_report`), plus what the Kubeflow UI shows.
+
+    Parameters
+    ----------
+    manifest, prototypes, affinity_shards, labels, inference : upstream outputs; their metadata
+        carry each stage's ``seconds`` (collected as ``timings_s``).
+    source_uri, backbone, top_k, num_shards, seed : recorded in ``metrics.json``.
+    metrics_json : DESIGN.md's ``metrics.json``.
+    report : the self-contained ``report.html``.
+    metrics : scalar metrics for the run page (n_images, n_rejected, num_prototypes,
+        em_iterations, accuracy ... when ground truth exists).
+    confusion : confusion matrix (truth x predicted, after the best cluster→class mapping),
+        logged only when ground truth exists.
+    summary : a Markdown table of the same figures.
+    """
+    import time
+
+    from goggles import steps, storage
+    from goggles.report import write_report
+
+    start = time.perf_counter()
+    extra = {"num_prototypes": int(prototypes.metadata["num_prototypes"]), "backbone": backbone,
+             "weights_source": prototypes.metadata.get("weights_source", ""), "runner": "kfp",
+             "seed": seed, "top_k": top_k, "num_shards": num_shards, "source_uri": source_uri}
+    result = steps.run_evaluate(manifest.path, labels.path, inference.path, metrics_json.path,
+                                extra=extra)
+    result["timings_s"] = {
+        "ingest": float(manifest.metadata.get("seconds", 0.0)),
+        "extract": float(prototypes.metadata.get("seconds", 0.0)),
+        "affinity": round(sum(float(s.metadata.get("seconds", 0.0)) for s in affinity_shards), 3),
+        "infer": float(labels.metadata.get("seconds", 0.0)),
+        "evaluate": round(time.perf_counter() - start, 3),
+    }
+    storage.write_json(result, metrics_json.path)
+    metrics_json.metadata.update({"format": "json", "n_images": result["n_images"]})
+    write_report(report.path, result, labels_uri=labels.path, inference_uri=inference.path,
+                 prototypes_uri=prototypes.path,
+                 affinity_uris=[shard.path for shard in affinity_shards])
+
+    scalars = {"n_images": result["n_images"], "n_rejected": result["n_rejected"],
+               "num_classes": result["num_classes"], "num_prototypes": result["num_prototypes"],
+               "em_iterations": result["em_iterations"], "converged": int(result["converged"])}
+    for key in ("accuracy", "accuracy_kmeans"):
+        if key in result:
+            scalars[key] = round(float(result[key]), 6)
+    for name, value in scalars.items():
+        metrics.log_metric(name, value)
+    if "confusion" in result:
+        confusion.log_confusion_matrix(result["confusion"]["labels"],
+                                       result["confusion"]["matrix"])
+
+    lines = ["# goggles run", "", "| metric | value |", "|---|---|"]
+    lines += [f"| {name} | {value} |" for name, value in scalars.items()]
+    lines += [f"| {stage} (s) | {seconds} |" for stage, seconds in result["timings_s"].items()]
+    if "per_class_recall" in result:
+        lines += ["", "| class | recall |", "|---|---|"]
+        lines += [f"| {name} | {recall:.4f} |"
+                  for name, recall in result["per_class_recall"].items()]
+    if result.get("warnings"):
+        lines += ["", "**Warnings**", ""] + [f"- {warning}" for warning in result["warnings"]]
+    storage.write_text("\n".join(lines) + "\n", summary.path)

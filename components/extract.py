@@ -1,0 +1,45 @@
+"""The extract component: CNN filter maps of every accepted image and their prototypes."""
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Output
+
+from components.image import GPU_IMAGE
+
+
+@dsl.component(base_image=GPU_IMAGE, install_kfp_package=False)
+def extract(manifest: Input[Dataset], backbone: str, weights_uri: str, top_k: int, device: str,
+            features: Output[Dataset], prototypes: Output[Dataset]) -> None:
+    """Filter maps and prototypes (paper §3.1) via :func:`goggles.steps.run_extract`.
+
+    Parameters
+    ----------
+    manifest : the ingest stage's manifest (Parquet).
+    backbone, weights_uri, top_k, device : :class:`goggles.config.ExtractConfig`.
+    features : folder of ``shard-NNNNN.npy`` ([n, C, H, W] float32), ``index.parquet`` and
+        ``meta.json``; metadata: ``n_images``, ``filter_map_shape`` [C, H, W], backbone.
+    prototypes : Parquet ``prototype_id, image_id, h, w, channel, vector``; metadata:
+        ``num_prototypes``, ``vector_dim``, backbone, weights source.
+    """
+    import time
+
+    import torch
+
+    import goggles
+    from goggles import steps
+    from goggles.config import ExtractConfig
+
+    config = ExtractConfig(backbone=backbone, weights_uri=weights_uri, top_k=top_k,
+                           device=device)
+    start = time.perf_counter()
+    result = steps.run_extract(config, manifest.path, features.path, prototypes.path)
+    seconds = round(time.perf_counter() - start, 3)
+    common = {"backbone": backbone, "weights_source": result["weights_source"],
+              "device": result["device"], "goggles_version": goggles.__version__,
+              "torch_version": torch.__version__, "seconds": seconds}
+    features.metadata.update(common)
+    features.metadata.update({"format": "npy-shards", "n_images": result["n_images"],
+                              "filter_map_shape": result["filter_map_shape"],
+                              "dtype": "float32"})
+    prototypes.metadata.update(common)
+    prototypes.metadata.update({"format": "parquet", "num_prototypes": result["num_prototypes"],
+                                "top_k": top_k, "vector_dim": result["filter_map_shape"][0]})

@@ -1,0 +1,243 @@
+"""Run the Kubeflow pipeline of ``pipeline.py`` on this machine with kfp's local runners.
+
+``run_pipeline(params, runner="local")`` runs the compiled DAG — the one a cluster runs, with its
+ParallelFor fan-out and ``dsl.Collected`` fan-in — through ``kfp.local``:
+
+* ``local``: :class:`kfp.local.SubprocessRunner` with ``use_venv=False``; every task is a
+  subprocess of this Python, which already has ``goggles`` installed, so no task installs
+  anything and a task starts in well under a second (plus its own imports).
+* ``docker``: :class:`kfp.local.DockerRunner`; every task runs in the project image
+  (:mod:`components.image`), which must have been built from ``docker/``.
+
+Afterwards the run's artifacts are copied out of kfp's ``pipeline_root`` into the output URI
+(any fsspec URI) in the same layout :func:`goggles.runners.run_inprocess` writes:
+``manifest.parquet``, ``labels.parquet``, ``metrics.json``, ``report.html`` and ``artifacts/``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from goggles import storage
+from goggles.runners import RunParameters, output_paths
+
+logger = logging.getLogger(__name__)
+
+RUNNERS = ("local", "docker")
+PIPELINE_FILE = "pipeline.py"
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+class PipelineRunError(RuntimeError):
+    """The local pipeline could not start or a task failed; the message says what to do."""
+
+
+# -- the pipeline definition ---------------------------------------------------------------------
+
+def project_root() -> Path:
+    """The source checkout holding ``pipeline.py`` and ``components/`` (next to ``goggles/``)."""
+    return Path(__file__).resolve().parents[1]
+
+
+def load_pipeline(root: Path | None = None) -> Any:
+    """Import ``pipeline.py`` from the source checkout; returns its module.
+
+    The pipeline and its components live beside the library, not inside it (the library never
+    needs kfp), so running the pipeline needs the checkout, as ``pip install -e .`` keeps it.
+    """
+    root = root or project_root()
+    path = root / PIPELINE_FILE
+    if not path.is_file() or not (root / "components" / "__init__.py").is_file():
+        raise PipelineRunError(
+            f"{path} or {root / 'components'} not found: the kfp runners need a source checkout "
+            "of goggles (git clone, then `pip install -e .`); or use --runner inprocess")
+    name = "goggles_kfp_pipeline"
+    if name in sys.modules:
+        return sys.modules[name]
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _absolute(uri: str) -> str:
+    """Local paths become absolute (tasks may run elsewhere, e.g. in a container)."""
+    if not uri or not storage.is_local(uri):
+        return uri
+    return os.path.abspath(storage.local_path(uri))
+
+
+def pipeline_arguments(params: RunParameters) -> dict[str, Any]:
+    """The pipeline's parameters for a run (the same names as :class:`RunParameters`)."""
+    return {"source_uri": _absolute(params.source_uri), "num_classes": params.num_classes,
+            "backbone": params.backbone, "weights_uri": _absolute(params.weights_uri),
+            "top_k": params.top_k, "num_shards": params.num_shards, "method": params.method,
+            "max_iter": params.max_iter, "seed": params.seed,
+            "dev_labels_uri": _absolute(params.dev_labels_uri), "device": params.device}
+
+
+# -- runners -------------------------------------------------------------------------------------
+
+def _docker_runner(params: RunParameters, images: tuple[str, ...]) -> Any:
+    """A DockerRunner for the project images, with the local inputs mounted read-only."""
+    from kfp import local
+
+    try:
+        import docker.types  # binds `docker`; its errors and types come with it
+    except ImportError as error:
+        raise PipelineRunError("--runner docker needs the Docker SDK: "
+                               "pip install 'goggles[docker]' (or use --runner local)") from error
+    try:
+        client = docker.from_env()
+        client.ping()
+    except docker.errors.DockerException as error:
+        raise PipelineRunError(f"cannot reach the Docker daemon ({error}); start Docker, or use "
+                               "--runner local") from error
+    try:
+        missing = []
+        for image in images:
+            try:
+                client.images.get(image)
+            except docker.errors.ImageNotFound:
+                missing.append(image)
+    finally:
+        client.close()
+    if missing:
+        raise PipelineRunError(
+            f"image(s) {', '.join(missing)} not found in the local Docker daemon; build them "
+            f"from docker/ (tagged exactly so, e.g. `docker build -t {missing[0]} ...`), "
+            "or use --runner local")
+    mounts = []
+    for uri in (params.source_uri, params.dev_labels_uri, params.weights_uri):
+        if uri and storage.is_local(uri):
+            path = _absolute(uri)
+            mounts.append(docker.types.Mount(target=path, source=path, type="bind", read_only=True))
+    arguments: dict[str, Any] = {"mounts": mounts, "user": f"{os.getuid()}:{os.getgid()}"}
+    if params.device == "cuda":
+        arguments["device_requests"] = [
+            docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])]
+    return local.DockerRunner(**arguments)
+
+
+def _runner(kind: str, params: RunParameters, images: tuple[str, ...]) -> Any:
+    from kfp import local
+
+    if kind == "local":
+        return local.SubprocessRunner(use_venv=False)
+    if kind == "docker":
+        return _docker_runner(params, images)
+    raise ValueError(f"unknown runner {kind!r}; choose one of {', '.join(RUNNERS)} "
+                     "(or run_inprocess for the in-process path)")
+
+
+@contextlib.contextmanager
+def _quiet_local_warnings():  # type: ignore[no-untyped-def]
+    """Silence kfp.local's notes that are expected here: cluster-only task settings (GPU,
+    requests) do nothing locally, and the project image name has no 'python' in it."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*have no effect in the current local runner")
+        warnings.filterwarnings("ignore", message=r".*non-Python base image")
+        yield
+
+
+def run_pipeline(params: RunParameters, runner: str = "local", *, pipeline_root: str = "",
+                 enable_caching: bool = False, keep_pipeline_root: bool = False,
+                 ) -> dict[str, Any]:
+    """Run the pipeline with kfp's local runner; write the run's files into ``params.output_uri``.
+
+    Parameters
+    ----------
+    params : the run's parameters (the pipeline's parameters plus the output URI).
+    runner : ``local`` (subprocesses of this Python) or ``docker`` (the project image).
+    pipeline_root : local folder for kfp's task outputs; default a temporary folder, removed
+        after a successful run unless ``keep_pipeline_root``.
+    enable_caching : reuse outputs of tasks already run with the same inputs under the same
+        ``pipeline_root`` (kfp's local cache, kept in ``pipeline_root/.kfp_cache``).
+
+    Returns
+    -------
+    The metrics written to ``metrics.json``.
+    """
+    params.validate()
+    if runner not in RUNNERS:
+        raise ValueError(f"unknown runner {runner!r}; choose one of {', '.join(RUNNERS)}")
+    from kfp import local
+
+    module = load_pipeline()
+    kfp_runner = _runner(runner, params, tuple(module.IMAGES))
+    temporary = not pipeline_root
+    root = os.path.abspath(pipeline_root or tempfile.mkdtemp(prefix="goggles-kfp-"))
+    local.init(runner=kfp_runner, pipeline_root=root, raise_on_error=True,
+               enable_caching=enable_caching)
+    arguments = pipeline_arguments(params)
+    logger.info("running pipeline %r with kfp's %s runner (pipeline_root %s)",
+                module.PIPELINE_NAME, runner, root)
+    start = time.perf_counter()
+    try:
+        # task logs go to stderr, so stdout carries only what the caller prints
+        with _quiet_local_warnings(), contextlib.redirect_stdout(sys.stderr):
+            task = module.goggles_pipeline(**arguments)
+    except RuntimeError as error:
+        message = _ANSI.sub("", str(error))
+        raise PipelineRunError(f"{message} Its log is above; the task outputs are kept in "
+                               f"{root}") from error
+    seconds = round(time.perf_counter() - start, 3)
+    metrics = assemble_outputs(task.outputs, params.output_uri, runner=runner,
+                               pipeline_seconds=seconds)
+    if temporary and not keep_pipeline_root:
+        shutil.rmtree(root, ignore_errors=True)
+    logger.info("pipeline finished in %.1f s; outputs in %s", seconds, params.output_uri)
+    return metrics
+
+
+# -- outputs -------------------------------------------------------------------------------------
+
+def _copy(source: str, destination: str) -> None:
+    """Copy a local file or folder tree (kfp's pipeline_root) to any URI."""
+    if os.path.isdir(source):
+        for folder, _, files in os.walk(source):
+            relative = os.path.relpath(folder, source)
+            for name in sorted(files):
+                parts = [name] if relative == "." else [*relative.split(os.sep), name]
+                storage.write_bytes(storage.join(destination, *parts),
+                                    storage.read_bytes(os.path.join(folder, name)))
+    else:
+        storage.write_bytes(destination, storage.read_bytes(source))
+
+
+def assemble_outputs(outputs: dict[str, Any], output_uri: str, *, runner: str,
+                     pipeline_seconds: float) -> dict[str, Any]:
+    """Copy the pipeline's output artifacts into ``output_uri`` (DESIGN.md's layout).
+
+    ``outputs`` maps the pipeline's outputs (``manifest``, ``features``, ``prototypes``,
+    ``labels``, ``inference``, ``metrics``, ``report``) to kfp artifacts with local paths; the
+    affinity shards are found through the ``affinity_uris`` the infer task recorded.
+    """
+    paths = output_paths(output_uri)
+    for output, key in (("manifest", "manifest"), ("labels", "labels"), ("report", "report"),
+                        ("features", "features"), ("prototypes", "prototypes"),
+                        ("inference", "inference")):
+        _copy(outputs[output].path, paths[key])
+    for uri in outputs["inference"].metadata.get("affinity_uris", []):
+        meta = storage.read_json(storage.join(uri, "meta.json"))
+        _copy(uri, storage.join(paths["affinity"], f"shard-{int(meta['shard_id']):05d}"))
+    metrics: dict[str, Any] = storage.read_json(outputs["metrics"].path)
+    metrics["runner"] = runner
+    metrics["pipeline_seconds"] = pipeline_seconds
+    storage.write_json(metrics, paths["metrics"])
+    return metrics

@@ -1,0 +1,154 @@
+"""The goggles Kubeflow pipeline: ingest → extract → affinity (fan-out over shards) → infer →
+evaluate/report, with the task settings a cluster needs chained here, not in the components.
+
+``python pipeline.py [--output goggles_pipeline.yaml]`` compiles it for a Kubeflow Pipelines
+cluster; ``goggles run`` runs the same DAG on this machine with kfp's local runner.
+Every parameter has a literal default: nothing is read from the compiling machine.
+"""
+
+import argparse
+from typing import NamedTuple
+
+from kfp import compiler, dsl, kubernetes
+from kfp.dsl import HTML, Artifact, Dataset
+
+from components import IMAGES, affinity_shard, evaluate, extract, infer, ingest, plan_shards
+
+PIPELINE_NAME = "goggles"
+__all__ = ["IMAGES", "PIPELINE_NAME", "compile_pipeline", "goggles_pipeline"]
+DEFAULT_PACKAGE = "goggles_pipeline.yaml"
+SHARD_PARALLELISM = 8
+"""At most this many affinity shard pods at once (kfp's local runner caps it at 2)."""
+
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_NODE_SELECTOR = ("nvidia.com/gpu.present", "true")
+"""Node label set by NVIDIA's GPU feature discovery / GPU operator."""
+GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+"""GPU node pools are commonly tainted so that only GPU pods land there."""
+
+RESOURCES = {
+    # stage: (cpu request, memory request, memory limit)
+    "ingest": ("1", "2Gi", "4Gi"),
+    "plan": ("100m", "256Mi", "512Mi"),
+    "extract": ("4", "16Gi", "24Gi"),
+    "affinity": ("2", "8Gi", "12Gi"),
+    "infer": ("2", "8Gi", "16Gi"),
+    "evaluate": ("1", "4Gi", "8Gi"),
+}
+
+
+class Outputs(NamedTuple):
+    """What a run leaves behind (DESIGN.md's artifact contracts)."""
+
+    manifest: Dataset
+    features: Dataset
+    prototypes: Dataset
+    labels: Dataset
+    inference: Artifact
+    metrics: Artifact
+    report: HTML
+
+
+def _resources(task: dsl.PipelineTask, stage: str) -> dsl.PipelineTask:
+    cpu, memory, memory_limit = RESOURCES[stage]
+    return (task.set_cpu_request(cpu).set_memory_request(memory)
+            .set_memory_limit(memory_limit).set_caching_options(enable_caching=True))
+
+
+@dsl.pipeline(name=PIPELINE_NAME,
+              description="Label an image dataset automatically with affinity coding (GOGGLES).")
+def goggles_pipeline(
+    source_uri: str = "",
+    num_classes: int = 2,
+    backbone: str = "vgg16",
+    weights_uri: str = "",
+    top_k: int = 5,
+    num_shards: int = 4,
+    method: str = "em",
+    max_iter: int = 100,
+    seed: int = 0,
+    dev_labels_uri: str = "",
+    device: str = "auto",
+) -> Outputs:
+    """Probabilistic labels for the images under ``source_uri`` (see DESIGN.md).
+
+    Parameters
+    ----------
+    source_uri : folder or bucket prefix of images; first-level folders are ground truth.
+    num_classes : K, the number of classes to find.
+    backbone, weights_uri, top_k : the CNN, its weights (``""``: baked into the image) and
+        prototypes per image.
+    num_shards : row shards of the affinity matrix, one task each.
+    method, max_iter, seed : class inference (``em``, ``kmeans``, ``em-random``).
+    dev_labels_uri : optional CSV/Parquet of ``uri,label`` naming the clusters.
+    device : ``auto`` uses the GPU where the task has one.
+    """
+    ingest_task = _resources(ingest(source_uri=source_uri), "ingest")
+    ingest_task.set_display_name("ingest: list and validate images")
+
+    plan_task = _resources(plan_shards(manifest=ingest_task.outputs["manifest"],
+                                       num_shards=num_shards, num_classes=num_classes), "plan")
+    plan_task.set_display_name("plan affinity shards")
+
+    extract_task = _resources(extract(manifest=ingest_task.outputs["manifest"],
+                                      backbone=backbone, weights_uri=weights_uri, top_k=top_k,
+                                      device=device), "extract")
+    # after the plan, so parameters that cannot work fail before the expensive extraction
+    (extract_task.after(plan_task).set_display_name("extract: CNN filter maps and prototypes")
+     .set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(1)
+     .set_retry(num_retries=2, backoff_duration="30s", backoff_factor=2,
+                backoff_max_duration="600s"))
+    kubernetes.add_node_selector(extract_task, *GPU_NODE_SELECTOR)
+    kubernetes.add_toleration(extract_task, **GPU_TOLERATION)
+
+    with dsl.ParallelFor(items=plan_task.outputs["Output"],
+                         parallelism=SHARD_PARALLELISM) as shard_id:
+        shard_task = _resources(affinity_shard(features=extract_task.outputs["features"],
+                                               prototypes=extract_task.outputs["prototypes"],
+                                               shard_id=shard_id, num_shards=num_shards,
+                                               device=device), "affinity")
+        (shard_task.set_display_name("affinity: one row shard")
+         .set_retry(num_retries=3, backoff_duration="10s", backoff_factor=2,
+                    backoff_max_duration="300s"))
+
+    infer_task = _resources(infer(manifest=ingest_task.outputs["manifest"],
+                                  prototypes=extract_task.outputs["prototypes"],
+                                  affinity_shards=dsl.Collected(shard_task.outputs["affinity"]),
+                                  num_classes=num_classes, method=method,
+                                  max_iter=max_iter, seed=seed, dev_labels_uri=dev_labels_uri),
+                            "infer")
+    infer_task.set_display_name("infer: labels by EM")
+
+    evaluate_task = _resources(evaluate(manifest=ingest_task.outputs["manifest"],
+                                        prototypes=extract_task.outputs["prototypes"],
+                                        affinity_shards=dsl.Collected(shard_task.outputs["affinity"]),
+                                        labels=infer_task.outputs["labels"],
+                                        inference=infer_task.outputs["inference"],
+                                        source_uri=source_uri, backbone=backbone, top_k=top_k,
+                                        num_shards=num_shards, seed=seed), "evaluate")
+    evaluate_task.set_display_name("evaluate and report")
+
+    return Outputs(manifest=ingest_task.outputs["manifest"],
+                   features=extract_task.outputs["features"],
+                   prototypes=extract_task.outputs["prototypes"],
+                   labels=infer_task.outputs["labels"],
+                   inference=infer_task.outputs["inference"],
+                   metrics=evaluate_task.outputs["metrics_json"],
+                   report=evaluate_task.outputs["report"])
+
+
+def compile_pipeline(package_path: str = DEFAULT_PACKAGE) -> str:
+    """Compile :func:`goggles_pipeline` to a KFP IR YAML at ``package_path``; returns it."""
+    compiler.Compiler().compile(goggles_pipeline, package_path=package_path)
+    return package_path
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Compile the goggles Kubeflow pipeline.")
+    parser.add_argument("--output", default=DEFAULT_PACKAGE, help="YAML package to write")
+    args = parser.parse_args(argv)
+    print(compile_pipeline(args.output))
+
+
+if __name__ == "__main__":
+    main()
