@@ -53,7 +53,8 @@ def test_the_payload_really_runs_code_when_unpickled_naively(tmp_path: Path) -> 
 def test_numpy_pickle_loader_refuses_code(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     for payload in (_Payload(marker), {"VGG16_0": {"Conv_0": _Payload(marker)}}):
-        with pytest.raises(pickle.UnpicklingError, match=r"refusing to unpickle (io|builtins)\.open"):
+        with pytest.raises(pickle.UnpicklingError,
+                           match=r"refusing to unpickle (io|builtins)\.open"):
             load_numpy_pickle(pickle.dumps(payload))
     assert not marker.exists()
     weights = {"Conv_0": {"kernel": np.ones((3, 3, 3, 4), np.float32), "bias": np.zeros(4)}}
@@ -98,7 +99,7 @@ def test_a_run_with_malicious_weights_stops_before_running_them(tmp_path: Path) 
     assert not marker.exists()
 
 
-# -- manifest URIs stay under the source ------------------------------------------------------------
+# -- manifest URIs stay under the source --------------------------------------------------------
 
 def test_local_manifest_uris_stay_under_the_source(tmp_path: Path) -> None:
     source, outside = tmp_path / "source", tmp_path / "outside"
