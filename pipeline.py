@@ -55,7 +55,7 @@ def _resources(task: dsl.PipelineTask, stage: str) -> dsl.PipelineTask:
             .set_memory_limit(memory_limit).set_caching_options(enable_caching=True))
 
 
-@dsl.pipeline(name=PIPELINE_NAME,
+@dsl.pipeline(name=PIPELINE_NAME, display_name="goggles: label images by affinity coding",
               description="Label an image dataset automatically with affinity coding (GOGGLES).")
 def goggles_pipeline(
     source_uri: str = "",
@@ -101,7 +101,7 @@ def goggles_pipeline(
     kubernetes.add_node_selector(extract_task, *GPU_NODE_SELECTOR)
     kubernetes.add_toleration(extract_task, **GPU_TOLERATION)
 
-    with dsl.ParallelFor(items=plan_task.outputs["Output"],
+    with dsl.ParallelFor(items=plan_task.outputs["Output"], name="affinity shards (fan-out)",
                          parallelism=SHARD_PARALLELISM) as shard_id:
         shard_task = _resources(affinity_shard(features=extract_task.outputs["features"],
                                                prototypes=extract_task.outputs["prototypes"],

@@ -1,0 +1,191 @@
+"""The whole Kubeflow pipeline through kfp's local runner, on two real cub-dev species.
+
+One kfp ``pipeline_root`` with kfp's local cache is shared by the runs, so the extraction runs
+once and the 1-, 3- and 4-shard runs differ only in how the affinity matrix is sharded.
+MobileNetV2 keeps the CNN part short on a 2-core machine; the DAG is the same for any backbone.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from components.image import IMAGES
+from goggles import storage
+from goggles.cli import main
+from goggles.kfp_runner import PipelineRunError, run_pipeline
+from goggles.runners import RunParameters, run_inprocess
+from tests.conftest import cub_task
+
+pytestmark = [pytest.mark.integration]
+
+SEED = 3
+BACKBONE = "mobilenet_v2"
+DESIGN_FILES = ("labels.parquet", "manifest.parquet", "metrics.json", "report.html")
+
+
+def _labels(table: pa.Table) -> pa.Table:
+    return table.sort_by("image_id").select(["image_id", "uri", "label", "label_name"])
+
+
+def _docker_images_present() -> bool:
+    try:
+        import docker
+
+        client = docker.from_env()
+        for image in IMAGES:
+            client.images.get(image)
+    except Exception:  # noqa: BLE001 - any missing piece means the error path is taken
+        return False
+    return True
+
+
+def _executor_output(root: Path, task: str) -> dict:
+    found = sorted(root.glob(f"goggles-*/{task}/executor_output.json"))
+    assert found, f"no {task} task output under {root}"
+    return json.loads(found[-1].read_text())
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The local-runner runs (3 shards via the CLI, 1 and 4 shards via run_pipeline) and the
+    in-process reference, all with the same seed."""
+    tmp = tmp_path_factory.mktemp("local-runner")
+    source = cub_task(tmp, "001", "014")
+    root = tmp / "kfp-root"
+    out3 = tmp / "out-3"
+    code = main(["run", str(source), "--num-classes", "2", "--output", str(out3),
+                 "--shards", "3", "--seed", str(SEED), "--backbone", BACKBONE,
+                 "--pipeline-root", str(root), "--cache"])
+    assert code == 0
+    common = {"source_uri": str(source), "num_classes": 2, "seed": SEED, "backbone": BACKBONE}
+    memory_out = "memory://goggles-local-runner/out-1"
+    metrics1 = run_pipeline(RunParameters(output_uri=memory_out, num_shards=1, **common),
+                            pipeline_root=str(root), enable_caching=True)
+    out4 = tmp / "out-4"
+    metrics4 = run_pipeline(RunParameters(output_uri=str(out4), num_shards=4, **common),
+                            pipeline_root=str(root), enable_caching=True)
+    reference = tmp / "inprocess"
+    reference_metrics = run_inprocess(RunParameters(output_uri=str(reference), num_shards=3,
+                                                    **common))
+    return {"source": source, "root": root, "out3": out3, "memory_out": memory_out,
+            "metrics1": metrics1, "out4": out4, "metrics4": metrics4, "reference": reference,
+            "reference_metrics": reference_metrics}
+
+
+@pytest.mark.slow
+@pytest.mark.data
+def test_cli_run_defaults_to_the_local_runner_and_writes_the_design_files(runs) -> None:
+    out = runs["out3"]
+    for name in DESIGN_FILES:
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["runner"] == "local"
+    assert metrics["n_images"] == 120 and metrics["n_rejected"] == 0
+    assert metrics["num_shards"] == 3 and metrics["backbone"] == BACKBONE
+    assert metrics["num_prototypes"] > 120
+    assert metrics["accuracy"] >= 0.95, metrics
+    assert set(metrics["timings_s"]) == {"ingest", "extract", "affinity", "infer", "evaluate"}
+    assert all(seconds > 0 for seconds in metrics["timings_s"].values())
+    shards = sorted(p.name for p in (out / "artifacts" / "affinity").iterdir())
+    assert shards == ["shard-00000", "shard-00001", "shard-00002"]
+    rows = [np.load(out / "artifacts" / "affinity" / s / "affinity.npy").shape for s in shards]
+    assert sum(r[0] for r in rows) == 120 and {r[1] for r in rows} == {metrics["num_prototypes"]}
+    assert (out / "artifacts" / "features" / "meta.json").is_file()
+    assert (out / "artifacts" / "prototypes.parquet").is_file()
+    assert (out / "artifacts" / "inference.json").is_file()
+    assert "<h1>goggles labeling report</h1>" in (out / "report.html").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.data
+def test_labels_equal_the_inprocess_run_for_the_same_seed(runs) -> None:
+    local = pq.read_table(runs["out3"] / "labels.parquet")
+    reference = pq.read_table(runs["reference"] / "labels.parquet")
+    assert _labels(local).equals(_labels(reference))
+    np.testing.assert_allclose(np.array(local.sort_by("image_id")["probs"].to_pylist()),
+                               np.array(reference.sort_by("image_id")["probs"].to_pylist()),
+                               rtol=0, atol=1e-9)
+    local_metrics = json.loads((runs["out3"] / "metrics.json").read_text())
+    for key in ("n_images", "num_prototypes", "em_iterations", "converged", "accuracy",
+                "accuracy_kmeans", "confusion"):
+        assert local_metrics[key] == runs["reference_metrics"][key], key
+
+
+@pytest.mark.slow
+@pytest.mark.data
+def test_sharding_is_exact_one_and_four_shards_give_identical_labels(runs) -> None:
+    one = storage.read_parquet(storage.join(runs["memory_out"], "labels.parquet"))
+    four = pq.read_table(runs["out4"] / "labels.parquet")
+    three = pq.read_table(runs["out3"] / "labels.parquet")
+    assert _labels(one).equals(_labels(four))
+    assert _labels(one).equals(_labels(three))
+    assert one.sort_by("image_id")["probs"].to_pylist() == \
+        four.sort_by("image_id")["probs"].to_pylist()
+    assert runs["metrics1"]["num_shards"] == 1 and runs["metrics4"]["num_shards"] == 4
+    # the output may be any fsspec URI: the 1-shard run went to memory://
+    for name in DESIGN_FILES:
+        assert storage.exists(storage.join(runs["memory_out"], name)), name
+    four_shards = sorted(p.name for p in (runs["out4"] / "artifacts" / "affinity").iterdir())
+    assert len(four_shards) == 4
+    affinity = [np.load(runs["out4"] / "artifacts" / "affinity" / s / "affinity.npy")
+                for s in four_shards]
+    single = storage.read_npy(storage.join(runs["memory_out"], "artifacts", "affinity",
+                                           "shard-00000", "affinity.npy"))
+    np.testing.assert_array_equal(np.concatenate(affinity), single)
+
+
+@pytest.mark.slow
+@pytest.mark.data
+def test_kubeflow_ui_outputs(runs) -> None:
+    output = _executor_output(runs["root"], "evaluate")["artifacts"]
+    metrics = output["metrics"]["artifacts"][0]["metadata"]
+    assert metrics["n_images"] == 120 and metrics["n_rejected"] == 0
+    assert metrics["accuracy"] >= 0.95 and metrics["num_prototypes"] > 120
+    assert {"em_iterations", "accuracy_kmeans", "converged"} <= set(metrics)
+    matrix = output["confusion"]["artifacts"][0]["metadata"]["confusionMatrix"]
+    names = [spec["displayName"] for spec in matrix["annotationSpecs"]]
+    assert names == ["001.Black_footed_Albatross", "014.Indigo_Bunting"]
+    counts = np.array([row["row"] for row in matrix["rows"]])
+    assert counts.sum() == 120 and np.trace(counts) >= 114
+    summary = Path(output["summary"]["artifacts"][0]["uri"]).read_text()
+    assert "| accuracy |" in summary and "| n_images | 120 |" in summary
+    report = Path(output["report"]["artifacts"][0]["uri"]).read_text()
+    assert report.startswith("<!doctype html>")
+    extract = _executor_output(runs["root"], "extract")["artifacts"]
+    features = extract["features"]["artifacts"][0]["metadata"]
+    assert features["backbone"] == BACKBONE and features["n_images"] == 120
+    assert features["filter_map_shape"] == [1280, 7, 7]
+    assert features["goggles_version"] and features["torch_version"]
+
+
+@pytest.mark.data
+def test_impossible_shard_count_fails_in_the_plan_before_extraction(tmp_path: Path) -> None:
+    source = cub_task(tmp_path, "001", limit=3)
+    root = tmp_path / "root"
+    params = RunParameters(source_uri=str(source), output_uri=str(tmp_path / "out"),
+                           num_classes=2, num_shards=5, backbone=BACKBONE)
+    with pytest.raises(PipelineRunError, match="plan-shards") as raised:
+        run_pipeline(params, pipeline_root=str(root))
+    assert str(root) in str(raised.value)
+    assert not list(root.glob("goggles-*/extract")), "extract ran although the plan failed"
+    assert not (tmp_path / "out").exists()
+
+
+def test_docker_runner_says_what_is_missing(tmp_path: Path) -> None:
+    """Without the Docker SDK, a daemon or the project image, the error names what to do."""
+    if _docker_images_present():
+        pytest.skip("the project images are built here; nothing is missing")
+    source = tmp_path / "images"
+    source.mkdir()
+    params = RunParameters(source_uri=str(source), output_uri=str(tmp_path / "out"),
+                           num_classes=2)
+    with pytest.raises(PipelineRunError,
+                       match=r"goggles\[docker\]|Docker daemon|not found in the local Docker"):
+        run_pipeline(params, runner="docker")
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,151 @@
+"""`goggles compile / submit / schedule` at the kfp.Client seam.
+
+No KFP server can run here, so ``kfp.Client`` is replaced by a recorder that keeps what the
+commands hand it (host, package, arguments, experiment, cron) and reads the package while it
+still exists. Everything up to that call — compiling, typing and checking the parameters — is
+the real code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import kfp
+import pytest
+import yaml
+
+from goggles import kfp_client
+from goggles.cli import main
+
+HOST = "http://kfp.example:8080"
+
+
+class RecordingClient:
+    """Stands in for kfp.Client: records each call, answers with ids like the server's."""
+
+    instances: list[RecordingClient] = []
+
+    def __init__(self, host: str | None = None, namespace: str = "kubeflow", **kwargs: Any):
+        self.host, self.namespace, self.kwargs = host, namespace, kwargs
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        RecordingClient.instances.append(self)
+
+    @staticmethod
+    def _package(path: str) -> dict[str, Any]:
+        with open(path, encoding="utf-8") as handle:
+            return {"path": path, "spec": next(iter(yaml.safe_load_all(handle)))}
+
+    def create_run_from_pipeline_package(self, pipeline_file: str, arguments: dict[str, Any],
+                                         run_name: str | None = None,
+                                         experiment_name: str | None = None,
+                                         **kwargs: Any) -> SimpleNamespace:
+        self.calls.append(("run", {"package": self._package(pipeline_file),
+                                   "arguments": arguments, "run_name": run_name,
+                                   "experiment_name": experiment_name, **kwargs}))
+        return SimpleNamespace(run_id="run-123")
+
+    def create_experiment(self, name: str, description: str | None = None,
+                          namespace: str | None = None) -> SimpleNamespace:
+        self.calls.append(("experiment", {"name": name}))
+        return SimpleNamespace(experiment_id=f"exp-{name}")
+
+    def create_recurring_run(self, experiment_id: str, job_name: str, **kwargs: Any,
+                             ) -> SimpleNamespace:
+        package = self._package(kwargs.pop("pipeline_package_path"))
+        self.calls.append(("recurring", {"experiment_id": experiment_id, "job_name": job_name,
+                                         "package": package, **kwargs}))
+        return SimpleNamespace(recurring_run_id="rr-456")
+
+
+@pytest.fixture
+def client(monkeypatch: pytest.MonkeyPatch) -> type[RecordingClient]:
+    RecordingClient.instances = []
+    monkeypatch.setattr(kfp, "Client", RecordingClient)
+    return RecordingClient
+
+
+def _only_call(client: type[RecordingClient]) -> tuple[RecordingClient, list]:
+    assert len(client.instances) == 1
+    return client.instances[0], client.instances[0].calls
+
+
+def test_submit_compiles_and_sends_typed_parameters(client, capsys) -> None:
+    code = main(["submit", "--host", HOST, "--experiment", "birds", "--run-name", "nightly",
+                 "source_uri=gs://bucket/birds", "num_classes=3", "num_shards=8",
+                 "backbone=mobilenet_v2"])
+    assert code == 0
+    instance, calls = _only_call(client)
+    assert instance.host == HOST
+    assert [kind for kind, _ in calls] == ["run"]
+    call = calls[0][1]
+    assert call["arguments"] == {"source_uri": "gs://bucket/birds", "num_classes": 3,
+                                 "num_shards": 8, "backbone": "mobilenet_v2"}
+    assert isinstance(call["arguments"]["num_classes"], int)
+    assert call["experiment_name"] == "birds" and call["run_name"] == "nightly"
+    spec = call["package"]["spec"]
+    assert spec["pipelineInfo"]["name"] == "goggles"
+    assert "comp-affinity-shard" in spec["components"]
+    assert not Path(call["package"]["path"]).exists(), "the temporary package is left behind"
+    out = capsys.readouterr().out
+    assert "run-123" in out and f"{HOST}/#/runs/details/run-123" in out
+
+
+def test_submit_sends_a_given_package_unchanged(client, tmp_path: Path) -> None:
+    package = tmp_path / "pinned.yaml"
+    assert main(["compile", "--output", str(package)]) == 0
+    before = package.read_text()
+    assert main(["submit", "--host", HOST, "--package", str(package),
+                 "source_uri=s3://b/x"]) == 0
+    _, calls = _only_call(client)
+    call = calls[0][1]
+    assert call["package"]["path"] == str(package)
+    assert call["experiment_name"] == "goggles"  # the default experiment
+    assert call["arguments"] == {"source_uri": "s3://b/x"}
+    assert package.read_text() == before
+
+
+def test_schedule_creates_a_recurring_run_on_a_six_field_cron(client, capsys) -> None:
+    code = main(["schedule", "--host", HOST, "--cron", "0 0 3 * * *", "--experiment", "daily",
+                 "--job-name", "birds-nightly", "source_uri=gs://bucket/new", "seed=7"])
+    assert code == 0
+    _, calls = _only_call(client)
+    assert [kind for kind, _ in calls] == ["experiment", "recurring"]
+    assert calls[0][1] == {"name": "daily"}
+    recurring = calls[1][1]
+    assert recurring["experiment_id"] == "exp-daily"
+    assert recurring["job_name"] == "birds-nightly"
+    assert recurring["cron_expression"] == "0 0 3 * * *"
+    assert recurring["params"] == {"source_uri": "gs://bucket/new", "seed": 7}
+    assert recurring["max_concurrency"] == 1 and recurring["no_catchup"] is True
+    assert recurring["package"]["spec"]["pipelineInfo"]["name"] == "goggles"
+    assert "rr-456" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["schedule", "--host", HOST, "--cron", "0 3 * * *", "source_uri=gs://b/i"],
+     "six, seconds first"),
+    (["submit", "--host", HOST, "source_uri=gs://b/i", "num_clases=3"],
+     "unknown pipeline parameter 'num_clases'"),
+    (["submit", "--host", HOST, "source_uri=gs://b/i", "num_classes=three"],
+     "num_classes='three': expected a number integer"),
+    (["submit", "--host", HOST, "num_classes=3"], "source_uri is required"),
+    (["submit", "--host", HOST, "source_uri=gs://b/i", "num_classes=1"],
+     "num_classes must be at least 2"),
+    (["submit", "--host", HOST, "source_uri=gs://b/i", "backbone=resnet"],
+     "unknown backbone 'resnet'"),
+    (["submit", "--host", HOST, "source_uri"], "is not PARAM=VALUE"),
+])
+def test_bad_parameters_never_reach_the_server(client, capsys, argv, message) -> None:
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+    assert all(not instance.calls for instance in client.instances)
+
+
+def test_package_parameters_read_the_compiled_definitions(tmp_path: Path) -> None:
+    package = kfp_client.compile_package(str(tmp_path / "p.yaml"))
+    parameters = kfp_client.package_parameters(package)
+    assert parameters["num_shards"] == {"type": "NUMBER_INTEGER", "default": 4}
+    assert parameters["backbone"] == {"type": "STRING", "default": "vgg16"}
+    assert kfp_client.check_cron("0  0 3 * * *") == "0 0 3 * * *"

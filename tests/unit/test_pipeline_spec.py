@@ -1,0 +1,232 @@
+"""The compiled pipeline (``python pipeline.py``), read back with kfp's pipeline-spec protobuf.
+
+Protobuf maps read a missing key as an empty message, so every lookup checks ``in`` first.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from google.protobuf import json_format
+from kfp.pipeline_spec import pipeline_spec_pb2
+
+import goggles
+from goggles.kfp_runner import load_pipeline, project_root
+
+ParameterType = pipeline_spec_pb2.ParameterType
+STAGES = {"ingest": "comp-ingest", "extract": "comp-extract", "affinity": "comp-affinity-shard",
+          "infer": "comp-infer", "evaluate": "comp-evaluate"}
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory: pytest.TempPathFactory,
+             ) -> tuple[pipeline_spec_pb2.PipelineSpec, pipeline_spec_pb2.PlatformSpec, str]:
+    """``python pipeline.py --output X`` run as a user runs it, parsed as protobuf."""
+    package = tmp_path_factory.mktemp("spec") / "goggles_pipeline.yaml"
+    done = subprocess.run([sys.executable, "pipeline.py", "--output", str(package)],
+                          cwd=project_root(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    text = package.read_text()
+    documents = list(yaml.safe_load_all(text))
+    assert len(documents) == 2, "expected the pipeline spec and a platform spec"
+    spec = json_format.ParseDict(documents[0], pipeline_spec_pb2.PipelineSpec())
+    platform = json_format.ParseDict(documents[1], pipeline_spec_pb2.PlatformSpec())
+    return spec, platform, text
+
+
+def _task(dag: pipeline_spec_pb2.DagSpec, name: str) -> pipeline_spec_pb2.PipelineTaskSpec:
+    assert name in dag.tasks, f"no task {name!r}; tasks are {sorted(dag.tasks)}"
+    return dag.tasks[name]
+
+
+def _loop(spec: pipeline_spec_pb2.PipelineSpec) -> tuple[str, pipeline_spec_pb2.ComponentSpec]:
+    loops = [name for name, task in spec.root.dag.tasks.items()
+             if task.WhichOneof("iterator") == "parameter_iterator"]
+    assert len(loops) == 1, f"expected one ParallelFor, found {loops}"
+    component = spec.root.dag.tasks[loops[0]].component_ref.name
+    assert component in spec.components
+    return loops[0], spec.components[component]
+
+
+def _executor(spec: pipeline_spec_pb2.PipelineSpec, component: str) -> dict:
+    executors = json_format.MessageToDict(spec.deployment_spec)["executors"]
+    label = spec.components[component].executor_label
+    assert label in executors, label
+    return dict(executors[label]["container"])
+
+
+def _all_tasks(spec: pipeline_spec_pb2.PipelineSpec,
+               ) -> dict[str, pipeline_spec_pb2.PipelineTaskSpec]:
+    tasks = dict(spec.root.dag.tasks)
+    for component in spec.components.values():
+        if component.WhichOneof("implementation") == "dag":
+            tasks.update(component.dag.tasks)
+    return tasks
+
+
+def test_five_stage_components_and_the_shard_plan(compiled) -> None:
+    spec, _, _ = compiled
+    for stage, component in STAGES.items():
+        assert component in spec.components, f"{stage}: no {component}"
+        assert spec.components[component].WhichOneof("implementation") == "executor_label"
+    leaves = {name for name, c in spec.components.items()
+              if c.WhichOneof("implementation") == "executor_label"}
+    assert leaves == set(STAGES.values()) | {"comp-plan-shards"}
+    assert spec.pipeline_info.name == "goggles"
+
+
+def test_affinity_runs_inside_a_parallel_for_over_the_planned_shard_ids(compiled) -> None:
+    spec, _, _ = compiled
+    loop_name, loop = _loop(spec)
+    loop_task = spec.root.dag.tasks[loop_name]
+    assert loop_task.parameter_iterator.items.input_parameter == \
+        "pipelinechannel--plan-shards-Output"
+    assert "plan-shards" in loop_task.dependent_tasks
+    assert loop_task.iterator_policy.parallelism_limit >= 2
+    shard = _task(loop.dag, "affinity-shard")
+    assert shard.component_ref.name == STAGES["affinity"]
+    assert "shard_id" in shard.inputs.parameters
+    assert shard.inputs.parameters["shard_id"].component_input_parameter == \
+        loop_task.parameter_iterator.item_input
+    for artifact in ("features", "prototypes"):
+        assert artifact in shard.inputs.artifacts
+    # the shard ids come from the plan, which reads the ingest manifest
+    plan = _task(spec.root.dag, "plan-shards")
+    assert "num_shards" in plan.inputs.parameters
+    assert plan.inputs.parameters["num_shards"].component_input_parameter == "num_shards"
+
+
+def test_infer_and_evaluate_consume_the_collected_shards(compiled) -> None:
+    spec, _, _ = compiled
+    loop_name, loop = _loop(spec)
+    collected = "pipelinechannel--affinity-shard-affinity"
+    assert collected in loop.output_definitions.artifacts
+    assert loop.output_definitions.artifacts[collected].is_artifact_list
+    assert collected in loop.dag.outputs.artifacts
+    selector = loop.dag.outputs.artifacts[collected].artifact_selectors[0]
+    assert (selector.producer_subtask, selector.output_artifact_key) == ("affinity-shard",
+                                                                        "affinity")
+    for consumer in ("infer", "evaluate"):
+        task = _task(spec.root.dag, consumer)
+        assert "affinity_shards" in task.inputs.artifacts
+        source = task.inputs.artifacts["affinity_shards"].task_output_artifact
+        assert (source.producer_task, source.output_artifact_key) == (loop_name, collected)
+        assert loop_name in task.dependent_tasks
+        inputs = spec.components[STAGES[consumer]].input_definitions.artifacts
+        assert "affinity_shards" in inputs and inputs["affinity_shards"].is_artifact_list
+
+
+def test_only_extract_asks_for_a_gpu_with_node_selector_and_toleration(compiled) -> None:
+    spec, platform, _ = compiled
+    for stage, component in STAGES.items():
+        resources = _executor(spec, component).get("resources", {})
+        accelerator = resources.get("accelerator", {})
+        if stage == "extract":
+            assert accelerator.get("resourceType") == "nvidia.com/gpu"
+            assert accelerator.get("resourceCount") == "1"
+        else:
+            assert not accelerator, f"{stage} should not ask for an accelerator"
+    assert "kubernetes" in platform.platforms
+    kubernetes = json_format.MessageToDict(platform.platforms["kubernetes"].deployment_spec)
+    executors = kubernetes["executors"]
+    assert set(executors) == {"exec-extract"}
+    extract = executors["exec-extract"]
+    assert extract["nodeSelector"]["labels"] == {"nvidia.com/gpu.present": "true"}
+    assert extract["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists",
+                                       "effect": "NoSchedule"}]
+
+
+def test_retries_with_backoff_on_extract_and_shards_only(compiled) -> None:
+    spec, _, _ = compiled
+    _, loop = _loop(spec)
+    retried = {"extract": _task(spec.root.dag, "extract"),
+               "affinity-shard": _task(loop.dag, "affinity-shard")}
+    for name, task in retried.items():
+        assert task.retry_policy.max_retry_count >= 2, name
+        assert task.retry_policy.backoff_duration.seconds > 0, name
+        assert task.retry_policy.backoff_factor > 1, name
+    for name in ("ingest", "plan-shards", "infer", "evaluate"):
+        assert _task(spec.root.dag, name).retry_policy.max_retry_count == 0, name
+
+
+def test_every_task_has_a_display_name_and_caching(compiled) -> None:
+    spec, _, _ = compiled
+    tasks = _all_tasks(spec)
+    assert len(tasks) == 7  # ingest, plan, extract, the loop, its shard task, infer, evaluate
+    for name, task in tasks.items():
+        assert task.task_info.name and task.task_info.name != name, \
+            f"task {name!r} has no display name"
+        if task.WhichOneof("iterator") is None:
+            assert task.caching_options.enable_cache, f"task {name!r} is not cached"
+
+
+def test_every_stage_requests_cpu_and_memory_and_runs_the_project_image(compiled) -> None:
+    spec, _, text = compiled
+    for component in [*STAGES.values(), "comp-plan-shards"]:
+        container = _executor(spec, component)
+        resources = container.get("resources", {})
+        assert resources.get("resourceCpuRequest"), component
+        assert resources.get("resourceMemoryRequest"), component
+        assert resources.get("resourceMemoryLimit"), component
+        assert container["image"].startswith("ghcr.io/goggles-project/goggles:"
+                                             f"{goggles.__version__}"), container["image"]
+        command = " ".join(container.get("command", []) + container.get("args", []))
+        assert "pip install" not in command, f"{component} would pip install at start"
+    assert "-gpu" in _executor(spec, STAGES["extract"])["image"]
+    assert "pip install" not in text
+
+
+def test_parameters_are_typed_with_literal_defaults(compiled) -> None:
+    spec, _, _ = compiled
+    parameters = spec.root.input_definitions.parameters
+    expected = {"source_uri": "", "num_classes": 2, "backbone": "vgg16", "weights_uri": "",
+                "top_k": 5, "num_shards": 4, "method": "em", "max_iter": 100, "seed": 0,
+                "dev_labels_uri": "", "device": "auto"}
+    assert set(parameters) == set(expected)
+    for name, default in expected.items():
+        definition = parameters[name]
+        assert definition.HasField("default_value"), name
+        if isinstance(default, str):
+            assert definition.parameter_type == ParameterType.STRING, name
+            assert definition.default_value.string_value == default, name
+        else:
+            assert definition.parameter_type == ParameterType.NUMBER_INTEGER, name
+            assert definition.default_value.number_value == default, name
+
+
+def test_the_pipeline_outputs_the_design_artifacts(compiled) -> None:
+    spec, _, _ = compiled
+    outputs = spec.root.output_definitions.artifacts
+    assert set(outputs) == {"manifest", "features", "prototypes", "labels", "inference",
+                            "metrics", "report"}
+    assert outputs["report"].artifact_type.schema_title == "system.HTML"
+    evaluate_outputs = spec.components[STAGES["evaluate"]].output_definitions.artifacts
+    kinds = {name: a.artifact_type.schema_title for name, a in evaluate_outputs.items()}
+    assert kinds == {"metrics_json": "system.Artifact", "report": "system.HTML",
+                     "metrics": "system.Metrics", "confusion": "system.ClassificationMetrics",
+                     "summary": "system.Markdown"}
+
+
+def test_compiling_reads_nothing_from_the_environment(tmp_path: Path) -> None:
+    """Two compilations under different environments give the same package."""
+    packages = []
+    for index, env in enumerate(({"PATH": "/usr/bin:/bin"},
+                                 {"PATH": "/usr/bin:/bin", "GOGGLES_BACKBONE": "mobilenet_v2",
+                                  "KF_PIPELINES_ENDPOINT": "http://elsewhere"})):
+        target = tmp_path / f"p{index}.yaml"
+        done = subprocess.run([sys.executable, "pipeline.py", "--output", str(target)],
+                              cwd=project_root(), env=env, capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 0, done.stderr
+        packages.append(target.read_text())
+    assert packages[0] == packages[1]
+
+
+def test_load_pipeline_imports_pipeline_py_once() -> None:
+    module = load_pipeline()
+    assert module is load_pipeline()
+    assert module.goggles_pipeline.name == "goggles"
