@@ -237,18 +237,28 @@ def inspect_data(listed: storage.ListedFile, data: bytes, config: IngestConfig) 
     return Record(listed.uri, digest, image.width, image.height, label, None)
 
 
-def inspect_file(listed: storage.ListedFile, config: IngestConfig) -> Record:
-    """Check, read and validate one listed file; never raises for bad data."""
+def refused(listed: storage.ListedFile, config: IngestConfig, reason: str) -> Record:
+    """The row of a file rejected without (or before) reading its bytes."""
     label = label_of(listed.relative) if config.labels_from_folders else None
-    reason = precheck(listed, config)
-    if reason is not None:
-        return Record(printable(listed.uri), None, None, None, label, reason)
+    return Record(printable(listed.uri), None, None, None, label, reason)
+
+
+def read_and_inspect(listed: storage.ListedFile, config: IngestConfig) -> Record:
+    """Read a file that passed :func:`precheck` and validate it; never raises for bad data."""
     try:
         data = storage.read_bytes(listed.uri)
     except (OSError, storage.StorageError) as error:
-        return Record(listed.uri, None, None, None, label,
-                      f"unreadable: {error} (the file may have vanished after listing)")
+        return refused(listed, config,
+                       f"unreadable: {error} (the file may have vanished after listing)")
     return inspect_data(listed, data, config)
+
+
+def inspect_file(listed: storage.ListedFile, config: IngestConfig) -> Record:
+    """Check, read and validate one listed file; never raises for bad data."""
+    reason = precheck(listed, config)
+    if reason is not None:
+        return refused(listed, config, reason)
+    return read_and_inspect(listed, config)
 
 
 def build_manifest(source_uri: str, config: IngestConfig) -> pa.Table:
@@ -265,12 +275,22 @@ def build_manifest(source_uri: str, config: IngestConfig) -> pa.Table:
             f"no image files under {source_uri!r} (looked for {', '.join(config.extensions)}); "
             "check the source URI")
     logger.info("ingest: %d files listed under %s", len(listed), printable(source_uri))
-    records = [inspect_file(f, config)
-               for f in tqdm(listed, desc="ingest", unit="img", disable=None)]
-    _log_summary(records)
+    records: list[Record | None] = [None] * len(listed)
+    to_read: list[int] = []
+    for index, file in enumerate(listed):
+        reason = precheck(file, config)
+        if reason is None:
+            to_read.append(index)
+        else:
+            records[index] = refused(file, config, reason)
+    # Only files that passed the precheck are ever opened: a FIFO blocks, /dev/zero never ends.
+    for index in tqdm(to_read, desc="ingest", unit="img", disable=None):
+        records[index] = read_and_inspect(listed[index], config)
+    done = [record for record in records if record is not None]  # all of them: one per file
+    _log_summary(done)
     image_ids: list[int | None] = []
     next_id = 0
-    for record in records:
+    for record in done:
         if record.error is None:
             image_ids.append(next_id)
             next_id += 1
@@ -278,13 +298,13 @@ def build_manifest(source_uri: str, config: IngestConfig) -> pa.Table:
             image_ids.append(None)
     return pa.table({
         "image_id": pa.array(image_ids, pa.int64()),
-        "uri": pa.array([r.uri for r in records], pa.string()),
-        "sha256": pa.array([r.sha256 for r in records], pa.string()),
-        "width": pa.array([r.width for r in records], pa.int32()),
-        "height": pa.array([r.height for r in records], pa.int32()),
-        "label": pa.array([r.label for r in records], pa.string()),
-        "status": pa.array(["accepted" if r.error is None else "rejected" for r in records]),
-        "error": pa.array([r.error for r in records], pa.string()),
+        "uri": pa.array([r.uri for r in done], pa.string()),
+        "sha256": pa.array([r.sha256 for r in done], pa.string()),
+        "width": pa.array([r.width for r in done], pa.int32()),
+        "height": pa.array([r.height for r in done], pa.int32()),
+        "label": pa.array([r.label for r in done], pa.string()),
+        "status": pa.array(["accepted" if r.error is None else "rejected" for r in done]),
+        "error": pa.array([r.error for r in done], pa.string()),
     }, schema=MANIFEST_SCHEMA)
 
 
