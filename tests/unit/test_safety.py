@@ -99,6 +99,56 @@ def test_a_run_with_malicious_weights_stops_before_running_them(tmp_path: Path) 
     assert not marker.exists()
 
 
+def _unsafe_loads(path: Path) -> list[str]:
+    """Calls in ``path`` that could unpickle arbitrary objects."""
+    import ast
+
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found = []
+    for node in ast.walk(tree):
+        where = f"{path.name}:{getattr(node, 'lineno', 0)}"
+        if isinstance(node, ast.Call):
+            name = ast.unparse(node.func)
+            keywords = {k.arg: ast.unparse(k.value) for k in node.keywords}
+            if name.endswith(("torch.load", "load_state_dict_from_url")) and \
+                    keywords.get("weights_only") != "True":
+                found.append(f"{where}: {name} without weights_only=True")
+            if name in ("np.load", "numpy.load") and keywords.get("allow_pickle") == "True":
+                found.append(f"{where}: {name}(allow_pickle=True)")
+            if name in ("pickle.load", "pickle.loads", "pickle.Unpickler", "pd.read_pickle",
+                        "pandas.read_pickle", "marshal.loads", "shelve.open"):
+                found.append(f"{where}: {name}")
+        if isinstance(node, ast.ClassDef) and any(ast.unparse(b) == "pickle.Unpickler"
+                                                  for b in node.bases):
+            if not any(isinstance(f, ast.FunctionDef) and f.name == "find_class"
+                       for f in node.body):
+                found.append(f"{where}: Unpickler subclass {node.name} without find_class")
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            modules = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""]
+            found += [f"{where}: imports {m}" for m in modules
+                      if m.split(".")[0] in ("dill", "joblib", "cloudpickle", "shelve")]
+    return found
+
+
+def test_every_weights_load_in_the_code_is_restricted() -> None:
+    sources = sorted((REPO / "goggles").glob("*.py")) + sorted((REPO / "components").glob(
+        "*.py")) + sorted(REPO.glob("pipeline.py"))
+    assert any(p.name == "backbones.py" for p in sources)
+    assert not [issue for path in sources for issue in _unsafe_loads(path)]
+
+
+def test_the_code_scan_catches_an_unsafe_load(tmp_path: Path) -> None:
+    bad = tmp_path / "probe.py"
+    bad.write_text("import pickle, torch\n"
+                   "state = torch.load('w.pth')\n"
+                   "other = torch.load('w.pth', weights_only=False)\n"
+                   "obj = pickle.loads(b'')\n"
+                   "class Open(pickle.Unpickler):\n    pass\n")
+    issues = _unsafe_loads(bad)
+    assert len(issues) == 4, issues
+
+
 # -- manifest URIs stay under the source --------------------------------------------------------
 
 def test_local_manifest_uris_stay_under_the_source(tmp_path: Path) -> None:
