@@ -165,7 +165,7 @@ def test_fuzz_build_manifest_over_5000_files(alarm: None) -> None:
     @settings(max_examples=200, deadline=None, database=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
     @given(st.lists(st.tuples(st.sampled_from(["", "cat/", "dog/", "dog/deep/"]), names,
-                              suffixes, hostile_bytes()), min_size=25, max_size=35))
+                              suffixes, hostile_bytes()), min_size=30, max_size=40))
     def check(files: list[tuple[str, str, str, bytes]]) -> None:
         root = f"memory:///fuzz-{uuid.uuid4().hex}"
         try:
@@ -181,6 +181,7 @@ def test_fuzz_build_manifest_over_5000_files(alarm: None) -> None:
 
     check()
     assert sum(files_seen) >= 5000, f"only {sum(files_seen)} files were generated"
+    print(f"fuzzed {sum(files_seen)} files in {len(files_seen)} manifests")
 
 
 def test_fuzz_local_names_and_contents(tmp_path: Path, alarm: None) -> None:
