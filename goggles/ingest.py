@@ -120,6 +120,10 @@ def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
         if width * height > max_pixels:
             raise ImageRejected(f"too many pixels: {width}x{height} exceeds max_pixels="
                                 f"{max_pixels} (decompression-bomb guard)")
+        covered = _covered_pixels(image)
+        if covered is not None and covered < width * height:
+            raise ImageRejected(f"corrupt image: its data covers {covered} of the {width}x{height}"
+                                " pixels it declares")
         try:
             image.load()
         except Image.DecompressionBombWarning as error:
@@ -143,6 +147,25 @@ def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
                                 f"{type(error).__name__}: {error}") from error
 
 
+def _covered_pixels(image: Image.Image) -> int | None:
+    """Pixels covered by the data blocks (tiles, strips) an opened image lists, or None when the
+    decoder does not list them (WebP) or may legitimately leave parts blank (a GIF's first frame
+    can be smaller than its canvas). A TIFF of a few hundred bytes can claim millions of rows
+    and hold one strip; Pillow would fill the rest with zeros."""
+    tiles = getattr(image, "tile", None)
+    if not tiles or image.format == "GIF":
+        return None
+    width, height = image.size
+    covered = 0
+    try:
+        for tile in tiles:
+            x0, y0, x1, y1 = tile[1]
+            covered += max(0, min(x1, width) - max(x0, 0)) * max(0, min(y1, height) - max(y0, 0))
+    except (TypeError, ValueError, IndexError):
+        return None
+    return covered
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
     """Convert any PIL mode to 8-bit RGB.
 
@@ -152,14 +175,20 @@ def to_rgb(image: Image.Image) -> Image.Image:
     if image.mode == "RGB":
         return image
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        array = np.asarray(image, dtype=np.float64)
+        # float32, in place: a 64-megapixel image needs ~0.3 GB here, not 2 GB
+        array = np.array(image, dtype=np.float32)
         finite = np.isfinite(array)
         if not finite.any():
             return Image.new("RGB", image.size)
-        low, high = float(array[finite].min()), float(array[finite].max())
-        scaled = np.zeros_like(array) if high <= low else (array - low) / (high - low) * 255.0
-        scaled = np.where(finite, scaled, 0.0)
-        return Image.fromarray(scaled.round().astype(np.uint8)).convert("RGB")
+        low = float(np.min(array, where=finite, initial=np.inf))
+        high = float(np.max(array, where=finite, initial=-np.inf))
+        array[~finite] = low
+        array -= low
+        if high > low:
+            array *= 255.0 / (high - low)
+        np.rint(array, out=array)
+        np.clip(array, 0, 255, out=array)
+        return Image.fromarray(array.astype(np.uint8)).convert("RGB")
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):

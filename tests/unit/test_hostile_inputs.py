@@ -60,6 +60,20 @@ def png_claiming(width: int, height: int) -> bytes:
             + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
 
 
+def tiff_claiming_rows(rows: int) -> bytes:
+    """A 6x5 float TIFF (one strip) whose ImageLength tag is rewritten to ``rows``: a few hundred
+    bytes declaring millions of pixels (found by the fuzz test; Pillow fills the rest with 0)."""
+    data = bytearray(encode(Image.fromarray(np.ones((5, 6), np.float32)), "TIFF"))
+    assert data[:4] == b"II*\x00"
+    ifd = struct.unpack_from("<I", data, 4)[0]
+    for entry in range(struct.unpack_from("<H", data, ifd)[0]):
+        at = ifd + 2 + 12 * entry
+        if struct.unpack_from("<H", data, at)[0] == 257:  # ImageLength
+            struct.pack_into("<HHII", data, at, 257, 4, 1, rows)  # LONG, count 1
+            return bytes(data)
+    raise AssertionError("no ImageLength tag")
+
+
 def corner_marked(width: int = 60, height: int = 40) -> Image.Image:
     """Blue, with a red 10x10 block in the top-left corner (to follow rotations)."""
     image = Image.new("RGB", (width, height), BLUE)
@@ -106,6 +120,8 @@ def hostile_blobs() -> dict[str, tuple[bytes, Expect]]:
                                  Expect("rejected", "decompression bomb")),
         "over_max_pixels.png": (png_claiming(10_000, 7_000),
                                 Expect("rejected", "exceeds max_pixels=64000000")),
+        "tiff_claiming_rows.tif": (tiff_claiming_rows(8_912_901),
+                                   Expect("rejected", "covers 30 of the 6x8912901 pixels")),
         "one_pixel.png": (encode(Image.new("RGB", (1, 1), RED), "PNG"),
                           Expect("accepted", size=(1, 1))),
         "one_pixel.jpg": (encode(Image.new("L", (1, 1), 128), "JPEG"),
