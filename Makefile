@@ -25,6 +25,11 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow and not integration"
 
+# Fashion-MNIST (Debian's dataset-fashion-mnist, fetched with apt-get download) through the
+# Kubeflow pipeline with kfp's local runner; prints the accuracy and where the report is.
+demo: $(STAMP)
+	$(PY) -m goggles.demo --output demo-out
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check goggles components tests benchmarks pipeline.py
 

@@ -16,6 +16,7 @@ Afterwards the run's artifacts are copied out of kfp's ``pipeline_root`` into th
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import importlib.util
 import logging
@@ -188,6 +189,7 @@ def run_pipeline(params: RunParameters, runner: str = "local", *, pipeline_root:
     logger.info("running pipeline %r with kfp's %s runner (pipeline_root %s)",
                 module.PIPELINE_NAME, runner, root)
     start = time.perf_counter()
+    original_print = builtins.print
     try:
         # task logs go to stderr, so stdout carries only what the caller prints
         with _quiet_local_warnings(), contextlib.redirect_stdout(sys.stderr):
@@ -196,6 +198,10 @@ def run_pipeline(params: RunParameters, runner: str = "local", *, pipeline_root:
         message = _ANSI.sub("", str(error))
         raise PipelineRunError(f"{message} Its log is above; the task outputs are kept in "
                                f"{root}") from error
+    finally:
+        # kfp.local indents task logs by swapping builtins.print per task; two ParallelFor
+        # tasks finishing at once can leave the indenting print installed for good
+        builtins.print = original_print
     seconds = round(time.perf_counter() - start, 3)
     metrics = assemble_outputs(task.outputs, params.output_uri, runner=runner,
                                pipeline_seconds=seconds)

@@ -7,6 +7,7 @@ MobileNetV2 keeps the CNN part short on a 2-core machine; the DAG is the same fo
 
 from __future__ import annotations
 
+import builtins
 import json
 from pathlib import Path
 
@@ -27,6 +28,7 @@ pytestmark = [pytest.mark.integration]
 SEED = 3
 BACKBONE = "mobilenet_v2"
 DESIGN_FILES = ("labels.parquet", "manifest.parquet", "metrics.json", "report.html")
+PRINT = builtins.print
 
 
 def _labels(table: pa.Table) -> pa.Table:
@@ -82,6 +84,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
 @pytest.mark.data
 def test_cli_run_defaults_to_the_local_runner_and_writes_the_design_files(runs) -> None:
     out = runs["out3"]
+    assert builtins.print is PRINT, "kfp.local left its indenting print installed"
     for name in DESIGN_FILES:
         assert (out / name).is_file(), name
     metrics = json.loads((out / "metrics.json").read_text())
