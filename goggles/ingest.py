@@ -11,7 +11,8 @@ Hostile inputs and what becomes of them:
   (first frame), 1x1 images, duplicate files (each keeps its own row; same ``sha256``);
 * rejected with a reason: empty, truncated, corrupt or non-image bytes (HTML, random data),
   formats outside :data:`SUPPORTED_FORMATS` (EPS, PSD ...: decoding them can run external
-  programs), more than ``max_pixels`` pixels (decompression bombs) or ``max_bytes`` bytes, FIFOs,
+  programs), more than ``max_pixels`` pixels (decompression bombs) or ``max_bytes`` bytes, data
+  that covers only part of the declared size (a tiny TIFF claiming millions of rows), FIFOs,
   sockets and devices, symlink loops, files that vanish between listing and reading, names that
   are not valid UTF-8, and paths that could resolve outside the source prefix.
 """
