@@ -93,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top-k", type=int, default=5)
     parser.add_argument("--method", default="em")
     parser.add_argument("--m-step", default="sampled")
-    parser.add_argument("--no-exclude-self", action="store_true")
+    parser.add_argument("--exclude-self", action="store_true",
+                        help="leave out each image's affinity to its own prototypes")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     maps, seconds_per_image = cached_maps(args.backbone)
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.tasks in ("hard", "all"):
         tasks += hard_tasks()
     overrides = {"method": args.method, "m_step": args.m_step,
-                 "exclude_self": not args.no_exclude_self}
+                 "exclude_self": args.exclude_self}
     rows = [run_task(t, maps, seconds_per_image, seed=args.seed, top_k=args.top_k,
                      infer_overrides=overrides) for t in tasks]
     print(f"backbone {args.backbone}, top_k {args.top_k}, seed {args.seed}, {overrides}")

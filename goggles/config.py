@@ -157,7 +157,8 @@ class InferConfig(_Config):
     m_step : ``sampled`` draws hard labels from the posteriors as the paper does (§4.3);
         ``soft`` weights every image by its posterior.
     variance_floor : lower bound on every fitted variance.
-    exclude_self : leave out the affinity of an image to its own prototypes (always 1.0).
+    exclude_self : leave out the affinity of an image to its own prototypes (always 1.0);
+        kept by default, as in the paper (see :mod:`goggles.inference`).
     n_init : k-means restarts; the one with the lowest inertia starts EM.
     """
 
@@ -167,8 +168,8 @@ class InferConfig(_Config):
     tol: float = 1e-4
     seed: int = 0
     m_step: str = "sampled"
-    variance_floor: float = 1e-4
-    exclude_self: bool = True
+    variance_floor: float = 1e-3
+    exclude_self: bool = False
     n_init: int = 10
 
     def __post_init__(self) -> None:

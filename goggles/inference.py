@@ -9,8 +9,10 @@ row is a sum over prototypes, computed in log space with ``log_ndtr``.
 
 Choices, each measured on cub-dev (see README):
 
-* The affinity of an image to its own prototypes is always 1.0 and says nothing about its class;
-  by default it is left out of both steps (``exclude_self``). The original code kept it.
+* The affinity of an image to its own prototypes is always 1.0. The paper's A keeps these entries
+  and so do we by default: they anchor each image to its current label, which keeps the EM from
+  drifting off a good k-means start (cub-dev 3-5-class tasks: 0.984 with them, 0.953 without).
+  ``exclude_self=True`` leaves them out of both steps.
 * The E-step and the M-step use the same parameters: an E-step uses the parameters fitted by the
   M-step just before it (the original code lagged one iteration).
 * ``m_step="sampled"`` draws hard labels from the posteriors and fits the Gaussians on them, as
@@ -164,17 +166,23 @@ def kmeans_labels(affinity: np.ndarray, num_classes: int, *, n_init: int,
 
 
 def kmeans_features(affinity: np.ndarray, source_index: np.ndarray | None) -> np.ndarray:
-    """Rows of A for k-means, with self entries replaced by their column's mean over the other
-    rows (an image's score to its own prototype is always 1.0 and would pull it off its cluster).
+    """Rows of A prepared for k-means, [N, M].
+
+    Self entries (an image's score to its own prototype, always 1.0) are replaced by their
+    column's mean over the other rows, so they do not pull an image off its cluster. Rows are then
+    scaled to unit length: how strongly an image responds to prototypes overall (its contrast,
+    its size in the frame) is not class information, the pattern of its affinities is. Measured
+    on cub-dev: mean k-means accuracy 0.973 → 0.985 on 3-5-class tasks, 0.793 → 0.877 on
+    same-family pairs.
     """
-    rows, cols = self_mask_positions(source_index, affinity.shape[0])
-    if not len(rows):
-        return affinity
     features = affinity.astype(np.float64, copy=True)
-    n = features.shape[0]
-    column_sum = features.sum(axis=0)
-    features[rows, cols] = (column_sum[cols] - features[rows, cols]) / max(n - 1, 1)
-    return features
+    rows, cols = self_mask_positions(source_index, affinity.shape[0])
+    if len(rows):
+        n = features.shape[0]
+        column_sum = features.sum(axis=0)
+        features[rows, cols] = (column_sum[cols] - features[rows, cols]) / max(n - 1, 1)
+    norms = np.linalg.norm(features, axis=1, keepdims=True)
+    return features / np.maximum(norms, 1e-12)
 
 
 @dataclass
@@ -202,8 +210,8 @@ class AffinityEM:
     max_iter: int = 100
     tol: float = 1e-4
     m_step: str = "sampled"
-    variance_floor: float = 1e-4
-    exclude_self: bool = True
+    variance_floor: float = 1e-3
+    exclude_self: bool = False
     n_init: int = 10
     random_state: int = 0
     params_: GaussianParameters | None = field(default=None, init=False, repr=False)
