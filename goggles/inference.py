@@ -181,8 +181,24 @@ def kmeans_features(affinity: np.ndarray, source_index: np.ndarray | None) -> np
         n = features.shape[0]
         column_sum = features.sum(axis=0)
         features[rows, cols] = (column_sum[cols] - features[rows, cols]) / max(n - 1, 1)
+        # the subtraction leaves 1-ulp noise: identical rows must stay identical for k-means
+        features = features.astype(np.float32).astype(np.float64)
     norms = np.linalg.norm(features, axis=1, keepdims=True)
     return features / np.maximum(norms, 1e-12)
+
+
+def constant_columns(affinity: np.ndarray, source_index: np.ndarray | None) -> np.ndarray:
+    """Indices of columns of A whose scores (self entries aside) are all equal: prototypes that
+    carry no information about any image."""
+    if affinity.shape[0] < 2:
+        return np.zeros(0, dtype=np.int64)
+    rows, cols = self_mask_positions(source_index, affinity.shape[0])
+    high = affinity.copy()
+    low = affinity.copy()
+    high[rows, cols] = -np.inf
+    low[rows, cols] = np.inf
+    spread = high.max(axis=0) - low.min(axis=0)
+    return np.flatnonzero(np.isfinite(spread) & (spread < 1e-6))
 
 
 @dataclass
@@ -224,6 +240,8 @@ class AffinityEM:
     warnings_: list[str] = field(default_factory=list, init=False, repr=False)
 
     def _warn(self, message: str) -> None:
+        if message in self.warnings_:
+            return
         self.warnings_.append(message)
         warnings.warn(message, DegenerateDataWarning, stacklevel=3)
 
@@ -270,9 +288,21 @@ class AffinityEM:
             labels = rng.integers(0, self.num_classes, size=n)
         else:
             raise ValueError(f"unknown init {self.init!r}; choose 'kmeans' or 'random'")
-        if len(np.unique(labels)) < self.num_classes:
+        distinct = len(np.unique(affinity.astype(np.float32), axis=0))
+        if distinct < self.num_classes:
+            self._warn(f"only {distinct} of {self.num_classes} classes can be told apart: the "
+                       f"affinity matrix has only {distinct} distinct row(s), so the images are "
+                       "identical as far as the prototypes can tell; lower num_classes or check "
+                       "the source for duplicates")
+        elif len(np.unique(labels)) < self.num_classes:
             self._warn(f"the initialisation found only {len(np.unique(labels))} of "
                        f"{self.num_classes} classes (are many images identical?)")
+        constant = constant_columns(affinity, source_index)
+        if len(constant):
+            shown = ", ".join(str(c) for c in constant[:10]) + (" ..." if len(constant) > 10
+                                                                 else "")
+            self._warn(f"{len(constant)} of {m} prototype columns of A are constant ({shown}): "
+                       "they carry no information and are fitted with the variance floor")
         self.initial_labels_ = labels.copy()
         self.params_ = None
         posteriors = np.eye(self.num_classes)[labels]
@@ -299,6 +329,11 @@ class AffinityEM:
             else:
                 weights = posteriors
             self._m_step(affinity, weights, source_index, rows, cols)
+        used = len(np.unique(posteriors.argmax(axis=1)))
+        if used < self.num_classes:
+            self._warn(f"the labels use only {used} of num_classes={self.num_classes} classes: "
+                       "EM merged classes the affinities could not tell apart; lower "
+                       "num_classes, add images, or try --method kmeans")
         if not self.converged_:
             logger.info("EM did not converge in %d iterations (last change %.2e); increase "
                         "max_iter or tol", self.max_iter, self.change_trace_[-1])
