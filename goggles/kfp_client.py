@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import fields
 from typing import Any
 
@@ -24,8 +24,9 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_EXPERIMENT = "goggles"
 DEFAULT_JOB_NAME = "goggles-recurring"
-_PARSERS = {"NUMBER_INTEGER": int, "NUMBER_DOUBLE": float, "STRING": str,
-            "BOOLEAN": lambda v: {"true": True, "false": False}[v.lower()]}
+_PARSERS: dict[str, Callable[[str], Any]] = {
+    "NUMBER_INTEGER": int, "NUMBER_DOUBLE": float, "STRING": str,
+    "BOOLEAN": lambda v: {"true": True, "false": False}[v.lower()]}
 
 
 class SubmitError(ValueError):

@@ -99,7 +99,10 @@ def _docker_runner(params: RunParameters, images: tuple[str, ...]) -> Any:
     from kfp import local
 
     try:
-        import docker.types  # binds `docker`; its errors and types come with it
+        # by name: the repository's docker/ folder must not pass for the Docker SDK
+        docker: Any = importlib.import_module("docker")
+        for submodule in ("docker.errors", "docker.types"):
+            importlib.import_module(submodule)
     except ImportError as error:
         raise PipelineRunError("--runner docker needs the Docker SDK: "
                                "pip install 'goggles[docker]' (or use --runner local)") from error
