@@ -2,7 +2,7 @@
 
     goggles run SOURCE --num-classes K --output OUT [--backbone vgg16] [--weights URI]
                 [--top-k 5] [--shards S] [--seed 0] [--dev-labels FILE] [--method em]
-                [--runner local|docker|inprocess]
+                [--runner local|docker|inprocess] [--pipeline-root DIR] [--cache]
     goggles compile [--output goggles_pipeline.yaml]
     goggles submit  --host URL [--experiment NAME] [PARAM=VALUE ...]
     goggles schedule --host URL --cron "0 0 3 * * *" [PARAM=VALUE ...]
@@ -111,7 +111,8 @@ def _run(args: argparse.Namespace) -> int:
                                enable_caching=args.cache)
     summary = {k: metrics[k] for k in ("n_images", "n_rejected", "num_classes", "num_prototypes",
                                        "em_iterations", "converged", "accuracy",
-                                       "accuracy_kmeans", "timings_s") if k in metrics}
+                                       "accuracy_kmeans", "timings_s", "pipeline_seconds")
+               if k in metrics}
     print(json.dumps(summary, indent=2))
     print(f"labels: {args.output.rstrip('/')}/labels.parquet")
     print(f"report: {args.output.rstrip('/')}/report.html")
