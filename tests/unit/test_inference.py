@@ -170,3 +170,42 @@ def test_rejects_bad_input() -> None:
         AffinityEM(2).fit(a, source[:-1])
     with pytest.raises(ValueError, match="exceeds"):
         AffinityEM(20).fit(a, source)
+
+
+class SplitRows:
+    """A's rows served in uneven blocks, as the stored shards of a sharded run would be."""
+
+    def __init__(self, matrix: np.ndarray, edges: list[int]):
+        self.matrix, self.edges = matrix, edges
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.matrix.shape  # type: ignore[return-value]
+
+    def blocks(self):  # type: ignore[no-untyped-def]
+        bounds = [0, *self.edges, self.matrix.shape[0]]
+        for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
+            yield start, self.matrix[start:stop]
+
+
+@pytest.mark.parametrize("exclude_self", [False, True])
+def test_sharded_em_is_identical_to_in_memory(exclude_self: bool, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    a, source, _ = planted(3, 30, seed=4, noise=0.2)
+    whole = AffinityEM(3, random_state=2, exclude_self=exclude_self).fit(a, source)
+    from goggles import blocks
+
+    monkeypatch.setattr(blocks, "WORKING_BYTES", 8 * a.shape[1] * 7)  # 7-row working blocks
+    sharded = AffinityEM(3, random_state=2, exclude_self=exclude_self).fit(
+        SplitRows(a, [13, 40, 41, 77]), source)
+    np.testing.assert_array_equal(sharded.posteriors_, whole.posteriors_)
+    np.testing.assert_array_equal(sharded.initial_labels_, whole.initial_labels_)
+    assert sharded.n_iter_ == whole.n_iter_
+    np.testing.assert_array_equal(sharded.predict_proba(SplitRows(a, [50]), source),
+                                  whole.predict_proba(a, source))
+
+
+def test_kmeans_on_a_sample_of_rows_for_large_n() -> None:
+    a, source, truth = planted(2, 60, seed=6)
+    model = AffinityEM(2, random_state=0, kmeans_max_rows=40).fit(a, source)
+    assert evaluate([str(t) for t in truth], model.initial_labels_, 2)["accuracy"] == 1.0
+    assert evaluate([str(t) for t in truth], model.predict(a, source), 2)["accuracy"] == 1.0

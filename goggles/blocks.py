@@ -1,0 +1,97 @@
+"""Row blocks of the affinity matrix A, in memory or streamed from stored shards.
+
+Inference never needs all of A at once: every EM step is a pass over row blocks. A block source
+yields ``(start_row, block)`` pairs, ``block`` an [n, M] float32 array of rows
+``start_row .. start_row+n-1``, in row order, tiling all N rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from goggles import storage
+
+# Rows of one working block are chosen so that a [rows, M] float64 temporary stays near this.
+WORKING_BYTES = 64 * 2**20
+
+
+class RowBlocks(Protocol):
+    """A source of the rows of A, one block at a time."""
+
+    @property
+    def shape(self) -> tuple[int, int]: ...
+
+    def blocks(self) -> Iterator[tuple[int, np.ndarray]]: ...
+
+
+def working_rows(num_columns: int, budget_bytes: int = WORKING_BYTES) -> int:
+    """Rows per working block so that an [rows, M] float64 array fits ``budget_bytes``."""
+    return max(1, budget_bytes // (8 * max(num_columns, 1)))
+
+
+def sub_blocks(source: RowBlocks) -> Iterator[tuple[int, np.ndarray]]:
+    """The blocks of ``source`` cut into working-size pieces (memory stays bounded whatever the
+    shard size)."""
+    step = working_rows(source.shape[1])
+    for start, block in source.blocks():
+        for offset in range(0, block.shape[0], step):
+            yield start + offset, block[offset:offset + step]
+
+
+@dataclass
+class InMemoryRows:
+    """An [N, M] array held in memory, served as blocks."""
+
+    matrix: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (int(self.matrix.shape[0]), int(self.matrix.shape[1]))
+
+    def blocks(self) -> Iterator[tuple[int, np.ndarray]]:
+        yield 0, self.matrix
+
+
+@dataclass
+class StoredShards:
+    """Affinity shards written by the affinity stage (``affinity.npy`` + ``meta.json`` folders),
+    read one at a time on every pass; they are the only copy of A and are never concatenated."""
+
+    uris: Sequence[str]
+
+    def __post_init__(self) -> None:
+        metas = []
+        for uri in self.uris:
+            meta = storage.read_json(storage.join(uri, "meta.json"))
+            metas.append((int(meta["start"]), int(meta["stop"]), int(meta["num_prototypes"]),
+                          uri))
+        metas.sort()
+        expected = 0
+        for start, stop, _, uri in metas:
+            if start != expected:
+                raise ValueError(f"affinity shards do not tile the rows: expected a shard "
+                                 f"starting at row {expected}, found one at {start} ({uri}); "
+                                 "rerun the missing affinity shard")
+            expected = stop
+        columns = {m for _, _, m, _ in metas}
+        if len(columns) > 1:
+            raise ValueError(f"affinity shards disagree on the number of prototypes {columns}; "
+                             "rerun the affinity stage")
+        self._order = [(start, stop, uri) for start, stop, _, uri in metas]
+        self._shape = (expected, columns.pop() if columns else 0)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self._shape
+
+    def blocks(self) -> Iterator[tuple[int, np.ndarray]]:
+        for start, stop, uri in self._order:
+            block = storage.read_npy(storage.join(uri, "affinity.npy"))
+            if block.shape != (stop - start, self._shape[1]):
+                raise ValueError(f"{uri} holds a {block.shape} block, expected "
+                                 f"{(stop - start, self._shape[1])}; rerun that shard")
+            yield start, block
