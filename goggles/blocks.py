@@ -95,3 +95,15 @@ class StoredShards:
                 raise ValueError(f"{uri} holds a {block.shape} block, expected "
                                  f"{(stop - start, self._shape[1])}; rerun that shard")
             yield start, block
+
+
+def gather(source: RowBlocks, rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """A[rows][:, columns] read block by block ([len(rows), len(columns)] float32), for
+    downsampled views such as the report's heatmap."""
+    rows = np.asarray(rows, dtype=np.int64)
+    out = np.empty((len(rows), len(columns)), dtype=np.float32)
+    for start, block in source.blocks():
+        inside = np.flatnonzero((rows >= start) & (rows < start + block.shape[0]))
+        if len(inside):
+            out[inside] = block[rows[inside] - start][:, columns]
+    return out

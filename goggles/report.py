@@ -46,15 +46,20 @@ def _viridis(values: np.ndarray) -> np.ndarray:
     return (stops[low] * (1 - frac) + stops[low + 1] * frac).astype(np.uint8)
 
 
-def affinity_heatmap(affinity: np.ndarray, row_labels: np.ndarray,
-                     column_labels: np.ndarray) -> Image.Image:
-    """The affinity matrix with rows and columns sorted by cluster, downsampled to at most
-    ``MAX_HEATMAP`` pixels a side, contrast-stretched per the 1st-99th percentile."""
+def heatmap_indices(row_labels: np.ndarray, column_labels: np.ndarray,
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and columns of A to draw: sorted by cluster, every s-th so that at most
+    ``MAX_HEATMAP`` of each remain."""
     rows = np.argsort(row_labels, kind="stable")
     cols = np.argsort(column_labels, kind="stable")
     step_r = max(1, int(np.ceil(len(rows) / MAX_HEATMAP)))
     step_c = max(1, int(np.ceil(len(cols) / MAX_HEATMAP)))
-    sub = affinity[rows[::step_r]][:, cols[::step_c]]
+    return rows[::step_r], cols[::step_c]
+
+
+def affinity_heatmap(sub: np.ndarray) -> Image.Image:
+    """An image of the (already sorted and downsampled) affinity matrix, contrast-stretched to
+    its 1st-99th percentile."""
     low, high = np.percentile(sub, [1, 99]) if sub.size else (0.0, 1.0)
     scaled = (sub - low) / max(high - low, 1e-9)
     image = Image.fromarray(_viridis(scaled), mode="RGB")
@@ -76,8 +81,9 @@ def _table(rows: list[tuple[str, Any]]) -> str:
     return f"<table>{body}</table>"
 
 
-def render(metrics: dict[str, Any], labels: Any, affinity: np.ndarray | None,
-           source_index: np.ndarray | None, state: dict[str, Any], per_cluster: int = 6) -> str:
+def render(metrics: dict[str, Any], labels: Any, heatmap: np.ndarray | None,
+           state: dict[str, Any], per_cluster: int = 6) -> str:
+    """The report page. ``heatmap`` is A's rows and columns sorted by cluster, downsampled."""
     names = state["cluster_names"]
     label = labels["label"].to_numpy()
     confidence = labels["confidence"].to_numpy()
@@ -111,8 +117,8 @@ def render(metrics: dict[str, Any], labels: Any, affinity: np.ndarray | None,
         parts.append("<h2 id='confusion'>Confusion matrix (rows: truth, columns: predicted, after "
                      f"the best cluster→class mapping)</h2><table><tr><th></th>{head}</tr>"
                      f"{body}</table>")
-    if affinity is not None and source_index is not None and affinity.size:
-        heat = affinity_heatmap(affinity, label, label[source_index])
+    if heatmap is not None and heatmap.size:
+        heat = affinity_heatmap(heatmap)
         parts.append("<h2 id='affinity'>Affinity matrix, rows (images) and columns (prototypes) "
                      "sorted by cluster</h2>"
                      f"<img alt='affinity heatmap' src='{_png(heat)}' style='max-width:100%'>")
@@ -141,16 +147,18 @@ def render(metrics: dict[str, Any], labels: Any, affinity: np.ndarray | None,
 def write_report(report_uri: str, metrics: dict[str, Any], *, labels_uri: str,
                  inference_uri: str, prototypes_uri: str, affinity_uris: list[str]) -> str:
     """Render ``report.html`` from a run's artifacts; returns ``report_uri``."""
-    from goggles.steps import read_affinity
+    from goggles.blocks import StoredShards, gather
 
     labels = storage.read_parquet(labels_uri).sort_by("image_id")
     state = storage.read_json(inference_uri)
     try:
-        affinity = read_affinity(affinity_uris)
-        protos = storage.read_parquet(prototypes_uri).sort_by("prototype_id")
-        source_index = protos["image_id"].to_numpy()
+        protos = storage.read_parquet(prototypes_uri, columns=["prototype_id", "image_id"])
+        source_index = protos.sort_by("prototype_id")["image_id"].to_numpy()
+        label = labels["label"].to_numpy()
+        rows, cols = heatmap_indices(label, label[source_index])
+        heatmap: np.ndarray | None = gather(StoredShards(affinity_uris), rows, cols)
     except Exception as error:  # noqa: BLE001 - the report degrades, it does not fail
         logger.warning("report: affinity matrix unavailable (%s)", error)
-        affinity, source_index = None, None
-    storage.write_text(render(metrics, labels, affinity, source_index, state), report_uri)
+        heatmap = None
+    storage.write_text(render(metrics, labels, heatmap, state), report_uri)
     return report_uri

@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from goggles import __version__, storage
+from goggles.blocks import RowBlocks, StoredShards
 from goggles.config import AffinityConfig, ExtractConfig, IngestConfig, InferConfig
 from goggles.evaluation import evaluate, name_clusters
 from goggles.ingest import accepted, build_manifest
@@ -160,24 +161,6 @@ def run_affinity(config: AffinityConfig, features_uri: str, prototypes_uri: str,
     return {"start": start, "stop": stop, "num_prototypes": len(prototypes)}
 
 
-def read_affinity(affinity_uris: Sequence[str]) -> np.ndarray:
-    """Assemble the full [N, M] matrix from its shards (in row order, checked contiguous)."""
-    parts = []
-    for uri in affinity_uris:
-        meta = storage.read_json(storage.join(uri, "meta.json"))
-        parts.append((int(meta["start"]), int(meta["stop"]), uri))
-    parts.sort()
-    expected = 0
-    blocks = []
-    for start, stop, uri in parts:
-        if start != expected:
-            raise StageError(f"affinity shards do not tile the rows: expected a shard starting "
-                             f"at row {expected}, found one at {start} ({uri})")
-        blocks.append(storage.read_npy(storage.join(uri, "affinity.npy")))
-        expected = stop
-    return np.concatenate(blocks) if blocks else np.zeros((0, 0), np.float32)
-
-
 # -- infer -------------------------------------------------------------------------------------------
 
 LABELS_SCHEMA = pa.schema([
@@ -186,9 +169,10 @@ LABELS_SCHEMA = pa.schema([
 ])
 
 
-def infer_labels(affinity: np.ndarray, source_index: np.ndarray, config: InferConfig,
-                 ) -> tuple[np.ndarray, AffinityEM]:
-    """Posteriors [N, K] for ``config.method`` and the fitted estimator."""
+def infer_labels(affinity: np.ndarray | RowBlocks, source_index: np.ndarray,
+                 config: InferConfig) -> tuple[np.ndarray, AffinityEM]:
+    """Posteriors [N, K] for ``config.method`` and the fitted estimator; ``affinity`` is an
+    [N, M] array or row blocks (e.g. the stored shards, streamed)."""
     from goggles.inference import AffinityEM
 
     model = AffinityEM(num_classes=config.num_classes,
@@ -216,8 +200,8 @@ def run_infer(config: InferConfig, manifest_uri: str, prototypes_uri: str,
     if config.num_classes > n:
         raise StageError(f"num_classes={config.num_classes} exceeds the {n} accepted images; "
                          f"use at most {n} classes or add images")
-    affinity = read_affinity(affinity_uris)
-    prototypes = storage.read_parquet(prototypes_uri)
+    affinity = StoredShards(affinity_uris)  # streamed: the shards are never concatenated
+    prototypes = storage.read_parquet(prototypes_uri, columns=["prototype_id", "image_id"])
     source_index = prototypes.sort_by("prototype_id")["image_id"].to_numpy()
     if affinity.shape != (n, len(source_index)):
         raise StageError(f"affinity is {affinity.shape} but there are {n} images and "

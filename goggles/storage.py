@@ -132,8 +132,8 @@ def write_parquet(table: pa.Table, uri: str) -> None:
     write_bytes(uri, buffer.getvalue())
 
 
-def read_parquet(uri: str) -> pa.Table:
-    return pq.read_table(io.BytesIO(read_bytes(uri)))
+def read_parquet(uri: str, columns: list[str] | None = None) -> pa.Table:
+    return pq.read_table(io.BytesIO(read_bytes(uri)), columns=columns)
 
 
 def write_npy(array: np.ndarray, uri: str) -> None:
