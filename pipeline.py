@@ -63,6 +63,7 @@ def goggles_pipeline(
     backbone: str = "vgg16",
     weights_uri: str = "",
     top_k: int = 5,
+    max_prototypes: int = 0,
     num_shards: int = 4,
     method: str = "em",
     max_iter: int = 100,
@@ -78,6 +79,7 @@ def goggles_pipeline(
     num_classes : K, the number of classes to find.
     backbone, weights_uri, top_k : the CNN, its weights (``""``: baked into the image) and
         prototypes per image.
+    max_prototypes : cap on the prototypes (columns of A), 0 for none (see goggles.budget).
     num_shards : row shards of the affinity matrix, one task each.
     method, max_iter, seed : class inference (``em``, ``kmeans``, ``em-random``).
     dev_labels_uri : optional CSV/Parquet of ``uri,label`` naming the clusters.
@@ -92,7 +94,7 @@ def goggles_pipeline(
 
     extract_task = _resources(extract(manifest=ingest_task.outputs["manifest"],
                                       backbone=backbone, weights_uri=weights_uri, top_k=top_k,
-                                      device=device), "extract")
+                                      max_prototypes=max_prototypes, seed=seed, device=device), "extract")
     # after the plan, so parameters that cannot work fail before the expensive extraction
     (extract_task.after(plan_task).set_display_name("extract: CNN filter maps and prototypes")
      .set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(1)

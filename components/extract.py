@@ -7,14 +7,15 @@ from components.image import GPU_IMAGE
 
 
 @dsl.component(base_image=GPU_IMAGE, install_kfp_package=False)
-def extract(manifest: Input[Dataset], backbone: str, weights_uri: str, top_k: int, device: str,
-            features: Output[Dataset], prototypes: Output[Dataset]) -> None:
+def extract(manifest: Input[Dataset], backbone: str, weights_uri: str, top_k: int,
+            max_prototypes: int, seed: int, device: str, features: Output[Dataset], prototypes: Output[Dataset]) -> None:
     """Filter maps and prototypes (paper §3.1) via :func:`goggles.steps.run_extract`.
 
     Parameters
     ----------
     manifest : the ingest stage's manifest (Parquet).
-    backbone, weights_uri, top_k, device : :class:`goggles.config.ExtractConfig`.
+    backbone, weights_uri, top_k, max_prototypes, seed, device :
+        :class:`goggles.config.ExtractConfig`.
     features : folder of ``shard-NNNNN.npy`` ([n, C, H, W] float32), ``index.parquet`` and
         ``meta.json``; metadata: ``n_images``, ``filter_map_shape`` [C, H, W], backbone.
     prototypes : Parquet ``prototype_id, image_id, h, w, channel, vector``; metadata:
@@ -29,7 +30,7 @@ def extract(manifest: Input[Dataset], backbone: str, weights_uri: str, top_k: in
     from goggles.config import ExtractConfig
 
     config = ExtractConfig(backbone=backbone, weights_uri=weights_uri, top_k=top_k,
-                           device=device)
+                           max_prototypes=max_prototypes, seed=seed, device=device)
     start = time.perf_counter()
     result = steps.run_extract(config, manifest.path, features.path, prototypes.path)
     seconds = round(time.perf_counter() - start, 3)
@@ -42,4 +43,5 @@ def extract(manifest: Input[Dataset], backbone: str, weights_uri: str, top_k: in
                               "dtype": "float32"})
     prototypes.metadata.update(common)
     prototypes.metadata.update({"format": "parquet", "num_prototypes": result["num_prototypes"],
+                                "prototypes_found": result["prototypes_found"],
                                 "top_k": top_k, "vector_dim": result["filter_map_shape"][0]})

@@ -1,7 +1,7 @@
 """The ``goggles`` command.
 
     goggles run SOURCE --num-classes K --output OUT [--backbone vgg16] [--weights URI]
-                [--top-k 5] [--shards S] [--seed 0] [--dev-labels FILE] [--method em]
+                [--top-k 5] [--max-prototypes P] [--shards S] [--seed 0] [--dev-labels FILE] [--method em]
                 [--runner local|docker|inprocess] [--pipeline-root DIR] [--cache]
     goggles compile [--output goggles_pipeline.yaml]
     goggles submit  --host URL [--experiment NAME] [PARAM=VALUE ...]
@@ -41,6 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--weights", default="", help="URI of backbone weights (state dict or "
                                                    "safetensors); default: resolved offline")
     run.add_argument("--top-k", type=int, default=5, help="prototypes per image (paper: 5)")
+    run.add_argument("--max-prototypes", type=int, default=0,
+                     help="cap on the prototypes (columns of A) for large datasets; 0: no cap")
     run.add_argument("--shards", type=int, default=1, help="row shards of the affinity matrix")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--max-iter", type=int, default=100, help="EM iterations at most")
@@ -99,6 +101,7 @@ def _run(args: argparse.Namespace) -> int:
     params = RunParameters(
         source_uri=args.source, output_uri=args.output, num_classes=args.num_classes,
         backbone=args.backbone, weights_uri=args.weights, top_k=args.top_k,
+        max_prototypes=args.max_prototypes,
         num_shards=args.shards, method=args.method, max_iter=args.max_iter, seed=args.seed,
         dev_labels_uri=args.dev_labels, device=args.device)
     params.validate()

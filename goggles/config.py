@@ -88,6 +88,9 @@ class ExtractConfig(_Config):
     num_workers : image-decoding worker processes; -1 picks one per spare core.
     device : ``auto`` uses CUDA when present.
     shard_size : images per filter-map shard file.
+    max_prototypes : cap on the number of prototypes (columns of A); 0 keeps all. See
+        :mod:`goggles.budget` for the selection rule.
+    seed : seed of the budget's sampling.
     """
 
     backbone: str = "vgg16"
@@ -98,6 +101,8 @@ class ExtractConfig(_Config):
     num_workers: int = -1
     device: str = "auto"
     shard_size: int = 2048
+    max_prototypes: int = 0
+    seed: int = 0
 
     def __post_init__(self) -> None:
         _check(self.backbone in BACKBONES,
@@ -114,6 +119,9 @@ class ExtractConfig(_Config):
         _check(self.device in DEVICES,
                f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)}")
         _check(self.shard_size >= 1, f"shard_size must be at least 1, got {self.shard_size}")
+        _check(self.max_prototypes >= 0, f"max_prototypes must be 0 (no budget) or positive, "
+                                         f"got {self.max_prototypes}")
+        _check(self.seed >= 0, f"seed must be non-negative, got {self.seed}")
 
 
 @dataclass(frozen=True)

@@ -138,6 +138,11 @@ class Prototypes:
         return cls(*(np.concatenate([getattr(p, f) for p in parts])
                      for f in ("image_id", "h", "w", "channel", "vectors")))
 
+    def take(self, indices: np.ndarray) -> Prototypes:
+        """The prototypes at ``indices``, in that order."""
+        return Prototypes(self.image_id[indices], self.h[indices], self.w[indices],
+                          self.channel[indices], self.vectors[indices])
+
     def to_table(self) -> pa.Table:
         count, channels = self.vectors.shape
         flat = pa.array(self.vectors.reshape(-1), pa.float32())

@@ -87,7 +87,8 @@ def pipeline_arguments(params: RunParameters) -> dict[str, Any]:
     """The pipeline's parameters for a run (the same names as :class:`RunParameters`)."""
     return {"source_uri": _absolute(params.source_uri), "num_classes": params.num_classes,
             "backbone": params.backbone, "weights_uri": _absolute(params.weights_uri),
-            "top_k": params.top_k, "num_shards": params.num_shards, "method": params.method,
+            "top_k": params.top_k, "max_prototypes": params.max_prototypes,
+            "num_shards": params.num_shards, "method": params.method,
             "max_iter": params.max_iter, "seed": params.seed,
             "dev_labels_uri": _absolute(params.dev_labels_uri), "device": params.device}
 

@@ -32,6 +32,7 @@ class RunParameters:
     backbone: str = "vgg16"
     weights_uri: str = ""
     top_k: int = 5
+    max_prototypes: int = 0
     num_shards: int = 1
     method: str = "em"
     max_iter: int = 100
@@ -43,7 +44,8 @@ class RunParameters:
     def configs(self) -> tuple[IngestConfig, ExtractConfig, AffinityConfig, InferConfig]:
         return (IngestConfig(),
                 ExtractConfig(backbone=self.backbone, weights_uri=self.weights_uri,
-                              top_k=self.top_k, device=self.device),
+                              top_k=self.top_k, max_prototypes=self.max_prototypes,
+                              seed=self.seed, device=self.device),
                 AffinityConfig(num_shards=self.num_shards, device=self.device),
                 InferConfig(num_classes=self.num_classes, method=self.method,
                             max_iter=self.max_iter, seed=self.seed))

@@ -113,8 +113,14 @@ def run_extract(config: ExtractConfig, manifest_uri: str, features_uri: str,
                         "image_size": config.image_size, "goggles_version": __version__},
                        storage.join(features_uri, "meta.json"))
     prototypes = Prototypes.concatenate(prototype_parts, shape[0])
+    found = len(prototypes)
+    if config.max_prototypes:
+        from goggles.budget import select_within_budget
+
+        prototypes = prototypes.take(select_within_budget(prototypes.image_id,
+                                                          config.max_prototypes, seed=config.seed))
     storage.write_parquet(prototypes.to_table(), prototypes_uri)
-    return {"n_images": len(uris), "num_prototypes": len(prototypes),
+    return {"n_images": len(uris), "num_prototypes": len(prototypes), "prototypes_found": found,
             "filter_map_shape": shape, "backbone": config.backbone,
             "weights_source": weights_source, "device": str(device)}
 
