@@ -117,8 +117,8 @@ def run_extract(config: ExtractConfig, manifest_uri: str, features_uri: str,
     if config.max_prototypes:
         from goggles.budget import select_within_budget
 
-        prototypes = prototypes.take(select_within_budget(prototypes.image_id,
-                                                          config.max_prototypes, seed=config.seed))
+        prototypes = prototypes.take(select_within_budget(len(prototypes), config.max_prototypes,
+                                                          seed=config.seed))
     storage.write_parquet(prototypes.to_table(), prototypes_uri)
     return {"n_images": len(uris), "num_prototypes": len(prototypes), "prototypes_found": found,
             "filter_map_shape": shape, "backbone": config.backbone,
