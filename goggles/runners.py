@@ -18,6 +18,7 @@ from typing import Any
 from goggles import steps, storage
 from goggles.config import AffinityConfig, ConfigError, ExtractConfig, InferConfig, IngestConfig
 from goggles.report import write_report
+from goggles.resume import StageRecords, stage_key
 
 logger = logging.getLogger(__name__)
 
@@ -92,9 +93,14 @@ def run_inprocess(params: RunParameters) -> dict[str, Any]:
     params.validate()
     ingest_cfg, extract_cfg, affinity_cfg, infer_cfg = params.configs()
     paths = output_paths(params.output_uri)
+    records = StageRecords(storage.join(params.output_uri, "artifacts"))
     timings: dict[str, float] = {}
+    listing = [(f.relative, f.size) for f in storage.list_files(params.source_uri,
+                                                                 ingest_cfg.extensions)]
+    ingest_key = stage_key("ingest", ingest_cfg.to_dict(), params.source_uri, listing)
     with steps.timed(timings, "ingest"):
-        ingested = steps.run_ingest(ingest_cfg, params.source_uri, paths["manifest"])
+        ingested = records.run("ingest", ingest_key, lambda: steps.run_ingest(
+            ingest_cfg, params.source_uri, paths["manifest"]))
     if ingested["n_images"] < params.num_classes:
         raise steps.StageError(f"only {ingested['n_images']} images were accepted, fewer than "
                                f"num_classes={params.num_classes}; lower num_classes or add "
@@ -103,18 +109,28 @@ def run_inprocess(params: RunParameters) -> dict[str, Any]:
         raise steps.StageError(f"num_shards={params.num_shards} exceeds the "
                                f"{ingested['n_images']} accepted images; use at most "
                                f"{ingested['n_images']} shards")
+    extract_params = extract_cfg.to_dict()
+    if not extract_cfg.max_prototypes:
+        extract_params.pop("seed")  # the seed only drives the prototype budget's sample
+    extract_key = stage_key("extract", ingest_key, extract_params)
     with steps.timed(timings, "extract"):
-        extracted = steps.run_extract(extract_cfg, paths["manifest"], paths["features"],
-                                      paths["prototypes"])
-    shard_uris = []
+        extracted = records.run("extract", extract_key, lambda: steps.run_extract(
+            extract_cfg, paths["manifest"], paths["features"], paths["prototypes"]))
+    shard_uris, shard_keys = [], []
     with steps.timed(timings, "affinity"):
         for shard_id in range(params.num_shards):
             uri = storage.join(paths["affinity"], f"shard-{shard_id:05d}")
-            steps.run_affinity(affinity_cfg, paths["features"], paths["prototypes"], shard_id, uri)
+            key = stage_key("affinity", extract_key, affinity_cfg.to_dict(), shard_id)
+            records.run(f"affinity-{shard_id:05d}-of-{params.num_shards:05d}", key,
+                        lambda shard_id=shard_id, uri=uri: steps.run_affinity(
+                            affinity_cfg, paths["features"], paths["prototypes"], shard_id, uri))
             shard_uris.append(uri)
+            shard_keys.append(key)
+    infer_key = stage_key("infer", shard_keys, infer_cfg.to_dict(), params.dev_labels_uri)
     with steps.timed(timings, "infer"):
-        inferred = steps.run_infer(infer_cfg, paths["manifest"], paths["prototypes"], shard_uris,
-                                   paths["labels"], paths["inference"], params.dev_labels_uri)
+        inferred = records.run("infer", infer_key, lambda: steps.run_infer(
+            infer_cfg, paths["manifest"], paths["prototypes"], shard_uris, paths["labels"],
+            paths["inference"], params.dev_labels_uri))
     with steps.timed(timings, "evaluate"):
         metrics = steps.run_evaluate(
             paths["manifest"], paths["labels"], paths["inference"], paths["metrics"],
