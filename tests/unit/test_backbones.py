@@ -47,6 +47,32 @@ def test_explicit_weights_uri_wins(tmp_path, monkeypatch) -> None:  # type: igno
     assert torch.equal(loaded["features.0.0.weight"], state["features.0.0.weight"])
 
 
+def test_baked_weights_dir_comes_after_weights_uri_and_before_the_rest(
+        tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from safetensors.torch import save_file
+
+    state = backbones.SPECS["mobilenet_v2"].build().state_dict()
+    state = {k: torch.full_like(v, 0.25) if v.is_floating_point() else v for k, v in state.items()}
+    baked = tmp_path / "baked"
+    baked.mkdir()
+    save_file(state, str(baked / "mobilenet_v2.safetensors"))
+    monkeypatch.setenv("GOGGLES_WEIGHTS_DIR", str(baked))
+    monkeypatch.setenv("GOGGLES_OFFLINE", "1")
+    loaded, source = resolve_weights("mobilenet_v2")
+    assert source == str(baked / "mobilenet_v2.safetensors")
+    assert torch.equal(loaded["features.0.0.weight"], state["features.0.0.weight"])
+    explicit = tmp_path / "explicit.pth"
+    torch.save({k: torch.zeros_like(v) for k, v in state.items()}, explicit)
+    assert resolve_weights("mobilenet_v2", str(explicit))[1] == str(explicit)
+    # a backbone with no baked file falls through to the other sources
+    spec = backbones.SPECS["vgg16"]
+    monkeypatch.setitem(backbones.SPECS, "vgg16", backbones.BackboneSpec(
+        **{**spec.__dict__, "packaged": lambda: None}))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    with pytest.raises(WeightsNotFound):
+        resolve_weights("vgg16")
+
+
 def test_no_weights_error_names_all_three_ways(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     monkeypatch.setenv("GOGGLES_OFFLINE", "1")
