@@ -1,9 +1,15 @@
 """The goggles Kubeflow pipeline: ingest → extract → affinity (fan-out over shards) → infer →
 evaluate/report, with the task settings a cluster needs chained here, not in the components.
 
-``python pipeline.py [--output goggles_pipeline.yaml]`` compiles it for a Kubeflow Pipelines
-cluster; ``goggles run`` runs the same DAG on this machine with kfp's local runner.
-Every parameter has a literal default: nothing is read from the compiling machine.
+``python pipeline.py [--output goggles_pipeline.yaml] [--profile dev|prod]`` compiles it for a
+Kubeflow Pipelines cluster; ``goggles run`` runs the same DAG on this machine with kfp's local
+runner (which ignores the Kubernetes settings). Every parameter has a literal default: nothing is
+read from the compiling machine.
+
+Profiles match k8s/overlays/: ``dev`` (CPU nodes only) and ``prod`` (extract on the GPU node
+pool) both mount the namespace's bucket-credentials Secret and defaults ConfigMap (k8s/base) into
+the tasks that read buckets and run every task as the images' non-root user; ``default`` has
+neither, for a Kubeflow install whose pipeline runner already reaches the buckets.
 """
 
 import argparse
@@ -15,7 +21,8 @@ from kfp.dsl import HTML, Artifact, Dataset
 from components import IMAGES, affinity_shard, evaluate, extract, infer, ingest, plan_shards
 
 PIPELINE_NAME = "goggles"
-__all__ = ["IMAGES", "PIPELINE_NAME", "compile_pipeline", "goggles_pipeline"]
+__all__ = ["IMAGES", "PIPELINE_NAME", "PROFILES", "compile_pipeline", "goggles_pipeline",
+           "pipeline_for"]
 DEFAULT_PACKAGE = "goggles_pipeline.yaml"
 SHARD_PARALLELISM = 8
 """At most this many affinity shard pods at once (kfp's local runner caps it at 2)."""
@@ -25,6 +32,26 @@ GPU_NODE_SELECTOR = ("nvidia.com/gpu.present", "true")
 """Node label set by NVIDIA's GPU feature discovery / GPU operator."""
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 """GPU node pools are commonly tainted so that only GPU pods land there."""
+
+IMAGE_USER = 10001
+"""uid and gid the images run as (docker/Dockerfile's USER); pods are held to it."""
+BUCKET_SECRET = "goggles-bucket-credentials"
+"""k8s/base's Secret: AWS-style keys as env, every key as a file under BUCKET_SECRET_MOUNT."""
+BUCKET_SECRET_MOUNT = "/var/secrets/goggles"
+BUCKET_SECRET_ENV = {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
+                     "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"}
+DEFAULTS_CONFIG_MAP = "goggles-defaults"
+"""k8s/base's ConfigMap: environment defaults of the tasks that read buckets."""
+DEFAULTS_ENV = ("GOOGLE_APPLICATION_CREDENTIALS", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION",
+                "GOGGLES_OFFLINE", "TQDM_MININTERVAL")
+PROFILES = {"default": {"gpu": True, "namespace": False},
+            "dev": {"gpu": False, "namespace": True},
+            "prod": {"gpu": True, "namespace": True}}
+"""Compile profiles: extract on the GPU node pool; the namespace's Secret/ConfigMap and non-root
+security context (k8s/). Secret and ConfigMap are optional: with workload identity, neither is
+needed."""
+_build = dict(PROFILES["default"])
+"""The profile being built: kfp runs the pipeline body once, when it is decorated."""
 
 RESOURCES = {
     # stage: (cpu request, memory request, memory limit)
@@ -51,12 +78,30 @@ class Outputs(NamedTuple):
 
 def _resources(task: dsl.PipelineTask, stage: str) -> dsl.PipelineTask:
     cpu, memory, memory_limit = RESOURCES[stage]
+    if _build["namespace"]:
+        kubernetes.set_security_context(task, run_as_user=IMAGE_USER, run_as_group=IMAGE_USER,
+                                        run_as_non_root=True)
     return (task.set_cpu_request(cpu).set_memory_request(memory)
             .set_memory_limit(memory_limit).set_caching_options(enable_caching=True))
 
 
-@dsl.pipeline(name=PIPELINE_NAME, display_name="goggles: label images by affinity coding",
-              description="Label an image dataset automatically with affinity coding (GOGGLES).")
+def _bucket_access(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    """The namespace's bucket credentials and defaults, for a task that reads URIs it is given."""
+    if _build["namespace"]:
+        kubernetes.use_secret_as_env(task, BUCKET_SECRET, BUCKET_SECRET_ENV, optional=True)
+        kubernetes.use_secret_as_volume(task, BUCKET_SECRET, BUCKET_SECRET_MOUNT, optional=True)
+        kubernetes.use_config_map_as_env(task, DEFAULTS_CONFIG_MAP,
+                                         {key: key for key in DEFAULTS_ENV}, optional=True)
+    return task
+
+
+PIPELINE_INFO = {"name": PIPELINE_NAME,
+                 "display_name": "goggles: label images by affinity coding",
+                 "description": "Label an image dataset automatically with affinity coding "
+                                "(GOGGLES)."}
+
+
+@dsl.pipeline(**PIPELINE_INFO)
 def goggles_pipeline(
     source_uri: str = "",
     num_classes: int = 2,
@@ -85,7 +130,7 @@ def goggles_pipeline(
     dev_labels_uri : optional CSV/Parquet of ``uri,label`` naming the clusters.
     device : ``auto`` uses the GPU where the task has one.
     """
-    ingest_task = _resources(ingest(source_uri=source_uri), "ingest")
+    ingest_task = _bucket_access(_resources(ingest(source_uri=source_uri), "ingest"))
     ingest_task.set_display_name("ingest: list and validate images")
 
     plan_task = _resources(plan_shards(manifest=ingest_task.outputs["manifest"],
@@ -96,12 +141,14 @@ def goggles_pipeline(
                                       backbone=backbone, weights_uri=weights_uri, top_k=top_k,
                                       max_prototypes=max_prototypes, seed=seed, device=device), "extract")
     # after the plan, so parameters that cannot work fail before the expensive extraction
-    (extract_task.after(plan_task).set_display_name("extract: CNN filter maps and prototypes")
-     .set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(1)
+    (_bucket_access(extract_task).after(plan_task)
+     .set_display_name("extract: CNN filter maps and prototypes")
      .set_retry(num_retries=2, backoff_duration="30s", backoff_factor=2,
                 backoff_max_duration="600s"))
-    kubernetes.add_node_selector(extract_task, *GPU_NODE_SELECTOR)
-    kubernetes.add_toleration(extract_task, **GPU_TOLERATION)
+    if _build["gpu"]:
+        extract_task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(1)
+        kubernetes.add_node_selector(extract_task, *GPU_NODE_SELECTOR)
+        kubernetes.add_toleration(extract_task, **GPU_TOLERATION)
 
     with dsl.ParallelFor(items=plan_task.outputs["Output"], name="affinity shards (fan-out)",
                          parallelism=SHARD_PARALLELISM) as shard_id:
@@ -119,7 +166,7 @@ def goggles_pipeline(
                                   num_classes=num_classes, method=method,
                                   max_iter=max_iter, seed=seed, dev_labels_uri=dev_labels_uri),
                             "infer")
-    infer_task.set_display_name("infer: labels by EM")
+    _bucket_access(infer_task).set_display_name("infer: labels by EM")
 
     evaluate_task = _resources(evaluate(manifest=ingest_task.outputs["manifest"],
                                         prototypes=extract_task.outputs["prototypes"],
@@ -128,7 +175,7 @@ def goggles_pipeline(
                                         inference=infer_task.outputs["inference"],
                                         source_uri=source_uri, backbone=backbone, top_k=top_k,
                                         num_shards=num_shards, seed=seed), "evaluate")
-    evaluate_task.set_display_name("evaluate and report")
+    _bucket_access(evaluate_task).set_display_name("evaluate and report")
 
     return Outputs(manifest=ingest_task.outputs["manifest"],
                    features=extract_task.outputs["features"],
@@ -139,17 +186,32 @@ def goggles_pipeline(
                    report=evaluate_task.outputs["report"])
 
 
-def compile_pipeline(package_path: str = DEFAULT_PACKAGE) -> str:
+def pipeline_for(profile: str = "default") -> dsl.base_component.BaseComponent:
+    """:func:`goggles_pipeline` built with a profile's cluster settings (see :data:`PROFILES`)."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
+    if profile == "default":
+        return goggles_pipeline
+    _build.update(PROFILES[profile])
+    try:
+        return dsl.pipeline(**PIPELINE_INFO)(goggles_pipeline.pipeline_func)
+    finally:
+        _build.update(PROFILES["default"])
+
+
+def compile_pipeline(package_path: str = DEFAULT_PACKAGE, profile: str = "default") -> str:
     """Compile :func:`goggles_pipeline` to a KFP IR YAML at ``package_path``; returns it."""
-    compiler.Compiler().compile(goggles_pipeline, package_path=package_path)
+    compiler.Compiler().compile(pipeline_for(profile), package_path=package_path)
     return package_path
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Compile the goggles Kubeflow pipeline.")
     parser.add_argument("--output", default=DEFAULT_PACKAGE, help="YAML package to write")
+    parser.add_argument("--profile", default="default", choices=PROFILES,
+                        help="cluster settings matching k8s/overlays/<profile> (default: none)")
     args = parser.parse_args(argv)
-    print(compile_pipeline(args.output))
+    print(compile_pipeline(args.output, args.profile))
 
 
 if __name__ == "__main__":
