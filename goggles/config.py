@@ -18,6 +18,7 @@ METHODS = ("em", "kmeans", "em-random")
 M_STEPS = ("sampled", "soft")
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("float32", "float16", "bfloat16")
+PRECISIONS = ("auto", "float32", "float16", "bfloat16")
 IMAGE_EXTENSIONS = (
     ".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm",
 )
@@ -87,6 +88,8 @@ class ExtractConfig(_Config):
     batch_size : images per forward pass.
     num_workers : image-decoding worker processes; -1 picks one per spare core.
     device : ``auto`` uses CUDA when present.
+    precision : autocast of the forward pass: ``auto`` is bfloat16 (float16 on GPUs without it)
+        on a GPU and float32 on a CPU; see :func:`goggles.device.autocast_dtype`.
     shard_size : images per filter-map shard file.
     max_prototypes : cap on the number of prototypes (columns of A); 0 keeps all. See
         :mod:`goggles.budget` for the selection rule.
@@ -100,6 +103,7 @@ class ExtractConfig(_Config):
     batch_size: int = 32
     num_workers: int = -1
     device: str = "auto"
+    precision: str = "auto"
     shard_size: int = 2048
     max_prototypes: int = 0
     seed: int = 0
@@ -118,6 +122,8 @@ class ExtractConfig(_Config):
                                        f"got {self.num_workers}")
         _check(self.device in DEVICES,
                f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)}")
+        _check(self.precision in PRECISIONS,
+               f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
         _check(self.shard_size >= 1, f"shard_size must be at least 1, got {self.shard_size}")
         _check(self.max_prototypes >= 0, f"max_prototypes must be 0 (no budget) or positive, "
                                          f"got {self.max_prototypes}")
@@ -131,7 +137,8 @@ class AffinityConfig(_Config):
     Attributes
     ----------
     num_shards : row shards of A; each is computed by its own task (pod on a cluster).
-    memory_mb : bound on the scratch memory of one similarity block.
+    memory_mb : bound on the scratch memory of one similarity block; 0 sizes blocks from the
+        device's free memory (half of a GPU's; see :func:`goggles.device.memory_budget_bytes`).
     dtype : arithmetic of the similarity GEMM; the output is always float32.
     device : ``auto`` uses CUDA when present.
     """
@@ -143,7 +150,8 @@ class AffinityConfig(_Config):
 
     def __post_init__(self) -> None:
         _check(self.num_shards >= 1, f"num_shards must be at least 1, got {self.num_shards}")
-        _check(self.memory_mb >= 1, f"memory_mb must be at least 1, got {self.memory_mb}")
+        _check(self.memory_mb >= 0, f"memory_mb must be 0 (auto) or positive, "
+                                    f"got {self.memory_mb}")
         _check(self.dtype in DTYPES,
                f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
         _check(self.device in DEVICES,
@@ -168,6 +176,8 @@ class InferConfig(_Config):
     exclude_self : leave out the affinity of an image to its own prototypes (always 1.0);
         kept by default, as in the paper (see :mod:`goggles.inference`).
     n_init : k-means restarts; the one with the lowest inertia starts EM.
+    device : where the E-step runs: ``cpu`` (numpy float64), ``cuda`` (torch float64), ``auto``
+        (CUDA when present).
     """
 
     num_classes: int = 2
@@ -179,6 +189,7 @@ class InferConfig(_Config):
     variance_floor: float = 1e-3
     exclude_self: bool = False
     n_init: int = 10
+    device: str = "auto"
 
     def __post_init__(self) -> None:
         _check(self.num_classes >= 2,
@@ -194,3 +205,5 @@ class InferConfig(_Config):
         _check(self.variance_floor > 0,
                f"variance_floor must be positive, got {self.variance_floor}")
         _check(self.n_init >= 1, f"n_init must be at least 1, got {self.n_init}")
+        _check(self.device in DEVICES,
+               f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)}")

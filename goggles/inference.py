@@ -134,6 +134,8 @@ class AffinityEM:
     kmeans_max_rows : above this many images k-means is fitted on a seeded sample of rows and
         every image is then assigned to its nearest centroid.
     random_state : seed of the one generator used for everything random.
+    device : where the E-step's log-likelihoods run: ``cpu`` (numpy), ``cuda`` (torch), ``auto``
+        (see :func:`goggles.likelihood.likelihood_backend`).
 
     Fitted attributes: ``params_``, ``prototype_class_``, ``posteriors_``, ``n_iter_``,
     ``converged_``, ``initial_labels_``, ``log_likelihood_trace_``, ``change_trace_``,
@@ -150,6 +152,7 @@ class AffinityEM:
     n_init: int = 10
     kmeans_max_rows: int = 20000
     random_state: int = 0
+    device: str = "auto"
     params_: GaussianParameters | None = field(default=None, init=False, repr=False)
     prototype_class_: np.ndarray | None = field(default=None, init=False, repr=False)
     initial_labels_: np.ndarray | None = field(default=None, init=False, repr=False)
@@ -180,7 +183,8 @@ class AffinityEM:
         log_prior = np.log(self.params_.prior)
         for start, block in sub_blocks(rows):
             r, c = self._self(source_index, block.shape[0], start)
-            weighted = class_log_likelihood(block, self.params_, self.prototype_class_, r, c)
+            weighted = class_log_likelihood(block, self.params_, self.prototype_class_, r, c,
+                                            device=self.device)
             weighted += log_prior
             norm = logsumexp(weighted, axis=1, keepdims=True)
             posteriors[start:start + block.shape[0]] = np.exp(weighted - norm)

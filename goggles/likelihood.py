@@ -11,10 +11,17 @@ were split into shards or blocks. Soft (posterior-weighted) statistics are ordin
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 from scipy.special import log_ndtr
+
+from goggles.device import cpu_threads
+
+T = TypeVar("T")
 
 # Hard-label statistics count scores in units of 2**-24 (a float32's resolution near 1).
 EXACT_SCALE = float(2**24)
@@ -81,27 +88,40 @@ def sufficient_statistics(affinity: np.ndarray, weights: np.ndarray,
 
 def hard_statistics(affinity: np.ndarray, labels: np.ndarray, num_classes: int,
                     self_rows: np.ndarray, self_cols: np.ndarray) -> SufficientStatistics:
-    """Exact moments of the columns of ``affinity`` [n, M] per hard label ``labels`` [n]."""
-    a = affinity.astype(np.float64, copy=False)
-    units = np.rint(a * EXACT_SCALE)
-    unit_squares = np.rint(a * a * EXACT_SCALE)
-    m = a.shape[1]
-    weight = np.zeros((num_classes, m))
+    """Exact moments of the columns of ``affinity`` [n, M] per hard label ``labels`` [n].
+
+    Scores become integers (units of ``1/EXACT_SCALE``) chunk by chunk, and each chunk's
+    per-class column sums are one GEMM with the chunk's one-hot labels: sums of integers below
+    2**53 are exact in float64 in any order, so the result is the same however rows are chunked,
+    blocked, sharded or threaded.
+    """
+    n, m = affinity.shape
+    labels = np.asarray(labels)
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    weight = np.repeat(counts[:, None], m, axis=1)
+    classes = np.arange(num_classes)
+
+    def chunk_sums(bounds: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        lo, hi = bounds
+        a = affinity[lo:hi].astype(np.float64)
+        units = np.rint(a * EXACT_SCALE)
+        np.multiply(a, a, out=a)
+        np.multiply(a, EXACT_SCALE, out=a)
+        np.rint(a, out=a)
+        onehot = (labels[lo:hi, None] == classes).astype(np.float64).T  # [K, r]
+        return onehot @ units, onehot @ a
+
     total = np.zeros((num_classes, m))
     squares = np.zeros((num_classes, m))
-    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
-    for k in range(num_classes):
-        members = labels == k
-        if not members.any():
-            continue
-        weight[k] = counts[k]
-        total[k] = units[members].sum(axis=0)
-        squares[k] = unit_squares[members].sum(axis=0)
+    for part_total, part_squares in _map_chunks(chunk_sums, n, m):
+        total += part_total
+        squares += part_squares
     if len(self_rows):
         owner = labels[self_rows]
+        a_self = affinity[self_rows, self_cols].astype(np.float64)
         np.subtract.at(weight, (owner, self_cols), 1.0)
-        np.subtract.at(total, (owner, self_cols), units[self_rows, self_cols])
-        np.subtract.at(squares, (owner, self_cols), unit_squares[self_rows, self_cols])
+        np.subtract.at(total, (owner, self_cols), np.rint(a_self * EXACT_SCALE))
+        np.subtract.at(squares, (owner, self_cols), np.rint(a_self * a_self * EXACT_SCALE))
     return SufficientStatistics(weight, total, squares, counts, EXACT_SCALE)
 
 
@@ -136,27 +156,132 @@ def gaussians_from_statistics(stats: SufficientStatistics, variance_floor: float
 
 def class_log_likelihood(affinity: np.ndarray, params: GaussianParameters,
                          prototype_class: np.ndarray, self_rows: np.ndarray,
-                         self_cols: np.ndarray) -> np.ndarray:
-    """``log Pr(row | y = k)`` for every row and class (eqs. 11, 12, 20), [n, K].
+                         self_cols: np.ndarray, *, backend: str = "auto",
+                         device: str = "auto") -> np.ndarray:
+    """``log Pr(row | y = k)`` for every row and class (eqs. 11, 12, 20), [n, K] float64.
 
     For each class one ``log_ndtr`` pass over the block: the standardised score, negated where
     the prototype is not of class k (``log SF(x) = log_ndtr(-x)``), so CDF and SF cost one pass.
     Each row's value depends on that row alone, whatever the block.
+
+    ``backend``: ``numpy`` (scipy's float64 ``log_ndtr`` on cache-sized row chunks spread over
+    the CPU cores), ``torch`` (float64 on ``device``, a GPU when there is one), or ``auto``
+    (see :func:`likelihood_backend`).
     """
-    n = affinity.shape[0]
+    chosen, where = likelihood_backend(backend, device)
+    means, scales = _standardisation(params, prototype_class)
+    rows, cols = _rows_first(self_rows, self_cols)
+    if chosen == "torch":
+        from goggles.likelihood_torch import torch_log_likelihood
+
+        out, self_logp = torch_log_likelihood(affinity, means, scales, rows, cols, device=where)
+    else:
+        out, self_logp = _numpy_log_likelihood(affinity, means, scales, rows, cols)
+    for k in range(out.shape[1]):
+        if len(rows):
+            np.subtract.at(out[:, k], rows, self_logp[:, k])
+    return out
+
+
+def likelihood_backend(backend: str = "auto", device: str = "auto") -> tuple[str, str]:
+    """(backend, device) that ``class_log_likelihood`` runs on.
+
+    ``auto`` is a rule rather than a timed probe, so the same input gives the same bits on every
+    run: torch where a CUDA device is visible (thousands of cores against a few), numpy on a CPU,
+    where scipy's scalar ``log_ndtr`` measured 1.2x faster than torch's per core and the row
+    chunks already use every core (``benchmarks/infer.py`` prints both).
+    """
+    if backend not in LIKELIHOOD_BACKENDS:
+        raise ValueError(f"unknown likelihood backend {backend!r}; choose one of "
+                         f"{', '.join(LIKELIHOOD_BACKENDS)}")
+    if backend == "numpy":
+        return "numpy", "cpu"
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if device == "auto":
+        device = "cuda" if cuda else "cpu"
+    if backend == "auto":
+        backend = "torch" if device.startswith("cuda") else "numpy"
+    return backend, device
+
+
+LIKELIHOOD_BACKENDS = ("auto", "numpy", "torch")
+
+# Rows are processed in chunks of about this many elements, so the float64 temporaries of a
+# chunk (scores, standardised scores, log CDF) stay in a core's L2 cache.
+CHUNK_ELEMENTS = 1 << 15
+
+
+def chunk_rows(num_columns: int) -> int:
+    """Rows per cache-sized chunk of an [n, num_columns] block."""
+    return max(1, CHUNK_ELEMENTS // max(num_columns, 1))
+
+
+def _standardisation(params: GaussianParameters,
+                     prototype_class: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """[K, M] means and signed inverse deviations: ``x = (a - mean) * scale``, negated where the
+    prototype is not of class k."""
     k_classes = params.mean.shape[1]
-    out = np.empty((n, k_classes), dtype=np.float64)
-    a = affinity.astype(np.float64, copy=False)
+    means = np.ascontiguousarray(params.mean.T, dtype=np.float64)
+    scales = np.empty_like(means)
     for k in range(k_classes):
         sign = np.where(prototype_class == k, 1.0, -1.0)
-        scale = sign / params.std[:, k]
-        x = (a - params.mean[:, k]) * scale
-        logp = log_ndtr(x)
-        total = logp.sum(axis=1)
-        if len(self_rows):
-            np.subtract.at(total, self_rows, logp[self_rows, self_cols])
-        out[:, k] = total
-    return out
+        scales[k] = sign / params.std[:, k]
+    return means, scales
+
+
+def _rows_first(self_rows: np.ndarray, self_cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Self entries ordered by row, keeping their given order within a row (so a row's
+    subtractions happen in the same order as before)."""
+    rows = np.asarray(self_rows, dtype=np.int64)
+    cols = np.asarray(self_cols, dtype=np.int64)
+    order = np.argsort(rows, kind="stable")
+    return rows[order], cols[order]
+
+
+def _numpy_log_likelihood(affinity: np.ndarray, means: np.ndarray, scales: np.ndarray,
+                          rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row sums of log_ndtr per class [n, K] and the log_ndtr of the self entries [S, K]."""
+    n, m = affinity.shape
+    k_classes = means.shape[0]
+    out = np.empty((n, k_classes), dtype=np.float64)
+    self_logp = np.empty((len(rows), k_classes), dtype=np.float64)
+
+    def chunk(bounds: tuple[int, int]) -> None:
+        lo, hi = bounds
+        a = affinity[lo:hi].astype(np.float64)
+        x = np.empty_like(a)
+        first, last = np.searchsorted(rows, [lo, hi])
+        local_rows, local_cols = rows[first:last] - lo, cols[first:last]
+        for k in range(k_classes):
+            np.subtract(a, means[k], out=x)
+            np.multiply(x, scales[k], out=x)
+            log_ndtr(x, out=x)
+            out[lo:hi, k] = x.sum(axis=1)
+            self_logp[first:last, k] = x[local_rows, local_cols]
+
+    for _ in _map_chunks(chunk, n, m):
+        pass
+    return out, self_logp
+
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _map_chunks(function: Callable[[tuple[int, int]], T], num_rows: int,
+                num_columns: int) -> Iterator[T]:
+    """``function`` over the cache-sized row chunks of an [num_rows, num_columns] block, on
+    every core (numpy and scipy release the GIL in their loops); results in chunk order."""
+    global _POOL
+    step = chunk_rows(num_columns)
+    bounds = [(lo, min(lo + step, num_rows)) for lo in range(0, num_rows, step)]
+    threads = cpu_threads()
+    if threads == 1 or len(bounds) < 2:
+        return map(function, bounds)
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="goggles-likelihood")
+    return _POOL.map(function, bounds)
 
 
 def kmeans_rows(block: np.ndarray, column_mean: np.ndarray | None,

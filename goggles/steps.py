@@ -102,7 +102,8 @@ def run_extract(config: ExtractConfig, manifest_uri: str, features_uri: str,
             flush()
 
     extract_filter_maps(uris, model, image_size=config.image_size, batch_size=config.batch_size,
-                        num_workers=config.num_workers, device=device, on_batch=on_batch)
+                        num_workers=config.num_workers, device=device,
+                        precision=config.precision, on_batch=on_batch)
     flush()
     index = np.asarray(index_rows, dtype=np.int64)
     storage.write_parquet(pa.table({"image_id": index[:, 0], "shard": index[:, 1],
@@ -185,7 +186,7 @@ def infer_labels(affinity: np.ndarray | RowBlocks, source_index: np.ndarray,
                        init="random" if config.method == "em-random" else "kmeans",
                        max_iter=config.max_iter, tol=config.tol, m_step=config.m_step,
                        variance_floor=config.variance_floor, exclude_self=config.exclude_self,
-                       n_init=config.n_init, random_state=config.seed)
+                       n_init=config.n_init, random_state=config.seed, device=config.device)
     if config.method == "kmeans":
         model.max_iter = 1
     model.fit(affinity, source_index)
