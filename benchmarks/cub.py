@@ -74,7 +74,8 @@ def images_of(classes: tuple[str, ...]) -> tuple[list[str], list[str]]:
     return uris, labels
 
 
-def cached_maps(backbone: str = "vgg16", batch_size: int = 32) -> tuple[dict[str, np.ndarray], float]:
+def cached_maps(backbone: str = "vgg16",
+                batch_size: int = 32) -> tuple[dict[str, np.ndarray], float]:
     """Filter maps of every cub-dev image, keyed by path, extracted once with the library and
     cached under ``CACHE``. Returns (maps by species, seconds per image of the extraction)."""
     from goggles.backbones import load_backbone
@@ -96,7 +97,7 @@ def cached_maps(backbone: str = "vgg16", batch_size: int = 32) -> tuple[dict[str
             chunks: list[np.ndarray] = []
             start = time.perf_counter()
             extract_filter_maps(uris, model, batch_size=batch_size, device=resolve_device("auto"),
-                                on_batch=lambda s, m: chunks.append(m))
+                                on_batch=lambda s, m, chunks=chunks: chunks.append(m))
             elapsed = time.perf_counter() - start
             np.save(path, np.concatenate(chunks))
             timing.write_text(f"{elapsed / len(uris)}\n")

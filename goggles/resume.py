@@ -51,7 +51,7 @@ class StageRecords:
         return record.get("result", {})  # type: ignore[no-any-return]
 
     def run(self, name: str, key: str, work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        """Reuse stage ``name`` if it finished with ``key``; otherwise run ``work`` and record it."""
+        """Reuse stage ``name`` if it finished with ``key``; else run ``work`` and record it."""
         done = self.finished(name, key)
         if done is not None:
             logger.info("reusing %s from an earlier run (key %s)", name, key[:12])
