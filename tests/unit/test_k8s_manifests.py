@@ -1,0 +1,156 @@
+"""k8s/: every overlay renders with ``kubectl kustomize`` and validates offline against the
+Kubernetes 1.30 schemas (``kubernetes-validate --strict``); the pipeline's profiles refer to the
+Secret, ConfigMap, user and GPU pool that the overlay of the same name provides."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from goggles.kfp_runner import load_pipeline, project_root
+
+K8S = project_root() / "k8s"
+OVERLAYS = sorted(p.parent.name for p in (K8S / "overlays").glob("*/kustomization.yaml"))
+KUBERNETES_VERSION = "1.30.0"
+
+
+def _kustomize(folder: Path) -> str:
+    """``kubectl kustomize folder`` (or a standalone ``kustomize build``)."""
+    if shutil.which("kubectl"):
+        command = ["kubectl", "kustomize", str(folder)]
+    elif shutil.which("kustomize"):
+        command = ["kustomize", "build", str(folder)]
+    else:
+        pytest.skip("neither kubectl nor kustomize is installed (apt-get install kubectl)")
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, f"{' '.join(command)} failed:\n{done.stderr}"
+    return done.stdout
+
+
+def _validate(rendered: Path) -> subprocess.CompletedProcess[str]:
+    pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-validate")
+    command = [sys.executable, "-m", "kubernetes_validate", "--strict",
+               "--kubernetes-version", KUBERNETES_VERSION, str(rendered)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+
+
+def _render(overlay: str) -> dict[tuple[str, str], dict]:
+    documents = yaml.safe_load_all(_kustomize(K8S / "overlays" / overlay))
+    return {(d["kind"], d["metadata"]["name"]): d for d in documents if d}
+
+
+def test_there_are_dev_and_prod_overlays() -> None:
+    assert {"dev", "prod"} <= set(OVERLAYS)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlay_renders_and_validates_against_kubernetes_1_30(overlay: str,
+                                                                tmp_path: Path) -> None:
+    rendered = tmp_path / f"{overlay}.yaml"
+    rendered.write_text(_kustomize(K8S / "overlays" / overlay))
+    documents = [d for d in yaml.safe_load_all(rendered.read_text()) if d]
+    assert len(documents) >= 6
+    namespaces = {d["metadata"].get("namespace") for d in documents}
+    assert len(namespaces) == 1 and None not in namespaces, namespaces
+    done = _validate(rendered)
+    assert done.returncode == 0, done.stdout + done.stderr
+    passed = re.findall(r"passed for resource", done.stdout + done.stderr)
+    assert len(passed) == len(documents), done.stdout + done.stderr
+
+
+def test_the_validator_rejects_what_kubernetes_would(tmp_path: Path) -> None:
+    """The check above can fail: an unknown field and a wrong type are both refused."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump_all([
+        {"apiVersion": "v1", "kind": "ServiceAccount",
+         "metadata": {"name": "goggles-runner", "annotation": {"a": "b"}}},
+        {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "q"},
+         "spec": {"hard": ["cpu"]}}]))
+    done = _validate(bad)
+    assert done.returncode != 0
+    assert done.stdout.count("did not validate") + done.stderr.count("did not validate") == 2
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
+    """The pipeline compiled with each overlay's profile: {profile: kubernetes executors}."""
+    module = load_pipeline()
+    folder = tmp_path_factory.mktemp("profiles")
+    result = {}
+    for profile in ("default", *OVERLAYS):
+        package = module.compile_pipeline(str(folder / f"{profile}.yaml"), profile)
+        spec, platform = yaml.safe_load_all(Path(package).read_text())
+        executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+        accelerators = {name: e["container"].get("resources", {}).get("accelerator")
+                        for name, e in spec["deploymentSpec"]["executors"].items()}
+        result[profile] = {"executors": executors, "accelerators": accelerators}
+    return result
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_profile_refers_to_what_the_overlay_provides(overlay: str, compiled) -> None:
+    module = load_pipeline()
+    resources = _render(overlay)
+    executors = compiled[overlay]["executors"]
+    secret = resources[("Secret", module.BUCKET_SECRET)]
+    config_map = resources[("ConfigMap", module.DEFAULTS_CONFIG_MAP)]
+    # every key the namespace sets reaches the tasks (an unmapped key would be ignored silently)
+    assert set(secret.get("data", {})) <= set(module.BUCKET_SECRET_ENV)
+    assert set(config_map["data"]) <= set(module.DEFAULTS_ENV), set(config_map["data"])
+    bucket_tasks = {"exec-ingest", "exec-extract", "exec-infer", "exec-evaluate"}
+    for name in bucket_tasks:
+        settings = executors[name]
+        assert [s["secretName"] for s in settings["secretAsEnv"]] == [module.BUCKET_SECRET]
+        assert settings["secretAsVolume"][0]["mountPath"] == module.BUCKET_SECRET_MOUNT
+        assert all(s["optional"] for s in settings["secretAsEnv"] + settings["secretAsVolume"])
+        mapped = {k["configMapKey"] for k in settings["configMapAsEnv"][0]["keyToEnv"]}
+        assert settings["configMapAsEnv"][0]["configMapName"] == module.DEFAULTS_CONFIG_MAP
+        assert mapped == set(module.DEFAULTS_ENV)
+    for name in set(executors) - bucket_tasks:
+        assert "secretAsEnv" not in executors[name], f"{name} reads no bucket"
+    # every task runs as the images' user, which is not root
+    dockerfile = (project_root() / "docker" / "Dockerfile").read_text()
+    users = re.findall(r"^USER (\d+):(\d+)$", dockerfile, re.MULTILINE)
+    assert users == [(str(module.IMAGE_USER), str(module.IMAGE_USER))]
+    assert set(executors) == {"exec-ingest", "exec-plan-shards", "exec-extract",
+                              "exec-affinity-shard", "exec-infer", "exec-evaluate"}
+    for name, settings in executors.items():
+        assert settings["securityContext"] == {"runAsUser": str(module.IMAGE_USER),
+                                               "runAsGroup": str(module.IMAGE_USER),
+                                               "runAsNonRoot": True}, name
+
+
+def test_gpus_only_where_the_overlay_allows_them(compiled) -> None:
+    quota = {overlay: int(_render(overlay)[("ResourceQuota", "goggles-quota")]["spec"]["hard"]
+                          ["requests.nvidia.com/gpu"]) for overlay in OVERLAYS}
+    assert quota["dev"] == 0 and quota["prod"] >= 1
+    for overlay in OVERLAYS:
+        extract = compiled[overlay]["executors"]["exec-extract"]
+        accelerators = {k: v for k, v in compiled[overlay]["accelerators"].items() if v}
+        if quota[overlay]:
+            assert set(accelerators) == {"exec-extract"}
+            assert accelerators["exec-extract"]["resourceType"] == "nvidia.com/gpu"
+            assert accelerators["exec-extract"]["resourceCount"] == "1"
+            assert extract["nodeSelector"]["labels"] == {"nvidia.com/gpu.present": "true"}
+            assert extract["tolerations"][0]["key"] == "nvidia.com/gpu"
+        else:
+            assert not accelerators, f"{overlay} has no GPU quota but asks for {accelerators}"
+            assert "nodeSelector" not in extract and "tolerations" not in extract
+
+
+def test_the_default_profile_leaves_the_namespace_alone(compiled) -> None:
+    """``python pipeline.py`` without --profile: GPU pool settings only, as before k8s/."""
+    executors = compiled["default"]["executors"]
+    assert set(executors) == {"exec-extract"}
+    assert set(executors["exec-extract"]) == {"nodeSelector", "tolerations"}
+
+
+def test_an_unknown_profile_names_the_choices() -> None:
+    with pytest.raises(ValueError, match="unknown profile 'staging'; choose one of default"):
+        load_pipeline().pipeline_for("staging")
