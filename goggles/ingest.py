@@ -32,7 +32,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from PIL import Image, ImageFile, ImageOps
-from tqdm.auto import tqdm
 
 from goggles import storage
 from goggles.config import IngestConfig
@@ -314,8 +313,13 @@ def build_manifest(source_uri: str, config: IngestConfig) -> pa.Table:
         else:
             records[index] = refused(file, config, reason)
     # Only files that passed the precheck are ever opened: a FIFO blocks, /dev/zero never ends.
-    for index in tqdm(to_read, desc="ingest", unit="img", disable=None):
-        records[index] = read_and_inspect(listed[index], config)
+    # Reads go through storage.read_many: bounded concurrent requests for remote stores (one at
+    # a time for local files), retried, in order; decoding stays in this thread.
+    reads = storage.read_many([listed[index].uri for index in to_read], desc="ingest")
+    for index, (_, data) in zip(to_read, reads, strict=True):
+        records[index] = (inspect_data(listed[index], data, config) if isinstance(data, bytes)
+                          else refused(listed[index], config, f"unreadable: {data} (the file "
+                                       "may have vanished after listing)"))
     done = [record for record in records if record is not None]  # all of them: one per file
     _log_summary(done)
     image_ids: list[int | None] = []

@@ -1,8 +1,26 @@
 """All storage I/O: fsspec URIs (local paths, file://, memory://, gs://, s3://), atomic writes,
-Parquet, tensors and JSON.
+retries, bounded concurrent reads, Parquet, tensors and JSON.
 
-No other module opens a file. Every writer builds its bytes in memory and commits them with one
-write to a temporary name followed by a move, so a reader never sees a half-written artifact.
+No other module opens a file.
+
+* **Atomic outputs.** Every writer builds its bytes in memory, writes them to a hidden temporary
+  name beside the target (``.NAME.tmp-<random>``) and then commits: ``os.replace`` locally, a
+  server-side copy onto the name and a delete of the temporary on object stores (which have no
+  rename). A writer killed at any point leaves either the complete artifact or none under its
+  name. Folder artifacts are complete when their ``_SUCCESS`` marker (written last, listing each
+  file and its size) is there: see :func:`commit_folder` and :func:`is_complete`.
+* **Retries.** Transient errors (5xx, throttling, resets, timeouts) are retried with backoff
+  (:mod:`goggles.retries`); a permanent one (missing object, no permission) raises
+  :class:`StorageError` at once, naming the URI and the likely fix.
+* **Scale.** Remote folders are listed with the store's paginated listing (one ``find``: 1,000
+  objects a request), never a request per object; :func:`read_many` reads with a bounded number
+  of requests in flight and reports progress.
+
+Credentials and endpoints come from the environment of the process, never from URIs or pipeline
+parameters: for GCS, application default credentials or ``GOOGLE_APPLICATION_CREDENTIALS``
+(``STORAGE_EMULATOR_HOST`` points gcsfs at another server); for S3, the AWS variables
+(``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/``AWS_PROFILE``, ``AWS_DEFAULT_REGION``) and,
+for S3-compatible servers, ``AWS_ENDPOINT_URL_S3`` (or fsspec's ``FSSPEC_S3_ENDPOINT_URL``).
 """
 
 from __future__ import annotations
@@ -12,38 +30,67 @@ import json
 import logging
 import os
 import posixpath
+import re
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-import fsspec
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
+# gcsfs's experimental zonal/HNS layer talks gRPC to the Storage Control API, which emulators
+# and some networks lack; plain JSON-API gcsfs is what goggles needs. Must precede the import
+# of gcsfs (fsspec imports it lazily, on the first gs:// URI). Set it to "true" to opt in.
+os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+
+import fsspec  # noqa: E402
+import numpy as np  # noqa: E402
+import pyarrow as pa  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+
+from goggles import concurrency, retries  # noqa: E402
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+SUCCESS_MARKER = "_SUCCESS"
+TEMPORARY_TAG = ".tmp-"
+_TEMPORARY = re.compile(r"^\..+\.tmp-[0-9a-f]{12}$")
+_REMOTE_CREDENTIAL_FREE = ("gs", "gcs", "s3", "s3a", "http", "https", "az", "abfs", "adl")
+_CREDENTIAL_HINT = ("check the credentials in the environment: GCS uses application default "
+                    "credentials or GOOGLE_APPLICATION_CREDENTIALS; S3 uses AWS_ACCESS_KEY_ID/"
+                    "AWS_SECRET_ACCESS_KEY or AWS_PROFILE")
 
 
 class StorageError(OSError):
     """A URI could not be read or written; the message names it and the likely fix."""
 
 
-def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    """Return the filesystem for ``uri`` and the path inside it.
+class MissingObjectError(StorageError, FileNotFoundError):
+    """The URI names nothing in the store."""
 
-    Credentials come from the environment (application default credentials, AWS variables),
-    never from parameters.
-    """
-    try:
-        fs, path = fsspec.core.url_to_fs(uri)
-    except (ImportError, ValueError) as error:
-        protocol = uri.split("://", 1)[0] if "://" in uri else "file"
-        extra = {"gs": "gcs", "gcs": "gcs", "s3": "s3"}.get(protocol)
-        hint = f"; install it with `pip install 'goggles[{extra}]'`" if extra else ""
-        raise StorageError(f"cannot open {uri!r}: no filesystem for {protocol!r}{hint}") from error
-    return fs, path
 
+class AccessDeniedError(StorageError, PermissionError):
+    """The store refused the credentials of this process."""
+
+
+_policy = retries.RetryPolicy.from_environment()
+
+
+def set_retry_policy(policy: retries.RetryPolicy) -> retries.RetryPolicy:
+    """Use ``policy`` for every later storage call; returns the previous one."""
+    global _policy
+    previous, _policy = _policy, policy
+    return previous
+
+
+def default_concurrency() -> int:
+    """Requests in flight for :func:`read_many` on remote stores (``GOGGLES_STORAGE_CONCURRENCY``,
+    default 16)."""
+    return max(1, int(os.environ.get("GOGGLES_STORAGE_CONCURRENCY", 16)))
+
+
+# -- URIs -----------------------------------------------------------------------------------------
 
 def is_local(uri: str) -> bool:
     """True for plain paths and file:// URIs."""
@@ -73,9 +120,85 @@ def unstrip(fs: fsspec.AbstractFileSystem, path: str, like: str) -> str:
     return f"{protocol_of(like)}://{path.lstrip('/') if protocol_of(like) != 'memory' else path}"
 
 
+def redact(uri: str) -> str:
+    """``uri`` without any ``user:secret@`` part or query string, for messages and logs."""
+    if "://" not in uri:
+        return uri
+    scheme, rest = uri.split("://", 1)
+    netloc, slash, path = rest.partition("/")
+    return f"{scheme}://{netloc.rpartition('@')[2]}{slash}{path.split('?', 1)[0]}"
+
+
+def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """Return the filesystem for ``uri`` and the path inside it.
+
+    Credentials come from the environment (see the module docstring); a URI that carries them
+    (``s3://KEY:SECRET@bucket``) is refused, because URIs end up in pipeline parameters, logs
+    and artifacts.
+    """
+    protocol = protocol_of(uri)
+    if protocol in _REMOTE_CREDENTIAL_FREE and "@" in uri.split("://", 1)[1].split("/", 1)[0]:
+        raise StorageError(f"{redact(uri)!r}: credentials in a URI are not accepted (URIs are "
+                           "stored in parameters, logs and artifacts); remove them from the URI "
+                           "and provide them through the environment: GCS application default "
+                           "credentials or GOOGLE_APPLICATION_CREDENTIALS; AWS_ACCESS_KEY_ID/"
+                           "AWS_SECRET_ACCESS_KEY or AWS_PROFILE")
+    try:
+        fs, path = fsspec.core.url_to_fs(uri)
+    except (ImportError, ValueError) as error:
+        extra = {"gs": "gcs", "gcs": "gcs", "s3": "s3", "s3a": "s3"}.get(protocol)
+        hint = f"; install it with `pip install 'goggles[{extra}]'`" if extra else ""
+        raise StorageError(f"cannot open {redact(uri)!r}: no filesystem for {protocol!r}"
+                           f"{hint}") from error
+    return fs, path
+
+
+def _give_up(action: str, uri: str) -> Callable[[BaseException, int], BaseException]:
+    """The error :func:`retries.call_with_retries` raises when ``action`` on ``uri`` fails."""
+    shown = redact(uri)
+
+    def build(error: BaseException, attempts: int) -> BaseException:
+        if isinstance(error, StorageError):
+            return error
+        if any(isinstance(e, FileNotFoundError) for e in retries.causes(error)):
+            return MissingObjectError(f"{shown!r} does not exist; check the URI (bucket and "
+                                      "path) and, for a stage input, that the stage before "
+                                      "wrote it")
+        if retries.is_permission_error(error):
+            return AccessDeniedError(f"no permission to {action} {shown!r}; give the identity "
+                                     "running goggles access to the bucket (read for inputs, "
+                                     f"write for outputs) and {_CREDENTIAL_HINT}")
+        if attempts > 1 and retries.is_transient(error):
+            return StorageError(f"cannot {action} {shown!r}: still failing after {attempts} "
+                                f"attempts ({type(error).__name__}: {error}); the store is "
+                                "unreachable or overloaded — check the endpoint and network, "
+                                "or raise GOGGLES_STORAGE_MAX_ATTEMPTS, then rerun (complete "
+                                "outputs are reused)")
+        if isinstance(error, (OSError, ValueError)) or retries.http_status(error) is not None:
+            return StorageError(f"cannot {action} {shown!r}: {type(error).__name__}: {error}")
+        return error  # a programming error: keep its own type and traceback
+
+    return build
+
+
+def _retrying(action: str, uri: str, call: Callable[[], T]) -> T:
+    return retries.call_with_retries(call, describe=f"{action} {redact(uri)}", policy=_policy,
+                                     give_up=_give_up(action, uri))
+
+
+# -- objects --------------------------------------------------------------------------------------
+
 def exists(uri: str) -> bool:
+    """Whether ``uri`` names a file or folder (asks the store, not a cached listing)."""
+    if is_local(uri):
+        return os.path.exists(local_path(uri))
     fs, path = filesystem(uri)
-    return bool(fs.exists(path))
+    fs.invalidate_cache(path)
+    try:
+        _retrying("look up", uri, lambda: fs.info(path))
+    except MissingObjectError:
+        return False
+    return True
 
 
 def makedirs(uri: str) -> None:
@@ -84,46 +207,66 @@ def makedirs(uri: str) -> None:
 
 
 def read_bytes(uri: str) -> bytes:
-    """Read a whole object. A missing object raises :class:`StorageError` naming it."""
+    """Read a whole object. A missing object raises :class:`MissingObjectError` naming it."""
+    if is_local(uri):
+        def read() -> bytes:
+            with open(local_path(uri), "rb") as handle:
+                return handle.read()
+
+        return _retrying("read", uri, read)
     fs, path = filesystem(uri)
-    try:
-        with fs.open(path, "rb") as handle:
-            return bytes(handle.read())
-    except FileNotFoundError as error:
-        raise StorageError(f"{uri!r} does not exist; check the URI and that the previous "
-                           "stage wrote it") from error
-    except PermissionError as error:
-        raise StorageError(f"no permission to read {uri!r}; check the credentials in the "
-                           "environment (GOOGLE_APPLICATION_CREDENTIALS / AWS_*)") from error
+    return bytes(_retrying("read", uri, lambda: fs.cat_file(path)))
+
+
+def temporary_name(path: str) -> str:
+    """A hidden sibling of ``path`` that no reader of ``path`` would take for it."""
+    parent, name = posixpath.split(path) if "/" in path else ("", path)
+    hidden = f".{name}{TEMPORARY_TAG}{uuid.uuid4().hex[:12]}"
+    return f"{parent}/{hidden}" if parent else hidden
 
 
 def write_bytes(uri: str, data: bytes) -> None:
-    """Write ``data`` to ``uri`` atomically: a temporary object, then a move onto the name."""
+    """Write ``data`` to ``uri`` atomically: a temporary object, then a commit onto the name."""
     fs, path = filesystem(uri)
-    parent = posixpath.dirname(path) if not is_local(uri) else os.path.dirname(path)
-    if parent:
-        fs.makedirs(parent, exist_ok=True)
-    temporary = f"{path}.tmp-{uuid.uuid4().hex}"
-    try:
-        if is_local(uri):
+    if is_local(uri):
+        path = local_path(uri)
+        parent = os.path.dirname(path)
+        if parent:
+            os.makedirs(parent, exist_ok=True)
+        temporary = os.path.join(parent, os.path.basename(temporary_name(path)))
+        try:
             with open(temporary, "wb") as handle:
                 handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
-            os.replace(temporary, path)
-        else:
-            with fs.open(temporary, "wb") as handle:
-                handle.write(data)
-            fs.mv(temporary, path)
-    except PermissionError as error:
-        raise StorageError(f"no permission to write {uri!r}; check the credentials in the "
-                           "environment (GOOGLE_APPLICATION_CREDENTIALS / AWS_*)") from error
-    finally:
-        try:
-            if fs.exists(temporary):
-                fs.rm(temporary)
-        except OSError:  # pragma: no cover - best effort cleanup
-            pass
+            _commit(fs, temporary, path, uri)
+        except PermissionError as error:
+            raise _give_up("write", uri)(error, 1) from error
+        finally:
+            if os.path.lexists(temporary):
+                os.unlink(temporary)
+        return
+    if protocol_of(uri) == "memory":
+        fs.makedirs(posixpath.dirname(path), exist_ok=True)
+    temporary = temporary_name(path)
+    _retrying("write", uri, lambda: fs.pipe_file(temporary, data))
+    _commit(fs, temporary, path, uri)
+
+
+def _commit(fs: fsspec.AbstractFileSystem, temporary: str, path: str, uri: str) -> None:
+    """Put the finished ``temporary`` under its final ``path`` (the only step a reader sees)."""
+    if is_local(uri):
+        os.replace(temporary, path)
+        return
+    # Object stores have no rename: a server-side copy is atomic for the reader, then the
+    # temporary goes. A crash between the two leaves a complete artifact and a hidden leftover.
+    _retrying("commit", uri, lambda: fs.copy(temporary, path))
+    try:
+        _retrying("clean up after", uri, lambda: fs.rm_file(temporary))
+    except MissingObjectError:
+        pass  # an earlier attempt deleted it and the reply was lost
+    except StorageError as error:
+        logger.warning("left a temporary object behind (harmless, hidden): %s", error)
 
 
 def write_parquet(table: pa.Table, uri: str) -> None:
@@ -158,6 +301,132 @@ def write_text(text: str, uri: str) -> None:
     write_bytes(uri, text.encode())
 
 
+# -- folder artifacts -----------------------------------------------------------------------------
+
+def _folder_files(uri: str) -> dict[str, int]:
+    """Relative name -> size of the files under folder ``uri``, without temporaries/marker."""
+    if is_local(uri):
+        root = local_path(uri)
+        found = {os.path.relpath(full, root).replace(os.sep, "/"): size
+                 for full, size in _walk_local(root)} if os.path.isdir(root) else {}
+    else:
+        fs, root = filesystem(uri)
+        root = root.rstrip("/")
+        fs.invalidate_cache(root)
+        listing = _retrying("list", uri, lambda: fs.find(root, detail=True))
+        found = {path[len(root):].lstrip("/"): int(info.get("size") or 0)
+                 for path, info in listing.items() if info.get("type") != "directory"}
+    return {name: size for name, size in found.items()
+            if name != SUCCESS_MARKER and not _TEMPORARY.match(posixpath.basename(name))}
+
+
+def begin_folder(uri: str) -> None:
+    """Mark folder ``uri`` incomplete before (re)writing it: drop its marker and leftovers of
+    writers that were killed, so a crash from here on cannot leave an old marker over new
+    files."""
+    marker = join(uri, SUCCESS_MARKER)
+    if exists(marker):
+        remove(marker)
+    remove_temporaries(uri)
+
+
+def commit_folder(uri: str) -> dict[str, int]:
+    """Declare folder ``uri`` complete: write its ``_SUCCESS`` marker (atomically, last) listing
+    every file and its size. Returns that listing."""
+    files = _folder_files(uri)
+    write_json({"files": files, "committed_at": time.time()}, join(uri, SUCCESS_MARKER))
+    return files
+
+
+def is_complete(uri: str) -> bool:
+    """Whether ``uri`` holds a complete artifact that a rerun may trust.
+
+    A file is complete when it exists (writes are atomic). A folder is complete when its
+    ``_SUCCESS`` marker exists and every file the marker lists is there with its size.
+    """
+    marker = join(uri, SUCCESS_MARKER)
+    if not exists(marker):
+        if is_local(uri):
+            return os.path.isfile(local_path(uri))
+        fs, path = filesystem(uri)
+        fs.invalidate_cache(path)
+        try:
+            info = _retrying("look up", uri, lambda: fs.info(path))
+        except MissingObjectError:
+            return False
+        return info.get("type") == "file"
+    try:
+        listed = read_json(marker)["files"]
+    except (StorageError, ValueError, KeyError, TypeError):
+        return False
+    present = _folder_files(uri)
+    missing = [name for name, size in listed.items() if present.get(name) != size]
+    if missing:
+        logger.warning("%s: marker lists %d file(s) that are missing or changed (e.g. %s); "
+                       "redo it", redact(uri), len(missing), missing[0])
+    return not missing
+
+
+def remove(uri: str) -> None:
+    """Delete one object (a missing one is not an error)."""
+    if is_local(uri):
+        try:
+            os.unlink(local_path(uri))
+        except FileNotFoundError:
+            pass
+        return
+    fs, path = filesystem(uri)
+    try:
+        _retrying("delete", uri, lambda: fs.rm_file(path))
+    except MissingObjectError:
+        pass
+
+
+def remove_temporaries(uri: str) -> int:
+    """Delete the hidden temporaries that killed writers left under folder ``uri``; returns how
+    many. Only for a folder no live writer is using."""
+    if is_local(uri):
+        root = local_path(uri)
+        names = [os.path.relpath(full, root) for full, _ in _walk_local(root)] \
+            if os.path.isdir(root) else []
+    else:
+        fs, root = filesystem(uri)
+        fs.invalidate_cache(root.rstrip("/"))
+        try:
+            names = [p[len(root.rstrip("/")):].lstrip("/")
+                     for p in _retrying("list", uri, lambda: fs.find(root.rstrip("/")))]
+        except MissingObjectError:
+            names = []
+    leftovers = [n for n in names if _TEMPORARY.match(posixpath.basename(n.replace(os.sep, "/")))]
+    for name in leftovers:
+        remove(join(uri, name))
+    if leftovers:
+        logger.info("removed %d temporaries left by interrupted writers under %s",
+                    len(leftovers), redact(uri))
+    return len(leftovers)
+
+
+# -- many objects ---------------------------------------------------------------------------------
+
+def read_many(uris: Sequence[str], *, max_concurrency: int | None = None,
+              desc: str | None = None) -> Iterator[tuple[str, bytes | StorageError]]:
+    """Read ``uris`` with at most ``max_concurrency`` requests in flight (default: 1 for local
+    files, :func:`default_concurrency` for remote stores), yielding ``(uri, bytes)`` in order, or
+    ``(uri, StorageError)`` for an object that could not be read (each read is retried first)."""
+    if max_concurrency is None:
+        remote = any(not is_local(u) for u in uris)
+        max_concurrency = default_concurrency() if remote else 1
+
+    def read(uri: str) -> tuple[str, bytes | StorageError]:
+        try:
+            return uri, read_bytes(uri)
+        except StorageError as error:
+            return uri, error
+
+    yield from concurrency.map_bounded(read, uris, max_concurrency=max_concurrency, desc=desc,
+                                       unit="obj", total=len(uris))
+
+
 @dataclass(frozen=True)
 class ListedFile:
     uri: str
@@ -189,8 +458,8 @@ def _walk_local(root: str) -> Iterator[tuple[str, int]]:
 def list_files(root_uri: str, extensions: tuple[str, ...]) -> list[ListedFile]:
     """List files under ``root_uri`` whose suffix is in ``extensions``, sorted by path.
 
-    Remote stores are listed with their paginated listing calls (one ``find``), not a request
-    per object.
+    Remote stores are listed with their paginated listing calls (one ``find``, retried as a
+    whole on transient errors), not a request per object.
     """
     suffixes = tuple(e.lower() for e in extensions)
     listed: list[ListedFile] = []
@@ -206,10 +475,12 @@ def list_files(root_uri: str, extensions: tuple[str, ...]) -> list[ListedFile]:
     else:
         fs, root = filesystem(root_uri)
         root = root.rstrip("/")
-        try:
-            found = fs.find(root, detail=True)
-        except FileNotFoundError as error:
-            raise StorageError(f"source {root_uri!r} does not exist") from error
+        fs.invalidate_cache(root)
+        started = time.perf_counter()
+        found = _retrying("list", root_uri, lambda: fs.find(root, detail=True))
+        elapsed = time.perf_counter() - started
+        logger.info("listed %d objects under %s in %.2f s (%.0f objects/s)", len(found),
+                    redact(root_uri), elapsed, len(found) / max(elapsed, 1e-9))
         for path, info in sorted(found.items()):
             if info.get("type") == "directory" or not path.lower().endswith(suffixes):
                 continue

@@ -1,0 +1,60 @@
+"""Bounded concurrency for I/O-bound loops: at most N calls in flight, results in input order,
+progress shown on a terminal and logged in pods."""
+
+from __future__ import annotations
+
+import collections
+import logging
+from collections.abc import Callable, Iterable, Iterator, Sized
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TypeVar
+
+from tqdm.auto import tqdm
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def map_bounded(function: Callable[[T], R], items: Iterable[T], *, max_concurrency: int,
+                desc: str | None = None, unit: str = "item",
+                total: int | None = None) -> Iterator[R]:
+    """Yield ``function(item)`` for each item, in order, with at most ``max_concurrency`` calls
+    running (threads) and at most that many results held. ``desc`` shows a progress bar (on a
+    terminal) and logs progress every ~10% (in pods)."""
+    if total is None and isinstance(items, Sized):
+        total = len(items)
+    bar = tqdm(total=total, desc=desc, unit=unit, disable=None if desc else True)
+    step = max(1, (total or 0) // 10)
+    done = 0
+
+    def advance() -> None:
+        nonlocal done
+        done += 1
+        bar.update(1)
+        if desc and total and (done % step == 0 or done == total):
+            logger.info("%s: %d/%d %s", desc, done, total, unit)
+
+    try:
+        if max_concurrency <= 1:
+            for item in items:
+                result = function(item)
+                advance()
+                yield result
+            return
+        with ThreadPoolExecutor(max_workers=max_concurrency,
+                                thread_name_prefix="goggles-io") as pool:
+            window: collections.deque[Future[R]] = collections.deque()
+            for item in items:
+                if len(window) >= max_concurrency:
+                    result = window.popleft().result()
+                    advance()
+                    yield result
+                window.append(pool.submit(function, item))
+            while window:
+                result = window.popleft().result()
+                advance()
+                yield result
+    finally:
+        bar.close()
