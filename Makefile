@@ -30,6 +30,12 @@ test-fast: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m goggles.demo --output demo-out
 
+# The cluster images (docker/build.sh): targets cpu and gpu, tagged as components/image.py names
+# them. Where no registry can be reached, GOGGLES_LOCAL_BASE=1 builds the base with debootstrap.
+.PHONY: images
+images:
+	docker/build.sh
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check goggles components tests benchmarks pipeline.py
 

@@ -7,7 +7,10 @@ ParallelFor fan-out and ``dsl.Collected`` fan-in — through ``kfp.local``:
   subprocess of this Python, which already has ``goggles`` installed, so no task installs
   anything and a task starts in well under a second (plus its own imports).
 * ``docker``: :class:`kfp.local.DockerRunner`; every task runs in the project image
-  (:mod:`components.image`), which must have been built from ``docker/``.
+  (:mod:`components.image`), which must have been built from ``docker/`` (``make images``).
+  Tasks run as a non-root user (this user's uid, or the image's own user when this is root),
+  see the local inputs read-only at their own paths (with the targets of symlinks in the
+  source), and get no network at all when every URI they read is local.
 
 Afterwards the run's artifacts are copied out of kfp's ``pipeline_root`` into the output URI
 (any fsspec URI) in the same layout :func:`goggles.runners.run_inprocess` writes:
@@ -95,8 +98,46 @@ def pipeline_arguments(params: RunParameters) -> dict[str, Any]:
 
 # -- runners -------------------------------------------------------------------------------------
 
-def _docker_runner(params: RunParameters, images: tuple[str, ...]) -> Any:
-    """A DockerRunner for the project images, with the local inputs mounted read-only."""
+def _symlink_targets(folder: str) -> list[str]:
+    """Folders outside ``folder`` that symlinks under it point into (a container sees only what
+    is mounted); nested ones are dropped, as their parent's mount covers them."""
+    targets: set[str] = set()
+    root = os.path.realpath(folder)
+    visited = {root}
+    for current, folders, files in os.walk(folder, followlinks=True):
+        for name in folders + files:
+            path = os.path.join(current, name)
+            if os.path.islink(path):
+                real = os.path.realpath(path)
+                targets.add(real if os.path.isdir(real) else os.path.dirname(real))
+        # a symlinked folder is walked once, however many links (or loops) lead to it
+        unseen = [name for name in folders
+                  if os.path.realpath(os.path.join(current, name)) not in visited]
+        visited.update(os.path.realpath(os.path.join(current, name)) for name in unseen)
+        folders[:] = unseen
+    outside = sorted(t for t in targets if t != root and not t.startswith(root + os.sep))
+    return [t for i, t in enumerate(outside)
+            if not any(t.startswith(kept + os.sep) for kept in outside[:i])]
+
+
+def _container_user(client: Any, image: str, pipeline_root: str) -> str:
+    """The non-root ``uid:gid`` tasks run as: this user's, or the image's own user when this is
+    root (then ``pipeline_root`` is handed to that user, who writes the task outputs)."""
+    if os.getuid() != 0:
+        return f"{os.getuid()}:{os.getgid()}"
+    user = str(client.images.get(image).attrs.get("Config", {}).get("User") or "")
+    uid, _, gid = user.partition(":")
+    if not uid.isdigit() or int(uid) == 0 or (gid and not gid.isdigit()):
+        raise PipelineRunError(
+            f"image {image} runs as {user or 'root'!r}; the goggles images run as a numeric "
+            "non-root user (docker/Dockerfile's USER): rebuild them with docker/build.sh")
+    os.chown(pipeline_root, int(uid), int(gid or uid))
+    return f"{uid}:{gid or uid}"
+
+
+def _docker_runner(params: RunParameters, images: tuple[str, ...], pipeline_root: str) -> Any:
+    """A DockerRunner for the project images: non-root, the local inputs mounted read-only,
+    and no network when every input is local."""
     from kfp import local
 
     try:
@@ -120,32 +161,37 @@ def _docker_runner(params: RunParameters, images: tuple[str, ...]) -> Any:
                 client.images.get(image)
             except docker.errors.ImageNotFound:
                 missing.append(image)
+        if missing:
+            raise PipelineRunError(
+                f"image(s) {', '.join(missing)} not found in the local Docker daemon; build "
+                "them with `make images` (docker/build.sh, which tags them so), or use "
+                "--runner local")
+        user = _container_user(client, images[0], pipeline_root)
     finally:
         client.close()
-    if missing:
-        raise PipelineRunError(
-            f"image(s) {', '.join(missing)} not found in the local Docker daemon; build them "
-            f"from docker/ (tagged exactly so, e.g. `docker build -t {missing[0]} ...`), "
-            "or use --runner local")
-    mounts = []
-    for uri in (params.source_uri, params.dev_labels_uri, params.weights_uri):
-        if uri and storage.is_local(uri):
-            path = _absolute(uri)
-            mounts.append(docker.types.Mount(target=path, source=path, type="bind", read_only=True))
-    arguments: dict[str, Any] = {"mounts": mounts, "user": f"{os.getuid()}:{os.getgid()}"}
+    inputs = [uri for uri in (params.source_uri, params.dev_labels_uri, params.weights_uri) if uri]
+    paths = [_absolute(uri) for uri in inputs if storage.is_local(uri)]
+    if params.source_uri and storage.is_local(params.source_uri):
+        paths += _symlink_targets(_absolute(params.source_uri))
+    mounts = [docker.types.Mount(target=path, source=path, type="bind", read_only=True)
+              for path in dict.fromkeys(paths)]
+    arguments: dict[str, Any] = {"mounts": mounts, "user": user}
+    if all(storage.is_local(uri) for uri in inputs):
+        # the tasks read only mounted files and kfp's pipeline_root: they need no network
+        arguments["network_mode"] = "none"
     if params.device == "cuda":
         arguments["device_requests"] = [
             docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])]
     return local.DockerRunner(**arguments)
 
 
-def _runner(kind: str, params: RunParameters, images: tuple[str, ...]) -> Any:
+def _runner(kind: str, params: RunParameters, images: tuple[str, ...], pipeline_root: str) -> Any:
     from kfp import local
 
     if kind == "local":
         return local.SubprocessRunner(use_venv=False)
     if kind == "docker":
-        return _docker_runner(params, images)
+        return _docker_runner(params, images, pipeline_root)
     raise ValueError(f"unknown runner {kind!r}; choose one of {', '.join(RUNNERS)} "
                      "(or run_inprocess for the in-process path)")
 
@@ -184,9 +230,15 @@ def run_pipeline(params: RunParameters, runner: str = "local", *, pipeline_root:
     from kfp import local
 
     module = load_pipeline()
-    kfp_runner = _runner(runner, params, tuple(module.IMAGES))
     temporary = not pipeline_root
     root = os.path.abspath(pipeline_root or tempfile.mkdtemp(prefix="goggles-kfp-"))
+    os.makedirs(root, exist_ok=True)
+    try:
+        kfp_runner = _runner(runner, params, tuple(module.IMAGES), root)
+    except BaseException:
+        if temporary:
+            shutil.rmtree(root, ignore_errors=True)
+        raise
     local.init(runner=kfp_runner, pipeline_root=root, raise_on_error=True,
                enable_caching=enable_caching)
     arguments = pipeline_arguments(params)
