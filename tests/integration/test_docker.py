@@ -3,9 +3,10 @@ then, marked ``docker``, the images built by docker/build.sh and the whole pipel
 with kfp's DockerRunner on real birds, with no network and as a non-root user, giving the local
 runner's labels.
 
-The ``docker`` test needs a Docker engine. It builds the images incrementally (docker/build.sh,
-cached layers) when they exist already; a first build (about 6 GB of PyTorch wheels) runs only
-with ``GOGGLES_DOCKER_BUILD=1`` (or after ``make images``), and the skip message says so.
+The ``docker`` tests need a Docker engine. They rebuild the images incrementally (docker/build.sh,
+cached layers: about a minute after a code change) when they exist already; a first build (about
+6 GB of PyTorch wheels, 8 minutes on 2 cores) runs only with ``GOGGLES_DOCKER_BUILD=1`` (or after
+``make images``). Each skip says which of these is missing.
 """
 
 from __future__ import annotations
@@ -134,8 +135,9 @@ def built_images(docker_client) -> dict[str, float]:  # type: ignore[no-untyped-
             pass
     if len(present) < len(IMAGES) and os.environ.get("GOGGLES_DOCKER_BUILD") != "1":
         pytest.skip("docker test skipped: the images are not built here and a first build "
-                    "(about 6 GB of PyTorch wheels, 15+ min on 2 cores) does not fit a test "
-                    "run; run `make images` first, or set GOGGLES_DOCKER_BUILD=1")
+                    "(about 6 GB of PyTorch wheels, 8+ min on 2 cores) does not fit a test "
+                    "run; run `make images` first (GOGGLES_LOCAL_BASE=1 where no registry "
+                    "answers), or set GOGGLES_DOCKER_BUILD=1")
     command = [str(DOCKER / "build.sh"), "--target", "all"]
     try:
         docker_client.images.get(LOCAL_BASE_IMAGE)
