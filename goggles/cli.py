@@ -63,6 +63,8 @@ def _parser() -> argparse.ArgumentParser:
 
     compile_ = sub.add_parser("compile", help="compile the Kubeflow pipeline to a YAML package")
     compile_.add_argument("--output", default="goggles_pipeline.yaml", help="package to write")
+    compile_.add_argument("--profile", default="default", choices=("default", "dev", "prod"),
+                          help="cluster settings matching k8s/overlays/<profile>")
 
     submit = sub.add_parser("submit", help="start one run on a Kubeflow Pipelines cluster")
     _cluster_arguments(submit)
@@ -85,6 +87,10 @@ def _cluster_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--namespace", default="", help="KFP namespace (multi-user clusters)")
     parser.add_argument("--package", default="",
                         help="a compiled package to send (default: compile pipeline.py now)")
+    parser.add_argument("--profile", default="default", choices=("default", "dev", "prod"),
+                        help="with no --package: cluster settings matching k8s/overlays/<profile>")
+    parser.add_argument("--service-account", default="",
+                        help="run the pods as this ServiceAccount (k8s/base: goggles-runner)")
     parser.add_argument("parameters", nargs="*", metavar="PARAM=VALUE",
                         help="pipeline parameters, e.g. source_uri=gs://bucket/images "
                              "num_classes=3 num_shards=8")
@@ -125,7 +131,7 @@ def _run(args: argparse.Namespace) -> int:
 def _compile(args: argparse.Namespace) -> int:
     from goggles.kfp_client import compile_package
 
-    print(compile_package(args.output))
+    print(compile_package(args.output, args.profile))
     return 0
 
 
@@ -133,7 +139,8 @@ def _submit(args: argparse.Namespace) -> int:
     from goggles.kfp_client import submit
 
     run_id = submit(args.host, args.parameters, experiment=args.experiment,
-                    run_name=args.run_name, package_path=args.package, namespace=args.namespace)
+                    run_name=args.run_name, package_path=args.package, namespace=args.namespace,
+                    profile=args.profile, service_account=args.service_account)
     print(f"run: {run_id}")
     print(f"see: {args.host.rstrip('/')}/#/runs/details/{run_id}")
     return 0
@@ -144,7 +151,8 @@ def _schedule(args: argparse.Namespace) -> int:
 
     recurring_id = schedule(args.host, args.cron, args.parameters, experiment=args.experiment,
                             job_name=args.job_name, package_path=args.package,
-                            namespace=args.namespace)
+                            namespace=args.namespace, profile=args.profile,
+                            service_account=args.service_account)
     print(f"recurring run: {recurring_id} ({args.cron})")
     print(f"see: {args.host.rstrip('/')}/#/recurringruns/details/{recurring_id}")
     return 0

@@ -33,15 +33,16 @@ class SubmitError(ValueError):
     """Parameters or a schedule that cannot work; the message says how to fix them."""
 
 
-def compile_package(package_path: str = "") -> str:
-    """Compile ``pipeline.py`` to ``package_path`` (default: a temporary file); returns the path."""
+def compile_package(package_path: str = "", profile: str = "default") -> str:
+    """Compile ``pipeline.py`` with a cluster ``profile`` (``default``, ``dev``, ``prod``: see
+    k8s/overlays) to ``package_path`` (default: a temporary file); returns the path."""
     from goggles.kfp_runner import load_pipeline
 
     module = load_pipeline()
     if not package_path:
         handle, package_path = tempfile.mkstemp(prefix="goggles-pipeline-", suffix=".yaml")
         os.close(handle)
-    return str(module.compile_pipeline(package_path))
+    return str(module.compile_pipeline(package_path, profile))
 
 
 def package_parameters(package_path: str) -> dict[str, dict[str, Any]]:
@@ -113,14 +114,17 @@ def make_client(host: str, namespace: str = "") -> Any:
 
 
 def submit(host: str, assignments: Sequence[str], *, experiment: str = DEFAULT_EXPERIMENT,
-           run_name: str = "", package_path: str = "", namespace: str = "") -> str:
-    """Start one run of the pipeline on the cluster at ``host``; returns the run id."""
-    package = package_path or compile_package()
+           run_name: str = "", package_path: str = "", namespace: str = "",
+           profile: str = "default", service_account: str = "") -> str:
+    """Start one run of the pipeline on the cluster at ``host``; returns the run id.
+    ``service_account`` runs the pods as that ServiceAccount (k8s/base: goggles-runner)."""
+    package = package_path or compile_package(profile=profile)
     try:
         arguments = parse_arguments(assignments, package)
         client = make_client(host, namespace)
         result = client.create_run_from_pipeline_package(
-            package, arguments=arguments, run_name=run_name or None, experiment_name=experiment)
+            package, arguments=arguments, run_name=run_name or None, experiment_name=experiment,
+            service_account=service_account or None)
     finally:
         if not package_path:
             os.remove(package)
@@ -130,10 +134,11 @@ def submit(host: str, assignments: Sequence[str], *, experiment: str = DEFAULT_E
 
 def schedule(host: str, cron: str, assignments: Sequence[str], *,
              experiment: str = DEFAULT_EXPERIMENT, job_name: str = DEFAULT_JOB_NAME,
-             package_path: str = "", namespace: str = "", max_concurrency: int = 1) -> str:
+             package_path: str = "", namespace: str = "", max_concurrency: int = 1,
+             profile: str = "default", service_account: str = "") -> str:
     """Create a recurring run on ``cron`` (six fields); returns the recurring run's id."""
     cron = check_cron(cron)
-    package = package_path or compile_package()
+    package = package_path or compile_package(profile=profile)
     try:
         arguments = parse_arguments(assignments, package)
         client = make_client(host, namespace)
@@ -141,7 +146,7 @@ def schedule(host: str, cron: str, assignments: Sequence[str], *,
         recurring = client.create_recurring_run(
             experiment_id=found.experiment_id, job_name=job_name, cron_expression=cron,
             params=arguments, pipeline_package_path=package, max_concurrency=max_concurrency,
-            no_catchup=True)
+            no_catchup=True, service_account=service_account or None)
     finally:
         if not package_path:
             os.remove(package)

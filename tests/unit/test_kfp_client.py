@@ -149,3 +149,21 @@ def test_package_parameters_read_the_compiled_definitions(tmp_path: Path) -> Non
     assert parameters["num_shards"] == {"type": "NUMBER_INTEGER", "default": 4}
     assert parameters["backbone"] == {"type": "STRING", "default": "vgg16"}
     assert kfp_client.check_cron("0  0 3 * * *") == "0 0 3 * * *"
+
+
+def test_profile_and_service_account_reach_the_cluster(client) -> None:
+    assert main(["submit", "--host", HOST, "--profile", "prod", "--service-account",
+                 "goggles-runner", "source_uri=gs://bucket/birds"]) == 0
+    assert main(["schedule", "--host", HOST, "--profile", "dev", "--service-account",
+                 "goggles-runner", "--cron", "0 0 3 * * *", "source_uri=gs://b/i"]) == 0
+    run = client.instances[0].calls[0][1]
+    recurring = client.instances[1].calls[-1][1]
+    assert run["service_account"] == "goggles-runner"
+    assert recurring["service_account"] == "goggles-runner"
+
+
+def test_compile_with_a_profile_mounts_what_the_overlay_provides(tmp_path: Path) -> None:
+    default = Path(kfp_client.compile_package(str(tmp_path / "default.yaml"))).read_text()
+    prod = Path(kfp_client.compile_package(str(tmp_path / "prod.yaml"), "prod")).read_text()
+    assert "goggles-bucket-credentials" in prod
+    assert "goggles-bucket-credentials" not in default
