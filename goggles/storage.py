@@ -260,7 +260,7 @@ def _commit(fs: fsspec.AbstractFileSystem, temporary: str, path: str, uri: str) 
         return
     # Object stores have no rename: a server-side copy is atomic for the reader, then the
     # temporary goes. A crash between the two leaves a complete artifact and a hidden leftover.
-    _retrying("commit", uri, lambda: fs.copy(temporary, path))
+    _retrying("commit", uri, lambda: fs.cp_file(temporary, path))
     try:
         _retrying("clean up after", uri, lambda: fs.rm_file(temporary))
     except MissingObjectError:

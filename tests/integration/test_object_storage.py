@@ -1,0 +1,440 @@
+"""Object storage end to end: `goggles run gs://…` and `goggles run s3://…` against real
+GCS-protocol (fake-gcs-server) and S3 (moto) servers on 127.0.0.1, with source images, weights,
+dev labels and outputs all in buckets; the same runs through a proxy that injects 503s, resets
+and cut-off replies; and writers killed between write and commit.
+
+Endpoints and credentials reach the `goggles` process only through its environment
+(``STORAGE_EMULATOR_HOST``; ``AWS_ENDPOINT_URL_S3`` and the AWS variables), as in production.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from goggles import retries, storage
+from tests.conftest import CUB_DEV
+from tests.integration.servers import S3_TEST_SECRET, FaultyProxy, GCSServer, S3Server
+
+pytestmark = [pytest.mark.integration]
+
+SPECIES = ("001", "014")  # Black-footed Albatross, Indigo Bunting
+PER_SPECIES = 20
+DATA_BUCKET = "goggles-data"
+OUT_BUCKET = "goggles-out"
+RUN_OPTIONS = ["--num-classes", "2", "--backbone", "mobilenet_v2", "--shards", "2",
+               "--seed", "0", "--device", "cpu", "--runner", "inprocess"]
+COMPARED = ["image_id", "probs", "label", "label_name", "confidence"]
+
+
+# -- fixtures -------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def image_set() -> dict[str, Path]:
+    """``species/file.jpg`` -> the real cub-dev file (read in place, never copied)."""
+    if not CUB_DEV.is_dir():
+        pytest.skip(f"cub-dev not found at {CUB_DEV}")
+    images: dict[str, Path] = {}
+    for prefix in SPECIES:
+        folder = next(p for p in sorted(CUB_DEV.iterdir()) if p.name.startswith(prefix + "."))
+        for image in sorted(folder.iterdir())[:PER_SPECIES]:
+            images[f"{folder.name}/{image.name}"] = image
+    return images
+
+
+@pytest.fixture(scope="module")
+def weights() -> bytes:
+    """MobileNetV2's ImageNet weights as a torchvision state dict (uploaded as --weights)."""
+    import torch
+
+    from goggles.backbones import resolve_weights
+
+    state, _ = resolve_weights("mobilenet_v2")
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def dev_csv(image_set: dict[str, Path]) -> bytes:
+    """Dev labels naming the clusters: two images per species, as ``folder/file`` URIs."""
+    rows = ["uri,label"]
+    for prefix in SPECIES:
+        names = [name for name in image_set if name.startswith(prefix + ".")][:2]
+        rows += [f"{name},{name.split('/')[0].split('.', 1)[1]}" for name in names]
+    return ("\n".join(rows) + "\n").encode()
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory: pytest.TempPathFactory, image_set: dict[str, Path],
+              weights: bytes, dev_csv: bytes) -> pa.Table:
+    """The reference: the same images, weights and dev labels from local files."""
+    root = tmp_path_factory.mktemp("local")
+    for name, image in image_set.items():
+        (root / "images" / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / "images" / name).symlink_to(image)
+    (root / "weights.pth").write_bytes(weights)
+    (root / "dev.csv").write_bytes(dev_csv)
+    goggles_run(str(root / "images"), str(root / "out"), {}, weights=str(root / "weights.pth"),
+                dev_labels=str(root / "dev.csv"))
+    return pq.read_table(root / "out" / "labels.parquet")
+
+
+@pytest.fixture(scope="module")
+def servers() -> Iterator[dict[str, GCSServer | S3Server]]:
+    """A GCS and an S3 server on loopback, each with a data and an output bucket."""
+    with GCSServer() as gcs, S3Server() as s3:
+        for server in (gcs, s3):
+            server.create_bucket(DATA_BUCKET)
+            server.create_bucket(OUT_BUCKET)
+        yield {"gs": gcs, "s3": s3}
+
+
+@pytest.fixture(scope="module")
+def uploaded(servers: dict, image_set: dict[str, Path], weights: bytes,
+             dev_csv: bytes) -> dict[str, GCSServer | S3Server]:
+    """The real images, the weights and the dev labels uploaded through each server's API."""
+    for protocol, server in servers.items():
+        with environment(server.environment(server.url)):
+            fs = fresh_filesystem(protocol)
+            uploads = {f"{DATA_BUCKET}/images/{name}": path.read_bytes()
+                       for name, path in image_set.items()}
+            uploads[f"{DATA_BUCKET}/weights/mobilenet_v2.pth"] = weights
+            uploads[f"{DATA_BUCKET}/dev.csv"] = dev_csv
+            fs.pipe(uploads)
+            assert len(fs.find(f"{DATA_BUCKET}/images")) == len(image_set)
+    return servers
+
+
+# -- helpers --------------------------------------------------------------------------------------
+
+class environment:  # noqa: N801 - used like a function
+    """Set environment variables in this process for a block (for in-process clients)."""
+
+    def __init__(self, values: dict[str, str]):
+        self.values = values
+        self.saved: dict[str, str | None] = {}
+
+    def __enter__(self) -> None:
+        for key, value in self.values.items():
+            self.saved[key] = os.environ.get(key)
+            os.environ[key] = value
+        for protocol in ("gs", "s3"):
+            fsspec.get_filesystem_class(protocol).clear_instance_cache()
+
+    def __exit__(self, *exc: object) -> None:
+        for key, value in self.saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def fresh_filesystem(protocol: str) -> fsspec.AbstractFileSystem:
+    fsspec.get_filesystem_class(protocol).clear_instance_cache()
+    return fsspec.filesystem(protocol)
+
+
+def goggles_run(source: str, output: str, env: dict[str, str], *, weights: str,
+                dev_labels: str, expect_success: bool = True) -> subprocess.CompletedProcess[str]:
+    """`goggles run` in a child process whose environment names the endpoint."""
+    command = [sys.executable, "-m", "goggles.cli", "run", source, "--output", output,
+               "--weights", weights, "--dev-labels", dev_labels, *RUN_OPTIONS]
+    child_env = {**os.environ, **env, "GOGGLES_STORAGE_RETRY_DELAY_S": "0.05"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900, env=child_env)
+    if expect_success:
+        assert done.returncode == 0, done.stderr[-5000:]
+    return done
+
+
+def relative_uris(labels: pa.Table, marker: str = "/images/") -> list[str]:
+    return [uri.split(marker, 1)[1] for uri in labels["uri"].to_pylist()]
+
+
+def assert_same_labels(remote: pa.Table, local: pa.Table) -> None:
+    assert relative_uris(remote) == relative_uris(local)
+    assert remote.select(["label", "label_name"]).equals(local.select(["label", "label_name"]))
+    np.testing.assert_allclose(np.array(remote["probs"].to_pylist()),
+                               np.array(local["probs"].to_pylist()), rtol=0, atol=1e-6)
+    assert remote["image_id"].equals(local["image_id"])
+
+
+def remote_run(protocol: str, server: GCSServer | S3Server, endpoint: str,
+               run_name: str) -> tuple[pa.Table, dict[str, bytes]]:
+    """Run against ``endpoint``; return the labels and every object written to the output."""
+    env = server.environment(endpoint)
+    data = f"{protocol}://{DATA_BUCKET}"
+    output = f"{protocol}://{OUT_BUCKET}/{run_name}"
+    goggles_run(f"{data}/images", output, env, weights=f"{data}/weights/mobilenet_v2.pth",
+                dev_labels=f"{data}/dev.csv")
+    with environment(server.environment(server.url)):
+        fs = fresh_filesystem(protocol)
+        written = {path: fs.cat_file(path) for path in fs.find(f"{OUT_BUCKET}/{run_name}")}
+    labels = pq.read_table(io.BytesIO(written[f"{OUT_BUCKET}/{run_name}/labels.parquet"]))
+    return labels, written
+
+
+def assert_complete_outputs(written: dict[str, bytes], run_name: str) -> None:
+    names = {path.split(f"{run_name}/", 1)[1] for path in written}
+    assert {"labels.parquet", "manifest.parquet", "metrics.json", "report.html"} <= names
+    assert any(name.startswith("artifacts/affinity/") for name in names)
+    leftovers = [n for n in names if storage.TEMPORARY_TAG in n]
+    assert not leftovers, f"temporaries left in the bucket: {leftovers}"
+    secret = S3_TEST_SECRET.encode()
+    assert not [path for path, data in written.items() if secret in data], \
+        "a credential reached an artifact"
+
+
+# -- end to end -----------------------------------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.data
+@pytest.mark.parametrize("protocol", ["gs", "s3"])
+def test_bucket_run_matches_local_run(protocol: str, uploaded: dict,
+                                      local_run: pa.Table) -> None:
+    server = uploaded[protocol]
+    labels, written = remote_run(protocol, server, server.url, "plain")
+    assert labels.num_rows == 2 * PER_SPECIES
+    assert all(uri.startswith(f"{protocol}://{DATA_BUCKET}/images/")
+               for uri in labels["uri"].to_pylist())
+    assert_same_labels(labels, local_run)
+    assert set(labels["label_name"].to_pylist()) == {"Black_footed_Albatross", "Indigo_Bunting"}
+    assert_complete_outputs(written, "plain")
+
+
+@pytest.mark.slow
+@pytest.mark.data
+@pytest.mark.parametrize("protocol", ["gs", "s3"])
+def test_run_through_a_faulty_proxy_matches_local_run(protocol: str, uploaded: dict,
+                                                      local_run: pa.Table) -> None:
+    server = uploaded[protocol]
+    with FaultyProxy(server.url, fail_rate=0.08, seed=11) as proxy:
+        labels, written = remote_run(protocol, server, proxy.url, "faulty")
+    injected = sum(proxy.counts[mode] for mode in ("503", "reset", "truncate"))
+    assert proxy.counts["requests"] >= 100 and injected >= 5, proxy.counts
+    assert_same_labels(labels, local_run)
+    assert_complete_outputs(written, "faulty")
+
+
+@pytest.mark.slow
+@pytest.mark.data
+def test_missing_weights_object_fails_with_its_name(uploaded: dict) -> None:
+    server = uploaded["gs"]
+    missing = f"gs://{DATA_BUCKET}/weights/no-such-file.pth"
+    done = goggles_run(f"gs://{DATA_BUCKET}/images", f"gs://{OUT_BUCKET}/missing",
+                       server.environment(server.url), weights=missing,
+                       dev_labels=f"gs://{DATA_BUCKET}/dev.csv", expect_success=False)
+    assert done.returncode == 1
+    assert missing in done.stderr and "does not exist" in done.stderr, done.stderr[-3000:]
+
+
+@pytest.mark.parametrize("protocol", ["gs", "s3"])
+def test_missing_object_fails_fast_with_its_name(protocol: str, servers: dict) -> None:
+    server = servers[protocol]
+    uri = f"{protocol}://{DATA_BUCKET}/images/nowhere/missing.jpg"
+    with environment(server.environment(server.url)):
+        started = time.perf_counter()
+        with pytest.raises(storage.MissingObjectError, match=uri):
+            storage.read_bytes(uri)
+        assert time.perf_counter() - started < 2.0  # no retries for a permanent error
+        assert not storage.exists(uri) and not storage.is_complete(uri)
+        with pytest.raises(storage.StorageError, match=f"no image files under '{protocol}://"):
+            from goggles.config import IngestConfig
+            from goggles.ingest import build_manifest
+
+            build_manifest(f"{protocol}://{DATA_BUCKET}/no-such-prefix", IngestConfig())
+
+
+@pytest.mark.parametrize("protocol", ["gs", "s3"])
+def test_reads_and_listing_survive_a_proxy_that_fails_a_third_of_requests(
+        protocol: str, servers: dict) -> None:
+    server = servers[protocol]
+    rng = np.random.default_rng(5)
+    objects = {f"{DATA_BUCKET}/flaky/{i // 10}/{i:03d}.jpg":
+               rng.bytes(int(rng.integers(10_000, 60_000))) for i in range(40)}
+    with environment(server.environment(server.url)):
+        fresh_filesystem(protocol).pipe(objects)
+    previous = storage.set_retry_policy(retries.RetryPolicy(max_attempts=10,
+                                                             initial_delay_s=0.05))
+    try:
+        with FaultyProxy(server.url, fail_rate=0.33, seed=3) as proxy, \
+                environment(server.environment(proxy.url)):
+            listed = storage.list_files(f"{protocol}://{DATA_BUCKET}/flaky", (".jpg",))
+            got = dict(storage.read_many([f.uri for f in listed], max_concurrency=8))
+    finally:
+        storage.set_retry_policy(previous)
+    assert [f.uri for f in listed] == [f"{protocol}://{path}" for path in sorted(objects)]
+    assert [got[f"{protocol}://{path}"] for path in sorted(objects)] == \
+        [objects[path] for path in sorted(objects)]
+    assert sum(proxy.counts[m] for m in ("503", "reset", "truncate")) >= 5, proxy.counts
+
+
+def test_goggles_retries_what_the_client_library_gives_up_on(
+        servers: dict, caplog: pytest.LogCaptureFixture) -> None:
+    """With botocore's own retries off (AWS_MAX_ATTEMPTS=1) s3fs passes 503s straight up; the
+    storage layer's backoff must carry every write, commit, listing and read through."""
+    server = servers["s3"]
+    caplog.set_level("WARNING", logger="goggles.retries")
+    previous = storage.set_retry_policy(retries.RetryPolicy(max_attempts=12,
+                                                             initial_delay_s=0.02))
+    rng = np.random.default_rng(9)
+    objects = {f"s3://{OUT_BUCKET}/own-retries/{i:02d}.jpg": rng.bytes(5_000) for i in range(15)}
+    try:
+        with FaultyProxy(server.url, fail_rate=0.2, seed=2, modes=("503",)) as proxy, \
+                environment({**server.environment(proxy.url), "AWS_MAX_ATTEMPTS": "1"}):
+            for uri, data in objects.items():
+                storage.write_bytes(uri, data)
+            listed = storage.list_files(f"s3://{OUT_BUCKET}/own-retries", (".jpg",))
+            got = dict(storage.read_many(list(objects), max_concurrency=4))
+    finally:
+        storage.set_retry_policy(previous)
+    assert [f.uri for f in listed] == sorted(objects)
+    assert got == objects
+    retried = [r.getMessage() for r in caplog.records if "transient" in r.getMessage()]
+    assert proxy.counts["503"] >= 5 and len(retried) >= 5, (proxy.counts, retried[:3])
+    assert all("s3://" in message for message in retried)  # each names its URI
+
+
+# -- crashes --------------------------------------------------------------------------------------
+
+STALLED_WRITER = textwrap.dedent("""
+    import sys, time
+    import pyarrow as pa
+    from goggles import storage
+
+    mode, uri = sys.argv[1], sys.argv[2]
+    table = pa.table({"x": list(range(1000)), "y": [float(i) / 7 for i in range(1000)]})
+    if mode == "file-stall":
+        def stalled_commit(*args):
+            print("written, not committed", flush=True)
+            time.sleep(600)
+        storage._commit = stalled_commit
+        storage.write_parquet(table, uri)
+    elif mode == "file":
+        storage.write_parquet(table, uri)
+    elif mode in ("folder-stall", "folder"):
+        storage.begin_folder(uri)
+        storage.write_parquet(table, storage.join(uri, "part-0.parquet"))
+        if mode == "folder-stall":
+            print("written, not committed", flush=True)
+            time.sleep(600)
+        storage.write_parquet(table, storage.join(uri, "part-1.parquet"))
+        storage.commit_folder(uri)
+    print("done", flush=True)
+""")
+
+
+def start_writer(mode: str, uri: str, env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-c", STALLED_WRITER, mode, uri],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **env})
+
+
+def kill_when_stalled(process: subprocess.Popen[str]) -> None:
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    assert line.strip() == "written, not committed", process.stderr.read() if \
+        process.stderr else line
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL
+
+
+def finish_writer(mode: str, uri: str, env: dict[str, str]) -> None:
+    process = start_writer(mode, uri, env)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 0 and "done" in out, err
+
+
+@pytest.fixture(params=["local", "gs", "s3"])
+def crash_target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, dict]]:
+    """(a base URI, the environment that reaches it) on each kind of store."""
+    if request.param == "local":
+        yield str(tmp_path / "crash"), {}
+        return
+    server = request.getfixturevalue("servers")[request.param]
+    env = server.environment(server.url)
+    with environment(env):
+        yield f"{request.param}://{OUT_BUCKET}/crash-{uuid.uuid4().hex[:8]}", env
+
+
+def test_writer_killed_before_commit_leaves_no_artifact(crash_target: tuple[str, dict]) -> None:
+    base, env = crash_target
+    uri = storage.join(base, "labels.parquet")
+    kill_when_stalled(start_writer("file-stall", uri, env))
+
+    assert not storage.exists(uri) and not storage.is_complete(uri)
+    with pytest.raises(storage.MissingObjectError, match="labels.parquet"):
+        storage.read_parquet(uri)
+    visible = [Path(f.relative).name for f in storage.list_files(base, (".parquet",))]
+    assert visible == []  # the written bytes sit only under a hidden temporary name
+
+    finish_writer("file", uri, env)  # the rerun
+    assert storage.is_complete(uri)
+    assert storage.read_parquet(uri).num_rows == 1000
+    assert storage.remove_temporaries(base) == 1  # the killed writer's leftover
+    assert storage.remove_temporaries(base) == 0
+
+
+def test_folder_killed_before_its_marker_is_incomplete(crash_target: tuple[str, dict]) -> None:
+    base, env = crash_target
+    folder = storage.join(base, "features")
+    finish_writer("folder", folder, env)
+    assert storage.is_complete(folder)
+
+    # a rerun that dies half-way must not leave the old marker vouching for mixed files
+    kill_when_stalled(start_writer("folder-stall", folder, env))
+    assert not storage.is_complete(folder)
+
+    finish_writer("folder", folder, env)
+    assert storage.is_complete(folder)
+    marker = storage.read_json(storage.join(folder, storage.SUCCESS_MARKER))
+    assert sorted(marker["files"]) == ["part-0.parquet", "part-1.parquet"]
+
+
+@pytest.mark.slow
+def test_random_kills_never_expose_a_partial_object(servers: dict) -> None:
+    """Writers of 4 MB objects killed at random moments: the name holds a complete object
+    (its embedded checksum verifies) or nothing."""
+    server = servers["gs"]
+    env = server.environment(server.url)
+    uri = f"gs://{OUT_BUCKET}/random-kills/blob.bin"
+    script = textwrap.dedent("""
+        import hashlib, os, sys
+        from goggles import storage
+        for _ in range(1000):
+            body = os.urandom(4 << 20)
+            storage.write_bytes(sys.argv[1], hashlib.sha256(body).digest() + body)
+            print("committed", flush=True)
+    """)
+    rng = np.random.default_rng(7)
+    seen_complete = 0
+    with environment(env):
+        for _ in range(6):
+            process = subprocess.Popen([sys.executable, "-c", script, uri],
+                                       stdout=subprocess.DEVNULL, env={**os.environ, **env})
+            time.sleep(float(rng.uniform(1.5, 4.0)))  # imports take ~1 s, a write ~0.1 s
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
+            if storage.exists(uri):
+                data = storage.read_bytes(uri)
+                assert len(data) == 32 + (4 << 20)
+                import hashlib
+
+                assert hashlib.sha256(data[32:]).digest() == data[:32]
+                seen_complete += 1
+    assert seen_complete >= 1

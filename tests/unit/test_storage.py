@@ -1,0 +1,194 @@
+"""goggles.storage on local paths and memory:// (the object-store servers are exercised in
+tests/integration/test_object_storage.py): round trips, atomic writes, clear errors, folder
+completion markers, bounded concurrent reads and listings."""
+
+from __future__ import annotations
+
+import errno
+import os
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from goggles import retries, storage
+
+
+@pytest.fixture(params=["local", "memory"])
+def base(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh folder URI on each kind of store that needs no server."""
+    if request.param == "local":
+        return str(tmp_path / "store")
+    return f"memory://test-storage-{uuid.uuid4().hex[:8]}"
+
+
+def names_under(uri: str) -> list[str]:
+    fs, path = storage.filesystem(uri)
+    if storage.is_local(uri):
+        return sorted(str(p.relative_to(path)) for p in Path(path).rglob("*") if p.is_file())
+    return sorted(p[len(path.rstrip("/")):].lstrip("/") for p in fs.find(path))
+
+
+def test_round_trips(base: str) -> None:
+    table = pa.table({"a": [1, 2, 3], "b": ["x", "y", None]})
+    array = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    storage.write_parquet(table, storage.join(base, "t.parquet"))
+    storage.write_npy(array, storage.join(base, "deep", "a.npy"))
+    storage.write_json({"k": [1, 2]}, storage.join(base, "m.json"))
+    storage.write_text("<p>hi</p>", storage.join(base, "r.html"))
+    assert storage.read_parquet(storage.join(base, "t.parquet")).equals(table)
+    np.testing.assert_array_equal(storage.read_npy(storage.join(base, "deep", "a.npy")), array)
+    assert storage.read_json(storage.join(base, "m.json")) == {"k": [1, 2]}
+    assert storage.read_bytes(storage.join(base, "r.html")) == b"<p>hi</p>"
+    assert names_under(base) == ["deep/a.npy", "m.json", "r.html", "t.parquet"]  # no temporaries
+
+
+def test_overwrite_replaces_whole_object(base: str) -> None:
+    uri = storage.join(base, "x.bin")
+    storage.write_bytes(uri, b"a" * 1000)
+    storage.write_bytes(uri, b"short")
+    assert storage.read_bytes(uri) == b"short"
+    assert names_under(base) == ["x.bin"]
+
+
+def test_temporary_names_are_hidden_siblings() -> None:
+    name = storage.temporary_name("bucket/out/labels.parquet")
+    folder, leaf = name.rsplit("/", 1)
+    assert folder == "bucket/out" and leaf.startswith(".labels.parquet" + storage.TEMPORARY_TAG)
+    assert not name.endswith(".parquet")  # never mistaken for the artifact or listed as one
+    assert storage.temporary_name("x.bin") != storage.temporary_name("x.bin")
+
+
+def test_missing_object_names_the_uri_and_fails_once(base: str) -> None:
+    uri = storage.join(base, "nothing", "here.parquet")
+    with pytest.raises(storage.MissingObjectError, match="does not exist; check the URI") as info:
+        storage.read_parquet(uri)
+    assert uri in str(info.value)
+    assert isinstance(info.value, FileNotFoundError)
+    assert isinstance(info.value, storage.StorageError)
+    assert not storage.exists(uri) and not storage.is_complete(uri)
+
+
+def test_failures_name_the_uri_and_the_fix() -> None:
+    uri = "gs://bucket/out/labels.parquet"
+    build = storage._give_up("write", uri)
+    denied = build(OSError("Forbidden: bucket/out\nno write access"), 1)
+    assert isinstance(denied, storage.AccessDeniedError)
+    assert uri in str(denied) and "GOOGLE_APPLICATION_CREDENTIALS" in str(denied)
+    exhausted = build(ConnectionResetError(errno.ECONNRESET, "reset"), 6)
+    assert "after 6 attempts" in str(exhausted) and "GOGGLES_STORAGE_MAX_ATTEMPTS" in str(exhausted)
+    assert uri in str(exhausted)
+    bug = TypeError("not a storage problem")
+    assert build(bug, 1) is bug
+
+
+def test_transient_errors_are_retried_then_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    previous = storage.set_retry_policy(retries.RetryPolicy(max_attempts=3, initial_delay_s=0))
+    try:
+        calls = []
+
+        def flaky() -> bytes:
+            calls.append(1)
+            if len(calls) < 3:
+                raise ConnectionResetError(errno.ECONNRESET, "reset by peer")
+            return b"ok"
+
+        assert storage._retrying("read", "s3://b/k", flaky) == b"ok" and len(calls) == 3
+
+        def down() -> bytes:
+            raise TimeoutError("timed out")
+
+        with pytest.raises(storage.StorageError, match="'s3://b/k': still failing after 3"):
+            storage._retrying("read", "s3://b/k", down)
+    finally:
+        storage.set_retry_policy(previous)
+
+
+def test_credentials_in_uris_are_refused_and_redacted() -> None:
+    with pytest.raises(storage.StorageError, match="credentials in a URI") as info:
+        storage.filesystem("s3://AKIAEXAMPLE:SECRETVALUE@bucket/images")
+    assert "SECRETVALUE" not in str(info.value) and "AKIAEXAMPLE" not in str(info.value)
+    assert storage.redact("gs://user:pw@b/x?token=abc") == "gs://b/x"
+    assert storage.redact("/local/a@b/file.jpg") == "/local/a@b/file.jpg"
+
+
+def test_folder_marker_makes_a_folder_complete(base: str) -> None:
+    folder = storage.join(base, "features")
+    storage.begin_folder(folder)
+    storage.write_npy(np.zeros(10), storage.join(folder, "shard-00000.npy"))
+    storage.write_json({"n": 10}, storage.join(folder, "meta.json"))
+    assert not storage.is_complete(folder)  # files alone are not a complete artifact
+    listing = storage.commit_folder(folder)
+    assert sorted(listing) == ["meta.json", "shard-00000.npy"]
+    assert storage.is_complete(folder)
+
+    storage.write_bytes(storage.join(folder, "shard-00000.npy"), b"changed")
+    assert not storage.is_complete(folder)  # a listed file changed size
+    storage.commit_folder(folder)
+    assert storage.is_complete(folder)
+    storage.remove(storage.join(folder, "meta.json"))
+    assert not storage.is_complete(folder)  # a listed file is gone
+
+    storage.commit_folder(folder)
+    storage.begin_folder(folder)  # a rewrite starts: the old marker no longer vouches
+    assert not storage.is_complete(folder)
+
+
+def test_remove_temporaries_clears_leftovers_only(base: str) -> None:
+    folder = storage.join(base, "out")
+    storage.write_bytes(storage.join(folder, "keep.json"), b"{}")
+    leftover = storage.temporary_name("labels.parquet")
+    storage.write_bytes(storage.join(folder, "sub", leftover), b"half")  # as a killed writer
+    assert storage.remove_temporaries(folder) == 1
+    assert names_under(folder) == ["keep.json"]
+    assert storage.remove_temporaries(storage.join(base, "never-written")) == 0
+
+
+def test_a_single_file_is_complete_when_it_exists(base: str) -> None:
+    uri = storage.join(base, "labels.parquet")
+    assert not storage.is_complete(uri)
+    storage.write_parquet(pa.table({"a": [1]}), uri)
+    assert storage.is_complete(uri) and storage.exists(uri)
+
+
+def test_read_many_keeps_order_and_reports_failures_inline(base: str) -> None:
+    uris = [storage.join(base, f"{i:02d}.jpg") for i in range(12)]
+    for i, uri in enumerate(uris):
+        storage.write_bytes(uri, bytes([i]) * (i + 1))
+    wanted = uris[:5] + [storage.join(base, "missing.jpg")] + uris[5:]
+    results = list(storage.read_many(wanted, max_concurrency=4))
+    assert [uri for uri, _ in results] == wanted
+    assert isinstance(results[5][1], storage.MissingObjectError)
+    assert [data for _, data in results[:5] + results[6:]] == \
+        [bytes([i]) * (i + 1) for i in range(12)]
+
+
+def test_read_concurrency_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert storage.default_concurrency() == 16
+    monkeypatch.setenv("GOGGLES_STORAGE_CONCURRENCY", "3")
+    assert storage.default_concurrency() == 3
+
+
+def test_listing_a_bucket_like_store(base: str) -> None:
+    for name in ["b/2.jpg", "a/1.JPG", "a/notes.txt", "b/deeper/3.png", "top.jpg"]:
+        storage.write_bytes(storage.join(base, "src", name), b"x" * len(name))
+    storage.write_bytes(storage.join(base, "src", "a", storage.temporary_name("4.jpg")), b"x")
+    listed = storage.list_files(storage.join(base, "src"), (".jpg", ".png"))
+    assert [f.relative for f in listed] == ["a/1.JPG", "b/2.jpg", "b/deeper/3.png", "top.jpg"]
+    assert [f.size for f in listed] == [7, 7, 14, 7]
+    assert all(storage.read_bytes(f.uri) == b"x" * f.size for f in listed)
+
+
+def test_exists_sees_files_and_folders(base: str) -> None:
+    storage.write_bytes(storage.join(base, "f", "x.bin"), b"1")
+    assert storage.exists(storage.join(base, "f", "x.bin"))
+    assert storage.exists(storage.join(base, "f"))
+    assert not storage.exists(storage.join(base, "g"))
+
+
+def test_local_write_survives_a_missing_parent(tmp_path: Path) -> None:
+    uri = str(tmp_path / "a" / "b" / "c.json")
+    storage.write_json([1], uri)
+    assert os.listdir(tmp_path / "a" / "b") == ["c.json"]
