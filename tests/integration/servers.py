@@ -208,18 +208,20 @@ class FaultyProxy:
     requests: ``503`` (Service Unavailable with a Retry-After), ``reset`` (the connection is
     reset before any reply) or ``truncate`` (the reply is cut off half-way, then reset).
 
-    ``fail_rate`` applies to every request; :attr:`counts` tallies what happened. Location
+    ``fail_rate`` applies to every request; :attr:`counts` tallies what happened; ``latency_s``
+    delays every request, like the round trip to a real store. Location
     headers and JSON bodies that name the upstream are rewritten to name the proxy, so resumable
     uploads keep going through it.
     """
 
     def __init__(self, upstream: str, *, fail_rate: float = 0.1, seed: int = 0,
-                 modes: tuple[str, ...] = ("503", "reset", "truncate")):
+                 modes: tuple[str, ...] = ("503", "reset", "truncate"), latency_s: float = 0.0):
         self.upstream = upstream.rstrip("/")
         self.port = free_port()
         self.url = f"http://{LOOPBACK}:{self.port}"
         self.fail_rate = fail_rate
         self.modes = modes
+        self.latency_s = latency_s
         self.counts: Counter[str] = Counter()
         self._random = random.Random(seed)
         self._lock = threading.Lock()
@@ -251,6 +253,8 @@ class FaultyProxy:
         from aiohttp import web
 
         decision = self._decide()
+        if self.latency_s:
+            await asyncio.sleep(self.latency_s)  # a network round trip, as to a real region
         if decision == "503":
             await request.read()
             return web.Response(status=503, text="injected: service unavailable",
