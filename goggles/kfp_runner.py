@@ -120,6 +120,25 @@ def _symlink_targets(folder: str) -> list[str]:
             if not any(t.startswith(kept + os.sep) for kept in outside[:i])]
 
 
+def _symlink_aliases(folder: str) -> list[tuple[str, str]]:
+    """(real folder, path as the link names it) for symlinks under ``folder`` whose target path
+    itself runs through a symlink (e.g. ``../shared`` linked elsewhere): a container resolves a
+    link's text inside its own filesystem, so the real folder is mounted at that path too."""
+    aliases: dict[str, str] = {}
+    root = os.path.realpath(folder)
+    for current, folders, files in os.walk(folder, followlinks=False):
+        for name in folders + files:
+            path = os.path.join(current, name)
+            if not os.path.islink(path):
+                continue
+            named = os.path.normpath(os.path.join(current, os.readlink(path)))
+            named_dir = named if os.path.isdir(named) else os.path.dirname(named)
+            real_dir = os.path.realpath(named_dir)
+            if named_dir != real_dir and not named_dir.startswith(root + os.sep):
+                aliases[named_dir] = real_dir
+    return sorted((real, named) for named, real in aliases.items())
+
+
 def _container_user(client: Any, image: str, pipeline_root: str) -> str:
     """The non-root ``uid:gid`` tasks run as: this user's, or the image's own user when this is
     root (then ``pipeline_root`` is handed to that user, who writes the task outputs)."""
@@ -175,6 +194,10 @@ def _docker_runner(params: RunParameters, images: tuple[str, ...], pipeline_root
         paths += _symlink_targets(_absolute(params.source_uri))
     mounts = [docker.types.Mount(target=path, source=path, type="bind", read_only=True)
               for path in dict.fromkeys(paths)]
+    if params.source_uri and storage.is_local(params.source_uri):
+        mounts += [docker.types.Mount(target=named, source=real, type="bind", read_only=True)
+                   for real, named in _symlink_aliases(_absolute(params.source_uri))
+                   if named not in paths]
     arguments: dict[str, Any] = {"mounts": mounts, "user": user}
     if all(storage.is_local(uri) for uri in inputs):
         # the tasks read only mounted files and kfp's pipeline_root: they need no network

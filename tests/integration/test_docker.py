@@ -263,3 +263,18 @@ def test_symlink_targets_are_mounted_once_loops_and_all(tmp_path: Path) -> None:
     assert _symlink_targets(str(source)) == [str(data / "a"), str(data / "b")]
     (source / "all").symlink_to(data)
     assert _symlink_targets(str(source)) == [str(data)]
+
+
+def test_links_through_a_linked_folder_are_mounted_where_they_point(tmp_path: Path) -> None:
+    """A link whose text runs through another link (CI's ../shared may itself be one) resolves
+    inside the container only if the real folder is mounted at the path the link names."""
+    from goggles.kfp_runner import _symlink_aliases
+
+    real = tmp_path / "real" / "cub"
+    real.mkdir(parents=True)
+    (real / "0.jpg").write_bytes(b"x")
+    (tmp_path / "shared").symlink_to(tmp_path / "real")
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "0.jpg").symlink_to(tmp_path / "shared" / "cub" / "0.jpg")
+    assert _symlink_aliases(str(source)) == [(str(real), str(tmp_path / "shared" / "cub"))]
