@@ -103,17 +103,25 @@ def affinity_block(
         budget = min(budget, CPU_BLOCK_BYTES)
     rows, cols = block_shape(n, count, positions, channels, element, budget)
     scratch = torch.empty(rows * positions * cols, dtype=compute, device=device)
-    best = torch.empty((rows, cols), dtype=compute, device=device)
+    units = torch.empty((rows, positions, channels), dtype=torch.float32, device=device)
+    direct = device.type == "cpu" and compute == torch.float32  # the max lands in `out` itself
+    best = None if direct else torch.empty((rows, cols), dtype=compute, device=device)
     for r0 in range(0, n, rows):
         block = maps_t[r0:r0 + rows].to(device=device, dtype=torch.float32, non_blocking=True)
         r = block.shape[0]
-        # unit position vectors [r*HW, C]: normalise along C, then lay positions out as rows
-        block = block / block.norm(dim=1, keepdim=True).clamp_min(_EPS)
-        vectors = block.flatten(2).transpose(1, 2).to(compute).reshape(-1, channels)
+        # unit position vectors [r*HW, C]: each position's C-vector divided by its norm, written
+        # straight into position-as-row layout (one pass for the division and the transpose)
+        block = block.flatten(2)  # [r, C, HW]
+        norms = block.norm(dim=1, keepdim=True).clamp_min(_EPS)
+        torch.div(block, norms, out=units[:r].permute(0, 2, 1))
+        vectors = units[:r].view(r * positions, channels).to(compute)
         for c0 in range(0, count, cols):
             m = min(cols, count - c0)
             sims = scratch[:r * positions * m].view(r * positions, m)
             torch.matmul(vectors, protos_t[:, c0:c0 + m], out=sims)  # [r*HW, m]
-            torch.amax(sims.view(r, positions, m), dim=1, out=best[:r, :m])
-            out[r0:r0 + r, c0:c0 + m] = best[:r, :m]
+            if best is None:
+                torch.amax(sims.view(r, positions, m), dim=1, out=out[r0:r0 + r, c0:c0 + m])
+            else:
+                torch.amax(sims.view(r, positions, m), dim=1, out=best[:r, :m])
+                out[r0:r0 + r, c0:c0 + m] = best[:r, :m]
     return out.clamp_(0.0, 1.0).numpy()

@@ -75,11 +75,11 @@ def test_gemm_dtype() -> None:
         dev.gemm_dtype(CPU, "float64")
 
 
-def test_channels_last_only_on_gpu() -> None:
-    assert use_channels_last(CUDA) and not use_channels_last(CPU)
+def test_channels_last_on_gpu_and_cpu() -> None:
+    assert use_channels_last(CUDA) and use_channels_last(CPU)
     model = prepare_model(torch.nn.Conv2d(3, 4, 3).train(), CPU)
     assert not model.training
-    assert model.weight.is_contiguous()
+    assert model.weight.is_contiguous(memory_format=torch.channels_last)
 
 
 # -- memory-aware chunk sizes ------------------------------------------------------------------
