@@ -286,6 +286,10 @@ def write_npy(array: np.ndarray, uri: str) -> None:
 
 
 def read_npy(uri: str) -> np.ndarray:
+    if is_local(uri):  # from the file straight into the array: one copy in memory, not two
+        handle = _retrying("read", uri, lambda: open(local_path(uri), "rb"))
+        with handle:
+            return np.load(handle, allow_pickle=False)  # type: ignore[no-any-return]
     return np.load(io.BytesIO(read_bytes(uri)), allow_pickle=False)  # type: ignore[no-any-return]
 
 
