@@ -37,7 +37,7 @@ PER_SPECIES = 20
 DATA_BUCKET = "goggles-data"
 OUT_BUCKET = "goggles-out"
 RUN_OPTIONS = ["--num-classes", "2", "--backbone", "mobilenet_v2", "--shards", "2",
-               "--seed", "0", "--device", "cpu", "--runner", "inprocess"]
+               "--seed", "0", "--device", "cpu"]
 COMPARED = ["image_id", "probs", "label", "label_name", "confidence"]
 
 
@@ -150,10 +150,12 @@ def fresh_filesystem(protocol: str) -> fsspec.AbstractFileSystem:
 
 
 def goggles_run(source: str, output: str, env: dict[str, str], *, weights: str,
-                dev_labels: str, expect_success: bool = True) -> subprocess.CompletedProcess[str]:
+                dev_labels: str, expect_success: bool = True,
+                runner: str = "inprocess") -> subprocess.CompletedProcess[str]:
     """`goggles run` in a child process whose environment names the endpoint."""
     command = [sys.executable, "-m", "goggles.cli", "run", source, "--output", output,
-               "--weights", weights, "--dev-labels", dev_labels, *RUN_OPTIONS]
+               "--weights", weights, "--dev-labels", dev_labels, *RUN_OPTIONS,
+               "--runner", runner]
     child_env = {**os.environ, **env, "GOGGLES_STORAGE_RETRY_DELAY_S": "0.05"}
     done = subprocess.run(command, capture_output=True, text=True, timeout=900, env=child_env)
     if expect_success:
@@ -173,14 +175,14 @@ def assert_same_labels(remote: pa.Table, local: pa.Table) -> None:
     assert remote["image_id"].equals(local["image_id"])
 
 
-def remote_run(protocol: str, server: GCSServer | S3Server, endpoint: str,
-               run_name: str) -> tuple[pa.Table, dict[str, bytes]]:
+def remote_run(protocol: str, server: GCSServer | S3Server, endpoint: str, run_name: str,
+               runner: str = "inprocess") -> tuple[pa.Table, dict[str, bytes]]:
     """Run against ``endpoint``; return the labels and every object written to the output."""
     env = server.environment(endpoint)
     data = f"{protocol}://{DATA_BUCKET}"
     output = f"{protocol}://{OUT_BUCKET}/{run_name}"
     goggles_run(f"{data}/images", output, env, weights=f"{data}/weights/mobilenet_v2.pth",
-                dev_labels=f"{data}/dev.csv")
+                dev_labels=f"{data}/dev.csv", runner=runner)
     with environment(server.environment(server.url)):
         fs = fresh_filesystem(protocol)
         written = {path: fs.cat_file(path) for path in fs.find(f"{OUT_BUCKET}/{run_name}")}
@@ -214,6 +216,52 @@ def test_bucket_run_matches_local_run(protocol: str, uploaded: dict,
     assert_same_labels(labels, local_run)
     assert set(labels["label_name"].to_pylist()) == {"Black_footed_Albatross", "Indigo_Bunting"}
     assert_complete_outputs(written, "plain")
+
+
+@pytest.mark.slow
+@pytest.mark.data
+def test_bucket_run_with_the_kfp_local_runner_matches_local_run(uploaded: dict,
+                                                                local_run: pa.Table) -> None:
+    """The default runner: every pipeline task reads and writes the buckets itself."""
+    server = uploaded["gs"]
+    labels, written = remote_run("gs", server, server.url, "kfp-local", runner="local")
+    assert_same_labels(labels, local_run)
+    assert_complete_outputs(written, "kfp-local")
+
+
+@pytest.mark.slow
+@pytest.mark.data
+def test_run_killed_mid_way_resumes_from_the_bucket(uploaded: dict,
+                                                    local_run: pa.Table) -> None:
+    """SIGKILL `goggles run gs://…` while it computes the second affinity shard: the rerun
+    trusts the stages the bucket holds complete, redoes the rest, and labels as before."""
+    server = uploaded["gs"]
+    env = {**os.environ, **server.environment(server.url)}
+    data, output = f"gs://{DATA_BUCKET}", f"gs://{OUT_BUCKET}/resumed"
+    command = [sys.executable, "-m", "goggles.cli", "run", f"{data}/images", "--output", output,
+               "--weights", f"{data}/weights/mobilenet_v2.pth", "--dev-labels",
+               f"{data}/dev.csv", *RUN_OPTIONS, "--runner", "inprocess"]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                               text=True, env=env)
+    assert process.stderr is not None
+    log = []
+    for line in process.stderr:
+        log.append(line)
+        if "running affinity-00001" in line:
+            os.kill(process.pid, signal.SIGKILL)
+            break
+    process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL, "".join(log)[-3000:]
+    with environment(server.environment(server.url)):
+        assert not storage.exists(f"{output}/labels.parquet")
+        assert storage.exists(f"{output}/artifacts/_stages/extract.json")
+
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "reusing extract" in done.stderr and "running affinity-00001" in done.stderr
+    with environment(server.environment(server.url)):
+        labels = storage.read_parquet(f"{output}/labels.parquet")
+    assert_same_labels(labels, local_run)
 
 
 @pytest.mark.slow
