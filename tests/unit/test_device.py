@@ -79,7 +79,9 @@ def test_channels_last_on_gpu_and_cpu() -> None:
     assert use_channels_last(CUDA) and use_channels_last(CPU)
     model = prepare_model(torch.nn.Conv2d(3, 4, 3).train(), CPU)
     assert not model.training
-    assert model.weight.is_contiguous(memory_format=torch.channels_last)
+    weight = model.weight
+    assert isinstance(weight, torch.Tensor)
+    assert weight.is_contiguous(memory_format=torch.channels_last)
 
 
 # -- memory-aware chunk sizes ------------------------------------------------------------------
@@ -258,3 +260,31 @@ def test_gpu_stages_agree_with_cpu() -> None:
     protos = np.maximum(rng.normal(size=(50, 64)), 0).astype(np.float32)
     np.testing.assert_allclose(affinity_block(maps, protos, device="cuda", memory_mb=0),
                                affinity_block(maps, protos), atol=1e-5)
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_gpu_extract_agrees_with_cpu(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    uris = []
+    for i in range(5):
+        path = tmp_path / f"{i}.png"
+        Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(path)
+        uris.append(str(path))
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(),
+                                torch.nn.AdaptiveMaxPool2d(2))
+    results = {}
+    for where in ("cpu", "cuda"):
+        got: list[np.ndarray] = []
+
+        def keep(start: int, maps: np.ndarray, got: list[np.ndarray] = got) -> None:
+            got.append(maps)
+
+        extract_filter_maps(uris, model, image_size=32, batch_size=2, num_workers=0,
+                            device=where, on_batch=keep)
+        results[where] = np.concatenate(got)
+    # the GPU runs under bfloat16/float16 autocast: agreement to its precision
+    np.testing.assert_allclose(results["cuda"], results["cpu"], rtol=2e-2, atol=2e-2)
