@@ -8,7 +8,7 @@ No other module opens a file.
   server-side copy onto the name and a delete of the temporary on object stores (which have no
   rename). A writer killed at any point leaves either the complete artifact or none under its
   name. Folder artifacts are complete when their ``_SUCCESS`` marker (written last, listing each
-  file and its size) is there: see :func:`commit_folder` and :func:`is_complete`.
+  file and its size) is there: see :mod:`goggles.completion`.
 * **Retries.** Transient errors (5xx, throttling, resets, timeouts) are retried with backoff
   (:mod:`goggles.retries`); a permanent one (missing object, no permission) raises
   :class:`StorageError` at once, naming the URI and the likely fix.
@@ -53,7 +53,6 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-SUCCESS_MARKER = "_SUCCESS"
 TEMPORARY_TAG = ".tmp-"
 _TEMPORARY = re.compile(r"^\..+\.tmp-[0-9a-f]{12}$")
 _REMOTE_CREDENTIAL_FREE = ("gs", "gcs", "s3", "s3a", "http", "https", "az", "abfs", "adl")
@@ -87,7 +86,12 @@ def set_retry_policy(policy: retries.RetryPolicy) -> retries.RetryPolicy:
 def default_concurrency() -> int:
     """Requests in flight for :func:`read_many` on remote stores (``GOGGLES_STORAGE_CONCURRENCY``,
     default 16)."""
-    return max(1, int(os.environ.get("GOGGLES_STORAGE_CONCURRENCY", 16)))
+    value = os.environ.get("GOGGLES_STORAGE_CONCURRENCY", "16")
+    try:
+        return max(1, int(value))
+    except ValueError as error:
+        raise ValueError(f"GOGGLES_STORAGE_CONCURRENCY={value!r} is not a whole number; set it "
+                         "to the number of requests in flight, e.g. 16") from error
 
 
 # -- URIs -----------------------------------------------------------------------------------------
@@ -201,11 +205,6 @@ def exists(uri: str) -> bool:
     return True
 
 
-def makedirs(uri: str) -> None:
-    fs, path = filesystem(uri)
-    fs.makedirs(path, exist_ok=True)
-
-
 def read_bytes(uri: str) -> bytes:
     """Read a whole object. A missing object raises :class:`MissingObjectError` naming it."""
     if is_local(uri):
@@ -305,70 +304,49 @@ def write_text(text: str, uri: str) -> None:
     write_bytes(uri, text.encode())
 
 
-# -- folder artifacts -----------------------------------------------------------------------------
+# -- folders --------------------------------------------------------------------------------------
 
-def _folder_files(uri: str) -> dict[str, int]:
-    """Relative name -> size of the files under folder ``uri``, without temporaries/marker."""
+def _list_all(uri: str) -> dict[str, int]:
+    """Relative name -> size of every file under folder ``uri`` (none if it does not exist)."""
     if is_local(uri):
         root = local_path(uri)
-        found = {os.path.relpath(full, root).replace(os.sep, "/"): size
-                 for full, size in _walk_local(root)} if os.path.isdir(root) else {}
-    else:
-        fs, root = filesystem(uri)
-        root = root.rstrip("/")
-        fs.invalidate_cache(root)
-        listing = _retrying("list", uri, lambda: fs.find(root, detail=True))
-        found = {path[len(root):].lstrip("/"): int(info.get("size") or 0)
-                 for path, info in listing.items() if info.get("type") != "directory"}
-    return {name: size for name, size in found.items()
-            if name != SUCCESS_MARKER and not _TEMPORARY.match(posixpath.basename(name))}
-
-
-def begin_folder(uri: str) -> None:
-    """Mark folder ``uri`` incomplete before (re)writing it: drop its marker and leftovers of
-    writers that were killed, so a crash from here on cannot leave an old marker over new
-    files."""
-    marker = join(uri, SUCCESS_MARKER)
-    if exists(marker):
-        remove(marker)
-    remove_temporaries(uri)
-
-
-def commit_folder(uri: str) -> dict[str, int]:
-    """Declare folder ``uri`` complete: write its ``_SUCCESS`` marker (atomically, last) listing
-    every file and its size. Returns that listing."""
-    files = _folder_files(uri)
-    write_json({"files": files, "committed_at": time.time()}, join(uri, SUCCESS_MARKER))
-    return files
-
-
-def is_complete(uri: str) -> bool:
-    """Whether ``uri`` holds a complete artifact that a rerun may trust.
-
-    A file is complete when it exists (writes are atomic). A folder is complete when its
-    ``_SUCCESS`` marker exists and every file the marker lists is there with its size.
-    """
-    marker = join(uri, SUCCESS_MARKER)
-    if not exists(marker):
-        if is_local(uri):
-            return os.path.isfile(local_path(uri))
-        fs, path = filesystem(uri)
-        fs.invalidate_cache(path)
-        try:
-            info = _retrying("look up", uri, lambda: fs.info(path))
-        except MissingObjectError:
-            return False
-        return info.get("type") == "file"
+        if not os.path.isdir(root):
+            return {}
+        return {os.path.relpath(full, root).replace(os.sep, "/"): size
+                for full, size in _walk_local(root)}
+    fs, root = filesystem(uri)
+    root = root.rstrip("/")
+    fs.invalidate_cache(root)
     try:
-        listed = read_json(marker)["files"]
-    except (StorageError, ValueError, KeyError, TypeError):
+        listing = _retrying("list", uri, lambda: fs.find(root, detail=True))
+    except MissingObjectError:
+        return {}
+    return {path[len(root):].lstrip("/"): int(info.get("size") or 0)
+            for path, info in listing.items() if info.get("type") != "directory"}
+
+
+def is_temporary(name: str) -> bool:
+    """Whether ``name`` (a path or its last part) is a writer's temporary."""
+    return bool(_TEMPORARY.match(posixpath.basename(name)))
+
+
+def list_folder(uri: str) -> dict[str, int]:
+    """Relative name -> size of the files under folder ``uri``, without temporaries (one
+    paginated listing on object stores)."""
+    return {name: size for name, size in _list_all(uri).items() if not is_temporary(name)}
+
+
+def is_file(uri: str) -> bool:
+    """Whether ``uri`` names a file (not a folder), asking the store."""
+    if is_local(uri):
+        return os.path.isfile(local_path(uri))
+    fs, path = filesystem(uri)
+    fs.invalidate_cache(path)
+    try:
+        info = _retrying("look up", uri, lambda: fs.info(path))
+    except MissingObjectError:
         return False
-    present = _folder_files(uri)
-    missing = [name for name, size in listed.items() if present.get(name) != size]
-    if missing:
-        logger.warning("%s: marker lists %d file(s) that are missing or changed (e.g. %s); "
-                       "redo it", redact(uri), len(missing), missing[0])
-    return not missing
+    return info.get("type") == "file"
 
 
 def remove(uri: str) -> None:
@@ -389,21 +367,9 @@ def remove(uri: str) -> None:
 def remove_temporaries(uri: str) -> int:
     """Delete the hidden temporaries that killed writers left under folder ``uri``; returns how
     many. Only for a folder no live writer is using."""
-    if is_local(uri):
-        root = local_path(uri)
-        names = [os.path.relpath(full, root) for full, _ in _walk_local(root)] \
-            if os.path.isdir(root) else []
-    else:
-        fs, root = filesystem(uri)
-        fs.invalidate_cache(root.rstrip("/"))
-        try:
-            names = [p[len(root.rstrip("/")):].lstrip("/")
-                     for p in _retrying("list", uri, lambda: fs.find(root.rstrip("/")))]
-        except MissingObjectError:
-            names = []
-    leftovers = [n for n in names if _TEMPORARY.match(posixpath.basename(n.replace(os.sep, "/")))]
+    leftovers = [name for name in _list_all(uri) if is_temporary(name)]
     for name in leftovers:
-        remove(join(uri, name))
+        remove(join(uri, *name.split("/")))
     if leftovers:
         logger.info("removed %d temporaries left by interrupted writers under %s",
                     len(leftovers), redact(uri))

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from goggles import retries, storage
+from goggles import completion, retries, storage
 from tests.conftest import CUB_DEV
 from tests.integration.servers import S3_TEST_SECRET, FaultyProxy, GCSServer, S3Server
 
@@ -181,8 +181,10 @@ def remote_run(protocol: str, server: GCSServer | S3Server, endpoint: str, run_n
     env = server.environment(endpoint)
     data = f"{protocol}://{DATA_BUCKET}"
     output = f"{protocol}://{OUT_BUCKET}/{run_name}"
-    goggles_run(f"{data}/images", output, env, weights=f"{data}/weights/mobilenet_v2.pth",
-                dev_labels=f"{data}/dev.csv", runner=runner)
+    done = goggles_run(f"{data}/images", output, env,
+                       weights=f"{data}/weights/mobilenet_v2.pth",
+                       dev_labels=f"{data}/dev.csv", runner=runner)
+    assert S3_TEST_SECRET not in done.stdout + done.stderr, "a credential reached the log"
     with environment(server.environment(server.url)):
         fs = fresh_filesystem(protocol)
         written = {path: fs.cat_file(path) for path in fs.find(f"{OUT_BUCKET}/{run_name}")}
@@ -299,7 +301,7 @@ def test_missing_object_fails_fast_with_its_name(protocol: str, servers: dict) -
         with pytest.raises(storage.MissingObjectError, match=uri):
             storage.read_bytes(uri)
         assert time.perf_counter() - started < 2.0  # no retries for a permanent error
-        assert not storage.exists(uri) and not storage.is_complete(uri)
+        assert not storage.exists(uri) and not completion.is_complete(uri)
         with pytest.raises(storage.StorageError, match=f"no image files under '{protocol}://"):
             from goggles.config import IngestConfig
             from goggles.ingest import build_manifest
@@ -362,7 +364,7 @@ def test_goggles_retries_what_the_client_library_gives_up_on(
 STALLED_WRITER = textwrap.dedent("""
     import sys, time
     import pyarrow as pa
-    from goggles import storage
+    from goggles import completion, storage
 
     mode, uri = sys.argv[1], sys.argv[2]
     table = pa.table({"x": list(range(1000)), "y": [float(i) / 7 for i in range(1000)]})
@@ -375,13 +377,13 @@ STALLED_WRITER = textwrap.dedent("""
     elif mode == "file":
         storage.write_parquet(table, uri)
     elif mode in ("folder-stall", "folder"):
-        storage.begin_folder(uri)
+        completion.begin_folder(uri)
         storage.write_parquet(table, storage.join(uri, "part-0.parquet"))
         if mode == "folder-stall":
             print("written, not committed", flush=True)
             time.sleep(600)
         storage.write_parquet(table, storage.join(uri, "part-1.parquet"))
-        storage.commit_folder(uri)
+        completion.commit_folder(uri)
     print("done", flush=True)
 """)
 
@@ -425,14 +427,14 @@ def test_writer_killed_before_commit_leaves_no_artifact(crash_target: tuple[str,
     uri = storage.join(base, "labels.parquet")
     kill_when_stalled(start_writer("file-stall", uri, env))
 
-    assert not storage.exists(uri) and not storage.is_complete(uri)
+    assert not storage.exists(uri) and not completion.is_complete(uri)
     with pytest.raises(storage.MissingObjectError, match="labels.parquet"):
         storage.read_parquet(uri)
     visible = [Path(f.relative).name for f in storage.list_files(base, (".parquet",))]
     assert visible == []  # the written bytes sit only under a hidden temporary name
 
     finish_writer("file", uri, env)  # the rerun
-    assert storage.is_complete(uri)
+    assert completion.is_complete(uri)
     assert storage.read_parquet(uri).num_rows == 1000
     assert storage.remove_temporaries(base) == 1  # the killed writer's leftover
     assert storage.remove_temporaries(base) == 0
@@ -442,15 +444,15 @@ def test_folder_killed_before_its_marker_is_incomplete(crash_target: tuple[str, 
     base, env = crash_target
     folder = storage.join(base, "features")
     finish_writer("folder", folder, env)
-    assert storage.is_complete(folder)
+    assert completion.is_complete(folder)
 
     # a rerun that dies half-way must not leave the old marker vouching for mixed files
     kill_when_stalled(start_writer("folder-stall", folder, env))
-    assert not storage.is_complete(folder)
+    assert not completion.is_complete(folder)
 
     finish_writer("folder", folder, env)
-    assert storage.is_complete(folder)
-    marker = storage.read_json(storage.join(folder, storage.SUCCESS_MARKER))
+    assert completion.is_complete(folder)
+    marker = storage.read_json(storage.join(folder, completion.SUCCESS_MARKER))
     assert sorted(marker["files"]) == ["part-0.parquet", "part-1.parquet"]
 
 

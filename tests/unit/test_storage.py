@@ -1,6 +1,6 @@
 """goggles.storage on local paths and memory:// (the object-store servers are exercised in
 tests/integration/test_object_storage.py): round trips, atomic writes, clear errors, folder
-completion markers, bounded concurrent reads and listings."""
+listings and leftovers, bounded concurrent reads."""
 
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ def test_missing_object_names_the_uri_and_fails_once(base: str) -> None:
     assert uri in str(info.value)
     assert isinstance(info.value, FileNotFoundError)
     assert isinstance(info.value, storage.StorageError)
-    assert not storage.exists(uri) and not storage.is_complete(uri)
+    assert not storage.exists(uri) and not storage.is_file(uri)
 
 
 def test_failures_name_the_uri_and_the_fix() -> None:
@@ -114,28 +114,6 @@ def test_credentials_in_uris_are_refused_and_redacted() -> None:
     assert storage.redact("/local/a@b/file.jpg") == "/local/a@b/file.jpg"
 
 
-def test_folder_marker_makes_a_folder_complete(base: str) -> None:
-    folder = storage.join(base, "features")
-    storage.begin_folder(folder)
-    storage.write_npy(np.zeros(10), storage.join(folder, "shard-00000.npy"))
-    storage.write_json({"n": 10}, storage.join(folder, "meta.json"))
-    assert not storage.is_complete(folder)  # files alone are not a complete artifact
-    listing = storage.commit_folder(folder)
-    assert sorted(listing) == ["meta.json", "shard-00000.npy"]
-    assert storage.is_complete(folder)
-
-    storage.write_bytes(storage.join(folder, "shard-00000.npy"), b"changed")
-    assert not storage.is_complete(folder)  # a listed file changed size
-    storage.commit_folder(folder)
-    assert storage.is_complete(folder)
-    storage.remove(storage.join(folder, "meta.json"))
-    assert not storage.is_complete(folder)  # a listed file is gone
-
-    storage.commit_folder(folder)
-    storage.begin_folder(folder)  # a rewrite starts: the old marker no longer vouches
-    assert not storage.is_complete(folder)
-
-
 def test_remove_temporaries_clears_leftovers_only(base: str) -> None:
     folder = storage.join(base, "out")
     storage.write_bytes(storage.join(folder, "keep.json"), b"{}")
@@ -144,13 +122,6 @@ def test_remove_temporaries_clears_leftovers_only(base: str) -> None:
     assert storage.remove_temporaries(folder) == 1
     assert names_under(folder) == ["keep.json"]
     assert storage.remove_temporaries(storage.join(base, "never-written")) == 0
-
-
-def test_a_single_file_is_complete_when_it_exists(base: str) -> None:
-    uri = storage.join(base, "labels.parquet")
-    assert not storage.is_complete(uri)
-    storage.write_parquet(pa.table({"a": [1]}), uri)
-    assert storage.is_complete(uri) and storage.exists(uri)
 
 
 def test_read_many_keeps_order_and_reports_failures_inline(base: str) -> None:
@@ -169,6 +140,9 @@ def test_read_concurrency_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert storage.default_concurrency() == 16
     monkeypatch.setenv("GOGGLES_STORAGE_CONCURRENCY", "3")
     assert storage.default_concurrency() == 3
+    monkeypatch.setenv("GOGGLES_STORAGE_CONCURRENCY", "lots")
+    with pytest.raises(ValueError, match="GOGGLES_STORAGE_CONCURRENCY='lots'"):
+        storage.default_concurrency()
 
 
 def test_listing_a_bucket_like_store(base: str) -> None:
@@ -186,6 +160,16 @@ def test_exists_sees_files_and_folders(base: str) -> None:
     assert storage.exists(storage.join(base, "f", "x.bin"))
     assert storage.exists(storage.join(base, "f"))
     assert not storage.exists(storage.join(base, "g"))
+    assert storage.is_file(storage.join(base, "f", "x.bin"))
+    assert not storage.is_file(storage.join(base, "f"))
+
+
+def test_list_folder_skips_temporaries(base: str) -> None:
+    storage.write_bytes(storage.join(base, "d", "a.npy"), b"12")
+    storage.write_bytes(storage.join(base, "d", "sub", "b.json"), b"{}")
+    storage.write_bytes(storage.join(base, "d", storage.temporary_name("c.npy")), b"half")
+    assert storage.list_folder(storage.join(base, "d")) == {"a.npy": 2, "sub/b.json": 2}
+    assert storage.list_folder(storage.join(base, "nowhere")) == {}
 
 
 def test_local_write_survives_a_missing_parent(tmp_path: Path) -> None:
