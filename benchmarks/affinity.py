@@ -124,7 +124,8 @@ def labels_effect(which: str, device: torch.device) -> None:
                 largest = max(largest, float(np.abs(affinity - exact).max()))
             probs, _ = infer_labels(affinity, prototypes.image_id, config)
             labels[dtype] = probs.argmax(axis=1)
-            accuracy[dtype].append(evaluate(truth, labels[dtype], len(task.classes))["accuracy"])
+            scores = evaluate(truth, labels[dtype], len(task.classes))
+            accuracy[dtype].append(float(scores["accuracy"]))  # type: ignore[arg-type]
         changed += int((labels["float32"] != labels["bfloat16"]).sum())
         total += len(maps)
         print(f"  {task.name:<8} {task_id(task):<20} float32 {accuracy['float32'][-1]:.4f}  "

@@ -30,6 +30,7 @@ only binds at N = 10,000 (M ~ 49,000 → 10,000), which keeps the run near 5 min
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import math
 import sys
@@ -93,10 +94,12 @@ def forward_rate(uris: list[str]) -> float:
     from goggles.device import resolve_device
     from goggles.features import extract_filter_maps, select_prototypes
 
+    def on_batch(first: int, maps: np.ndarray) -> None:
+        select_prototypes(maps, np.arange(first, first + len(maps)), 5)
+
     model, _ = load_backbone("vgg16")
     start = time.perf_counter()
-    extract_filter_maps(uris, model, device=resolve_device("auto"),
-                        on_batch=lambda s, m: select_prototypes(m, np.arange(len(m)), 5))
+    extract_filter_maps(uris, model, device=resolve_device("auto"), on_batch=on_batch)
     return len(uris) / (time.perf_counter() - start)
 
 
@@ -140,8 +143,9 @@ def run_size(count: int, args: argparse.Namespace, rate: float,
         shard_uris = [storage.join(paths["affinity"], f"shard-{s:05d}")
                       for s in range(args.shards)]
         for shard_id, uri in enumerate(shard_uris):
-            timed("affinity", lambda shard_id=shard_id, uri=uri: steps.run_affinity(
-                affinity_config, paths["features"], paths["prototypes"], shard_id, uri))
+            timed("affinity", functools.partial(
+                steps.run_affinity, affinity_config, paths["features"], paths["prototypes"],
+                shard_id, uri))
         infer_config = InferConfig(num_classes=args.num_classes, max_iter=args.max_iter)
         inferred = timed("infer", lambda: steps.run_infer(
             infer_config, paths["manifest"], paths["prototypes"], shard_uris, paths["labels"],

@@ -11,12 +11,12 @@ from __future__ import annotations
 import os
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
 
-def interleaved(functions: dict[str, Callable[[], object]], repeats: int,
+def interleaved(functions: Mapping[str, Callable[[], object]], repeats: int,
                 warmup: bool = True) -> dict[str, list[float]]:
     """Seconds of each call of each function, the functions taking turns ``repeats`` times."""
     if warmup:
