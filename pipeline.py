@@ -126,7 +126,8 @@ def goggles_pipeline(
         prototypes per image.
     max_prototypes : cap on the prototypes (columns of A), 0 for none (see goggles.budget).
     num_shards : row shards of the affinity matrix, one task each.
-    method, max_iter, seed : class inference (``em``, ``kmeans``, ``em-random``).
+    method, max_iter, seed : class inference (``em``, ``kmeans``, ``em-random``, ``pgm``,
+        ``backbone``; see goggles.baselines).
     dev_labels_uri : optional CSV/Parquet of ``uri,label`` naming the clusters.
     device : ``auto`` uses the GPU where the task has one.
     """
@@ -161,6 +162,7 @@ def goggles_pipeline(
                     backoff_max_duration="300s"))
 
     infer_task = _resources(infer(manifest=ingest_task.outputs["manifest"],
+                                  features=extract_task.outputs["features"],
                                   prototypes=extract_task.outputs["prototypes"],
                                   affinity_shards=dsl.Collected(shard_task.outputs["affinity"]),
                                   num_classes=num_classes, method=method,

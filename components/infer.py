@@ -7,7 +7,7 @@ from components.image import BASE_IMAGE
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
-def infer(manifest: Input[Dataset], prototypes: Input[Dataset],
+def infer(manifest: Input[Dataset], features: Input[Dataset], prototypes: Input[Dataset],
           affinity_shards: Input[list[Dataset]], num_classes: int, method: str, max_iter: int,
           seed: int, dev_labels_uri: str, labels: Output[Dataset],
           inference: Output[Artifact]) -> None:
@@ -15,6 +15,7 @@ def infer(manifest: Input[Dataset], prototypes: Input[Dataset],
 
     Parameters
     ----------
+    features : the extract stage's filter maps (read only by ``method="backbone"``).
     affinity_shards : the fan-in (``dsl.Collected``) of every affinity shard, any order.
     num_classes, method, max_iter, seed : :class:`goggles.config.InferConfig`.
     dev_labels_uri : optional CSV/Parquet of ``uri,label`` naming the clusters.
@@ -32,7 +33,7 @@ def infer(manifest: Input[Dataset], prototypes: Input[Dataset],
     shard_uris = [shard.path for shard in affinity_shards]
     start = time.perf_counter()
     result = steps.run_infer(config, manifest.path, prototypes.path, shard_uris, labels.path,
-                             inference.path, dev_labels_uri)
+                             inference.path, dev_labels_uri, features_uri=features.path)
     seconds = round(time.perf_counter() - start, 3)
     labels.metadata.update({
         "format": "parquet", "n_images": int(manifest.metadata["n_images"]),

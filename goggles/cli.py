@@ -47,7 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--max-iter", type=int, default=100, help="EM iterations at most")
     run.add_argument("--method", default="em", choices=METHODS,
-                     help="em (GOGGLES), kmeans (AF+KM), em-random (random start)")
+                     help="em (GOGGLES), kmeans (AF+KM), em-random (random start), pgm "
+                          "(AF+PGM, Snorkel's LabelModel), backbone (its ImageNet classifier)")
     run.add_argument("--dev-labels", default="", help="CSV/Parquet of uri,label naming clusters")
     run.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     run.add_argument("--runner", default="local", choices=RUNNERS,

@@ -14,7 +14,9 @@ BACKBONES = ("vgg16", "mobilenet_v2")
 # Channels C of each backbone's filter map (goggles.backbones.SPECS holds the same numbers; this
 # copy keeps config free of torch). top_k cannot exceed C.
 BACKBONE_CHANNELS = {"vgg16": 512, "mobilenet_v2": 1280}
-METHODS = ("em", "kmeans", "em-random")
+# em: GOGGLES; kmeans: AF+KM; em-random: EM from a random start; pgm: AF+PGM (Snorkel);
+# backbone: the backbone's ImageNet classifier as a labeler (goggles.baselines)
+METHODS = ("em", "kmeans", "em-random", "pgm", "backbone")
 M_STEPS = ("sampled", "soft")
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("float32", "float16", "bfloat16")
@@ -166,7 +168,9 @@ class InferConfig(_Config):
     ----------
     num_classes : K, the number of classes to find.
     method : ``em`` (GOGGLES: k-means start, then EM), ``kmeans`` (AF+KM, the start alone),
-        ``em-random`` (EM from a random start).
+        ``em-random`` (EM from a random start), ``pgm`` (AF+PGM: Snorkel's LabelModel on the
+        discretised A), ``backbone`` (the backbone's ImageNet classifier); see
+        :mod:`goggles.baselines`.
     max_iter : EM iterations at most.
     tol : EM stops when the mean absolute change of the posteriors falls below ``tol``.
     seed : the one source of randomness (k-means, sampling, random starts).

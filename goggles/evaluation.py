@@ -81,3 +81,35 @@ def name_clusters(dev_names: Sequence[str], dev_predicted: np.ndarray,
         if confusion[k, c] > 0:
             result[int(c)] = names[int(k)]
     return result
+
+
+def dev_set_metrics(dev_rows: Sequence[int], dev_labels: Sequence[str],
+                    label_names: Sequence[str],
+                    truth_names: Sequence[str] | None = None) -> dict[str, object]:
+    """How the cluster names a dev set gave hold up, kept apart from the unlabeled images.
+
+    Parameters
+    ----------
+    dev_rows : [D] rows of the dev images; dev_labels : [D] their given names.
+    label_names : [N] every image's ``label_name`` (clusters named by the dev set).
+    truth_names : [N] ground truth, when known.
+
+    Returns
+    -------
+    ``n_images`` (D), ``accuracy`` (named labels equal to the given ones on the dev images) and,
+    with ground truth, ``accuracy_unlabeled`` and ``n_unlabeled``: named labels equal to the
+    truth on the other N - D images (no oracle mapping, unlike ``accuracy``).
+    """
+    rows = np.asarray(dev_rows, dtype=np.int64)
+    named = [label_names[i] for i in rows]
+    result: dict[str, object] = {
+        "n_images": len(rows),
+        "accuracy": float(np.mean([a == b for a, b in zip(named, dev_labels, strict=True)]))
+        if len(rows) else 0.0,
+    }
+    if truth_names is not None:
+        others = np.setdiff1d(np.arange(len(label_names)), rows)
+        result["n_unlabeled"] = len(others)
+        result["accuracy_unlabeled"] = float(np.mean(
+            [label_names[i] == truth_names[i] for i in others])) if len(others) else 0.0
+    return result

@@ -130,7 +130,7 @@ def run_inprocess(params: RunParameters) -> dict[str, Any]:
     with steps.timed(timings, "infer"):
         inferred = records.run("infer", infer_key, lambda: steps.run_infer(
             infer_cfg, paths["manifest"], paths["prototypes"], shard_uris, paths["labels"],
-            paths["inference"], params.dev_labels_uri))
+            paths["inference"], params.dev_labels_uri, features_uri=paths["features"]))
     with steps.timed(timings, "evaluate"):
         metrics = steps.run_evaluate(
             paths["manifest"], paths["labels"], paths["inference"], paths["metrics"],

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -27,11 +27,11 @@ import pyarrow.compute as pc
 from goggles import __version__, storage
 from goggles.blocks import RowBlocks, StoredShards
 from goggles.config import AffinityConfig, ExtractConfig, IngestConfig, InferConfig
-from goggles.evaluation import evaluate, name_clusters
+from goggles.evaluation import dev_set_metrics, evaluate, name_clusters
 from goggles.ingest import accepted, build_manifest
 
 if TYPE_CHECKING:
-    from goggles.inference import AffinityEM
+    from goggles.baselines import FilterMaps
 
 # torch, torchvision and scikit-learn are imported by the stages that use them, so a pipeline
 # task that needs none of them (ingest, evaluate) starts without paying for their imports.
@@ -177,11 +177,16 @@ LABELS_SCHEMA = pa.schema([
 
 
 def infer_labels(affinity: np.ndarray | RowBlocks, source_index: np.ndarray,
-                 config: InferConfig) -> tuple[np.ndarray, AffinityEM]:
+                 config: InferConfig, *,
+                 filter_maps: FilterMaps | None = None) -> tuple[np.ndarray, Any]:
     """Posteriors [N, K] for ``config.method`` and the fitted estimator; ``affinity`` is an
-    [N, M] array or row blocks (e.g. the stored shards, streamed)."""
+    [N, M] array or row blocks (e.g. the stored shards, streamed). ``pgm`` and ``backbone`` are
+    :mod:`goggles.baselines` (``backbone`` reads ``filter_maps``)."""
+    from goggles.baselines import BASELINES, fit_baseline
     from goggles.inference import AffinityEM
 
+    if config.method in BASELINES:
+        return fit_baseline(affinity, source_index, config, filter_maps=filter_maps)
     model = AffinityEM(num_classes=config.num_classes,
                        init="random" if config.method == "em-random" else "kmeans",
                        max_iter=config.max_iter, tol=config.tol, m_step=config.m_step,
@@ -198,10 +203,29 @@ def infer_labels(affinity: np.ndarray | RowBlocks, source_index: np.ndarray,
     return probs, model
 
 
+def stored_filter_maps(features_uri: str, rows_per_block: int = 1024) -> FilterMaps:
+    """The extract stage's filter maps as a :class:`goggles.baselines.FilterMaps` (read a block
+    of rows at a time, in image order)."""
+    from goggles.baselines import FilterMaps
+
+    meta = storage.read_json(storage.join(features_uri, "meta.json"))
+    weights = str(meta.get("weights", ""))
+    # a source that is a file or URI is reused; "package ..." and the like resolve again
+    weights_uri = weights if "://" in weights or weights.startswith("/") else ""
+    total = int(meta["num_images"])
+
+    def blocks() -> Iterator[np.ndarray]:
+        for start in range(0, total, rows_per_block):
+            yield read_filter_maps(features_uri, start, min(total, start + rows_per_block))
+
+    return FilterMaps(backbone=str(meta["backbone"]), blocks=blocks, weights_uri=weights_uri)
+
+
 def run_infer(config: InferConfig, manifest_uri: str, prototypes_uri: str,
               affinity_uris: Sequence[str], labels_uri: str, inference_uri: str,
-              dev_labels_uri: str = "") -> dict[str, Any]:
-    """Probabilistic labels by EM on the affinity matrix (paper §4)."""
+              dev_labels_uri: str = "", features_uri: str = "") -> dict[str, Any]:
+    """Probabilistic labels by EM on the affinity matrix (paper §4), or by a baseline
+    (``config.method``; ``backbone`` reads the filter maps under ``features_uri``)."""
     rows = accepted(storage.read_parquet(manifest_uri))
     n = rows.num_rows
     if config.num_classes > n:
@@ -213,11 +237,19 @@ def run_infer(config: InferConfig, manifest_uri: str, prototypes_uri: str,
     if affinity.shape != (n, len(source_index)):
         raise StageError(f"affinity is {affinity.shape} but there are {n} images and "
                          f"{len(source_index)} prototypes; rerun the affinity stage")
-    probs, model = infer_labels(affinity, source_index, config)
+    if config.method == "backbone" and not features_uri:
+        raise StageError("method 'backbone' labels with the backbone's classifier on the filter "
+                         "maps: pass features_uri (the extract stage's features)")
+    filter_maps = stored_filter_maps(features_uri) if config.method == "backbone" else None
+    probs, model = infer_labels(affinity, source_index, config, filter_maps=filter_maps)
     labels = probs.argmax(axis=1)
-    names = [f"cluster_{k}" for k in range(config.num_classes)]
+    names = list(getattr(model, "cluster_names_", None)
+                 or [f"cluster_{k}" for k in range(config.num_classes)])
+    dev: dict[str, Any] | None = None
     if dev_labels_uri:
-        names = dev_cluster_names(dev_labels_uri, rows, labels, config.num_classes)
+        dev_rows, dev_names = read_dev_labels(dev_labels_uri, rows)
+        names = name_clusters(dev_names, labels[dev_rows], config.num_classes)
+        dev = {"rows": dev_rows.tolist(), "labels": dev_names}
     table = pa.table({
         "image_id": rows["image_id"], "uri": rows["uri"],
         "probs": pa.array(probs.tolist(), pa.list_(pa.float64())),
@@ -226,22 +258,27 @@ def run_infer(config: InferConfig, manifest_uri: str, prototypes_uri: str,
         "confidence": pa.array(probs.max(axis=1), pa.float64()),
     }, schema=LABELS_SCHEMA)
     storage.write_parquet(table, labels_uri)
-    assert model.initial_labels_ is not None
+    from goggles.report import informative_prototypes
+
+    initial = model.initial_labels_
     state = {
         "method": config.method, "em_iterations": model.n_iter_ if config.method != "kmeans" else 0,
         "converged": bool(model.converged_) if config.method != "kmeans" else True,
-        "initial_labels": model.initial_labels_.tolist(), "cluster_names": names,
+        "initial_labels": None if initial is None else initial.tolist(), "cluster_names": names,
         "log_likelihood_trace": model.log_likelihood_trace_, "change_trace": model.change_trace_,
-        "warnings": model.warnings_,
+        "warnings": model.warnings_, "dev": dev,
+        # the fitted Gaussians of the prototypes that separate the classes best (the report's
+        # histograms and patches); all M x K of them would grow with N
+        "prototypes": informative_prototypes(model.params_, model.prototype_class_),
     }
     storage.write_json(state, inference_uri)
     return {"num_prototypes": int(len(source_index)), "em_iterations": state["em_iterations"],
             "converged": state["converged"], "num_classes": config.num_classes}
 
 
-def dev_cluster_names(dev_labels_uri: str, rows: pa.Table, labels: np.ndarray,
-                      num_classes: int) -> list[str]:
-    """Cluster names from a dev set: a CSV or Parquet of ``uri,label`` rows."""
+def read_dev_labels(dev_labels_uri: str, rows: pa.Table) -> tuple[np.ndarray, list[str]]:
+    """A dev set (CSV or Parquet of ``uri,label`` rows) matched to the accepted images ``rows``:
+    ([D] row positions, [D] label names). URIs match exactly or by ``folder/name``."""
     if dev_labels_uri.endswith(".parquet"):
         dev = storage.read_parquet(dev_labels_uri)
     else:
@@ -255,18 +292,25 @@ def dev_cluster_names(dev_labels_uri: str, rows: pa.Table, labels: np.ndarray,
     position = {uri: i for i, uri in enumerate(rows["uri"].to_pylist())}
     by_tail = {uri.rsplit("/", 2)[-2] + "/" + uri.rsplit("/", 1)[-1]: i
                for uri, i in position.items() if uri.count("/") >= 1}
-    names, predicted = [], []
+    names, found = [], []
     for uri, label in zip(dev["uri"].to_pylist(), dev["label"].to_pylist(), strict=True):
         i = position.get(uri, by_tail.get("/".join(str(uri).rsplit("/", 2)[-2:])))
         if i is None:
             logger.warning("dev label for %s: no such accepted image; ignored", uri)
             continue
         names.append(str(label))
-        predicted.append(int(labels[i]))
+        found.append(i)
     if not names:
         raise StageError(f"none of the dev labels in {dev_labels_uri} match an accepted image; "
                          "use the same URIs (or folder/name) as the source")
-    return name_clusters(names, np.asarray(predicted), num_classes)
+    return np.asarray(found, dtype=np.int64), names
+
+
+def dev_cluster_names(dev_labels_uri: str, rows: pa.Table, labels: np.ndarray,
+                      num_classes: int) -> list[str]:
+    """Cluster names from a dev set: a CSV or Parquet of ``uri,label`` rows."""
+    dev_rows, names = read_dev_labels(dev_labels_uri, rows)
+    return name_clusters(names, labels[dev_rows], num_classes)
 
 
 # -- evaluate ----------------------------------------------------------------------------------------
@@ -287,9 +331,14 @@ def run_evaluate(manifest_uri: str, labels_uri: str, inference_uri: str, metrics
         "warnings": state["warnings"], "goggles_version": __version__,
     })
     truth = rows["label"].to_pylist()
+    initial = state.get("initial_labels")
     if truth and all(t is not None for t in truth) and len(set(truth)) > 1:
         metrics.update(evaluate(truth, labels["label"].to_numpy(), num_classes,
-                                initial=np.asarray(state["initial_labels"])))
+                                initial=None if initial is None else np.asarray(initial)))
+    if state.get("dev"):
+        metrics["dev_set"] = dev_set_metrics(state["dev"]["rows"], state["dev"]["labels"],
+                                             labels["label_name"].to_pylist(),
+                                             truth if all(t is not None for t in truth) else None)
     storage.write_json(metrics, metrics_uri)
     return metrics
 

@@ -1,0 +1,223 @@
+"""report.html in a real browser: headless Chromium (Debian's ``chromium``) driven over the
+DevTools protocol opens the report of a real run, finds every plot rendered, sees no console
+error, saves a full-page screenshot, and turns names typed into the page into a dev-labels CSV
+that names the clusters on the next run.
+
+Set ``GOGGLES_SCREENSHOT_DIR`` to keep the screenshot and the report.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image, ImageDraw
+
+from goggles.runners import RunParameters, run_inprocess
+from tests.conftest import CUB_DEV, cub_task
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
+BROWSERS = ("chromium", "chromium-browser", "google-chrome")
+
+
+def _browser() -> str:
+    for name in BROWSERS:
+        path = shutil.which(name)
+        if path:
+            return path
+    pytest.skip("no headless Chromium: `apt-get install chromium` (Debian) — .ci/run installs "
+                "it when running as root")
+
+
+class DevTools:
+    """A minimal Chrome DevTools Protocol client over one page's websocket."""
+
+    def __init__(self, executable: str, profile: Path) -> None:
+        import websocket  # websocket-client, installed with kfp's kubernetes client
+
+        self.process = subprocess.Popen(
+            [executable, "--headless=new", "--no-sandbox", "--disable-gpu",
+             "--disable-dev-shm-usage", "--no-first-run", "--hide-scrollbars",
+             "--remote-debugging-port=0", f"--user-data-dir={profile}",
+             "--window-size=1280,900", "about:blank"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        port_file = profile / "DevToolsActivePort"
+        deadline = time.monotonic() + 60
+        while not port_file.is_file() or not port_file.read_text().strip():
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                self.close()
+                raise RuntimeError("Chromium did not open its DevTools port in 60 s")
+            time.sleep(0.1)
+        port = int(port_file.read_text().split()[0])
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as reply:
+            pages = [t for t in json.load(reply) if t["type"] == "page"]
+        self.socket = websocket.create_connection(pages[0]["webSocketDebuggerUrl"], timeout=60)
+        self.next_id = 0
+        self.events: list[dict[str, Any]] = []
+
+    def call(self, method: str, **params: Any) -> dict[str, Any]:
+        self.next_id += 1
+        self.socket.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
+        while True:
+            message = json.loads(self.socket.recv())
+            if message.get("id") == self.next_id:
+                if "error" in message:
+                    raise RuntimeError(f"{method}: {message['error']}")
+                return message.get("result", {})
+            self.events.append(message)
+
+    def wait_for(self, event: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while not any(e.get("method") == event for e in self.events):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no {event} in {timeout} s")
+            self.events.append(json.loads(self.socket.recv()))
+
+    def evaluate(self, expression: str) -> Any:
+        result = self.call("Runtime.evaluate", expression=expression, returnByValue=True,
+                           awaitPromise=True)
+        if "exceptionDetails" in result:
+            raise RuntimeError(f"page script failed: {result['exceptionDetails']}")
+        return result["result"].get("value")
+
+    def errors(self) -> list[str]:
+        found = []
+        for event in self.events:
+            method, params = event.get("method"), event.get("params", {})
+            if method == "Runtime.exceptionThrown":
+                found.append(json.dumps(params["exceptionDetails"])[:300])
+            elif method == "Runtime.consoleAPICalled" and params.get("type") in ("error",
+                                                                                  "assert"):
+                found.append(json.dumps(params.get("args"))[:300])
+            elif method == "Log.entryAdded" and params["entry"]["level"] == "error":
+                found.append(params["entry"].get("text", "")[:300])
+        return found
+
+    def close(self) -> None:
+        if getattr(self, "socket", None) is not None:
+            self.socket.close()
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def open_page(browser: DevTools, path: Path) -> None:
+    for domain in ("Page.enable", "Runtime.enable", "Log.enable"):
+        browser.call(domain)
+    browser.call("Page.navigate", url=path.resolve().as_uri())
+    browser.wait_for("Page.loadEventFired")
+
+
+def screenshot(browser: DevTools, path: Path) -> Image.Image:
+    size = browser.call("Page.getLayoutMetrics")["cssContentSize"]
+    browser.call("Emulation.setDeviceMetricsOverride", width=1280,
+                 height=int(min(size["height"], 16000)), deviceScaleFactor=1, mobile=False)
+    shot = browser.call("Page.captureScreenshot", format="png", captureBeyondViewport=True)
+    path.write_bytes(base64.b64decode(shot["data"]))
+    return Image.open(path)
+
+
+def _synthetic_source(root: Path) -> Path:
+    """Two visually distinct classes (red discs, blue bars on noise), 16 images each."""
+    rng = np.random.default_rng(0)
+    for name, shape in (("discs", "ellipse"), ("bars", "rectangle")):
+        folder = root / "source" / name
+        folder.mkdir(parents=True)
+        for i in range(16):
+            noise = rng.integers(90, 170, size=(160, 200, 3), dtype=np.uint8)
+            image = Image.fromarray(noise)
+            draw = ImageDraw.Draw(image)
+            x, y = rng.integers(10, 90), rng.integers(10, 60)
+            if shape == "ellipse":
+                draw.ellipse((x, y, x + 80, y + 80), fill=(220, 30, 30))
+            else:
+                draw.rectangle((x, y, x + 100, y + 30), fill=(30, 40, 220))
+            image.save(folder / f"{name}-{i:02d}.jpg", quality=90)
+    return root / "source"
+
+
+EXPECTED_PLOTS = {"heatmap", "confusion", "trace", "histogram"}
+
+
+def test_report_opens_in_chromium_with_every_plot(tmp_path: Path) -> None:
+    executable = _browser()
+    if CUB_DEV.is_dir():
+        source, expected_accuracy = cub_task(tmp_path, "001", "014", limit=24), 0.9
+    else:
+        source, expected_accuracy = _synthetic_source(tmp_path), 0.9
+    out = tmp_path / "out"
+    params = RunParameters(source_uri=str(source), output_uri=str(out), num_classes=2,
+                           backbone="mobilenet_v2", seed=0)
+    metrics = run_inprocess(params)
+    assert metrics["accuracy"] >= expected_accuracy, metrics
+    report = out / "report.html"
+    assert report.stat().st_size < 5 * 2**20
+
+    browser = DevTools(executable, tmp_path / "profile")
+    try:
+        open_page(browser, report)
+        plots = browser.evaluate("""Array.from(document.querySelectorAll('[data-plot]')).map(f => {
+            const r = f.getBoundingClientRect();
+            const imgs = Array.from(f.querySelectorAll('img'));
+            return {kind: f.dataset.plot, width: r.width, height: r.height,
+                    svg: f.querySelectorAll('svg *').length,
+                    images: imgs.map(i => i.complete && i.naturalWidth > 0)};
+        })""")
+        kinds = {p["kind"] for p in plots}
+        assert kinds >= EXPECTED_PLOTS, kinds
+        for plot in plots:
+            assert plot["width"] > 100 and plot["height"] > 100, plot
+            assert plot["svg"] > 5 or (plot["images"] and all(plot["images"])), plot
+        broken = browser.evaluate("""Array.from(document.images).filter(
+            i => !(i.complete && i.naturalWidth > 0)).map(i => i.alt)""")
+        assert broken == []
+        counts = browser.evaluate("""({images: document.images.length,
+            clusters: document.querySelectorAll('.cluster').length,
+            patches: document.querySelectorAll('img[alt^="prototype"]').length})""")
+        assert counts["clusters"] == 2 and counts["patches"] >= 2 and counts["images"] >= 20
+
+        # a person names the clusters in the page; the CSV it writes names them on the next run
+        browser.evaluate("""document.querySelectorAll('input.cluster-name').forEach(
+            (input, k) => { input.value = 'species "' + k + '"'; })""")
+        csv = browser.evaluate("gogglesDevLabels()")
+        shot = screenshot(browser, tmp_path / "report.png")
+        assert browser.errors() == []
+    finally:
+        browser.close()
+    assert shot.width == 1280 and shot.height > 1500
+    # the screenshot is not blank: the heatmap and pictures give it many colours
+    assert len(shot.convert("RGB").getcolors(2**20) or []) > 1000
+    keep = os.environ.get("GOGGLES_SCREENSHOT_DIR")
+    if keep:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        shutil.copy(tmp_path / "report.png", Path(keep) / "report.png")
+        shutil.copy(report, Path(keep) / "report.html")
+
+    lines = csv.strip().split("\n")
+    assert lines[0] == "uri,label" and len(lines) == 1 + 2 * min(10, 24)
+    (tmp_path / "dev-labels.csv").write_text(csv)
+    labels = pq.read_table(out / "labels.parquet")
+    rerun = run_inprocess(RunParameters(
+        source_uri=str(source), output_uri=str(out), num_classes=2, backbone="mobilenet_v2",
+        seed=0, dev_labels_uri=str(tmp_path / "dev-labels.csv")))
+    named = pq.read_table(out / "labels.parquet")
+    assert named["label"].to_pylist() == labels["label"].to_pylist()
+    assert set(named["label_name"].to_pylist()) == {'species "0"', 'species "1"'}
+    for k in (0, 1):
+        names = {n for n, label in zip(named["label_name"].to_pylist(),
+                                       named["label"].to_pylist(), strict=True) if label == k}
+        assert names == {f'species "{k}"'}
+    assert rerun["dev_set"]["n_images"] == 20 and rerun["dev_set"]["accuracy"] == 1.0
