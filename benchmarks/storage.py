@@ -130,9 +130,9 @@ def main() -> None:
         uris = [f"gs://{BUCKET}/images/{name}" for name in sorted(images)]
         expected = [len(images[name]) for name in sorted(images)]
         for latency_ms, repeats in ((0, args.repeats), (20, 1)):
-            proxy = FaultyProxy(server.url, fail_rate=0.0, latency_s=latency_ms / 1000).start() \
+            slow = FaultyProxy(server.url, fail_rate=0.0, latency_s=latency_ms / 1000).start() \
                 if latency_ms else None
-            use_endpoint(server, proxy.url if proxy else server.url)
+            use_endpoint(server, slow.url if slow else server.url)
             print(f"\nread {len(uris)} images ({megabytes:.1f} MB) with storage.read_many, "
                   f"{latency_ms} ms added per request:")
             print(f"{'concurrency':>11} {'seconds':>8} {'images/s':>9} {'MB/s':>7} "
@@ -145,8 +145,8 @@ def main() -> None:
                 baseline = baseline or seconds
                 print(f"{limit:>11} {seconds:>8.2f} {len(uris) / seconds:>9.0f} "
                       f"{megabytes / seconds:>7.1f} {baseline / seconds:>7.1f}x")
-            if proxy:
-                proxy.stop()
+            if slow:
+                slow.stop()
         use_endpoint(server, server.url)
 
         # atomic writes
