@@ -1,12 +1,22 @@
 """Labeling accuracy on real birds (cub-dev), drawn the way the paper does (§5.1).
 
     python benchmarks/accuracy.py [--seed 0] [--tasks paper|hard|all] [--backbone vgg16]
+    python benchmarks/accuracy.py --methods all [--seeds 10] [--labeler auto]
 
 10 random species pairs and 6 random 3-5-class sets (fixed seed); ``--tasks hard`` adds the
-same-family pairs. Each image goes through the CNN once (filter maps are cached under
-``$GOGGLES_BENCH_CACHE``, default ~/.cache/goggles-bench; the extract column is the measured
-seconds per image of that pass times N); prototypes, affinity and inference run per task with the
-library's own functions. Prints a table (task, N, M, accuracy_kmeans, accuracy, seconds per
+same-family pairs. ``--methods`` (``all`` or a comma list of em, kmeans, em-random, pgm,
+backbone) prints the layout of the paper's Tables 1 and 2 instead: per task, the accuracy of
+each method, the median over ``--seeds`` inference seeds for the ones that draw random numbers
+(k-means restarts, random starts, the PGM discretisation's k-means), as §5.1 does; AF+PGM on the
+binary tasks only, as in the paper (``--pgm-tasks all`` adds the multi-class ones). The
+``backbone`` column is the ImageNet classifier of ``--labeler`` applied to its filter maps
+(``auto``: the benchmark's backbone when its weights carry the classifier, else MobileNetV2,
+whose packaged weights do; see goggles/baselines.py).
+
+Each image goes through the CNN once (filter maps are cached under ``$GOGGLES_BENCH_CACHE``,
+default ~/.cache/goggles-bench; the extract column is the measured seconds per image of that
+pass times N); prototypes, affinity and inference run per task with the library's own
+functions. Prints a table (task, N, M, accuracy_kmeans, accuracy, seconds per
 stage) and the paper's reference averages.
 """
 
@@ -30,6 +40,13 @@ from goggles.features import select_prototypes  # noqa: E402
 from goggles.steps import infer_labels  # noqa: E402
 
 PAPER = {"binary": 0.9809, "multi": 0.9293}
+# the paper's CUB averages per column (Tables 1 and 2); VGG-16 was scored on 1 of the 10 pairs
+PAPER_TABLE1 = {"backbone": 0.9545, "pgm": 0.7079, "kmeans": 0.9796, "em-random": 0.9547,
+                "em": 0.9809}
+PAPER_TABLE2 = {"kmeans": 0.9315, "em": 0.9293}
+METHOD_NAMES = {"backbone": "backbone", "pgm": "AF+PGM", "kmeans": "AF+KM",
+                "em-random": "AF+EM rand", "em": "AF+EM"}
+ALL_METHODS = ("backbone", "pgm", "kmeans", "em-random", "em")
 
 
 def run_task(task: Task, maps_by_class: dict[str, np.ndarray], extract_s_per_image: float, *,
@@ -88,6 +105,125 @@ def summarise(rows: list[dict[str, object]]) -> None:
               f"k-means start {km:.4f}{paper}")
 
 
+def compare_methods(task: Task, maps_by_class: dict[str, np.ndarray],
+                    labeler_maps: dict[str, np.ndarray] | None, labeler: str, *,
+                    methods: tuple[str, ...], seeds: list[int], top_k: int,
+                    pgm: bool) -> dict[str, object]:
+    """Accuracy of each method on one task: the median over ``seeds`` for the random ones."""
+    from goggles.baselines import BackboneHeadUnavailable, FilterMaps, fit_baseline
+
+    maps = np.concatenate([maps_by_class[c] for c in task.classes])
+    truth = [c for c in task.classes for _ in range(len(maps_by_class[c]))]
+    k = len(task.classes)
+    prototypes = select_prototypes(maps, np.arange(len(maps)), top_k)
+    affinity = affinity_block(maps, prototypes.vectors)
+    scores: dict[str, list[float]] = {m: [] for m in methods}
+    seconds: dict[str, float] = {m: 0.0 for m in methods}
+    notes: dict[str, str] = {}
+
+    def score(labels: np.ndarray) -> float:
+        return float(evaluate(truth, labels, k)["accuracy"])  # type: ignore[arg-type]
+
+    for method in methods:
+        if method == "pgm" and not pgm:
+            continue
+        if method == "backbone":
+            if labeler_maps is None:
+                notes[method] = "no labeler maps"
+                continue
+            own = np.concatenate([labeler_maps[c] for c in task.classes])
+            source = FilterMaps(labeler, lambda own=own: iter([own]))
+            start = time.perf_counter()
+            try:
+                probs, _ = fit_baseline(affinity, prototypes.image_id,
+                                        InferConfig(num_classes=k, method="backbone"),
+                                        filter_maps=source)
+            except BackboneHeadUnavailable as error:
+                notes[method] = str(error)
+                continue
+            seconds[method] += time.perf_counter() - start
+            scores[method].append(score(probs.argmax(axis=1)))
+            continue
+        if method == "kmeans" and "em" in methods:
+            continue  # read off the em fits: the same seed gives the same k-means start
+        for seed in seeds:
+            config = InferConfig(num_classes=k, method=method, seed=seed)
+            start = time.perf_counter()
+            probs, model = infer_labels(affinity, prototypes.image_id, config)
+            seconds[method] += time.perf_counter() - start
+            scores[method].append(score(probs.argmax(axis=1)))
+            if method == "em" and "kmeans" in methods:
+                scores["kmeans"].append(score(model.initial_labels_))
+    if "kmeans" in methods and "em" in methods:  # check the shortcut once per task
+        probs, _ = infer_labels(affinity, prototypes.image_id,
+                                InferConfig(num_classes=k, method="kmeans", seed=seeds[0]))
+        if score(probs.argmax(axis=1)) != scores["kmeans"][0]:
+            raise RuntimeError(f"--method kmeans disagrees with EM's k-means start on "
+                               f"{task_id(task)}")
+    return {"task": task.name, "classes": task_id(task), "n": len(maps),
+            "sizes": [len(maps_by_class[c]) for c in task.classes], "m": len(prototypes),
+            "median": {m: float(np.median(v)) for m, v in scores.items() if v},
+            "spread": {m: (float(np.min(v)), float(np.max(v))) for m, v in scores.items() if v},
+            "seconds": {m: seconds[m] / max(1, len(scores[m])) for m in methods if scores[m]},
+            "notes": notes}
+
+
+def print_methods_table(title: str, rows: list[dict[str, object]], columns: tuple[str, ...],
+                        paper: dict[str, float]) -> None:
+    print(f"\n{title}")
+    header = f"{'classes':<20} {'N (per class)':<18}" + "".join(
+        f" {METHOD_NAMES[c]:>10}" for c in columns)
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        median = r["median"]
+        assert isinstance(median, dict)
+        sizes = f"{r['n']}({','.join(str(s) for s in r['sizes'])})"  # type: ignore[union-attr]
+        print(f"{r['classes']:<20} {sizes:<18}" + "".join(
+            f" {median[c]:>10.4f}" if c in median else f" {'-':>10}" for c in columns))
+    means = {c: [r["median"][c] for r in rows if c in r["median"]] for c in columns}  # type: ignore[index, operator]
+    print(f"{'average':<39}" + "".join(
+        f" {np.mean(v):>10.4f}" if v else f" {'-':>10}" for v in means.values()))
+    print(f"{'paper (CUB average)':<39}" + "".join(
+        f" {paper[c]:>10.4f}" if c in paper else f" {'':>10}" for c in columns))
+
+
+def methods_report(rows: list[dict[str, object]], methods: tuple[str, ...], labeler: str,
+                   seeds: list[int]) -> None:
+    binary = [r for r in rows if r["task"] in ("binary", "hard")]
+    multi = [r for r in rows if str(r["task"]).endswith("-class")]
+    cols = tuple(m for m in ALL_METHODS if m in methods)
+    print(f"medians over seeds {seeds[0]}..{seeds[-1]} for kmeans, em-random, em and pgm; "
+          f"backbone = {labeler}'s ImageNet classifier on its filter maps")
+    if binary:
+        print_methods_table("Table 1 layout: binary tasks", binary, cols, PAPER_TABLE1)
+    if multi:
+        print_methods_table("Table 2 layout: multi-class tasks", multi, cols, PAPER_TABLE2)
+    for r in rows:
+        for method, note in r["notes"].items():  # type: ignore[union-attr]
+            print(f"note ({r['classes']}, {method}): {note}")
+            break
+    if "em" in methods and "kmeans" in methods:
+        diff = np.array([r["median"]["em"] - r["median"]["kmeans"] for r in rows])  # type: ignore[index]
+        verdict = "yes" if diff.mean() >= 0 else "no"
+        print(f"\nEM >= k-means on average: {verdict} (mean difference {diff.mean():+.4f}; EM "
+              f"better on {(diff > 0).sum()}, equal on {(diff == 0).sum()}, worse on "
+              f"{(diff < 0).sum()} of {len(diff)} tasks)")
+    timing = {m: float(np.mean([r["seconds"][m] for r in rows if m in r["seconds"]]))  # type: ignore[index, operator]
+              for m in cols if any(m in r["seconds"] for r in rows)}  # type: ignore[operator]
+    print("mean seconds per fit: " + ", ".join(f"{METHOD_NAMES[m]} {s:.2f}"
+                                                for m, s in timing.items()))
+
+
+def _labeler(requested: str, backbone: str) -> str:
+    if requested != "auto":
+        return requested
+    from goggles.backbones import resolve_weights
+
+    state, _ = resolve_weights(backbone)
+    return backbone if any(k.startswith("classifier.") for k in state) else "mobilenet_v2"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seed", type=int, default=0, help="task-drawing and inference seed")
@@ -98,6 +234,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--m-step", default="sampled")
     parser.add_argument("--exclude-self", action="store_true",
                         help="leave out each image's affinity to its own prototypes")
+    parser.add_argument("--methods", default="",
+                        help="'all' or a comma list (em,kmeans,em-random,pgm,backbone): print "
+                             "the paper's Tables 1 and 2 layout")
+    parser.add_argument("--seeds", type=int, default=10,
+                        help="with --methods: inference seeds per random method (median)")
+    parser.add_argument("--labeler", default="auto",
+                        help="with --methods: backbone whose ImageNet head is the backbone "
+                             "column (auto, vgg16, mobilenet_v2)")
+    parser.add_argument("--pgm-tasks", default="binary", choices=("binary", "all"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     maps, seconds_per_image = cached_maps(args.backbone)
@@ -106,6 +251,23 @@ def main(argv: list[str] | None = None) -> int:
         tasks += draw_tasks(args.seed)
     if args.tasks in ("hard", "all"):
         tasks += hard_tasks()
+    if args.methods:
+        methods = ALL_METHODS if args.methods == "all" else tuple(args.methods.split(","))
+        unknown = set(methods) - set(ALL_METHODS)
+        if unknown:
+            parser.error(f"unknown method(s) {sorted(unknown)}; choose from {ALL_METHODS}")
+        labeler = _labeler(args.labeler, args.backbone)
+        labeler_maps = None
+        if "backbone" in methods:
+            labeler_maps = maps if labeler == args.backbone else cached_maps(labeler)[0]
+        seeds = list(range(args.seed, args.seed + args.seeds))
+        rows = [compare_methods(t, maps, labeler_maps, labeler, methods=methods, seeds=seeds,
+                                top_k=args.top_k,
+                                pgm=args.pgm_tasks == "all" or len(t.classes) == 2)
+                for t in tasks]
+        print(f"backbone {args.backbone}, top_k {args.top_k}, task seed {args.seed}")
+        methods_report(rows, methods, labeler, seeds)
+        return 0
     overrides = {"method": args.method, "m_step": args.m_step,
                  "exclude_self": args.exclude_self}
     rows = [run_task(t, maps, seconds_per_image, seed=args.seed, top_k=args.top_k,

@@ -50,6 +50,7 @@ BASELINES = ("pgm", "backbone")
 # LabelModel's overlap matrix is (M·K)²; 12,000² float32 entries are ~0.6 GB.
 PGM_MAX_COLUMNS = 12_000
 PGM_EPOCHS = 500
+PGM_LEARNING_RATE = 1e-3
 
 
 class BackboneHeadUnavailable(RuntimeError):
@@ -164,19 +165,46 @@ def label_model_proba(label_model, label_matrix: np.ndarray) -> np.ndarray:  # t
     return np.exp(log_x - logsumexp(log_x, axis=1, keepdims=True))  # type: ignore[no-any-return]
 
 
+def _label_model_class():  # type: ignore[no-untyped-def]
+    """Snorkel's LabelModel with its training loss computed without boolean indexing.
+
+    ``_loss_mu`` is ``||(O - mu P muᵀ)[mask]||² + ||rowsum(mu P) - diag(O)||² + l2 term``;
+    gathering the masked entries of the (M·K)² matrix every epoch dominates the fit on a CPU, so
+    the subclass multiplies by the mask instead and writes the scalar-l2 term as
+    ``l2² ||mu - mu_init||²``. Same values and gradients (tests compare both fits); everything
+    else is Snorkel's.
+    """
+    import torch
+    from snorkel.labeling.model import LabelModel
+
+    class MaskedLossLabelModel(LabelModel):  # type: ignore[misc]
+        def _loss_l2(self, l2: float = 0) -> torch.Tensor:
+            if isinstance(l2, int | float):
+                return (l2 ** 2) * ((self.mu - self.mu_init) ** 2).sum()
+            return super()._loss_l2(l2)
+
+        def _loss_mu(self, l2: float = 0) -> torch.Tensor:
+            mask = getattr(self, "_mask_weights", None)
+            if mask is None or mask.shape != self.mask.shape:
+                mask = self._mask_weights = self.mask.to(self.O.dtype)
+            residual = (self.O - self.mu @ self.P @ self.mu.t()) * mask
+            diagonal = torch.sum(self.mu @ self.P, 1) - torch.diag(self.O)
+            return (residual * residual).sum() + (diagonal * diagonal).sum() + self._loss_l2(l2)
+
+    return MaskedLossLabelModel
+
+
 def fit_pgm(affinity: np.ndarray | RowBlocks, num_classes: int, *,
             seed: int) -> tuple[np.ndarray, np.ndarray]:
     """AF+PGM: Snorkel's LabelModel on the discretised A.
 
-    Returns ``(probs [N, K], column_class [M])``. Snorkel seeds Python's, numpy's and torch's
-    global generators inside ``fit``; they are restored afterwards.
+    Returns ``(probs [N, K], column_class [M])``. Training: :data:`PGM_EPOCHS` epochs of SGD at
+    learning rate :data:`PGM_LEARNING_RATE` (Snorkel's default 0.01 diverges to a NaN loss with
+    hundreds of label columns; on a NaN the rate is cut tenfold, as Snorkel's message advises, up
+    to twice). Snorkel seeds Python's, numpy's and torch's global generators inside ``fit``;
+    they are restored afterwards. Torch runs on one thread for the fit: the model's tensors are
+    small, and on a busy CPU more threads only wait on each other (5x slower measured).
     """
-    try:
-        import torch
-        from snorkel.labeling.model import LabelModel
-    except ImportError as error:
-        raise RuntimeError("method 'pgm' needs Snorkel: pip install snorkel==0.10.0 (the "
-                           "'baselines' extra)") from error
     rows = _rows(affinity)
     n, m = rows.shape
     if m * num_classes > PGM_MAX_COLUMNS:
@@ -185,12 +213,32 @@ def fit_pgm(affinity: np.ndarray | RowBlocks, num_classes: int, *,
             f"({m} prototypes x {num_classes} classes); keep prototypes x classes at most "
             f"{PGM_MAX_COLUMNS} with --max-prototypes {PGM_MAX_COLUMNS // num_classes}, or use "
             "--method em")
+    try:
+        import torch
+
+        label_model_class = _label_model_class()
+    except ImportError as error:
+        raise RuntimeError("method 'pgm' needs Snorkel: pip install snorkel==0.10.0 (the "
+                           "'baselines' extra)") from error
     votes, column_class = discretise(_dense(rows), num_classes, seed=seed)
     states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     try:
-        label_model = LabelModel(cardinality=num_classes, verbose=False, device="cpu")
-        label_model.fit(votes, n_epochs=PGM_EPOCHS, seed=seed, progress_bar=False)
+        rate = PGM_LEARNING_RATE
+        for attempt in range(3):
+            label_model = label_model_class(cardinality=num_classes, verbose=False, device="cpu")
+            try:
+                label_model.fit(votes, n_epochs=PGM_EPOCHS, lr=rate, seed=seed,
+                                progress_bar=False)
+                break
+            except Exception as error:  # Snorkel raises a bare Exception on a NaN loss
+                if "NaN" not in str(error) or attempt == 2:
+                    raise
+                rate /= 10
+                logger.info("LabelModel: NaN loss; retrying at learning rate %g", rate)
     finally:
+        torch.set_num_threads(threads)
         random.setstate(states[0])
         np.random.set_state(states[1])
         torch.set_rng_state(states[2])

@@ -1,0 +1,244 @@
+"""report.html from real stage functions on synthetic inputs: images drawn here, ingested by
+``run_ingest``; filter maps with one channel pattern per class, written in the extract stage's
+layout; then ``run_affinity``, ``run_infer``, ``run_evaluate`` and ``write_report``."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from PIL import Image
+
+from goggles import steps, storage
+from goggles.blocks import InMemoryRows
+from goggles.config import AffinityConfig, InferConfig, IngestConfig
+from goggles.features import select_prototypes
+from goggles.ingest import accepted
+from goggles.likelihood import GaussianParameters
+from goggles.report import (
+    _groups,
+    affinity_view,
+    informative_prototypes,
+    write_report,
+)
+
+CLASSES = ("alpha", "beta", "gamma")
+
+
+def synthetic_run(root: Path, *, num_classes: int = 2, per_class: int = 20, method: str = "em",
+                  dev_labels: dict[str, str] | None = None, seed: int = 0,
+                  num_shards: int = 2) -> dict[str, str]:
+    """A run's artifacts under ``root/out`` from every stage but the CNN; returns their URIs."""
+    rng = np.random.default_rng(seed)
+    source = root / "source"
+    for k in range(num_classes):
+        folder = source / CLASSES[k]
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 255, size=(60 + 10 * k, 80, 3), dtype=np.uint8)
+            pixels[..., k] = 255
+            Image.fromarray(pixels).save(folder / f"{CLASSES[k]}-{i:02d}.png")
+    out = root / "out"
+    paths = {name: str(out / rel) for name, rel in (
+        ("manifest", "manifest.parquet"), ("features", "artifacts/features"),
+        ("prototypes", "artifacts/prototypes.parquet"), ("labels", "labels.parquet"),
+        ("inference", "artifacts/inference.json"), ("metrics", "metrics.json"),
+        ("report", "report.html"))}
+    steps.run_ingest(IngestConfig(), str(source), paths["manifest"])
+    rows = accepted(storage.read_parquet(paths["manifest"]))
+    truth = [CLASSES.index(t) for t in rows["label"].to_pylist()]
+    channels = 8 * num_classes
+    maps = rng.random((len(truth), channels, 7, 7)).astype(np.float32) * 0.3
+    for i, k in enumerate(truth):  # each class lights up its own channels somewhere
+        h, w = rng.integers(0, 7, size=2)
+        maps[i, 8 * k:8 * k + 8, h, w] += 1.0 + rng.random(8).astype(np.float32)
+    storage.write_npy(maps, storage.join(paths["features"], "shard-00000.npy"))
+    ids = np.arange(len(truth))
+    storage.write_parquet(pa.table({"image_id": ids, "shard": np.zeros_like(ids), "row": ids}),
+                          storage.join(paths["features"], "index.parquet"))
+    storage.write_json({"shape": list(maps.shape[1:]), "num_images": len(truth),
+                        "num_shards": 1, "backbone": "vgg16", "weights": "synthetic",
+                        "image_size": 224}, storage.join(paths["features"], "meta.json"))
+    storage.write_parquet(select_prototypes(maps, ids, 3).to_table(), paths["prototypes"])
+    shard_uris = []
+    for shard in range(num_shards):
+        uri = str(out / "artifacts" / "affinity" / f"shard-{shard:05d}")
+        steps.run_affinity(AffinityConfig(num_shards=num_shards, device="cpu"),
+                           paths["features"], paths["prototypes"], shard, uri)
+        shard_uris.append(uri)
+    dev_uri = ""
+    if dev_labels:
+        dev_uri = str(root / "dev.csv")
+        Path(dev_uri).write_text("uri,label\n" + "".join(
+            f"{uri},{label}\n" for uri, label in dev_labels.items()))
+    steps.run_infer(InferConfig(num_classes=num_classes, method=method, seed=seed, device="cpu"),
+                    paths["manifest"], paths["prototypes"], shard_uris, paths["labels"],
+                    paths["inference"], dev_uri, features_uri=paths["features"])
+    metrics = steps.run_evaluate(paths["manifest"], paths["labels"], paths["inference"],
+                                 paths["metrics"], extra={"backbone": "vgg16", "seed": seed,
+                                                          "num_prototypes": 0})
+    metrics["timings_s"] = {"ingest": 0.1, "infer": 0.2}
+    write_report(paths["report"], metrics, labels_uri=paths["labels"],
+                 inference_uri=paths["inference"], prototypes_uri=paths["prototypes"],
+                 affinity_uris=shard_uris)
+    paths["affinity"] = json.dumps(shard_uris)
+    paths["source"] = str(source)
+    return paths
+
+
+class _Page(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.images: list[dict[str, str]] = []
+        self.plots: list[str] = []
+        self.inputs: list[dict[str, str]] = []
+        self.links: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = {k: v or "" for k, v in attrs}
+        if tag == "img":
+            self.images.append(a)
+        if "data-plot" in a:
+            self.plots.append(a["data-plot"])
+        if tag == "input":
+            self.inputs.append(a)
+        for key in ("href", "src"):
+            if key in a and tag != "img":
+                self.links.append(a[key])
+
+
+def _parse(path: str) -> tuple[str, _Page]:
+    text = Path(path).read_text()
+    page = _Page()
+    page.feed(text)
+    return text, page
+
+
+def test_report_of_an_em_run_is_self_contained_and_has_every_section(tmp_path: Path) -> None:
+    paths = synthetic_run(tmp_path, num_classes=3)
+    text, page = _parse(paths["report"])
+    assert page.links == []  # nothing fetched from elsewhere
+    for image in page.images:  # every picture is inlined and decodes
+        header, data = image["src"].split(",", 1)
+        assert header in ("data:image/png;base64", "data:image/jpeg;base64")
+        Image.open(io.BytesIO(base64.b64decode(data))).load()
+    assert page.plots.count("heatmap") == 1 and page.plots.count("confusion") == 1
+    assert page.plots.count("trace") == 2 and page.plots.count("histogram") == 6
+    metrics = json.loads(Path(paths["metrics"]).read_text())
+    assert metrics["accuracy"] == 1.0
+    # per cluster: most and least confident thumbnails and the strongest prototypes' patches
+    assert len([i for i in page.images if i["alt"].startswith("prototype")]) == 6 + 3 * 5
+    assert len([i for i in page.inputs if "cluster-name" in i.get("class", "")]) == 3
+    assert "download-dev-labels" in text
+    state = json.loads(Path(paths["inference"]).read_text())
+    assert len(state["prototypes"]) == 15 and all(len(p["mean"]) == 3 for p in state["prototypes"])
+    for k in range(3):
+        separations = [p["separation"] for p in state["prototypes"] if p["class"] == k]
+        assert separations == sorted(separations, reverse=True) and separations[0] > 1
+    summary = re.search(r"<h2 id='summary'>.*?</table>", text, re.S)
+    assert summary is not None
+    for words in ("images labeled", "classes (K)", "EM iterations", "accuracy",
+                  "seconds per stage"):
+        assert words in summary.group(0)
+
+
+def test_dev_set_names_clusters_and_is_scored_apart(tmp_path: Path) -> None:
+    first = synthetic_run(tmp_path / "a", num_classes=2)
+    rows = storage.read_parquet(first["manifest"])
+    uris = rows["uri"].to_pylist()
+    # two labeled images per class (the first two and the last two files)
+    dev = {uris[0]: "alpha", uris[1]: "alpha", uris[-1]: "beta", uris[-2]: "beta"}
+    paths = synthetic_run(tmp_path / "b", num_classes=2, dev_labels={
+        uri.replace(str(tmp_path / "a"), str(tmp_path / "b")): name for uri, name in dev.items()})
+    labels = storage.read_parquet(paths["labels"]).sort_by("image_id")
+    truth = accepted(storage.read_parquet(paths["manifest"]))["label"].to_pylist()
+    assert labels["label_name"].to_pylist() == truth  # not cluster_0/cluster_1
+    metrics = json.loads(Path(paths["metrics"]).read_text())
+    assert metrics["dev_set"] == {"n_images": 4, "accuracy": 1.0, "n_unlabeled": 36,
+                                  "accuracy_unlabeled": 1.0}
+    text, _ = _parse(paths["report"])
+    assert "alpha — 20 images" in text and "dev set (4 images)" in text
+    assert "download-dev-labels" not in text  # the dev set already named them
+
+
+@pytest.mark.slow
+def test_pgm_run_reports_no_k_means_start_and_no_em_trace(tmp_path: Path) -> None:
+    pytest.importorskip("snorkel")
+    paths = synthetic_run(tmp_path, num_classes=2, method="pgm")
+    state = json.loads(Path(paths["inference"]).read_text())
+    assert state["initial_labels"] is None and state["em_iterations"] == 0
+    metrics = json.loads(Path(paths["metrics"]).read_text())
+    assert "accuracy_kmeans" not in metrics and metrics["accuracy"] >= 0.95
+    text, page = _parse(paths["report"])
+    assert "No EM iterations" in text and "trace" not in page.plots
+    assert page.plots.count("histogram") == 6  # Gaussians refitted on pgm's labels
+
+
+def test_report_degrades_without_the_affinity_matrix(tmp_path: Path,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    paths = synthetic_run(tmp_path, num_classes=2)
+    metrics = json.loads(Path(paths["metrics"]).read_text())
+    report = str(tmp_path / "again.html")
+    write_report(report, metrics, labels_uri=paths["labels"], inference_uri=paths["inference"],
+                 prototypes_uri=paths["prototypes"], affinity_uris=[str(tmp_path / "gone")])
+    text, page = _parse(report)
+    assert "heatmap" not in page.plots and "confusion" in page.plots
+    assert "affinity matrix unavailable" in caplog.text
+    assert len(page.images) >= 2 * 12  # thumbnails still there
+
+
+def test_affinity_view_pools_exact_group_means() -> None:
+    rng = np.random.default_rng(1)
+    n, m = 50, 37
+    a = rng.random((n, m)).astype(np.float32)
+    labels = rng.integers(0, 3, size=n)
+    confidence = rng.random(n)
+    column_class = rng.integers(0, 3, size=m)
+    full = affinity_view(InMemoryRows(a), labels, confidence, column_class, [4, 9])
+    row_order = np.lexsort((-confidence, labels))
+    np.testing.assert_allclose(full.pooled, a[row_order][:, _column_order(a, labels,
+                                                                          column_class)],
+                               rtol=1e-6)
+    np.testing.assert_array_equal(full.columns, a[:, [4, 9]])
+    small = affinity_view(InMemoryRows(a), labels, confidence, column_class, [], limit=10)
+    assert small.pooled.shape[0] <= 10 + 3 and small.pooled.shape[1] <= 10 + 3
+    # every cell is the mean of a block of A's entries: the grand mean is preserved when the
+    # blocks are weighted by their sizes
+    assert abs(small.pooled.mean() - a.mean()) < 0.05
+    assert np.all(np.diff(small.row_clusters) >= 0) and np.all(np.diff(small.column_clusters) >= 0)
+
+
+def _column_order(a: np.ndarray, labels: np.ndarray, column_class: np.ndarray) -> np.ndarray:
+    means = np.stack([a[labels == k].mean(axis=0) for k in range(3)])
+    own = means[column_class, np.arange(a.shape[1])]
+    rest = means.copy()
+    rest[column_class, np.arange(a.shape[1])] = -np.inf
+    return np.lexsort((-(own - rest.max(axis=0)), column_class))
+
+
+def test_groups_stay_within_a_cluster_and_share_the_limit() -> None:
+    clusters = np.array([0] * 700 + [1] * 250 + [2] * 50)
+    order = np.arange(1000)
+    groups = _groups(clusters, order, 100)
+    assert groups.max() + 1 == 100
+    for g in np.unique(groups):
+        assert len(np.unique(clusters[groups == g])) == 1
+    assert np.bincount(clusters[np.unique(groups, return_index=True)[1]]).tolist() == [70, 25, 5]
+    assert (_groups(clusters, order, 5000) == order).all()  # small N: one row per group
+
+
+def test_informative_prototypes_rank_by_separation() -> None:
+    mean = np.array([[0.9, 0.2], [0.6, 0.5], [0.3, 0.8], [0.75, 0.7]])
+    std = np.full((4, 2), 0.1)
+    params = GaussianParameters(mean=mean, std=std, prior=np.array([0.5, 0.5]))
+    chosen = informative_prototypes(params, np.array([0, 0, 1, 0]), per_class=2)
+    assert [(p["column"], p["class"]) for p in chosen] == [(0, 0), (1, 0), (2, 1)]
+    assert chosen[0]["separation"] == pytest.approx(7.0)
+    assert informative_prototypes(None, None) == []
