@@ -68,6 +68,8 @@ def evaluate(manifest: Input[Dataset], prototypes: Input[Dataset],
     for key in ("accuracy", "accuracy_kmeans"):
         if key in result:
             scalars[key] = round(float(result[key]), 6)
+    if "dev_set" in result:
+        scalars["dev_set_accuracy"] = round(float(result["dev_set"]["accuracy"]), 6)
     for name, value in scalars.items():
         metrics.log_metric(name, value)
     if "confusion" in result:
@@ -81,6 +83,12 @@ def evaluate(manifest: Input[Dataset], prototypes: Input[Dataset],
         lines += ["", "| class | recall |", "|---|---|"]
         lines += [f"| {name} | {recall:.4f} |"
                   for name, recall in result["per_class_recall"].items()]
+    dev = result.get("dev_set")
+    if dev:  # scored apart from the unlabeled images (goggles.evaluation.dev_set_metrics)
+        lines += ["", "| dev set | value |", "|---|---|", f"| images | {dev['n_images']} |",
+                  f"| named labels agree | {dev['accuracy']:.4f} |"]
+        if "accuracy_unlabeled" in dev:
+            lines += [f"| other images: named label = truth | {dev['accuracy_unlabeled']:.4f} |"]
     if result.get("warnings"):
         lines += ["", "**Warnings**", ""] + [f"- {warning}" for warning in result["warnings"]]
     storage.write_text("\n".join(lines) + "\n", summary.path)

@@ -20,10 +20,17 @@ PALETTE = ("#0072b2", "#e69f00", "#009e73", "#cc79a7", "#d55e00", "#56b4e9", "#f
 FONT = "font-family='sans-serif' font-size='11'"
 
 
+# Tableau's ten, for 9 or 10 clusters
+PALETTE_10 = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1",
+              "#ff9da7", "#9c755f", "#bab0ac")
+
+
 def cluster_colors(num_classes: int) -> list[str]:
     """One colour per cluster (hex strings)."""
     if num_classes <= len(PALETTE):
         return list(PALETTE[:num_classes])
+    if num_classes <= len(PALETTE_10):
+        return list(PALETTE_10[:num_classes])
     hues = np.linspace(0, 1, num_classes, endpoint=False)
     out = []
     for hue in hues:  # HSV with full saturation and 0.8 value
