@@ -96,7 +96,9 @@ class DevTools:
         for event in self.events:
             method, params = event.get("method"), event.get("params", {})
             if method == "Runtime.exceptionThrown":
-                found.append(json.dumps(params["exceptionDetails"])[:300])
+                details = params["exceptionDetails"]
+                found.append(str(details.get("exception", {}).get("description")
+                                 or details.get("text"))[:300])
             elif method == "Runtime.consoleAPICalled" and params.get("type") in ("error",
                                                                                   "assert"):
                 found.append(json.dumps(params.get("args"))[:300])
@@ -221,3 +223,22 @@ def test_report_opens_in_chromium_with_every_plot(tmp_path: Path) -> None:
                                        named["label"].to_pylist(), strict=True) if label == k}
         assert names == {f'species "{k}"'}
     assert rerun["dev_set"]["n_images"] == 20 and rerun["dev_set"]["accuracy"] == 1.0
+
+
+def test_the_browser_check_sees_errors_and_broken_images(tmp_path: Path) -> None:
+    """The checks above can fail: a script error, a console error and an image that does not
+    decode are all reported."""
+    executable = _browser()
+    page = tmp_path / "broken.html"
+    page.write_text("<!doctype html><html><body><img alt='bad' src='data:image/png;base64,AAAA'>"
+                    "<script>console.error('boom'); undefinedFunction();</script></body></html>")
+    browser = DevTools(executable, tmp_path / "profile")
+    try:
+        open_page(browser, page)
+        broken = browser.evaluate("""Array.from(document.images).filter(
+            i => !(i.complete && i.naturalWidth > 0)).map(i => i.alt)""")
+        errors = browser.errors()
+    finally:
+        browser.close()
+    assert broken == ["bad"]
+    assert any("boom" in e for e in errors) and any("undefinedFunction" in e for e in errors)
