@@ -26,6 +26,8 @@ import argparse
 import logging
 import sys
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -105,10 +107,25 @@ def summarise(rows: list[dict[str, object]]) -> None:
               f"k-means start {km:.4f}{paper}")
 
 
+@dataclass
+class MethodRow:
+    """One task of the methods table: median accuracy (and range, seconds per fit) by method."""
+
+    task: str
+    classes: str
+    n: int
+    sizes: list[int]
+    m: int
+    median: dict[str, float]
+    spread: dict[str, tuple[float, float]]
+    seconds: dict[str, float]
+    notes: dict[str, str]
+
+
 def compare_methods(task: Task, maps_by_class: dict[str, np.ndarray],
                     labeler_maps: dict[str, np.ndarray] | None, labeler: str, *,
                     methods: tuple[str, ...], seeds: list[int], top_k: int,
-                    pgm: bool) -> dict[str, object]:
+                    pgm: bool) -> MethodRow:
     """Accuracy of each method on one task: the median over ``seeds`` for the random ones."""
     from goggles.baselines import BackboneHeadUnavailable, FilterMaps, fit_baseline
 
@@ -132,7 +149,11 @@ def compare_methods(task: Task, maps_by_class: dict[str, np.ndarray],
                 notes[method] = "no labeler maps"
                 continue
             own = np.concatenate([labeler_maps[c] for c in task.classes])
-            source = FilterMaps(labeler, lambda own=own: iter([own]))
+
+            def blocks(own: np.ndarray = own) -> Iterator[np.ndarray]:
+                yield own
+
+            source = FilterMaps(labeler, blocks)
             start = time.perf_counter()
             try:
                 probs, _ = fit_baseline(affinity, prototypes.image_id,
@@ -160,15 +181,16 @@ def compare_methods(task: Task, maps_by_class: dict[str, np.ndarray],
         if score(probs.argmax(axis=1)) != scores["kmeans"][0]:
             raise RuntimeError(f"--method kmeans disagrees with EM's k-means start on "
                                f"{task_id(task)}")
-    return {"task": task.name, "classes": task_id(task), "n": len(maps),
-            "sizes": [len(maps_by_class[c]) for c in task.classes], "m": len(prototypes),
-            "median": {m: float(np.median(v)) for m, v in scores.items() if v},
-            "spread": {m: (float(np.min(v)), float(np.max(v))) for m, v in scores.items() if v},
-            "seconds": {m: seconds[m] / max(1, len(scores[m])) for m in methods if scores[m]},
-            "notes": notes}
+    return MethodRow(
+        task=task.name, classes=task_id(task), n=len(maps),
+        sizes=[len(maps_by_class[c]) for c in task.classes], m=len(prototypes),
+        median={m: float(np.median(v)) for m, v in scores.items() if v},
+        spread={m: (float(np.min(v)), float(np.max(v))) for m, v in scores.items() if v},
+        seconds={m: seconds[m] / max(1, len(scores[m])) for m in methods if scores[m]},
+        notes=notes)
 
 
-def print_methods_table(title: str, rows: list[dict[str, object]], columns: tuple[str, ...],
+def print_methods_table(title: str, rows: list[MethodRow], columns: tuple[str, ...],
                         paper: dict[str, float]) -> None:
     print(f"\n{title}")
     header = f"{'classes':<20} {'N (per class)':<18}" + "".join(
@@ -176,22 +198,20 @@ def print_methods_table(title: str, rows: list[dict[str, object]], columns: tupl
     print(header)
     print("-" * len(header))
     for r in rows:
-        median = r["median"]
-        assert isinstance(median, dict)
-        sizes = f"{r['n']}({','.join(str(s) for s in r['sizes'])})"  # type: ignore[union-attr]
-        print(f"{r['classes']:<20} {sizes:<18}" + "".join(
-            f" {median[c]:>10.4f}" if c in median else f" {'-':>10}" for c in columns))
-    means = {c: [r["median"][c] for r in rows if c in r["median"]] for c in columns}  # type: ignore[index, operator]
+        sizes = f"{r.n}({','.join(str(s) for s in r.sizes)})"
+        print(f"{r.classes:<20} {sizes:<18}" + "".join(
+            f" {r.median[c]:>10.4f}" if c in r.median else f" {'-':>10}" for c in columns))
+    means = {c: [r.median[c] for r in rows if c in r.median] for c in columns}
     print(f"{'average':<39}" + "".join(
         f" {np.mean(v):>10.4f}" if v else f" {'-':>10}" for v in means.values()))
     print(f"{'paper (CUB average)':<39}" + "".join(
         f" {paper[c]:>10.4f}" if c in paper else f" {'':>10}" for c in columns))
 
 
-def methods_report(rows: list[dict[str, object]], methods: tuple[str, ...], labeler: str,
+def methods_report(rows: list[MethodRow], methods: tuple[str, ...], labeler: str,
                    seeds: list[int]) -> None:
-    binary = [r for r in rows if r["task"] in ("binary", "hard")]
-    multi = [r for r in rows if str(r["task"]).endswith("-class")]
+    binary = [r for r in rows if r.task in ("binary", "hard")]
+    multi = [r for r in rows if r.task.endswith("-class")]
     cols = tuple(m for m in ALL_METHODS if m in methods)
     print(f"medians over seeds {seeds[0]}..{seeds[-1]} for kmeans, em-random, em and pgm; "
           f"backbone = {labeler}'s ImageNet classifier on its filter maps")
@@ -200,17 +220,20 @@ def methods_report(rows: list[dict[str, object]], methods: tuple[str, ...], labe
     if multi:
         print_methods_table("Table 2 layout: multi-class tasks", multi, cols, PAPER_TABLE2)
     for r in rows:
-        for method, note in r["notes"].items():  # type: ignore[union-attr]
-            print(f"note ({r['classes']}, {method}): {note}")
+        for method, note in r.notes.items():
+            print(f"note ({r.classes}, {method}): {note}")
             break
     if "em" in methods and "kmeans" in methods:
-        diff = np.array([r["median"]["em"] - r["median"]["kmeans"] for r in rows])  # type: ignore[index]
-        verdict = "yes" if diff.mean() >= 0 else "no"
-        print(f"\nEM >= k-means on average: {verdict} (mean difference {diff.mean():+.4f}; EM "
-              f"better on {(diff > 0).sum()}, equal on {(diff == 0).sum()}, worse on "
-              f"{(diff < 0).sum()} of {len(diff)} tasks)")
-    timing = {m: float(np.mean([r["seconds"][m] for r in rows if m in r["seconds"]]))  # type: ignore[index, operator]
-              for m in cols if any(m in r["seconds"] for r in rows)}  # type: ignore[operator]
+        for name, group in (("binary", binary), ("multi-class", multi), ("all", rows)):
+            if not group:
+                continue
+            diff = np.array([r.median["em"] - r.median["kmeans"] for r in group])
+            verdict = "yes" if diff.mean() >= 0 else "no"
+            print(f"EM >= k-means on average ({name} tasks): {verdict} (mean difference "
+                  f"{diff.mean():+.4f}; EM better on {(diff > 0).sum()}, equal on "
+                  f"{(diff == 0).sum()}, worse on {(diff < 0).sum()} of {len(diff)} tasks)")
+    timing = {m: float(np.mean([r.seconds[m] for r in rows if m in r.seconds]))
+              for m in cols if any(m in r.seconds for r in rows)}
     print("mean seconds per fit: " + ", ".join(f"{METHOD_NAMES[m]} {s:.2f}"
                                                 for m, s in timing.items()))
 
@@ -261,12 +284,12 @@ def main(argv: list[str] | None = None) -> int:
         if "backbone" in methods:
             labeler_maps = maps if labeler == args.backbone else cached_maps(labeler)[0]
         seeds = list(range(args.seed, args.seed + args.seeds))
-        rows = [compare_methods(t, maps, labeler_maps, labeler, methods=methods, seeds=seeds,
-                                top_k=args.top_k,
-                                pgm=args.pgm_tasks == "all" or len(t.classes) == 2)
-                for t in tasks]
+        table = [compare_methods(t, maps, labeler_maps, labeler, methods=methods, seeds=seeds,
+                                 top_k=args.top_k,
+                                 pgm=args.pgm_tasks == "all" or len(t.classes) == 2)
+                 for t in tasks]
         print(f"backbone {args.backbone}, top_k {args.top_k}, task seed {args.seed}")
-        methods_report(rows, methods, labeler, seeds)
+        methods_report(table, methods, labeler, seeds)
         return 0
     overrides = {"method": args.method, "m_step": args.m_step,
                  "exclude_self": args.exclude_self}

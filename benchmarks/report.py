@@ -150,8 +150,9 @@ def main(argv: list[str] | None = None) -> int:
             Path(args.keep).write_bytes(Path(paths["report"]).read_bytes())
         metrics = run["metrics"]
         assert isinstance(metrics, dict)
-        print(f"N = {args.images} images, K = {args.classes}, M = {run['m']} prototypes, "
-              f"A = {args.images * int(run['m']) * 4 / 2**20:.0f} MiB in {args.shards} shards "
+        m = int(str(run["m"]))
+        print(f"N = {args.images} images, K = {args.classes}, M = {m} prototypes, "
+              f"A = {args.images * m * 4 / 2**20:.0f} MiB in {args.shards} shards "
               f"(setup incl. EM {setup:.1f} s, EM accuracy {metrics.get('accuracy', 0):.4f})")
         print(f"report.html: {size / 2**20:.2f} MiB (limit {LIMIT_BYTES / 2**20:.0f}), "
               f"written in {seconds:.2f} s (limit {LIMIT_SECONDS:.0f})")

@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 
 from goggles import __version__, storage
 from goggles.blocks import RowBlocks, StoredShards
-from goggles.config import AffinityConfig, ExtractConfig, IngestConfig, InferConfig
+from goggles.config import AffinityConfig, ExtractConfig, InferConfig, IngestConfig
 from goggles.evaluation import dev_set_metrics, evaluate, name_clusters
 from goggles.ingest import accepted, build_manifest
 
