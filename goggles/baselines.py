@@ -247,24 +247,34 @@ def fit_pgm(affinity: np.ndarray | RowBlocks, num_classes: int, *,
 
 # -- the backbone as a labeler -------------------------------------------------------------------
 
+def classifier_weights(backbone: str, weights_uri: str = "") -> dict[str, Any]:
+    """The backbone's full weights, classifier included, or :class:`BackboneHeadUnavailable`
+    naming the ways to provide them (checked before a run starts, see
+    :meth:`goggles.runners.RunParameters.validate`)."""
+    from goggles.backbones import SPECS, resolve_weights
+
+    state, source = resolve_weights(backbone, weights_uri)
+    if not any(key.startswith("classifier.") for key in state):
+        raise BackboneHeadUnavailable(
+            f"method 'backbone' needs {backbone}'s ImageNet classifier, but its weights "
+            f"({source}) hold only the convolutional layers. Put torchvision's "
+            f"{SPECS[backbone].torchvision_file} (the full model) in torch's hub cache "
+            "($TORCH_HOME/hub/checkpoints) or pass --weights with a full state dict, or use "
+            "--backbone mobilenet_v2, whose packaged weights include the classifier")
+    return state
+
+
 def imagenet_logits(filter_maps: FilterMaps) -> np.ndarray:
     """ImageNet logits [N, 1000] of the backbone's classifier applied to its filter maps."""
     import torch
 
-    from goggles.backbones import SPECS, resolve_weights
+    from goggles.backbones import SPECS
 
     if filter_maps.backbone not in SPECS:
         raise ValueError(f"unknown backbone {filter_maps.backbone!r}; choose one of "
                          f"{', '.join(SPECS)}")
     spec = SPECS[filter_maps.backbone]
-    state, source = resolve_weights(filter_maps.backbone, filter_maps.weights_uri)
-    if not any(key.startswith("classifier.") for key in state):
-        raise BackboneHeadUnavailable(
-            f"method 'backbone' needs {filter_maps.backbone}'s ImageNet classifier, but its "
-            f"weights ({source}) hold only the convolutional layers. Put torchvision's "
-            f"{spec.torchvision_file} (the full model) in torch's hub cache "
-            "($TORCH_HOME/hub/checkpoints) or pass --weights with a full state dict, or use "
-            "--backbone mobilenet_v2, whose packaged weights include the classifier")
+    state = classifier_weights(filter_maps.backbone, filter_maps.weights_uri)
     model: Any = spec.build()
     model.load_state_dict(state, strict=True)
     model.eval()

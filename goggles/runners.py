@@ -54,6 +54,10 @@ class RunParameters:
     def validate(self) -> None:
         """Check parameters before any work starts (configs validate themselves)."""
         self.configs()
+        if self.method == "backbone":  # fail now, not after extraction, without a classifier
+            from goggles.baselines import classifier_weights
+
+            classifier_weights(self.backbone, self.weights_uri)
         source, output = _comparable(self.source_uri), _comparable(self.output_uri)
         if output == source or output.startswith(source.rstrip("/") + "/"):
             raise ConfigError(f"output {self.output_uri!r} is inside the source "

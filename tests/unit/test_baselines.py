@@ -206,3 +206,16 @@ def test_backbone_method_through_infer_labels_names_clusters_after_imagenet() ->
     assert fit.params_ is not None and fit.params_.mean.shape == (a.shape[1], 2)
     with pytest.raises(ValueError, match="needs the filter maps"):
         fit_baseline(a, source, InferConfig(num_classes=2, method="backbone"))
+
+
+def test_a_run_without_the_classifier_fails_before_any_work(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from goggles.runners import RunParameters
+
+    state = _weights_or_skip("vgg16")
+    if any(k.startswith("classifier.") for k in state):
+        pytest.skip("these VGG-16 weights include the classifier")
+    params = RunParameters(source_uri=str(tmp_path / "images"), output_uri=str(tmp_path / "out"),
+                           num_classes=2, backbone="vgg16", method="backbone")
+    with pytest.raises(BackboneHeadUnavailable, match="--backbone mobilenet_v2"):
+        params.validate()
+    assert not (tmp_path / "out").exists()
