@@ -150,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         idx_folder = locate_fashion_mnist(os.path.join(output, "cache"), args.fashion_mnist)
     except DemoError as error:
-        print(f"demo: error: {error}", file=sys.stderr)
+        sys.stderr.write(f"demo: error: {error}\n")
         return 2
     images = os.path.join(output, "images")
     shutil.rmtree(images, ignore_errors=True)
