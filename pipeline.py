@@ -110,7 +110,7 @@ def goggles_pipeline(
     top_k: int = 5,
     max_prototypes: int = 0,
     num_shards: int = 4,
-    method: str = "em",
+    method: str = "graph-em",
     max_iter: int = 100,
     seed: int = 0,
     dev_labels_uri: str = "",
@@ -126,7 +126,7 @@ def goggles_pipeline(
         prototypes per image.
     max_prototypes : cap on the prototypes (columns of A), 0 for none (see goggles.budget).
     num_shards : row shards of the affinity matrix, one task each.
-    method, max_iter, seed : class inference (``em``, ``kmeans``, ``em-random``, ``pgm``,
+    method, max_iter, seed : class inference (``graph-em``, ``em``, ``kmeans``, ``em-random``, ``pgm``,
         ``backbone``; see goggles.baselines).
     dev_labels_uri : optional CSV/Parquet of ``uri,label`` naming the clusters.
     device : ``auto`` uses the GPU where the task has one.

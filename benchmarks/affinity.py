@@ -114,7 +114,7 @@ def labels_effect(which: str, device: torch.device) -> None:
         maps = np.concatenate([maps_by_species[c] for c in task.classes])
         truth = [c for c in task.classes for _ in range(len(maps_by_species[c]))]
         prototypes = select_prototypes(maps, np.arange(len(maps)), 5)
-        config = InferConfig(num_classes=len(task.classes), seed=0)
+        config = InferConfig(num_classes=len(task.classes), seed=0, method="em")
         labels = {}
         for dtype in accuracy:
             affinity = affinity_block(maps, prototypes.vectors, dtype=dtype, device=device)

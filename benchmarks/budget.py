@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
             everything = select_prototypes(maps, np.arange(n), 5)
             group = "binary" if task.name == "binary" else (
                 "hard" if task.name == "hard" else "multi")
-            config = InferConfig(num_classes=len(task.classes), seed=args.seed)
+            config = InferConfig(num_classes=len(task.classes), seed=args.seed, method="em")
             for column in columns:
                 fraction = FRACTIONS.get(column)
                 budget = n if column == "N" else (

@@ -149,7 +149,7 @@ def run_size(count: int, args: argparse.Namespace, rate: float,
         infer_config = InferConfig(num_classes=args.num_classes, max_iter=args.max_iter)
         inferred = timed("infer", lambda: steps.run_infer(
             infer_config, paths["manifest"], paths["prototypes"], shard_uris, paths["labels"],
-            paths["inference"]))
+            paths["inference"], features_uri=paths["features"]))
         metrics = timed("evaluate", lambda: steps.run_evaluate(
             paths["manifest"], paths["labels"], paths["inference"], paths["metrics"]))
         timed("report", lambda: write_report(

@@ -103,7 +103,7 @@ def write_run(root: Path, n: int, k: int, per_image: int, shards: int,
                            storage.join(uri, "meta.json"))
         shard_uris.append(uri)
     start_time = time.perf_counter()
-    steps.run_infer(InferConfig(num_classes=k, max_iter=max_iter, device="cpu"),
+    steps.run_infer(InferConfig(num_classes=k, max_iter=max_iter, device="cpu", method="em"),
                     paths["manifest"], paths["prototypes"], shard_uris, paths["labels"],
                     paths["inference"])
     infer_seconds = time.perf_counter() - start_time

@@ -15,7 +15,7 @@ def infer(manifest: Input[Dataset], features: Input[Dataset], prototypes: Input[
 
     Parameters
     ----------
-    features : the extract stage's filter maps (read only by ``method="backbone"``).
+    features : the extract stage's filter maps (read by ``graph-em`` and ``backbone``).
     affinity_shards : the fan-in (``dsl.Collected``) of every affinity shard, any order.
     num_classes, method, max_iter, seed : :class:`goggles.config.InferConfig`.
     dev_labels_uri : optional CSV/Parquet of ``uri,label`` naming the clusters.

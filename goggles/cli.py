@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 
 from goggles import __version__
-from goggles.config import BACKBONES, METHODS, ConfigError
+from goggles.config import BACKBONES, DEFAULT_METHOD, METHODS, ConfigError
 
 logger = logging.getLogger("goggles")
 
@@ -46,8 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--shards", type=int, default=1, help="row shards of the affinity matrix")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--max-iter", type=int, default=100, help="EM iterations at most")
-    run.add_argument("--method", default="em", choices=METHODS,
-                     help="em (GOGGLES), kmeans (AF+KM), em-random (random start), pgm "
+    run.add_argument("--method", default=DEFAULT_METHOD, choices=METHODS,
+                     help="graph-em (default: affinity rows + bilinear descriptors, spectral "
+                          "start, Gaussian-mixture EM), em (the paper's GOGGLES), kmeans (AF+KM), em-random (random start), pgm "
                           "(AF+PGM, Snorkel's LabelModel), backbone (its ImageNet classifier)")
     run.add_argument("--dev-labels", default="", help="CSV/Parquet of uri,label naming clusters")
     run.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))

@@ -14,9 +14,11 @@ BACKBONES = ("vgg16", "mobilenet_v2")
 # Channels C of each backbone's filter map (goggles.backbones.SPECS holds the same numbers; this
 # copy keeps config free of torch). top_k cannot exceed C.
 BACKBONE_CHANNELS = {"vgg16": 512, "mobilenet_v2": 1280}
-# em: GOGGLES; kmeans: AF+KM; em-random: EM from a random start; pgm: AF+PGM (Snorkel);
-# backbone: the backbone's ImageNet classifier as a labeler (goggles.baselines)
-METHODS = ("em", "kmeans", "em-random", "pgm", "backbone")
+# graph-em: the default (goggles.graph); em: the paper's GOGGLES; kmeans: AF+KM; em-random: EM
+# from a random start; pgm: AF+PGM (Snorkel); backbone: the backbone's ImageNet classifier as a
+# labeler (goggles.baselines)
+METHODS = ("graph-em", "em", "kmeans", "em-random", "pgm", "backbone")
+DEFAULT_METHOD = "graph-em"
 M_STEPS = ("sampled", "soft")
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("float32", "float16", "bfloat16")
@@ -167,7 +169,9 @@ class InferConfig(_Config):
     Attributes
     ----------
     num_classes : K, the number of classes to find.
-    method : ``em`` (GOGGLES: k-means start, then EM), ``kmeans`` (AF+KM, the start alone),
+    method : ``graph-em`` (default: EM on a graph of affinity rows and bilinear descriptors,
+        :mod:`goggles.graph`), ``em`` (the paper's GOGGLES: k-means start, then EM on A),
+        ``kmeans`` (AF+KM, the paper's start alone),
         ``em-random`` (EM from a random start), ``pgm`` (AF+PGM: Snorkel's LabelModel on the
         discretised A), ``backbone`` (the backbone's ImageNet classifier); see
         :mod:`goggles.baselines`.
@@ -185,7 +189,7 @@ class InferConfig(_Config):
     """
 
     num_classes: int = 2
-    method: str = "em"
+    method: str = DEFAULT_METHOD
     max_iter: int = 100
     tol: float = 1e-4
     seed: int = 0

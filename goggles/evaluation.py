@@ -1,5 +1,6 @@
 """Evaluation against ground truth: the best cluster→class mapping (Hungarian), accuracy,
-per-class recall, confusion matrix; and naming clusters from a few labeled images."""
+per-class recall, confusion matrix, calibration (ECE, Brier); and naming clusters from a few
+labeled images."""
 
 from __future__ import annotations
 
@@ -30,6 +31,36 @@ def best_mapping(truth: np.ndarray, predicted: np.ndarray, num_truth: int,
         if cluster not in mapping:
             mapping[cluster] = int(confusion[:, cluster].argmax())
     return mapping
+
+
+def calibration(truth_names: Sequence[str], probs: np.ndarray, *,
+                bins: int = 15) -> dict[str, float]:
+    """Do the probabilities mean what they say? ``ece``: expected calibration error of the
+    top probability in ``bins`` equal-width bins (Guo et al. 2017); ``brier``: mean squared
+    error of the probability vector against the one-hot truth (0 is perfect, 2 the worst).
+    Clusters are first matched to classes (Hungarian, as for accuracy)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    names = sorted(set(truth_names))
+    index = {name: i for i, name in enumerate(names)}
+    truth = np.asarray([index[n] for n in truth_names], dtype=np.int64)
+    if not len(truth):
+        return {"ece": 0.0, "brier": 0.0}
+    num_classes = probs.shape[1]
+    mapping = best_mapping(truth, probs.argmax(axis=1), len(names), num_classes)
+    by_class = np.zeros((len(truth), max(len(names), 1)))
+    for cluster, klass in mapping.items():
+        by_class[:, klass] += probs[:, cluster]
+    confidence = by_class.max(axis=1)
+    correct = by_class.argmax(axis=1) == truth
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        inside = which == b
+        if inside.any():
+            ece += inside.mean() * abs(confidence[inside].mean() - correct[inside].mean())
+    brier = float(((by_class - np.eye(by_class.shape[1])[truth]) ** 2).sum(axis=1).mean())
+    return {"ece": float(ece), "brier": brier}
 
 
 def evaluate(truth_names: Sequence[str], predicted: np.ndarray, num_classes: int,

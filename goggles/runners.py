@@ -35,7 +35,7 @@ class RunParameters:
     top_k: int = 5
     max_prototypes: int = 0
     num_shards: int = 1
-    method: str = "em"
+    method: str = "graph-em"
     max_iter: int = 100
     seed: int = 0
     dev_labels_uri: str = ""

@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 from goggles import __version__, storage
 from goggles.blocks import RowBlocks, StoredShards
 from goggles.config import AffinityConfig, ExtractConfig, InferConfig, IngestConfig
-from goggles.evaluation import dev_set_metrics, evaluate, name_clusters
+from goggles.evaluation import calibration, dev_set_metrics, evaluate, name_clusters
 from goggles.ingest import accepted, build_manifest
 
 if TYPE_CHECKING:
@@ -180,13 +180,29 @@ def infer_labels(affinity: np.ndarray | RowBlocks, source_index: np.ndarray,
                  config: InferConfig, *,
                  filter_maps: FilterMaps | None = None) -> tuple[np.ndarray, Any]:
     """Posteriors [N, K] for ``config.method`` and the fitted estimator; ``affinity`` is an
-    [N, M] array or row blocks (e.g. the stored shards, streamed). ``pgm`` and ``backbone`` are
-    :mod:`goggles.baselines` (``backbone`` reads ``filter_maps``)."""
-    from goggles.baselines import BASELINES, fit_baseline
+    [N, M] array or row blocks (e.g. the stored shards, streamed). ``graph-em`` is
+    :mod:`goggles.graph`, ``pgm`` and ``backbone`` are :mod:`goggles.baselines`; ``graph-em``
+    and ``backbone`` read ``filter_maps``."""
+    from goggles.baselines import BASELINES, fit_baseline, fit_gaussians
     from goggles.inference import AffinityEM
 
     if config.method in BASELINES:
         return fit_baseline(affinity, source_index, config, filter_maps=filter_maps)
+    if config.method == "graph-em":
+        from goggles.graph import GraphEM, descriptors_of
+
+        if filter_maps is None:
+            raise ValueError("method 'graph-em' needs the filter maps (the extract stage's "
+                             "features) for its descriptors; pass them to infer_labels")
+        graph = GraphEM(num_classes=config.num_classes, max_iter=config.max_iter,
+                        tol=config.tol, n_init=config.n_init, random_state=config.seed)
+        graph.fit(affinity, source_index, descriptors_of(filter_maps.blocks()))
+        assert graph.posteriors_ is not None
+        # the per-prototype Gaussians under the final labels, for the report's histograms
+        graph.params_, graph.prototype_class_ = fit_gaussians(
+            affinity, graph.posteriors_.argmax(axis=1), source_index, config.num_classes,
+            variance_floor=config.variance_floor, exclude_self=config.exclude_self)
+        return graph.posteriors_, graph
     model = AffinityEM(num_classes=config.num_classes,
                        init="random" if config.method == "em-random" else "kmeans",
                        max_iter=config.max_iter, tol=config.tol, m_step=config.m_step,
@@ -237,10 +253,11 @@ def run_infer(config: InferConfig, manifest_uri: str, prototypes_uri: str,
     if affinity.shape != (n, len(source_index)):
         raise StageError(f"affinity is {affinity.shape} but there are {n} images and "
                          f"{len(source_index)} prototypes; rerun the affinity stage")
-    if config.method == "backbone" and not features_uri:
-        raise StageError("method 'backbone' labels with the backbone's classifier on the filter "
-                         "maps: pass features_uri (the extract stage's features)")
-    filter_maps = stored_filter_maps(features_uri) if config.method == "backbone" else None
+    reads_maps = config.method in ("backbone", "graph-em")
+    if reads_maps and not features_uri:
+        raise StageError(f"method {config.method!r} reads the filter maps: pass features_uri "
+                         "(the extract stage's features)")
+    filter_maps = stored_filter_maps(features_uri) if reads_maps else None
     probs, model = infer_labels(affinity, source_index, config, filter_maps=filter_maps)
     labels = probs.argmax(axis=1)
     names = list(getattr(model, "cluster_names_", None)
@@ -335,6 +352,7 @@ def run_evaluate(manifest_uri: str, labels_uri: str, inference_uri: str, metrics
     if truth and all(t is not None for t in truth) and len(set(truth)) > 1:
         metrics.update(evaluate(truth, labels["label"].to_numpy(), num_classes,
                                 initial=None if initial is None else np.asarray(initial)))
+        metrics.update(calibration(truth, np.asarray(labels["probs"].to_pylist())))
     if state.get("dev"):
         metrics["dev_set"] = dev_set_metrics(state["dev"]["rows"], state["dev"]["labels"],
                                              labels["label_name"].to_pylist(),

@@ -41,5 +41,6 @@ def test_cli_labels_two_species(cub_pair: Path, tmp_path: Path) -> None:
     shards = [str(p) for p in sorted((out / "artifacts" / "affinity").iterdir())]
     again = tmp_path / "again.parquet"
     steps.run_infer(InferConfig(num_classes=2, seed=3), paths["manifest"], paths["prototypes"],
-                    shards, str(again), str(tmp_path / "inference.json"))
+                    shards, str(again), str(tmp_path / "inference.json"),
+                    features_uri=paths["features"])
     assert again.read_bytes() == (out / "labels.parquet").read_bytes()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from goggles.evaluation import best_mapping, evaluate, name_clusters
 
@@ -34,3 +35,19 @@ def test_more_clusters_than_classes_map_to_majority() -> None:
 def test_dev_set_names_clusters() -> None:
     names = name_clusters(["cat", "cat", "dog"], np.array([1, 1, 0]), 3)
     assert names == ["dog", "cat", "cluster_2"]
+
+
+def test_calibration_of_perfect_confident_and_overconfident_labels() -> None:
+    from goggles.evaluation import calibration
+
+    truth = ["a", "a", "b", "b"]
+    perfect = calibration(truth, np.array([[0.0, 1.0], [0.0, 1.0], [1.0, 0.0], [1.0, 0.0]]))
+    assert perfect == {"ece": 0.0, "brier": 0.0}  # clusters are matched to classes first
+    # always 90% sure and right 3 times out of 4: ECE |0.9 - 0.75| = 0.15
+    wrong = calibration(truth, np.array([[0.9, 0.1], [0.9, 0.1], [0.1, 0.9], [0.9, 0.1]]))
+    assert wrong["ece"] == pytest.approx(0.15)
+    assert wrong["brier"] == pytest.approx((3 * 0.02 + 2 * 0.81) / 4)
+    # 75% sure and right 3 times out of 4: calibrated
+    honest = calibration(truth, np.array([[0.75, 0.25], [0.75, 0.25], [0.25, 0.75],
+                                          [0.75, 0.25]]))
+    assert honest["ece"] == pytest.approx(0.0)

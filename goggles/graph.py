@@ -1,0 +1,377 @@
+"""Graph EM, the default class inference (``--method graph-em``): beyond the paper's EM.
+
+Measured on cub-dev (README, "Choosing the default method"), the paper's EM on A has three
+weaknesses: its posteriors are a sum of hundreds of correlated per-prototype log-likelihoods, so
+they saturate to 0/1; on 5-class tasks it drifts below its own k-means start; and on fine-grained
+pairs (two species of one family) the affinity rows alone separate the species less well than
+pooled features of the same network. Graph EM keeps the affinity matrix as its main input and
+adds what closes those gaps:
+
+1. Each image is described twice, both unit-length: its row of A (the pattern of its affinities
+   to all prototypes, paper §3) and a second-order descriptor of its own filter map (signed-sqrt
+   bilinear pooling, Lin et al. 2015, count-sketched to :data:`SKETCH_DIM` dimensions, Charikar
+   et al. 2002) that sees which parts co-occur, where A sees only the best match of each
+   prototype.
+2. The images become the nodes of a k-nearest-neighbour graph under the sum of the two cosine
+   similarities, and the K leading eigenvectors of its normalised Laplacian (spectral embedding,
+   Ng, Jordan & Weiss 2001) place each image in K dimensions where the classes are compact.
+3. k-means in that embedding starts EM (several restarts; the EM with the highest likelihood
+   wins, never ground truth) for a K-component Gaussian mixture with full covariances in the same
+   space, with a soft M-step. Its posteriors are the labels: a handful of dimensions instead of
+   hundreds of correlated columns, so they are not saturated; a class whose mass falls below
+   ``min_class_fraction`` stops EM at the last iterate where every class still had mass.
+
+Above ``max_rows`` images the graph is built on a seeded uniform sample; every other image takes
+the mean posterior of its nearest sampled neighbours. The paper's EM stays selectable
+(``--method em``).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse
+from scipy.special import logsumexp
+
+from goggles.blocks import InMemoryRows, RowBlocks, sub_blocks
+from goggles.likelihood import EXACT_SCALE, GaussianParameters
+
+logger = logging.getLogger(__name__)
+
+SKETCH_DIM = 2048
+SKETCH_SEED = 20190814  # fixed: descriptors must not depend on the run's seed
+_SKETCHES: dict[int, scipy.sparse.csr_matrix] = {}
+
+
+def _sketch_matrix(channels: int) -> scipy.sparse.csr_matrix:
+    """Count sketch of the upper triangle of a [C, C] matrix into SKETCH_DIM buckets: every entry
+    goes to one bucket with a random sign, so inner products are preserved in expectation."""
+    if channels not in _SKETCHES:
+        length = channels * (channels + 1) // 2
+        rng = np.random.default_rng(SKETCH_SEED)
+        bucket = rng.integers(0, SKETCH_DIM, size=length)
+        sign = rng.choice(np.array([-1.0, 1.0], dtype=np.float32), size=length)
+        _SKETCHES[channels] = scipy.sparse.csr_matrix(
+            (sign, (np.arange(length), bucket)), shape=(length, SKETCH_DIM), dtype=np.float32)
+    return _SKETCHES[channels]
+
+
+def bilinear_descriptors(maps: np.ndarray, chunk: int = 32) -> np.ndarray:
+    """[n, SKETCH_DIM] float32 unit-length descriptors of filter maps [n, C, H, W].
+
+    The [C, C] mean outer product of the position vectors (bilinear pooling), signed square root,
+    upper triangle with off-diagonal entries weighted by sqrt(2) (so its inner products equal the
+    full matrix's), count-sketched and scaled to unit length."""
+    n, channels, height, width = maps.shape
+    upper = np.triu_indices(channels)
+    weight = np.where(upper[0] == upper[1], 1.0, np.sqrt(2.0)).astype(np.float32)
+    sketch = _sketch_matrix(channels)
+    out = np.empty((n, SKETCH_DIM), dtype=np.float32)
+    for start in range(0, n, chunk):
+        x = np.asarray(maps[start:start + chunk], dtype=np.float32).reshape(-1, channels,
+                                                                            height * width)
+        gram = np.matmul(x, x.transpose(0, 2, 1)) / np.float32(height * width)
+        values = gram[:, upper[0], upper[1]]
+        values = np.sign(values) * np.sqrt(np.abs(values)) * weight
+        out[start:start + len(x)] = np.asarray((sketch.T @ values.T).T)
+    norms = np.linalg.norm(out, axis=1, keepdims=True)
+    return out / np.maximum(norms, 1e-12)
+
+
+def descriptors_of(blocks: Iterable[np.ndarray]) -> np.ndarray:
+    """Descriptors of filter maps given block by block (e.g. the stored extract shards)."""
+    return np.concatenate([bilinear_descriptors(block) for block in blocks])
+
+
+def _unit_rows(block: np.ndarray) -> np.ndarray:
+    # quantised like the k-means features, so the result does not depend on how A is sharded
+    features = np.rint(block.astype(np.float64) * EXACT_SCALE) / EXACT_SCALE
+    norms = np.linalg.norm(features, axis=1, keepdims=True)
+    return (features / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+def _top_k(similarity: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices and values of the k largest entries per row (ties broken by index)."""
+    order = np.argsort(-similarity, axis=1, kind="stable")[:, :k]
+    return order, np.take_along_axis(similarity, order, axis=1)
+
+
+def knn_graph(parts: list[np.ndarray], neighbours: int, block_rows: int = 2048) -> scipy.sparse.csr_matrix:
+    """Symmetric k-nearest-neighbour connectivity ``(C + C^T) / 2`` of the rows of the
+    concatenated unit-length ``parts`` (each image counts as its own neighbour), as sklearn's
+    ``SpectralClustering(affinity="nearest_neighbors")`` builds it."""
+    n = parts[0].shape[0]
+    k = min(neighbours, n)
+    cols = np.empty((n, k), dtype=np.int64)
+    for start in range(0, n, block_rows):
+        stop = min(n, start + block_rows)
+        similarity = sum(p[start:stop] @ p.T for p in parts)
+        similarity[np.arange(stop - start), np.arange(start, stop)] = np.inf  # self first
+        cols[start:stop] = _top_k(similarity, k)[0]
+    connectivity = scipy.sparse.csr_matrix(
+        (np.ones(n * k), (np.repeat(np.arange(n), k), cols.ravel())), shape=(n, n))
+    return ((connectivity + connectivity.T) * 0.5).tocsr()
+
+
+DENSE_EIGEN_ROWS = 3000
+
+
+def spectral_coordinates(graph: scipy.sparse.csr_matrix, dims: int, seed: int) -> np.ndarray:
+    """[n, dims] spectral embedding of ``graph``: the ``dims`` leading eigenvectors of
+    ``D^-1/2 W D^-1/2`` (the smallest of the normalised Laplacian) divided by ``sqrt(D)``, as
+    sklearn's ``spectral_embedding``; each vector's largest entry made positive, the whole
+    standardised so a Gaussian mixture's covariance floor is scale-free. Dense below
+    :data:`DENSE_EIGEN_ROWS` nodes, Lanczos (ARPACK) above."""
+    n = graph.shape[0]
+    degree = np.asarray(graph.sum(axis=1)).ravel()
+    scale = 1.0 / np.sqrt(np.maximum(degree, 1e-12))
+    normalised = scipy.sparse.diags(scale) @ graph @ scipy.sparse.diags(scale)
+    if n <= DENSE_EIGEN_ROWS:
+        values, vectors = np.linalg.eigh(normalised.toarray())
+        vectors = vectors[:, np.argsort(-values, kind="stable")[:dims]]
+    else:
+        from scipy.sparse.linalg import eigsh
+
+        start = np.random.default_rng(seed).uniform(-1, 1, n)
+        values, vectors = eigsh(normalised.tocsc(), k=dims, which="LA", v0=start)
+        vectors = vectors[:, np.argsort(-values, kind="stable")]
+    embedding = vectors * scale[:, None]
+    flip = np.sign(embedding[np.abs(embedding).argmax(axis=0), np.arange(embedding.shape[1])])
+    embedding = embedding * np.where(flip == 0, 1.0, flip)
+    embedding = embedding - embedding.mean(axis=0)
+    return embedding / max(float(embedding.std()), 1e-12)
+
+
+@dataclass
+class MixtureFit:
+    posteriors: np.ndarray
+    log_likelihood: float
+    n_iter: int
+    converged: bool
+    log_likelihood_trace: list[float]
+    change_trace: list[float]
+    stopped_on_mass: bool
+
+
+def _log_densities(x: np.ndarray, means: np.ndarray, covariances: np.ndarray) -> np.ndarray:
+    n, d = x.shape
+    out = np.empty((n, len(means)))
+    for k, (mean, cov) in enumerate(zip(means, covariances)):
+        chol = np.linalg.cholesky(cov)
+        solved = np.linalg.solve(chol, (x - mean).T)
+        out[:, k] = (-0.5 * (solved ** 2).sum(axis=0) - np.log(np.diag(chol)).sum()
+                     - 0.5 * d * np.log(2 * np.pi))
+    return out
+
+
+def gaussian_mixture_em(x: np.ndarray, labels: np.ndarray, num_classes: int, *, max_iter: int,
+                        tol: float, min_mass: float, reg: float = 1e-3) -> MixtureFit:
+    """EM for a full-covariance Gaussian mixture on ``x`` [n, d] started from hard ``labels``;
+    stops when no posterior changes by more than ``tol``, or keeps the last iterate before a
+    class's expected count falls below ``min_mass``."""
+    n, d = x.shape
+    posteriors = np.eye(num_classes)[labels]
+    trace: list[float] = []
+    changes: list[float] = []
+    total = -np.inf
+    for iteration in range(1, max_iter + 1):
+        mass = posteriors.sum(axis=0)
+        means = (posteriors.T @ x) / np.maximum(mass, 1e-12)[:, None]
+        covariances = np.empty((num_classes, d, d))
+        for k in range(num_classes):
+            centred = x - means[k]
+            covariances[k] = ((posteriors[:, k, None] * centred).T @ centred
+                              / max(mass[k], 1e-12) + reg * np.eye(d))
+        weighted = _log_densities(x, means, covariances) + np.log(np.maximum(mass / n, 1e-300))
+        norm = logsumexp(weighted, axis=1, keepdims=True)
+        new = np.exp(weighted - norm)
+        if new.sum(axis=0).min() < min_mass:
+            return MixtureFit(posteriors, total, iteration - 1, False, trace, changes, True)
+        total = float(norm.sum())
+        change = float(np.abs(new - posteriors).max())
+        trace.append(total)
+        changes.append(change)
+        posteriors = new
+        if change < tol:
+            return MixtureFit(posteriors, total, iteration, True, trace, changes, False)
+    return MixtureFit(posteriors, total, max_iter, False, trace, changes, False)
+
+
+def _rows(affinity: np.ndarray | RowBlocks) -> RowBlocks:
+    return InMemoryRows(np.asarray(affinity)) if not hasattr(affinity, "blocks") else affinity
+
+
+def _gather_rows(rows: RowBlocks, sample: np.ndarray) -> np.ndarray:
+    out = np.empty((len(sample), rows.shape[1]), dtype=np.float32)
+    for start, block in sub_blocks(rows):
+        inside = np.flatnonzero((sample >= start) & (sample < start + block.shape[0]))
+        if len(inside):
+            out[inside] = _unit_rows(block[sample[inside] - start])
+    return out
+
+
+@dataclass
+class GraphEM:
+    """Graph EM (module docstring), sklearn style: ``fit(affinity, source_index, descriptors)``.
+
+    Parameters
+    ----------
+    num_classes : K.
+    neighbours : k of the k-nearest-neighbour graph.
+    restarts : k-means solutions in the embedding, each refined by EM; the highest likelihood
+        wins.
+    n_init : k-means initialisations per restart (the lowest inertia is kept).
+    max_iter, tol : EM stops after ``max_iter`` iterations or when no posterior changes by more
+        than ``tol``.
+    min_class_fraction : smallest expected share of the images a class may keep during EM.
+    max_rows : above this many images the graph is built on a seeded sample.
+    random_state : the one seed.
+
+    Fitted attributes, as :class:`goggles.inference.AffinityEM`: ``initial_labels_`` (the
+    k-means labels the chosen EM started from), ``posteriors_``, ``n_iter_``, ``converged_``,
+    ``log_likelihood_trace_``, ``change_trace_``, ``warnings_``; plus ``embedding_``,
+    ``sample_`` and ``restart_log_likelihoods_``. ``params_``/``prototype_class_`` (the
+    per-prototype Gaussians the report draws) are filled by :func:`goggles.steps.infer_labels`.
+    """
+
+    num_classes: int
+    neighbours: int = 10
+    restarts: int = 5
+    n_init: int = 10
+    max_iter: int = 100
+    tol: float = 1e-4
+    min_class_fraction: float = 0.01
+    max_rows: int = 20000
+    random_state: int = 0
+    initial_labels_: np.ndarray | None = field(default=None, init=False, repr=False)
+    posteriors_: np.ndarray | None = field(default=None, init=False, repr=False)
+    embedding_: np.ndarray | None = field(default=None, init=False, repr=False)
+    sample_: np.ndarray | None = field(default=None, init=False, repr=False)
+    n_iter_: int = field(default=0, init=False)
+    converged_: bool = field(default=False, init=False)
+    log_likelihood_trace_: list[float] = field(default_factory=list, init=False, repr=False)
+    change_trace_: list[float] = field(default_factory=list, init=False, repr=False)
+    restart_log_likelihoods_: list[float] = field(default_factory=list, init=False, repr=False)
+    warnings_: list[str] = field(default_factory=list, init=False, repr=False)
+    params_: GaussianParameters | None = field(default=None, init=False, repr=False)
+    prototype_class_: np.ndarray | None = field(default=None, init=False, repr=False)
+
+    def _warn(self, message: str) -> None:
+        from goggles.inference import DegenerateDataWarning
+
+        if message not in self.warnings_:
+            self.warnings_.append(message)
+            warnings.warn(message, DegenerateDataWarning, stacklevel=3)
+
+    def fit(self, affinity: np.ndarray | RowBlocks, source_index: np.ndarray,
+            descriptors: np.ndarray) -> GraphEM:
+        """Fit on A [N, M] (array or row blocks) and the images' descriptors [N, D]
+        (:func:`bilinear_descriptors`); ``source_index`` is accepted for the common interface."""
+        from sklearn.cluster import KMeans
+
+        rows = _rows(affinity)
+        n = rows.shape[0]
+        descriptors = np.asarray(descriptors, dtype=np.float32)
+        if descriptors.shape[0] != n:
+            raise ValueError(f"descriptors have {descriptors.shape[0]} rows but A has {n}; "
+                             "both must list the same images in the same order")
+        if n < self.num_classes:
+            raise ValueError(f"num_classes={self.num_classes} exceeds the {n} images; use at "
+                             f"most {n} classes")
+        self.warnings_ = []
+        rng = np.random.default_rng(self.random_state)
+        sample = np.arange(n) if n <= self.max_rows else \
+            np.sort(rng.choice(n, size=self.max_rows, replace=False))
+        parts = [_gather_rows(rows, sample), descriptors[sample]]
+        # identical images become one node, so they get identical coordinates and labels
+        keys: dict[bytes, int] = {}
+        node = np.array([keys.setdefault(a.tobytes() + d.tobytes(), len(keys))
+                         for a, d in zip(*parts, strict=True)], dtype=np.int64)
+        first = np.unique(node, return_index=True)[1]
+        distinct = len(first)
+        if distinct < self.num_classes:
+            self._warn(f"only {distinct} of {self.num_classes} classes can be told apart: the "
+                       "images are identical as far as their affinities and filter maps go; "
+                       "lower num_classes or check the source for duplicates")
+        seed = int(rng.integers(2 ** 31 - 1))
+        if distinct <= self.num_classes + 1:  # too few nodes for a graph: one axis per image
+            embedding = np.eye(distinct, self.num_classes)[node]
+        else:
+            graph = knn_graph([p[first] for p in parts], self.neighbours)
+            embedding = spectral_coordinates(graph, self.num_classes, seed)[node]
+        min_mass = max(1.0, self.min_class_fraction * len(sample))
+        best: tuple[MixtureFit, np.ndarray] | None = None
+        seen: list[np.ndarray] = []
+        self.restart_log_likelihoods_ = []
+        for _ in range(self.restarts):
+            with warnings.catch_warnings():  # fewer distinct points than classes: warned above
+                warnings.filterwarnings("ignore", message="Number of distinct clusters")
+                labels = KMeans(self.num_classes, n_init=self.n_init,
+                                random_state=int(rng.integers(2 ** 31 - 1))).fit_predict(
+                                    embedding)
+            if any(_same_partition(labels, other) for other in seen):
+                continue
+            seen.append(labels)
+            fit = gaussian_mixture_em(embedding, labels, self.num_classes,
+                                      max_iter=self.max_iter, tol=self.tol, min_mass=min_mass)
+            self.restart_log_likelihoods_.append(fit.log_likelihood)
+            if fit.stopped_on_mass:
+                self._warn("a class fell below min_class_fraction of the images during EM; "
+                           "EM kept its last iterate where every class had mass. The data may "
+                           "hold fewer than num_classes groups: try a smaller num_classes")
+            if best is None or fit.log_likelihood > best[0].log_likelihood:
+                best = (fit, labels)
+        assert best is not None
+        fit, labels = best
+        posteriors = fit.posteriors
+        initial = labels
+        if len(sample) < n:
+            posteriors, initial = self._extend(rows, descriptors, sample, parts, posteriors,
+                                               labels)
+        self.sample_ = sample
+        self.embedding_ = embedding
+        self.initial_labels_ = initial
+        self.posteriors_ = posteriors
+        self.n_iter_ = fit.n_iter
+        self.converged_ = fit.converged
+        self.log_likelihood_trace_ = fit.log_likelihood_trace
+        self.change_trace_ = fit.change_trace
+        used = len(np.unique(posteriors.argmax(axis=1)))
+        if used < self.num_classes:
+            self._warn(f"the labels use only {used} of num_classes={self.num_classes} classes: "
+                       "the images did not form that many groups; lower num_classes or add "
+                       "images")
+        return self
+
+    def _extend(self, rows: RowBlocks, descriptors: np.ndarray, sample: np.ndarray,
+                parts: list[np.ndarray], posteriors: np.ndarray,
+                labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Posteriors (and initial labels) of every image: sampled images keep theirs, the
+        others take the mean over their nearest sampled neighbours."""
+        n = rows.shape[0]
+        full = np.empty((n, self.num_classes))
+        initial = np.empty(n, dtype=np.int64)
+        onehot = np.eye(self.num_classes)[labels]
+        for start, block in _blocks_of(rows):
+            stop = start + block.shape[0]
+            similarity = _unit_rows(block) @ parts[0].T + descriptors[start:stop] @ parts[1].T
+            near, _ = _top_k(similarity, min(self.neighbours, len(sample)))
+            full[start:stop] = posteriors[near].mean(axis=1)
+            initial[start:stop] = onehot[near].mean(axis=1).argmax(axis=1)
+        full[sample] = posteriors
+        initial[sample] = labels
+        return full, initial
+
+
+def _blocks_of(rows: RowBlocks) -> Iterator[tuple[int, np.ndarray]]:
+    yield from sub_blocks(rows)
+
+
+def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    """True when labelings ``a`` and ``b`` differ only by a renaming of the classes."""
+    pairs = np.unique(np.stack([a, b]), axis=1)
+    return bool(len(pairs[0]) == len(np.unique(a)) == len(np.unique(b)))
