@@ -115,6 +115,7 @@ def goggles_pipeline(
     seed: int = 0,
     dev_labels_uri: str = "",
     device: str = "auto",
+    descriptor_backbone: str = "mobilenet_v2",
 ) -> Outputs:
     """Probabilistic labels for the images under ``source_uri`` (see DESIGN.md).
 
@@ -130,6 +131,7 @@ def goggles_pipeline(
         ``backbone``; see goggles.baselines).
     dev_labels_uri : optional CSV/Parquet of ``uri,label`` naming the clusters.
     device : ``auto`` uses the GPU where the task has one.
+    descriptor_backbone : graph EM's second network (``none`` to skip it).
     """
     ingest_task = _bucket_access(_resources(ingest(source_uri=source_uri), "ingest"))
     ingest_task.set_display_name("ingest: list and validate images")
@@ -140,7 +142,8 @@ def goggles_pipeline(
 
     extract_task = _resources(extract(manifest=ingest_task.outputs["manifest"],
                                       backbone=backbone, weights_uri=weights_uri, top_k=top_k,
-                                      max_prototypes=max_prototypes, seed=seed, device=device), "extract")
+                                      max_prototypes=max_prototypes, seed=seed, device=device,
+                                      descriptor_backbone=descriptor_backbone), "extract")
     # after the plan, so parameters that cannot work fail before the expensive extraction
     (_bucket_access(extract_task).after(plan_task)
      .set_display_name("extract: CNN filter maps and prototypes")

@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.cub import Task, cached_maps, draw_tasks, hard_tasks, task_id  # noqa: E402
 from goggles.affinity import affinity_block  # noqa: E402
 from goggles.baselines import FilterMaps  # noqa: E402
-from goggles.config import DEFAULT_METHOD, InferConfig  # noqa: E402
+from goggles.config import DEFAULT_DESCRIPTOR_BACKBONE, DEFAULT_METHOD, InferConfig  # noqa: E402
 from goggles.evaluation import calibration, evaluate  # noqa: E402
 from goggles.features import select_prototypes  # noqa: E402
 from goggles.steps import infer_labels  # noqa: E402
@@ -65,9 +65,22 @@ def as_filter_maps(maps: np.ndarray, backbone: str) -> FilterMaps:
     return FilterMaps(backbone, blocks)
 
 
+def task_descriptors(task: Task, maps: np.ndarray,
+                     second: dict[str, np.ndarray] | None) -> list[np.ndarray]:
+    """Graph EM's descriptors, as the extract stage writes them: of the backbone's maps and of
+    the second network's (``second``: its cached maps by species), when there is one."""
+    from goggles.graph import bilinear_descriptors
+
+    out = [bilinear_descriptors(maps)]
+    if second is not None:
+        out.append(bilinear_descriptors(np.concatenate([second[c] for c in task.classes])))
+    return out
+
+
 def run_task(task: Task, maps_by_class: dict[str, np.ndarray], extract_s_per_image: float, *,
              seeds: list[int], top_k: int, infer_overrides: dict[str, object],
-             backbone: str = "vgg16") -> dict[str, object]:
+             backbone: str = "vgg16",
+             second: dict[str, np.ndarray] | None = None) -> dict[str, object]:
     maps = np.concatenate([maps_by_class[c] for c in task.classes])
     truth = [c for c in task.classes for _ in range(len(maps_by_class[c]))]
     n = len(maps)
@@ -79,19 +92,20 @@ def run_task(task: Task, maps_by_class: dict[str, np.ndarray], extract_s_per_ima
     affinity = affinity_block(maps, prototypes.vectors)
     timings["affinity"] = time.perf_counter() - start
     filter_maps = as_filter_maps(maps, backbone)
+    descriptors = task_descriptors(task, maps, second)
     per_seed = []
     timings["infer"] = 0.0
     for seed in seeds:
         config = InferConfig(num_classes=len(task.classes), seed=seed, **infer_overrides)  # type: ignore[arg-type]
         start = time.perf_counter()
         probs, model = infer_labels(affinity, prototypes.image_id, config,
-                                    filter_maps=filter_maps)
+                                    filter_maps=filter_maps, descriptors=descriptors)
         timings["infer"] += (time.perf_counter() - start) / len(seeds)
         if not (np.isfinite(probs).all() and np.isfinite(affinity).all()):
             raise RuntimeError(f"non-finite affinity or probabilities on task {task_id(task)}")
         if seed == seeds[0]:
             again, _ = infer_labels(affinity, prototypes.image_id, config,
-                                    filter_maps=filter_maps)
+                                    filter_maps=filter_maps, descriptors=descriptors)
             if not np.array_equal(again, probs):
                 raise RuntimeError(f"the same seed gave different labels on task "
                                    f"{task_id(task)}")
@@ -170,7 +184,7 @@ class MethodRow:
 def compare_methods(task: Task, maps_by_class: dict[str, np.ndarray],
                     labeler_maps: dict[str, np.ndarray] | None, labeler: str, *,
                     methods: tuple[str, ...], seeds: list[int], top_k: int,
-                    pgm: bool) -> MethodRow:
+                    pgm: bool, second: dict[str, np.ndarray] | None = None) -> MethodRow:
     """Accuracy of each method on one task: the median over ``seeds`` for the random ones."""
     from goggles.baselines import BackboneHeadUnavailable, FilterMaps, fit_baseline
 
@@ -216,7 +230,7 @@ def compare_methods(task: Task, maps_by_class: dict[str, np.ndarray],
             config = InferConfig(num_classes=k, method=method, seed=seed)
             start = time.perf_counter()
             probs, model = infer_labels(affinity, prototypes.image_id, config,
-                                        filter_maps=as_filter_maps(maps, "vgg16"))
+                                        descriptors=task_descriptors(task, maps, second))
             seconds[method] += time.perf_counter() - start
             scores[method].append(score(probs.argmax(axis=1)))
             if method == "em" and "kmeans" in methods:
@@ -301,6 +315,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top-k", type=int, default=5)
     parser.add_argument("--method", default=DEFAULT_METHOD)
     parser.add_argument("--m-step", default="sampled")
+    parser.add_argument("--descriptor-backbone", default=DEFAULT_DESCRIPTOR_BACKBONE,
+                        help="graph-em's second network (none to skip it)")
     parser.add_argument("--exclude-self", action="store_true",
                         help="leave out each image's affinity to its own prototypes")
     parser.add_argument("--methods", default="",
@@ -317,6 +333,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     maps, seconds_per_image = cached_maps(args.backbone)
+    second = None
+    if args.descriptor_backbone not in ("none", args.backbone):
+        second = cached_maps(args.descriptor_backbone)[0]
     tasks = []
     if args.tasks in ("paper", "all"):
         tasks += draw_tasks(args.seed)
@@ -334,7 +353,8 @@ def main(argv: list[str] | None = None) -> int:
         seeds = list(range(args.seed, args.seed + (args.seeds or 10)))
         table = [compare_methods(t, maps, labeler_maps, labeler, methods=methods, seeds=seeds,
                                  top_k=args.top_k,
-                                 pgm=args.pgm_tasks == "all" or len(t.classes) == 2)
+                                 pgm=args.pgm_tasks == "all" or len(t.classes) == 2,
+                                 second=second)
                  for t in tasks]
         print(f"backbone {args.backbone}, top_k {args.top_k}, task seed {args.seed}")
         methods_report(table, methods, labeler, seeds)
@@ -343,9 +363,11 @@ def main(argv: list[str] | None = None) -> int:
                  "exclude_self": args.exclude_self}
     seeds = list(range(args.seed, args.seed + (args.seeds or 1)))
     rows = [run_task(t, maps, seconds_per_image, seeds=seeds, top_k=args.top_k,
-                     infer_overrides=overrides, backbone=args.backbone) for t in tasks]
+                     infer_overrides=overrides, backbone=args.backbone, second=second)
+            for t in tasks]
     print(f"backbone {args.backbone}, top_k {args.top_k}, task seed {args.seed}, inference "
-          f"seeds {seeds[0]}..{seeds[-1]}, {overrides}")
+          f"seeds {seeds[0]}..{seeds[-1]}, {overrides}, descriptor backbone "
+          f"{args.descriptor_backbone}")
     print_table(rows)
     summarise(rows)
     print("every task: finite affinities and probabilities; a second inference with the same "

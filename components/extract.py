@@ -8,16 +8,17 @@ from components.image import GPU_IMAGE
 
 @dsl.component(base_image=GPU_IMAGE, install_kfp_package=False)
 def extract(manifest: Input[Dataset], backbone: str, weights_uri: str, top_k: int,
-            max_prototypes: int, seed: int, device: str, features: Output[Dataset], prototypes: Output[Dataset]) -> None:
+            max_prototypes: int, seed: int, device: str, descriptor_backbone: str,
+            features: Output[Dataset], prototypes: Output[Dataset]) -> None:
     """Filter maps and prototypes (paper §3.1) via :func:`goggles.steps.run_extract`.
 
     Parameters
     ----------
     manifest : the ingest stage's manifest (Parquet).
-    backbone, weights_uri, top_k, max_prototypes, seed, device :
+    backbone, weights_uri, top_k, max_prototypes, seed, device, descriptor_backbone :
         :class:`goggles.config.ExtractConfig`.
-    features : folder of ``shard-NNNNN.npy`` ([n, C, H, W] float32), ``index.parquet`` and
-        ``meta.json``; metadata: ``n_images``, ``filter_map_shape`` [C, H, W], backbone.
+    features : folder of ``shard-NNNNN.npy`` ([n, C, H, W] float32), ``index.parquet``,
+        ``descriptors-<network>.npy`` ([N, 2048] float32, for graph EM) and ``meta.json``; metadata: ``n_images``, ``filter_map_shape`` [C, H, W], backbone.
     prototypes : Parquet ``prototype_id, image_id, h, w, channel, vector``; metadata:
         ``num_prototypes``, ``vector_dim``, backbone, weights source.
     """
@@ -30,7 +31,8 @@ def extract(manifest: Input[Dataset], backbone: str, weights_uri: str, top_k: in
     from goggles.config import ExtractConfig
 
     config = ExtractConfig(backbone=backbone, weights_uri=weights_uri, top_k=top_k,
-                           max_prototypes=max_prototypes, seed=seed, device=device)
+                           max_prototypes=max_prototypes, seed=seed, device=device,
+                           descriptor_backbone=descriptor_backbone)
     start = time.perf_counter()
     result = steps.run_extract(config, manifest.path, features.path, prototypes.path)
     seconds = round(time.perf_counter() - start, 3)

@@ -17,7 +17,13 @@ import sys
 from collections.abc import Sequence
 
 from goggles import __version__
-from goggles.config import BACKBONES, DEFAULT_METHOD, METHODS, ConfigError
+from goggles.config import (
+    BACKBONES,
+    DEFAULT_DESCRIPTOR_BACKBONE,
+    DEFAULT_METHOD,
+    METHODS,
+    ConfigError,
+)
 
 logger = logging.getLogger("goggles")
 
@@ -50,6 +56,11 @@ def _parser() -> argparse.ArgumentParser:
                      help="graph-em (default: affinity rows + bilinear descriptors, spectral "
                           "start, Gaussian-mixture EM), em (the paper's GOGGLES), kmeans (AF+KM), em-random (random start), pgm "
                           "(AF+PGM, Snorkel's LabelModel), backbone (its ImageNet classifier)")
+    run.add_argument("--descriptor-backbone", default=DEFAULT_DESCRIPTOR_BACKBONE,
+                     choices=BACKBONES + ("none",),
+                     help="graph-em: a second network whose bilinear descriptors join the "
+                          "graph (default mobilenet_v2, about a fifth of VGG-16's cost); none "
+                          "to skip it")
     run.add_argument("--dev-labels", default="", help="CSV/Parquet of uri,label naming clusters")
     run.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     run.add_argument("--runner", default="local", choices=RUNNERS,
@@ -111,7 +122,8 @@ def _run(args: argparse.Namespace) -> int:
         backbone=args.backbone, weights_uri=args.weights, top_k=args.top_k,
         max_prototypes=args.max_prototypes,
         num_shards=args.shards, method=args.method, max_iter=args.max_iter, seed=args.seed,
-        dev_labels_uri=args.dev_labels, device=args.device)
+        dev_labels_uri=args.dev_labels, device=args.device,
+        descriptor_backbone=args.descriptor_backbone)
     params.validate()
     if args.runner == "inprocess":
         metrics = run_inprocess(params)

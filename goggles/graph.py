@@ -7,13 +7,14 @@ pairs (two species of one family) the affinity rows alone separate the species l
 pooled features of the same network. Graph EM keeps the affinity matrix as its main input and
 adds what closes those gaps:
 
-1. Each image is described twice, both unit-length: its row of A (the pattern of its affinities
-   to all prototypes, paper §3) and a second-order descriptor of its own filter map (signed-sqrt
+1. Each image is described by unit-length parts: its row of A (the pattern of its affinities
+   to all prototypes, paper §3) and second-order descriptors of its filter maps (signed-sqrt
    bilinear pooling, Lin et al. 2015, count-sketched to :data:`SKETCH_DIM` dimensions, Charikar
-   et al. 2002) that sees which parts co-occur, where A sees only the best match of each
-   prototype.
-2. The images become the nodes of a k-nearest-neighbour graph under the sum of the two cosine
-   similarities, and the K leading eigenvectors of its normalised Laplacian (spectral embedding,
+   et al. 2002) that see which parts co-occur, where A sees only the best match of each
+   prototype: one of the backbone's own maps and, by default, one of a second network's
+   (MobileNetV2 beside VGG-16, about a fifth of its cost), whose errors differ.
+2. The images become the nodes of a k-nearest-neighbour graph under the sum of the cosine
+   similarities of the parts, and the K leading eigenvectors of its normalised Laplacian (spectral embedding,
    Ng, Jordan & Weiss 2001) place each image in K dimensions where the classes are compact.
 3. k-means in that embedding starts EM (several restarts; the EM with the highest likelihood
    wins, never ground truth) for a K-component Gaussian mixture with full covariances in the same
@@ -30,7 +31,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -268,17 +269,20 @@ class GraphEM:
             warnings.warn(message, DegenerateDataWarning, stacklevel=3)
 
     def fit(self, affinity: np.ndarray | RowBlocks, source_index: np.ndarray,
-            descriptors: np.ndarray) -> GraphEM:
-        """Fit on A [N, M] (array or row blocks) and the images' descriptors [N, D]
-        (:func:`bilinear_descriptors`); ``source_index`` is accepted for the common interface."""
+            descriptors: np.ndarray | Sequence[np.ndarray]) -> GraphEM:
+        """Fit on A [N, M] (array or row blocks) and the images' unit-length descriptors: one
+        [N, D] array or a list of them, e.g. one per network (:func:`bilinear_descriptors`);
+        ``source_index`` is accepted for the common interface."""
         from sklearn.cluster import KMeans
 
         rows = _rows(affinity)
         n = rows.shape[0]
-        descriptors = np.asarray(descriptors, dtype=np.float32)
-        if descriptors.shape[0] != n:
-            raise ValueError(f"descriptors have {descriptors.shape[0]} rows but A has {n}; "
-                             "both must list the same images in the same order")
+        described = [np.asarray(d, dtype=np.float32) for d in (
+            [descriptors] if isinstance(descriptors, np.ndarray) else descriptors)]
+        for d in described:
+            if d.shape[0] != n:
+                raise ValueError(f"descriptors have {d.shape[0]} rows but A has {n}; both "
+                                 "must list the same images in the same order")
         if n < self.num_classes:
             raise ValueError(f"num_classes={self.num_classes} exceeds the {n} images; use at "
                              f"most {n} classes")
@@ -286,11 +290,11 @@ class GraphEM:
         rng = np.random.default_rng(self.random_state)
         sample = np.arange(n) if n <= self.max_rows else \
             np.sort(rng.choice(n, size=self.max_rows, replace=False))
-        parts = [_gather_rows(rows, sample), descriptors[sample]]
+        parts = [_gather_rows(rows, sample)] + [d[sample] for d in described]
         # identical images become one node, so they get identical coordinates and labels
         keys: dict[bytes, int] = {}
-        node = np.array([keys.setdefault(a.tobytes() + d.tobytes(), len(keys))
-                         for a, d in zip(*parts, strict=True)], dtype=np.int64)
+        node = np.array([keys.setdefault(b"".join(p.tobytes() for p in row), len(keys))
+                         for row in zip(*parts, strict=True)], dtype=np.int64)
         first = np.unique(node, return_index=True)[1]
         distinct = len(first)
         if distinct < self.num_classes:
@@ -330,7 +334,7 @@ class GraphEM:
         posteriors = fit.posteriors
         initial = labels
         if len(sample) < n:
-            posteriors, initial = self._extend(rows, descriptors, sample, parts, posteriors,
+            posteriors, initial = self._extend(rows, described, sample, parts, posteriors,
                                                labels)
         self.sample_ = sample
         self.embedding_ = embedding
@@ -347,7 +351,7 @@ class GraphEM:
                        "images")
         return self
 
-    def _extend(self, rows: RowBlocks, descriptors: np.ndarray, sample: np.ndarray,
+    def _extend(self, rows: RowBlocks, described: list[np.ndarray], sample: np.ndarray,
                 parts: list[np.ndarray], posteriors: np.ndarray,
                 labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Posteriors (and initial labels) of every image: sampled images keep theirs, the
@@ -358,7 +362,9 @@ class GraphEM:
         onehot = np.eye(self.num_classes)[labels]
         for start, block in _blocks_of(rows):
             stop = start + block.shape[0]
-            similarity = _unit_rows(block) @ parts[0].T + descriptors[start:stop] @ parts[1].T
+            similarity = _unit_rows(block) @ parts[0].T
+            for d, part in zip(described, parts[1:], strict=True):
+                similarity += d[start:stop] @ part.T
             near, _ = _top_k(similarity, min(self.neighbours, len(sample)))
             full[start:stop] = posteriors[near].mean(axis=1)
             initial[start:stop] = onehot[near].mean(axis=1).argmax(axis=1)

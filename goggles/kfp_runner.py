@@ -93,7 +93,8 @@ def pipeline_arguments(params: RunParameters) -> dict[str, Any]:
             "top_k": params.top_k, "max_prototypes": params.max_prototypes,
             "num_shards": params.num_shards, "method": params.method,
             "max_iter": params.max_iter, "seed": params.seed,
-            "dev_labels_uri": _absolute(params.dev_labels_uri), "device": params.device}
+            "dev_labels_uri": _absolute(params.dev_labels_uri), "device": params.device,
+            "descriptor_backbone": params.descriptor_backbone}
 
 
 # -- runners -------------------------------------------------------------------------------------

@@ -16,7 +16,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from goggles import steps, storage
-from goggles.config import AffinityConfig, ConfigError, ExtractConfig, InferConfig, IngestConfig
+from goggles.config import (
+    DEFAULT_DESCRIPTOR_BACKBONE,
+    AffinityConfig,
+    ConfigError,
+    ExtractConfig,
+    InferConfig,
+    IngestConfig,
+)
 from goggles.report import write_report
 from goggles.resume import StageRecords, stage_key
 
@@ -40,13 +47,15 @@ class RunParameters:
     seed: int = 0
     dev_labels_uri: str = ""
     device: str = "auto"
+    descriptor_backbone: str = DEFAULT_DESCRIPTOR_BACKBONE
     extra: dict[str, Any] = field(default_factory=dict)
 
     def configs(self) -> tuple[IngestConfig, ExtractConfig, AffinityConfig, InferConfig]:
         return (IngestConfig(),
                 ExtractConfig(backbone=self.backbone, weights_uri=self.weights_uri,
                               top_k=self.top_k, max_prototypes=self.max_prototypes,
-                              seed=self.seed, device=self.device),
+                              seed=self.seed, device=self.device,
+                              descriptor_backbone=self.descriptor_backbone),
                 AffinityConfig(num_shards=self.num_shards, device=self.device),
                 InferConfig(num_classes=self.num_classes, method=self.method,
                             max_iter=self.max_iter, seed=self.seed))

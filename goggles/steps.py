@@ -58,7 +58,9 @@ def run_ingest(config: IngestConfig, source_uri: str, manifest_uri: str) -> dict
 
 def run_extract(config: ExtractConfig, manifest_uri: str, features_uri: str,
                 prototypes_uri: str) -> dict[str, Any]:
-    """Filter maps of every accepted image (sharded) and their prototypes (paper §3.1)."""
+    """Filter maps of every accepted image (sharded) and their prototypes (paper §3.1), and
+    the images' bilinear descriptors for graph EM: of these maps and, when
+    ``config.descriptor_backbone`` names another network, of its maps (one more pass)."""
     from goggles.backbones import load_backbone
     from goggles.features import (
         Prototypes,
@@ -66,6 +68,7 @@ def run_extract(config: ExtractConfig, manifest_uri: str, features_uri: str,
         resolve_device,
         select_prototypes,
     )
+    from goggles.graph import bilinear_descriptors
 
     rows = accepted(storage.read_parquet(manifest_uri))
     if rows.num_rows == 0:
@@ -79,6 +82,7 @@ def run_extract(config: ExtractConfig, manifest_uri: str, features_uri: str,
     prototype_parts: list[Prototypes] = []
     index_rows: list[tuple[int, int, int]] = []
     shape: list[int] = []
+    descriptors: list[np.ndarray] = []
     shard = 0
 
     def flush() -> None:
@@ -98,6 +102,7 @@ def run_extract(config: ExtractConfig, manifest_uri: str, features_uri: str,
         for i, image_id in enumerate(ids):
             index_rows.append((int(image_id), shard, offset + i))
         pending.append(maps)
+        descriptors.append(bilinear_descriptors(maps))
         if offset + len(maps) >= config.shard_size:
             flush()
 
@@ -105,12 +110,27 @@ def run_extract(config: ExtractConfig, manifest_uri: str, features_uri: str,
                         num_workers=config.num_workers, device=device,
                         precision=config.precision, on_batch=on_batch)
     flush()
+    storage.write_npy(np.concatenate(descriptors),
+                      storage.join(features_uri, f"descriptors-{config.backbone}.npy"))
+    described = [config.backbone]
+    second = config.descriptor_backbone
+    if second not in ("none", config.backbone):
+        other, _ = load_backbone(second)
+        extra: list[np.ndarray] = []
+        extract_filter_maps(uris, other, image_size=config.image_size,
+                            batch_size=config.batch_size, num_workers=config.num_workers,
+                            device=device, precision=config.precision,
+                            on_batch=lambda _start, maps: extra.append(bilinear_descriptors(maps)))
+        storage.write_npy(np.concatenate(extra),
+                          storage.join(features_uri, f"descriptors-{second}.npy"))
+        described.append(second)
     index = np.asarray(index_rows, dtype=np.int64)
     storage.write_parquet(pa.table({"image_id": index[:, 0], "shard": index[:, 1],
                                     "row": index[:, 2]}),
                           storage.join(features_uri, "index.parquet"))
     storage.write_json({"shape": shape, "num_images": len(uris), "num_shards": shard,
                         "backbone": config.backbone, "weights": weights_source,
+                        "descriptors": described,
                         "image_size": config.image_size, "goggles_version": __version__},
                        storage.join(features_uri, "meta.json"))
     prototypes = Prototypes.concatenate(prototype_parts, shape[0])
@@ -177,12 +197,13 @@ LABELS_SCHEMA = pa.schema([
 
 
 def infer_labels(affinity: np.ndarray | RowBlocks, source_index: np.ndarray,
-                 config: InferConfig, *,
-                 filter_maps: FilterMaps | None = None) -> tuple[np.ndarray, Any]:
+                 config: InferConfig, *, filter_maps: FilterMaps | None = None,
+                 descriptors: Sequence[np.ndarray] | None = None) -> tuple[np.ndarray, Any]:
     """Posteriors [N, K] for ``config.method`` and the fitted estimator; ``affinity`` is an
     [N, M] array or row blocks (e.g. the stored shards, streamed). ``graph-em`` is
     :mod:`goggles.graph`, ``pgm`` and ``backbone`` are :mod:`goggles.baselines`; ``graph-em``
-    and ``backbone`` read ``filter_maps``."""
+    and ``backbone`` read ``filter_maps``; graph EM takes the stored ``descriptors`` instead
+    when given."""
     from goggles.baselines import BASELINES, fit_baseline, fit_gaussians
     from goggles.inference import AffinityEM
 
@@ -191,12 +212,15 @@ def infer_labels(affinity: np.ndarray | RowBlocks, source_index: np.ndarray,
     if config.method == "graph-em":
         from goggles.graph import GraphEM, descriptors_of
 
-        if filter_maps is None:
-            raise ValueError("method 'graph-em' needs the filter maps (the extract stage's "
-                             "features) for its descriptors; pass them to infer_labels")
+        if descriptors is None:
+            if filter_maps is None:
+                raise ValueError("method 'graph-em' needs the images' descriptors or their "
+                                 "filter maps (the extract stage's features); pass one to "
+                                 "infer_labels")
+            descriptors = [descriptors_of(filter_maps.blocks())]
         graph = GraphEM(num_classes=config.num_classes, max_iter=config.max_iter,
                         tol=config.tol, n_init=config.n_init, random_state=config.seed)
-        graph.fit(affinity, source_index, descriptors_of(filter_maps.blocks()))
+        graph.fit(affinity, source_index, descriptors)
         assert graph.posteriors_ is not None
         # the per-prototype Gaussians under the final labels, for the report's histograms
         graph.params_, graph.prototype_class_ = fit_gaussians(
@@ -237,6 +261,16 @@ def stored_filter_maps(features_uri: str, rows_per_block: int = 1024) -> FilterM
     return FilterMaps(backbone=str(meta["backbone"]), blocks=blocks, weights_uri=weights_uri)
 
 
+def stored_descriptors(features_uri: str) -> list[np.ndarray] | None:
+    """The bilinear descriptors the extract stage wrote ([N, D] per network), or ``None`` for a
+    features folder from before they existed (graph EM then computes them from the maps)."""
+    meta = storage.read_json(storage.join(features_uri, "meta.json"))
+    if "descriptors" not in meta:
+        return None
+    return [storage.read_npy(storage.join(features_uri, f"descriptors-{name}.npy"))
+            for name in meta["descriptors"]]
+
+
 def run_infer(config: InferConfig, manifest_uri: str, prototypes_uri: str,
               affinity_uris: Sequence[str], labels_uri: str, inference_uri: str,
               dev_labels_uri: str = "", features_uri: str = "") -> dict[str, Any]:
@@ -258,7 +292,9 @@ def run_infer(config: InferConfig, manifest_uri: str, prototypes_uri: str,
         raise StageError(f"method {config.method!r} reads the filter maps: pass features_uri "
                          "(the extract stage's features)")
     filter_maps = stored_filter_maps(features_uri) if reads_maps else None
-    probs, model = infer_labels(affinity, source_index, config, filter_maps=filter_maps)
+    descriptors = stored_descriptors(features_uri) if config.method == "graph-em" else None
+    probs, model = infer_labels(affinity, source_index, config, filter_maps=filter_maps,
+                                descriptors=descriptors)
     labels = probs.argmax(axis=1)
     names = list(getattr(model, "cluster_names_", None)
                  or [f"cluster_{k}" for k in range(config.num_classes)])

@@ -36,6 +36,20 @@ def test_cli_labels_two_species(cub_pair: Path, tmp_path: Path) -> None:
     assert probs.shape == (120, 2) and np.isfinite(probs).all()
     np.testing.assert_allclose(probs.sum(axis=1), 1.0)
 
+    # graph EM's descriptors: of the backbone's stored maps and of the second network's
+    features = out / "artifacts" / "features"
+    meta = json.loads((features / "meta.json").read_text())
+    assert meta["descriptors"] == ["vgg16", "mobilenet_v2"]
+    own = np.load(features / "descriptors-vgg16.npy")
+    other = np.load(features / "descriptors-mobilenet_v2.npy")
+    assert own.shape == other.shape == (120, 2048)
+    np.testing.assert_allclose(np.linalg.norm(other, axis=1), 1.0, rtol=1e-5)
+    from goggles.graph import bilinear_descriptors
+
+    np.testing.assert_allclose(own, bilinear_descriptors(
+        steps.read_filter_maps(str(features), 0, 120)), rtol=1e-5, atol=1e-6)
+    assert metrics["method"] == "graph-em" and 0.0 <= metrics["ece"] <= 1.0
+
     # same seed, same labels (byte for byte); the stage reruns on the stored affinity shards
     paths = output_paths(str(out))
     shards = [str(p) for p in sorted((out / "artifacts" / "affinity").iterdir())]

@@ -184,8 +184,9 @@ def test_parameters_are_typed_with_literal_defaults(compiled) -> None:
     spec, _, _ = compiled
     parameters = spec.root.input_definitions.parameters
     expected = {"source_uri": "", "num_classes": 2, "backbone": "vgg16", "weights_uri": "",
-                "top_k": 5, "max_prototypes": 0, "num_shards": 4, "method": "graph-em", "max_iter": 100, "seed": 0,
-                "dev_labels_uri": "", "device": "auto"}
+                "top_k": 5, "max_prototypes": 0, "num_shards": 4, "method": "graph-em",
+                "max_iter": 100, "seed": 0, "dev_labels_uri": "", "device": "auto",
+                "descriptor_backbone": "mobilenet_v2"}
     assert set(parameters) == set(expected)
     for name, default in expected.items():
         definition = parameters[name]
