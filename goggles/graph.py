@@ -12,7 +12,7 @@ adds what closes those gaps:
    bilinear pooling, Lin et al. 2015, count-sketched to :data:`SKETCH_DIM` dimensions, Charikar
    et al. 2002) that see which parts co-occur, where A sees only the best match of each
    prototype: one of the backbone's own maps and, by default, one of a second network's
-   (MobileNetV2 beside VGG-16, about a fifth of its cost), whose errors differ.
+   (MobileNetV2 beside VGG-16: +25% extract time on CPU), whose errors differ.
 2. The images become the nodes of a k-nearest-neighbour graph under the sum of the cosine
    similarities of the parts, and the K leading eigenvectors of its normalised Laplacian (spectral embedding,
    Ng, Jordan & Weiss 2001) place each image in K dimensions where the classes are compact.
