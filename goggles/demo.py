@@ -167,15 +167,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         metrics = run_pipeline(params, runner=args.runner)
     total = sum(counts.values())
-    print(f"goggles demo: Fashion-MNIST test set ({PACKAGE}, Debian), {total} images of "
-          f"{', '.join(f'{c} ({n})' for c, n in counts.items())}; backbone {args.backbone}, "
-          f"{args.shards} affinity shards, runner {args.runner}")
-    print(f"accuracy: {metrics['accuracy']:.4f} (k-means start alone: "
-          f"{metrics['accuracy_kmeans']:.4f}); EM iterations: {metrics['em_iterations']}")
     seconds = metrics.get("pipeline_seconds", sum(metrics["timings_s"].values()))
-    print(f"pipeline time: {seconds:.1f} s; stages (s): {metrics['timings_s']}")
-    print(f"report: {os.path.join(run, 'report.html')}")
-    print(f"labels: {os.path.join(run, 'labels.parquet')}")
+    # the demo's result is the command's output (stdout), not a log record
+    sys.stdout.write(
+        f"goggles demo: Fashion-MNIST test set ({PACKAGE}, Debian), {total} images of "
+        f"{', '.join(f'{c} ({n})' for c, n in counts.items())}; backbone {args.backbone}, "
+        f"{args.shards} affinity shards, runner {args.runner}\n"
+        f"accuracy: {metrics['accuracy']:.4f} (k-means start alone: "
+        f"{metrics['accuracy_kmeans']:.4f}); EM iterations: {metrics['em_iterations']}\n"
+        f"pipeline time: {seconds:.1f} s; stages (s): {metrics['timings_s']}\n"
+        f"report: {os.path.join(run, 'report.html')}\n"
+        f"labels: {os.path.join(run, 'labels.parquet')}\n")
     return 0
 
 
