@@ -127,8 +127,8 @@ def goggles_pipeline(
         prototypes per image.
     max_prototypes : cap on the prototypes (columns of A), 0 for none (see goggles.budget).
     num_shards : row shards of the affinity matrix, one task each.
-    method, max_iter, seed : class inference (``graph-em``, ``em``, ``kmeans``, ``em-random``, ``pgm``,
-        ``backbone``; see goggles.baselines).
+    method, max_iter, seed : class inference (``graph-em``, ``em``, ``kmeans``, ``em-random``,
+        ``pgm``, ``backbone``; see goggles.graph and goggles.baselines).
     dev_labels_uri : optional CSV/Parquet of ``uri,label`` naming the clusters.
     device : ``auto`` uses the GPU where the task has one.
     descriptor_backbone : graph EM's second network (``none`` to skip it).

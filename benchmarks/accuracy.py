@@ -226,11 +226,12 @@ def compare_methods(task: Task, maps_by_class: dict[str, np.ndarray],
             continue
         if method == "kmeans" and "em" in methods:
             continue  # read off the em fits: the same seed gives the same k-means start
+        descriptors = task_descriptors(task, maps, second) if method == "graph-em" else None
         for seed in seeds:
             config = InferConfig(num_classes=k, method=method, seed=seed)
             start = time.perf_counter()
             probs, model = infer_labels(affinity, prototypes.image_id, config,
-                                        descriptors=task_descriptors(task, maps, second))
+                                        descriptors=descriptors)
             seconds[method] += time.perf_counter() - start
             scores[method].append(score(probs.argmax(axis=1)))
             if method == "em" and "kmeans" in methods:

@@ -18,7 +18,8 @@ def extract(manifest: Input[Dataset], backbone: str, weights_uri: str, top_k: in
     backbone, weights_uri, top_k, max_prototypes, seed, device, descriptor_backbone :
         :class:`goggles.config.ExtractConfig`.
     features : folder of ``shard-NNNNN.npy`` ([n, C, H, W] float32), ``index.parquet``,
-        ``descriptors-<network>.npy`` ([N, 2048] float32, for graph EM) and ``meta.json``; metadata: ``n_images``, ``filter_map_shape`` [C, H, W], backbone.
+        ``descriptors-<network>.npy`` ([N, 2048] float32, for graph EM) and ``meta.json``;
+        metadata: ``n_images``, ``filter_map_shape`` [C, H, W], backbone.
     prototypes : Parquet ``prototype_id, image_id, h, w, channel, vector``; metadata:
         ``num_prototypes``, ``vector_dim``, backbone, weights source.
     """

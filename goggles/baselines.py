@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 from scipy.special import logsumexp
 
-from goggles.blocks import InMemoryRows, RowBlocks, sub_blocks
+from goggles.blocks import RowBlocks, as_rows, sub_blocks
 from goggles.config import InferConfig
 from goggles.likelihood import (
     GaussianParameters,
@@ -89,10 +89,6 @@ class FilterMaps:
     weights_uri: str = ""
 
 
-def _rows(affinity: np.ndarray | RowBlocks) -> RowBlocks:
-    return InMemoryRows(np.asarray(affinity)) if not hasattr(affinity, "blocks") else affinity
-
-
 def _dense(rows: RowBlocks) -> np.ndarray:
     out = np.empty(rows.shape, dtype=np.float32)
     for start, block in rows.blocks():
@@ -108,7 +104,7 @@ def fit_gaussians(affinity: np.ndarray | RowBlocks, labels: np.ndarray, source_i
     Returns ``(params, prototype_class)``: ``params.mean``/``std`` are [M, K]; the class of a
     prototype [M] is the label of its source image.
     """
-    rows = _rows(affinity)
+    rows = as_rows(affinity)
     labels = np.asarray(labels, dtype=np.int64)
     source_index = np.asarray(source_index, dtype=np.int64)
     stats = None
@@ -205,7 +201,7 @@ def fit_pgm(affinity: np.ndarray | RowBlocks, num_classes: int, *,
     they are restored afterwards. Torch runs on one thread for the fit: the model's tensors are
     small, and on a busy CPU more threads only wait on each other (5x slower measured).
     """
-    rows = _rows(affinity)
+    rows = as_rows(affinity)
     n, m = rows.shape
     if m * num_classes > PGM_MAX_COLUMNS:
         raise ValueError(

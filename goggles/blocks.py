@@ -56,6 +56,16 @@ class InMemoryRows:
         yield 0, self.matrix
 
 
+def as_rows(affinity: np.ndarray | RowBlocks) -> RowBlocks:
+    """A as row blocks: an [N, M] array is wrapped, a block source passes through."""
+    if isinstance(affinity, np.ndarray) or not hasattr(affinity, "blocks"):
+        matrix = np.asarray(affinity)
+        if matrix.ndim != 2:
+            raise ValueError(f"affinity must be a 2-D [N, M] matrix, got shape {matrix.shape}")
+        return InMemoryRows(matrix)
+    return affinity  # type: ignore[return-value]
+
+
 @dataclass
 class StoredShards:
     """Affinity shards written by the affinity stage (``affinity.npy`` + ``meta.json`` folders),

@@ -1,7 +1,8 @@
 """The ``goggles`` command.
 
     goggles run SOURCE --num-classes K --output OUT [--backbone vgg16] [--weights URI]
-                [--top-k 5] [--max-prototypes P] [--shards S] [--seed 0] [--dev-labels FILE] [--method em]
+                [--top-k 5] [--max-prototypes P] [--shards S] [--seed 0] [--dev-labels FILE]
+                [--method graph-em] [--descriptor-backbone mobilenet_v2]
                 [--runner local|docker|inprocess] [--pipeline-root DIR] [--cache]
     goggles compile [--output goggles_pipeline.yaml]
     goggles submit  --host URL [--experiment NAME] [PARAM=VALUE ...]
@@ -54,7 +55,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--max-iter", type=int, default=100, help="EM iterations at most")
     run.add_argument("--method", default=DEFAULT_METHOD, choices=METHODS,
                      help="graph-em (default: affinity rows + bilinear descriptors, spectral "
-                          "start, Gaussian-mixture EM), em (the paper's GOGGLES), kmeans (AF+KM), em-random (random start), pgm "
+                          "start, Gaussian-mixture EM), em (the paper's GOGGLES), kmeans "
+                          "(AF+KM), em-random (random start), pgm "
                           "(AF+PGM, Snorkel's LabelModel), backbone (its ImageNet classifier)")
     run.add_argument("--descriptor-backbone", default=DEFAULT_DESCRIPTOR_BACKBONE,
                      choices=BACKBONES + ("none",),

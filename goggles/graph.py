@@ -14,8 +14,9 @@ adds what closes those gaps:
    prototype: one of the backbone's own maps and, by default, one of a second network's
    (MobileNetV2 beside VGG-16: +25% extract time on CPU), whose errors differ.
 2. The images become the nodes of a k-nearest-neighbour graph under the sum of the cosine
-   similarities of the parts, and the K leading eigenvectors of its normalised Laplacian (spectral embedding,
-   Ng, Jordan & Weiss 2001) place each image in K dimensions where the classes are compact.
+   similarities of the parts, and the K leading eigenvectors of its normalised Laplacian
+   (spectral embedding, Ng, Jordan & Weiss 2001) place each image in K dimensions where the
+   classes are compact.
 3. k-means in that embedding starts EM (several restarts; the EM with the highest likelihood
    wins, never ground truth) for a K-component Gaussian mixture with full covariances in the same
    space, with a soft M-step. Its posteriors are the labels: a handful of dimensions instead of
@@ -31,15 +32,15 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse
 from scipy.special import logsumexp
 
-from goggles.blocks import InMemoryRows, RowBlocks, sub_blocks
-from goggles.likelihood import EXACT_SCALE, GaussianParameters
+from goggles.blocks import RowBlocks, as_rows, sub_blocks
+from goggles.likelihood import EXACT_SCALE, GaussianParameters, kmeans_rows
 
 logger = logging.getLogger(__name__)
 
@@ -88,11 +89,13 @@ def descriptors_of(blocks: Iterable[np.ndarray]) -> np.ndarray:
     return np.concatenate([bilinear_descriptors(block) for block in blocks])
 
 
+_NO_CELLS = np.zeros(0, dtype=np.int64)
+
+
 def _unit_rows(block: np.ndarray) -> np.ndarray:
     # quantised like the k-means features, so the result does not depend on how A is sharded
-    features = np.rint(block.astype(np.float64) * EXACT_SCALE) / EXACT_SCALE
-    norms = np.linalg.norm(features, axis=1, keepdims=True)
-    return (features / np.maximum(norms, 1e-12)).astype(np.float32)
+    quantised = np.rint(block.astype(np.float64) * EXACT_SCALE) / EXACT_SCALE
+    return kmeans_rows(quantised, None, _NO_CELLS, _NO_CELLS).astype(np.float32)
 
 
 def _top_k(similarity: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -101,7 +104,8 @@ def _top_k(similarity: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return order, np.take_along_axis(similarity, order, axis=1)
 
 
-def knn_graph(parts: list[np.ndarray], neighbours: int, block_rows: int = 2048) -> scipy.sparse.csr_matrix:
+def knn_graph(parts: list[np.ndarray], neighbours: int,
+              block_rows: int = 2048) -> scipy.sparse.csr_matrix:
     """Symmetric k-nearest-neighbour connectivity ``(C + C^T) / 2`` of the rows of the
     concatenated unit-length ``parts`` (each image counts as its own neighbour), as sklearn's
     ``SpectralClustering(affinity="nearest_neighbors")`` builds it."""
@@ -161,7 +165,7 @@ class MixtureFit:
 def _log_densities(x: np.ndarray, means: np.ndarray, covariances: np.ndarray) -> np.ndarray:
     n, d = x.shape
     out = np.empty((n, len(means)))
-    for k, (mean, cov) in enumerate(zip(means, covariances)):
+    for k, (mean, cov) in enumerate(zip(means, covariances, strict=True)):
         chol = np.linalg.cholesky(cov)
         solved = np.linalg.solve(chol, (x - mean).T)
         out[:, k] = (-0.5 * (solved ** 2).sum(axis=0) - np.log(np.diag(chol)).sum()
@@ -200,10 +204,6 @@ def gaussian_mixture_em(x: np.ndarray, labels: np.ndarray, num_classes: int, *, 
         if change < tol:
             return MixtureFit(posteriors, total, iteration, True, trace, changes, False)
     return MixtureFit(posteriors, total, max_iter, False, trace, changes, False)
-
-
-def _rows(affinity: np.ndarray | RowBlocks) -> RowBlocks:
-    return InMemoryRows(np.asarray(affinity)) if not hasattr(affinity, "blocks") else affinity
 
 
 def _gather_rows(rows: RowBlocks, sample: np.ndarray) -> np.ndarray:
@@ -275,7 +275,7 @@ class GraphEM:
         ``source_index`` is accepted for the common interface."""
         from sklearn.cluster import KMeans
 
-        rows = _rows(affinity)
+        rows = as_rows(affinity)
         n = rows.shape[0]
         described = [np.asarray(d, dtype=np.float32) for d in (
             [descriptors] if isinstance(descriptors, np.ndarray) else descriptors)]
@@ -360,7 +360,7 @@ class GraphEM:
         full = np.empty((n, self.num_classes))
         initial = np.empty(n, dtype=np.int64)
         onehot = np.eye(self.num_classes)[labels]
-        for start, block in _blocks_of(rows):
+        for start, block in sub_blocks(rows):
             stop = start + block.shape[0]
             similarity = _unit_rows(block) @ parts[0].T
             for d, part in zip(described, parts[1:], strict=True):
@@ -371,10 +371,6 @@ class GraphEM:
         full[sample] = posteriors
         initial[sample] = labels
         return full, initial
-
-
-def _blocks_of(rows: RowBlocks) -> Iterator[tuple[int, np.ndarray]]:
-    yield from sub_blocks(rows)
 
 
 def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.special import logsumexp
 
-from goggles.blocks import InMemoryRows, RowBlocks, sub_blocks
+from goggles.blocks import RowBlocks, as_rows, sub_blocks
 from goggles.likelihood import (
     EXACT_SCALE,
     GaussianParameters,
@@ -72,15 +72,6 @@ def kmeans_labels(features: np.ndarray, num_classes: int, *, n_init: int,
         model = KMeans(n_clusters=num_classes, n_init=n_init, random_state=seed)
         labels = model.fit_predict(features)
     return labels.astype(np.int64), model.cluster_centers_
-
-
-def _as_rows(affinity: np.ndarray | RowBlocks) -> RowBlocks:
-    if isinstance(affinity, np.ndarray) or not hasattr(affinity, "blocks"):
-        matrix = np.asarray(affinity)
-        if matrix.ndim != 2:
-            raise ValueError(f"affinity must be a 2-D [N, M] matrix, got shape {matrix.shape}")
-        return InMemoryRows(matrix)
-    return affinity
 
 
 @dataclass
@@ -259,7 +250,7 @@ class AffinityEM:
         """Fit on A [N, M] (an array or a :class:`goggles.blocks.RowBlocks`); ``source_index``
         [M] is the row of each prototype's source image (the class of prototype j is the current
         label of row ``source_index[j]``)."""
-        rows = _as_rows(affinity)
+        rows = as_rows(affinity)
         n, m = rows.shape
         source_index = np.asarray(source_index, dtype=np.int64)
         if source_index.shape != (m,) or (m and (source_index.min() < 0
@@ -321,7 +312,7 @@ class AffinityEM:
         """[N, K] posteriors under the fitted parameters (a final E-step)."""
         if self.params_ is None:
             raise RuntimeError("call fit before predict_proba")
-        rows = _as_rows(affinity)
+        rows = as_rows(affinity)
         for _, block in sub_blocks(rows):
             if not np.isfinite(block).all():
                 raise ValueError("affinity contains NaN or inf; recompute it")

@@ -9,6 +9,7 @@ Every runner leaves the same files in the output: ``manifest.parquet``, ``labels
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import posixpath
@@ -135,8 +136,8 @@ def run_inprocess(params: RunParameters) -> dict[str, Any]:
             uri = storage.join(paths["affinity"], f"shard-{shard_id:05d}")
             key = stage_key("affinity", extract_key, affinity_cfg.to_dict(), shard_id)
             records.run(f"affinity-{shard_id:05d}-of-{params.num_shards:05d}", key,
-                        lambda shard_id=shard_id, uri=uri: steps.run_affinity(
-                            affinity_cfg, paths["features"], paths["prototypes"], shard_id, uri))
+                        functools.partial(steps.run_affinity, affinity_cfg, paths["features"],
+                                          paths["prototypes"], shard_id, uri))
             shard_uris.append(uri)
             shard_keys.append(key)
     infer_key = stage_key("infer", shard_keys, infer_cfg.to_dict(), params.dev_labels_uri)

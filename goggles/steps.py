@@ -43,7 +43,7 @@ class StageError(RuntimeError):
     """A stage cannot run with the inputs it was given; the message says what to change."""
 
 
-# -- ingest ------------------------------------------------------------------------------------------
+# -- ingest ----------------------------------------------------------------------------------------
 
 def run_ingest(config: IngestConfig, source_uri: str, manifest_uri: str) -> dict[str, Any]:
     """List, decode and validate the images under ``source_uri``; write the manifest."""
@@ -54,7 +54,7 @@ def run_ingest(config: IngestConfig, source_uri: str, manifest_uri: str) -> dict
             "n_rejected": manifest.num_rows - n_images}
 
 
-# -- extract -----------------------------------------------------------------------------------------
+# -- extract ---------------------------------------------------------------------------------------
 
 def run_extract(config: ExtractConfig, manifest_uri: str, features_uri: str,
                 prototypes_uri: str) -> dict[str, Any]:
@@ -163,7 +163,7 @@ def read_filter_maps(features_uri: str, start: int, stop: int) -> np.ndarray:
     return out
 
 
-# -- affinity ----------------------------------------------------------------------------------------
+# -- affinity --------------------------------------------------------------------------------------
 
 def run_affinity(config: AffinityConfig, features_uri: str, prototypes_uri: str, shard_id: int,
                  affinity_uri: str) -> dict[str, Any]:
@@ -188,7 +188,7 @@ def run_affinity(config: AffinityConfig, features_uri: str, prototypes_uri: str,
     return {"start": start, "stop": stop, "num_prototypes": len(prototypes)}
 
 
-# -- infer -------------------------------------------------------------------------------------------
+# -- infer -----------------------------------------------------------------------------------------
 
 LABELS_SCHEMA = pa.schema([
     ("image_id", pa.int64()), ("uri", pa.string()), ("probs", pa.list_(pa.float64())),
@@ -366,7 +366,7 @@ def dev_cluster_names(dev_labels_uri: str, rows: pa.Table, labels: np.ndarray,
     return name_clusters(names, labels[dev_rows], num_classes)
 
 
-# -- evaluate ----------------------------------------------------------------------------------------
+# -- evaluate --------------------------------------------------------------------------------------
 
 def run_evaluate(manifest_uri: str, labels_uri: str, inference_uri: str, metrics_uri: str,
                  *, extra: dict[str, Any] | None = None) -> dict[str, Any]:

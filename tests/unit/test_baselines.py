@@ -40,7 +40,8 @@ def blocks_matrix(sizes: list[int], columns_per_image: int = 3, *, seed: int = 0
 
 def test_methods_are_configurable() -> None:
     assert set(METHODS) == {"graph-em", "em", "kmeans", "em-random", "pgm", "backbone"}
-    with pytest.raises(ConfigError, match="choose one of graph-em, em, kmeans, em-random, pgm, backbone"):
+    with pytest.raises(ConfigError,
+                       match="choose one of graph-em, em, kmeans, em-random, pgm, backbone"):
         InferConfig(method="snorkel")
 
 

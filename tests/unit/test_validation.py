@@ -39,7 +39,8 @@ def small_source(root: Path, n_good: int = 3) -> Path:
 @pytest.mark.parametrize(("make", "message"), [
     (lambda: InferConfig(num_classes=1), r"num_classes must be at least 2 \(got 1\)"),
     (lambda: InferConfig(num_classes=0), r"num_classes must be at least 2"),
-    (lambda: InferConfig(method="magic"), r"unknown method 'magic'; choose one of graph-em, em, kmeans"),
+    (lambda: InferConfig(method="magic"),
+     r"unknown method 'magic'; choose one of graph-em, em, kmeans"),
     (lambda: InferConfig(max_iter=0), r"max_iter must be at least 1"),
     (lambda: InferConfig(seed=-1), r"seed must be non-negative"),
     (lambda: InferConfig(tol=0.0), r"tol must be positive"),
