@@ -37,6 +37,7 @@ from scipy.special import logsumexp
 
 from goggles.blocks import RowBlocks, as_rows, sub_blocks
 from goggles.config import InferConfig
+from goggles.fit import FitRecord
 from goggles.likelihood import (
     GaussianParameters,
     gaussians_from_statistics,
@@ -58,22 +59,16 @@ class BackboneHeadUnavailable(RuntimeError):
 
 
 @dataclass
-class MethodFit:
+class MethodFit(FitRecord):
     """What a baseline leaves for ``inference.json`` (the attributes of ``AffinityEM``).
 
-    ``initial_labels_`` is ``None`` for methods without a k-means start; ``params_`` [M, K]
-    Gaussians and ``prototype_class_`` [M] are fitted on the final labels.
+    ``initial_labels_`` stays ``None`` (no k-means start); ``params_`` [M, K] Gaussians and
+    ``prototype_class_`` [M] are fitted on the final labels; ``cluster_names_`` names the
+    clusters where the method knows them (``backbone``).
     """
 
-    initial_labels_: np.ndarray | None = None
-    params_: GaussianParameters | None = None
-    prototype_class_: np.ndarray | None = None
-    n_iter_: int = 0
-    converged_: bool = True
-    log_likelihood_trace_: list[float] = field(default_factory=list)
-    change_trace_: list[float] = field(default_factory=list)
-    warnings_: list[str] = field(default_factory=list)
-    cluster_names_: list[str] | None = None
+    converged_: bool = field(default=True, init=False)
+    cluster_names_: list[str] | None = field(default=None, init=False)
 
 
 @dataclass(frozen=True)

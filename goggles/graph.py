@@ -40,7 +40,8 @@ import scipy.sparse
 from scipy.special import logsumexp
 
 from goggles.blocks import RowBlocks, as_rows, sub_blocks
-from goggles.likelihood import EXACT_SCALE, GaussianParameters, kmeans_rows
+from goggles.fit import FitRecord
+from goggles.likelihood import EXACT_SCALE, kmeans_rows
 
 logger = logging.getLogger(__name__)
 
@@ -216,7 +217,7 @@ def _gather_rows(rows: RowBlocks, sample: np.ndarray) -> np.ndarray:
 
 
 @dataclass
-class GraphEM:
+class GraphEM(FitRecord):
     """Graph EM (module docstring), sklearn style: ``fit(affinity, source_index, descriptors)``.
 
     Parameters
@@ -248,26 +249,9 @@ class GraphEM:
     min_class_fraction: float = 0.01
     max_rows: int = 20000
     random_state: int = 0
-    initial_labels_: np.ndarray | None = field(default=None, init=False, repr=False)
-    posteriors_: np.ndarray | None = field(default=None, init=False, repr=False)
     embedding_: np.ndarray | None = field(default=None, init=False, repr=False)
     sample_: np.ndarray | None = field(default=None, init=False, repr=False)
-    n_iter_: int = field(default=0, init=False)
-    converged_: bool = field(default=False, init=False)
-    log_likelihood_trace_: list[float] = field(default_factory=list, init=False, repr=False)
-    change_trace_: list[float] = field(default_factory=list, init=False, repr=False)
     restart_log_likelihoods_: list[float] = field(default_factory=list, init=False, repr=False)
-    warnings_: list[str] = field(default_factory=list, init=False, repr=False)
-    params_: GaussianParameters | None = field(default=None, init=False, repr=False)
-    prototype_class_: np.ndarray | None = field(default=None, init=False, repr=False)
-
-    def _warn(self, message: str) -> None:
-        from goggles.inference import DegenerateDataWarning
-
-        if message not in self.warnings_:
-            self.warnings_.append(message)
-            warnings.warn(message, DegenerateDataWarning, stacklevel=3)
-
     def fit(self, affinity: np.ndarray | RowBlocks, source_index: np.ndarray,
             descriptors: np.ndarray | Sequence[np.ndarray]) -> GraphEM:
         """Fit on A [N, M] (array or row blocks) and the images' unit-length descriptors: one

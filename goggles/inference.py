@@ -32,12 +32,13 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.special import logsumexp
 
 from goggles.blocks import RowBlocks, as_rows, sub_blocks
+from goggles.fit import DegenerateDataWarning, FitRecord
 from goggles.likelihood import (
     EXACT_SCALE,
     GaussianParameters,
@@ -55,10 +56,6 @@ __all__ = ["AffinityEM", "DegenerateDataWarning", "GaussianParameters", "Suffici
            "self_mask_positions", "sufficient_statistics"]
 
 logger = logging.getLogger(__name__)
-
-
-class DegenerateDataWarning(UserWarning):
-    """The data cannot support the requested model fully (e.g. a class emptied)."""
 
 
 def kmeans_labels(features: np.ndarray, num_classes: int, *, n_init: int,
@@ -109,7 +106,7 @@ def _scan(rows: RowBlocks, source_index: np.ndarray) -> _ColumnScan:
 
 
 @dataclass
-class AffinityEM:
+class AffinityEM(FitRecord):
     """EM class inference on an affinity matrix (paper §4.3–4.4), sklearn style.
 
     Parameters
@@ -144,22 +141,6 @@ class AffinityEM:
     kmeans_max_rows: int = 20000
     random_state: int = 0
     device: str = "auto"
-    params_: GaussianParameters | None = field(default=None, init=False, repr=False)
-    prototype_class_: np.ndarray | None = field(default=None, init=False, repr=False)
-    initial_labels_: np.ndarray | None = field(default=None, init=False, repr=False)
-    posteriors_: np.ndarray | None = field(default=None, init=False, repr=False)
-    n_iter_: int = field(default=0, init=False)
-    converged_: bool = field(default=False, init=False)
-    log_likelihood_trace_: list[float] = field(default_factory=list, init=False, repr=False)
-    change_trace_: list[float] = field(default_factory=list, init=False, repr=False)
-    warnings_: list[str] = field(default_factory=list, init=False, repr=False)
-
-    def _warn(self, message: str) -> None:
-        if message in self.warnings_:
-            return
-        self.warnings_.append(message)
-        warnings.warn(message, DegenerateDataWarning, stacklevel=3)
-
     def _self(self, source_index: np.ndarray, num_rows: int,
               start: int) -> tuple[np.ndarray, np.ndarray]:
         return self_mask_positions(source_index if self.exclude_self else None, num_rows, start)
