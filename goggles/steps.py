@@ -243,12 +243,17 @@ def infer_labels(affinity: np.ndarray | RowBlocks, source_index: np.ndarray,
     return probs, model
 
 
-def stored_filter_maps(features_uri: str, rows_per_block: int = 1024) -> FilterMaps:
+def _features_meta(features_uri: str, meta: dict[str, Any] | None) -> dict[str, Any]:
+    return meta if meta is not None else storage.read_json(storage.join(features_uri, "meta.json"))
+
+
+def stored_filter_maps(features_uri: str, rows_per_block: int = 1024,
+                       meta: dict[str, Any] | None = None) -> FilterMaps:
     """The extract stage's filter maps as a :class:`goggles.baselines.FilterMaps` (read a block
-    of rows at a time, in image order)."""
+    of rows at a time, in image order); ``meta`` is the folder's meta.json if already read."""
     from goggles.baselines import FilterMaps
 
-    meta = storage.read_json(storage.join(features_uri, "meta.json"))
+    meta = _features_meta(features_uri, meta)
     weights = str(meta.get("weights", ""))
     # a source that is a file or URI is reused; "package ..." and the like resolve again
     weights_uri = weights if "://" in weights or weights.startswith("/") else ""
@@ -261,10 +266,11 @@ def stored_filter_maps(features_uri: str, rows_per_block: int = 1024) -> FilterM
     return FilterMaps(backbone=str(meta["backbone"]), blocks=blocks, weights_uri=weights_uri)
 
 
-def stored_descriptors(features_uri: str) -> list[np.ndarray] | None:
+def stored_descriptors(features_uri: str,
+                       meta: dict[str, Any] | None = None) -> list[np.ndarray] | None:
     """The bilinear descriptors the extract stage wrote ([N, D] per network), or ``None`` for a
     features folder from before they existed (graph EM then computes them from the maps)."""
-    meta = storage.read_json(storage.join(features_uri, "meta.json"))
+    meta = _features_meta(features_uri, meta)
     if "descriptors" not in meta:
         return None
     return [storage.read_npy(storage.join(features_uri, f"descriptors-{name}.npy"))
@@ -291,8 +297,12 @@ def run_infer(config: InferConfig, manifest_uri: str, prototypes_uri: str,
     if reads_maps and not features_uri:
         raise StageError(f"method {config.method!r} reads the filter maps: pass features_uri "
                          "(the extract stage's features)")
-    filter_maps = stored_filter_maps(features_uri) if reads_maps else None
-    descriptors = stored_descriptors(features_uri) if config.method == "graph-em" else None
+    filter_maps = descriptors = None
+    if reads_maps:
+        meta = storage.read_json(storage.join(features_uri, "meta.json"))
+        filter_maps = stored_filter_maps(features_uri, meta=meta)
+        if config.method == "graph-em":
+            descriptors = stored_descriptors(features_uri, meta=meta)
     probs, model = infer_labels(affinity, source_index, config, filter_maps=filter_maps,
                                 descriptors=descriptors)
     labels = probs.argmax(axis=1)
