@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse
+import scipy.sparse.csgraph
 from scipy.special import logsumexp
 
 from goggles.blocks import RowBlocks, as_rows, sub_blocks
@@ -105,22 +106,116 @@ def _top_k(similarity: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return order, np.take_along_axis(similarity, order, axis=1)
 
 
+def _similarity(parts: list[np.ndarray], start: int, stop: int) -> np.ndarray:
+    """Sum of the parts' cosines of rows start..stop-1 against every row."""
+    return sum(p[start:stop] @ p.T for p in parts)  # type: ignore[return-value]
+
+
+def _neighbour_lists(parts: list[np.ndarray], k: int, block_rows: int) -> np.ndarray:
+    """[n, k] indices of each row's k most similar rows, itself first."""
+    n = parts[0].shape[0]
+    cols = np.empty((n, k), dtype=np.int64)
+    for start in range(0, n, block_rows):
+        stop = min(n, start + block_rows)
+        similarity = _similarity(parts, start, stop)
+        similarity[np.arange(stop - start), np.arange(start, stop)] = np.inf  # self first
+        cols[start:stop] = _top_k(similarity, k)[0]
+    return cols
+
+
+def _connectivity(cols: np.ndarray) -> scipy.sparse.csr_matrix:
+    n, k = cols.shape
+    connectivity = scipy.sparse.csr_matrix(
+        (np.ones(n * k), (np.repeat(np.arange(n), k), cols.ravel())), shape=(n, n))
+    return ((connectivity + connectivity.T) * 0.5).tocsr()
+
+
 def knn_graph(parts: list[np.ndarray], neighbours: int,
               block_rows: int = 2048) -> scipy.sparse.csr_matrix:
     """Symmetric k-nearest-neighbour connectivity ``(C + C^T) / 2`` of the rows of the
     concatenated unit-length ``parts`` (each image counts as its own neighbour), as sklearn's
     ``SpectralClustering(affinity="nearest_neighbors")`` builds it."""
+    k = min(neighbours, parts[0].shape[0])
+    return _connectivity(_neighbour_lists(parts, k, block_rows))
+
+
+MAX_NEIGHBOUR_GROWTH = 8
+
+
+def connected_knn_graph(parts: list[np.ndarray], neighbours: int, max_components: int,
+                        block_rows: int = 2048) -> tuple[scipy.sparse.csr_matrix, int, int]:
+    """:func:`knn_graph` with at most ``max_components`` connected components →
+    (graph, neighbours used, bridging edges added).
+
+    A spectral embedding of a graph with more components than classes has one eigenvector per
+    component (all of eigenvalue 1), and its K leading ones then pick arbitrary components
+    instead of classes: clean data with sub-groups (poses, near-duplicates) breaks it. So k
+    doubles, up to :data:`MAX_NEIGHBOUR_GROWTH` times the asked ``neighbours``, while there are
+    too many components; any still left are joined by their most similar pair of images (single
+    linkage over components), the strongest bridges first. A graph that is connected enough at
+    ``neighbours`` is exactly :func:`knn_graph`'s."""
     n = parts[0].shape[0]
+    k_max = min(n, neighbours * MAX_NEIGHBOUR_GROWTH)
+    cols = _neighbour_lists(parts, k_max, block_rows)  # the sort costs the same for any k
     k = min(neighbours, n)
-    cols = np.empty((n, k), dtype=np.int64)
+    while True:
+        graph = _connectivity(cols[:, :k])
+        count, component = scipy.sparse.csgraph.connected_components(graph, directed=False)
+        if count <= max_components or k >= k_max:
+            break
+        k = min(k * 2, k_max)
+    if count <= max_components:
+        return graph, k, 0
+    bridges = _bridges(parts, component, count, max_components, block_rows)
+    rows = np.array([b[0] for b in bridges] + [b[1] for b in bridges], dtype=np.int64)
+    cols_ = np.array([b[1] for b in bridges] + [b[0] for b in bridges], dtype=np.int64)
+    extra = scipy.sparse.csr_matrix((np.ones(len(rows)), (rows, cols_)), shape=(n, n))
+    return (graph + extra).tocsr(), k, len(bridges)
+
+
+def _bridges(parts: list[np.ndarray], component: np.ndarray, count: int, max_components: int,
+             block_rows: int) -> list[tuple[int, int]]:
+    """Edges (i, j) that join ``count`` components down to ``max_components``: the most similar
+    pair of images between each two components, strongest first (Kruskal)."""
+    n = len(component)
+    members = [np.flatnonzero(component == c) for c in range(count)]
+    best = np.full((count, count), -np.inf)
+    pair = np.zeros((count, count, 2), dtype=np.int64)
     for start in range(0, n, block_rows):
         stop = min(n, start + block_rows)
-        similarity = sum(p[start:stop] @ p.T for p in parts)
-        similarity[np.arange(stop - start), np.arange(start, stop)] = np.inf  # self first
-        cols[start:stop] = _top_k(similarity, k)[0]
-    connectivity = scipy.sparse.csr_matrix(
-        (np.ones(n * k), (np.repeat(np.arange(n), k), cols.ravel())), shape=(n, n))
-    return ((connectivity + connectivity.T) * 0.5).tocsr()
+        similarity = _similarity(parts, start, stop)
+        rows = np.arange(start, stop)
+        for c, cols in enumerate(members):
+            sub = similarity[:, cols]
+            arg = sub.argmax(axis=1)
+            value = sub[np.arange(len(rows)), arg]
+            for source in np.unique(component[rows]):
+                if source == c:
+                    continue
+                mine = np.flatnonzero(component[rows] == source)
+                top = mine[np.argmax(value[mine])]
+                if value[top] > best[source, c]:
+                    best[source, c] = value[top]
+                    pair[source, c] = (rows[top], cols[arg[top]])
+    order = sorted((-best[a, b], a, b) for a in range(count) for b in range(a + 1, count))
+    parent = list(range(count))
+
+    def root(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    edges: list[tuple[int, int]] = []
+    for _, a, b in order:
+        if count - len(edges) <= max_components:
+            break
+        ra, rb = root(a), root(b)
+        if ra != rb:
+            parent[ra] = rb
+            i, j = pair[a, b]  # the similarity is symmetric: best[a, b] == best[b, a]
+            edges.append((int(i), int(j)))
+    return edges
 
 
 DENSE_EIGEN_ROWS = 3000
@@ -252,6 +347,8 @@ class GraphEM(FitRecord):
     embedding_: np.ndarray | None = field(default=None, init=False, repr=False)
     sample_: np.ndarray | None = field(default=None, init=False, repr=False)
     restart_log_likelihoods_: list[float] = field(default_factory=list, init=False, repr=False)
+    neighbours_used_: int = field(default=0, init=False)
+    bridges_: int = field(default=0, init=False)
     def fit(self, affinity: np.ndarray | RowBlocks, source_index: np.ndarray,
             descriptors: np.ndarray | Sequence[np.ndarray]) -> GraphEM:
         """Fit on A [N, M] (array or row blocks) and the images' unit-length descriptors: one
@@ -289,7 +386,13 @@ class GraphEM(FitRecord):
         if distinct <= self.num_classes + 1:  # too few nodes for a graph: one axis per image
             embedding = np.eye(distinct, self.num_classes)[node]
         else:
-            graph = knn_graph([p[first] for p in parts], self.neighbours)
+            graph, used, bridges = connected_knn_graph([p[first] for p in parts],
+                                                       self.neighbours, self.num_classes)
+            self.neighbours_used_, self.bridges_ = used, bridges
+            if used != self.neighbours or bridges:
+                logger.info("the %d-nearest-neighbour graph had more components than the %d "
+                            "classes: built with %d neighbours and %d bridging edges",
+                            self.neighbours, self.num_classes, used, bridges)
             embedding = spectral_coordinates(graph, self.num_classes, seed)[node]
         min_mass = max(1.0, self.min_class_fraction * len(sample))
         best: tuple[MixtureFit, np.ndarray] | None = None
