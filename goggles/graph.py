@@ -219,6 +219,7 @@ def _bridges(parts: list[np.ndarray], component: np.ndarray, count: int, max_com
 
 
 DENSE_EIGEN_ROWS = 3000
+EXTEND_ROWS = 1024
 
 
 def spectral_coordinates(graph: scipy.sparse.csr_matrix, dims: int, seed: int) -> np.ndarray:
@@ -228,6 +229,12 @@ def spectral_coordinates(graph: scipy.sparse.csr_matrix, dims: int, seed: int) -
     standardised so a Gaussian mixture's covariance floor is scale-free. Dense below
     :data:`DENSE_EIGEN_ROWS` nodes, Lanczos (ARPACK) above."""
     n = graph.shape[0]
+    count, component = scipy.sparse.csgraph.connected_components(graph, directed=False)
+    if count == dims:
+        # exactly one component per class: the leading eigenvectors are the components'
+        # indicators (eigenvalue 1, D^1/2-weighted), known in closed form; an iterative solver
+        # mixes them with the near-1 eigenvectors of weakly bridged sub-groups
+        return _standardised(np.eye(dims)[component])
     degree = np.asarray(graph.sum(axis=1)).ravel()
     scale = 1.0 / np.sqrt(np.maximum(degree, 1e-12))
     normalised = scipy.sparse.diags(scale) @ graph @ scipy.sparse.diags(scale)
@@ -242,7 +249,10 @@ def spectral_coordinates(graph: scipy.sparse.csr_matrix, dims: int, seed: int) -
         vectors = vectors[:, np.argsort(-values, kind="stable")]
     embedding = vectors * scale[:, None]
     flip = np.sign(embedding[np.abs(embedding).argmax(axis=0), np.arange(embedding.shape[1])])
-    embedding = embedding * np.where(flip == 0, 1.0, flip)
+    return _standardised(embedding * np.where(flip == 0, 1.0, flip))
+
+
+def _standardised(embedding: np.ndarray) -> np.ndarray:
     embedding = embedding - embedding.mean(axis=0)
     return embedding / max(float(embedding.std()), 1e-12)
 
@@ -447,14 +457,17 @@ class GraphEM(FitRecord):
         full = np.empty((n, self.num_classes))
         initial = np.empty(n, dtype=np.int64)
         onehot = np.eye(self.num_classes)[labels]
-        for start, block in sub_blocks(rows):
-            stop = start + block.shape[0]
-            similarity = _unit_rows(block) @ parts[0].T
-            for d, part in zip(described, parts[1:], strict=True):
-                similarity += d[start:stop] @ part.T
-            near, _ = _top_k(similarity, min(self.neighbours, len(sample)))
-            full[start:stop] = posteriors[near].mean(axis=1)
-            initial[start:stop] = onehot[near].mean(axis=1).argmax(axis=1)
+        for offset, shard in sub_blocks(rows):
+            for first in range(0, shard.shape[0], EXTEND_ROWS):  # bounds the [rows, sample] sort
+                block = shard[first:first + EXTEND_ROWS]
+                start = offset + first
+                stop = start + block.shape[0]
+                similarity = _unit_rows(block) @ parts[0].T
+                for d, part in zip(described, parts[1:], strict=True):
+                    similarity += d[start:stop] @ part.T
+                near, _ = _top_k(similarity, min(self.neighbours, len(sample)))
+                full[start:stop] = posteriors[near].mean(axis=1)
+                initial[start:stop] = onehot[near].mean(axis=1).argmax(axis=1)
         full[sample] = posteriors
         initial[sample] = labels
         return full, initial
