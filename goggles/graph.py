@@ -166,11 +166,9 @@ def connected_knn_graph(parts: list[np.ndarray], neighbours: int, max_components
         k = min(k * 2, k_max)
     if count <= max_components:
         return graph, k, 0
-    bridges = _bridges(parts, component, count, max_components, block_rows)
-    rows = np.array([b[0] for b in bridges] + [b[1] for b in bridges], dtype=np.int64)
-    cols_ = np.array([b[1] for b in bridges] + [b[0] for b in bridges], dtype=np.int64)
-    extra = scipy.sparse.csr_matrix((np.ones(len(rows)), (rows, cols_)), shape=(n, n))
-    return (graph + extra).tocsr(), k, len(bridges)
+    ends = np.array(_bridges(parts, component, count, max_components, block_rows))
+    extra = scipy.sparse.csr_matrix((np.ones(len(ends)), (ends[:, 0], ends[:, 1])), shape=(n, n))
+    return (graph + extra + extra.T).tocsr(), k, len(ends)
 
 
 def _bridges(parts: list[np.ndarray], component: np.ndarray, count: int, max_components: int,
@@ -184,19 +182,20 @@ def _bridges(parts: list[np.ndarray], component: np.ndarray, count: int, max_com
     for start in range(0, n, block_rows):
         stop = min(n, start + block_rows)
         similarity = _similarity(parts, start, stop)
-        rows = np.arange(start, stop)
-        for c, cols in enumerate(members):
-            sub = similarity[:, cols]
-            arg = sub.argmax(axis=1)
-            value = sub[np.arange(len(rows)), arg]
-            for source in np.unique(component[rows]):
-                if source == c:
-                    continue
-                mine = np.flatnonzero(component[rows] == source)
-                top = mine[np.argmax(value[mine])]
-                if value[top] > best[source, c]:
-                    best[source, c] = value[top]
-                    pair[source, c] = (rows[top], cols[arg[top]])
+        here = np.arange(stop - start)
+        # each row's most similar image in every component: [rows, count]
+        target = np.stack([cols[similarity[:, cols].argmax(axis=1)] for cols in members], axis=1)
+        value = np.take_along_axis(similarity, target, axis=1)
+        source = component[start:stop]
+        value[here, source] = -np.inf  # a component is no bridge to itself
+        for s in np.unique(source):
+            mine = np.flatnonzero(source == s)
+            top = mine[value[mine].argmax(axis=0)]  # [count]: the best row of s for each
+            found = value[top, np.arange(count)]
+            better = found > best[s]
+            best[s, better] = found[better]
+            pair[s, better, 0] = start + top[better]
+            pair[s, better, 1] = target[top[better], np.flatnonzero(better)]
     order = sorted((-best[a, b], a, b) for a in range(count) for b in range(a + 1, count))
     parent = list(range(count))
 
@@ -359,6 +358,7 @@ class GraphEM(FitRecord):
     restart_log_likelihoods_: list[float] = field(default_factory=list, init=False, repr=False)
     neighbours_used_: int = field(default=0, init=False)
     bridges_: int = field(default=0, init=False)
+
     def fit(self, affinity: np.ndarray | RowBlocks, source_index: np.ndarray,
             descriptors: np.ndarray | Sequence[np.ndarray]) -> GraphEM:
         """Fit on A [N, M] (array or row blocks) and the images' unit-length descriptors: one
