@@ -30,14 +30,15 @@ test-fast: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m goggles.demo --output demo-out
 
-# The cluster images (docker/build.sh): targets cpu and gpu, tagged as components/image.py names
+# The cluster images (docker/build.sh): targets cpu and gpu, tagged as goggles/kubeflow/components/image.py names
 # them. Where no registry can be reached, GOGGLES_LOCAL_BASE=1 builds the base with debootstrap.
 .PHONY: images
 images:
 	docker/build.sh
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check goggles components tests benchmarks pipeline.py
+	$(VENV)/bin/ruff check goggles tests benchmarks docker
+	$(VENV)/bin/mypy goggles
 
 clean:
 	rm -rf $(VENV) .pytest_cache demo-out

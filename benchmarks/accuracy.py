@@ -41,12 +41,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.cub import Task, cached_maps, draw_tasks, hard_tasks, task_id  # noqa: E402
-from goggles.affinity import affinity_block  # noqa: E402
-from goggles.baselines import FilterMaps  # noqa: E402
-from goggles.config import DEFAULT_DESCRIPTOR_BACKBONE, DEFAULT_METHOD, InferConfig  # noqa: E402
-from goggles.evaluation import calibration, evaluate  # noqa: E402
-from goggles.features import select_prototypes  # noqa: E402
-from goggles.steps import infer_labels  # noqa: E402
+from goggles.features.affinity import affinity_block  # noqa: E402
+from goggles.features.prototypes import select_prototypes  # noqa: E402
+from goggles.inference.config import InferConfig  # noqa: E402
+from goggles.inference.registry import fit_method  # noqa: E402
+from goggles.io.artifacts import FilterMaps  # noqa: E402
+from goggles.parameters import default  # noqa: E402
+from goggles.report.evaluation import calibration, evaluate  # noqa: E402
 
 PAPER = {"binary": 0.9809, "multi": 0.9293}
 # the paper's CUB averages per column (Tables 1 and 2); VGG-16 was scored on 1 of the 10 pairs
@@ -69,7 +70,7 @@ def task_descriptors(task: Task, maps: np.ndarray,
                      second: dict[str, np.ndarray] | None) -> list[np.ndarray]:
     """Graph EM's descriptors, as the extract stage writes them: of the backbone's maps and of
     the second network's (``second``: its cached maps by species), when there is one."""
-    from goggles.graph import bilinear_descriptors
+    from goggles.features.descriptors import bilinear_descriptors
 
     out = [bilinear_descriptors(maps)]
     if second is not None:
@@ -98,14 +99,15 @@ def run_task(task: Task, maps_by_class: dict[str, np.ndarray], extract_s_per_ima
     for seed in seeds:
         config = InferConfig(num_classes=len(task.classes), seed=seed, **infer_overrides)  # type: ignore[arg-type]
         start = time.perf_counter()
-        probs, model = infer_labels(affinity, prototypes.image_id, config,
-                                    filter_maps=filter_maps, descriptors=descriptors)
+        model = fit_method(config, affinity, prototypes.image_id, filter_maps=filter_maps,
+                           descriptors=descriptors)
+        probs = model.posteriors_
         timings["infer"] += (time.perf_counter() - start) / len(seeds)
         if not (np.isfinite(probs).all() and np.isfinite(affinity).all()):
             raise RuntimeError(f"non-finite affinity or probabilities on task {task_id(task)}")
         if seed == seeds[0]:
-            again, _ = infer_labels(affinity, prototypes.image_id, config,
-                                    filter_maps=filter_maps, descriptors=descriptors)
+            again = fit_method(config, affinity, prototypes.image_id, filter_maps=filter_maps,
+                               descriptors=descriptors).posteriors_
             if not np.array_equal(again, probs):
                 raise RuntimeError(f"the same seed gave different labels on task "
                                    f"{task_id(task)}")
@@ -186,7 +188,7 @@ def compare_methods(task: Task, maps_by_class: dict[str, np.ndarray],
                     methods: tuple[str, ...], seeds: list[int], top_k: int,
                     pgm: bool, second: dict[str, np.ndarray] | None = None) -> MethodRow:
     """Accuracy of each method on one task: the median over ``seeds`` for the random ones."""
-    from goggles.baselines import BackboneHeadUnavailable, FilterMaps, fit_baseline
+    from goggles.inference.imagenet import BackboneHeadUnavailable
 
     maps = np.concatenate([maps_by_class[c] for c in task.classes])
     truth = [c for c in task.classes for _ in range(len(maps_by_class[c]))]
@@ -215,9 +217,8 @@ def compare_methods(task: Task, maps_by_class: dict[str, np.ndarray],
             source = FilterMaps(labeler, blocks)
             start = time.perf_counter()
             try:
-                probs, _ = fit_baseline(affinity, prototypes.image_id,
-                                        InferConfig(num_classes=k, method="backbone"),
-                                        filter_maps=source)
+                probs = fit_method(InferConfig(num_classes=k, method="backbone"), affinity,
+                                   prototypes.image_id, filter_maps=source).posteriors_
             except BackboneHeadUnavailable as error:
                 notes[method] = str(error)
                 continue
@@ -230,15 +231,15 @@ def compare_methods(task: Task, maps_by_class: dict[str, np.ndarray],
         for seed in seeds:
             config = InferConfig(num_classes=k, method=method, seed=seed)
             start = time.perf_counter()
-            probs, model = infer_labels(affinity, prototypes.image_id, config,
-                                        descriptors=descriptors)
+            model = fit_method(config, affinity, prototypes.image_id, descriptors=descriptors)
+            probs = model.posteriors_
             seconds[method] += time.perf_counter() - start
             scores[method].append(score(probs.argmax(axis=1)))
             if method == "em" and "kmeans" in methods:
                 scores["kmeans"].append(score(model.initial_labels_))
     if "kmeans" in methods and "em" in methods:  # check the shortcut once per task
-        probs, _ = infer_labels(affinity, prototypes.image_id,
-                                InferConfig(num_classes=k, method="kmeans", seed=seeds[0]))
+        probs = fit_method(InferConfig(num_classes=k, method="kmeans", seed=seeds[0]), affinity,
+                           prototypes.image_id).posteriors_
         if score(probs.argmax(axis=1)) != scores["kmeans"][0]:
             raise RuntimeError(f"--method kmeans disagrees with EM's k-means start on "
                                f"{task_id(task)}")
@@ -302,7 +303,7 @@ def methods_report(rows: list[MethodRow], methods: tuple[str, ...], labeler: str
 def _labeler(requested: str, backbone: str) -> str:
     if requested != "auto":
         return requested
-    from goggles.backbones import resolve_weights
+    from goggles.features.backbones import resolve_weights
 
     state, _ = resolve_weights(backbone)
     return backbone if any(k.startswith("classifier.") for k in state) else "mobilenet_v2"
@@ -314,9 +315,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", default="paper", choices=("paper", "hard", "all"))
     parser.add_argument("--backbone", default="vgg16")
     parser.add_argument("--top-k", type=int, default=5)
-    parser.add_argument("--method", default=DEFAULT_METHOD)
+    parser.add_argument("--method", default=default("method"))
     parser.add_argument("--m-step", default="sampled")
-    parser.add_argument("--descriptor-backbone", default=DEFAULT_DESCRIPTOR_BACKBONE,
+    parser.add_argument("--descriptor-backbone", default=default("descriptor_backbone"),
                         help="graph-em's second network (none to skip it)")
     parser.add_argument("--exclude-self", action="store_true",
                         help="leave out each image's affinity to its own prototypes")

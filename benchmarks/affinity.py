@@ -32,12 +32,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.cub import cached_maps, draw_tasks, hard_tasks, task_id  # noqa: E402
 from benchmarks.timing import best, interleaved, machine, spread  # noqa: E402
-from goggles.affinity import affinity_block, shard_bounds  # noqa: E402
-from goggles.config import InferConfig  # noqa: E402
-from goggles.device import gemm_dtype, resolve_device  # noqa: E402
-from goggles.evaluation import evaluate  # noqa: E402
-from goggles.features import select_prototypes  # noqa: E402
-from goggles.steps import infer_labels  # noqa: E402
+from goggles.features.affinity import affinity_block, shard_bounds  # noqa: E402
+from goggles.features.device import gemm_dtype, resolve_device  # noqa: E402
+from goggles.features.prototypes import select_prototypes  # noqa: E402
+from goggles.inference.config import InferConfig  # noqa: E402
+from goggles.inference.registry import fit_method  # noqa: E402
+from goggles.report.evaluation import evaluate  # noqa: E402
 
 OUTPUT_LIMIT = 2**30  # bytes of the reference product's output held at once
 
@@ -122,7 +122,7 @@ def labels_effect(which: str, device: torch.device) -> None:
                 exact = affinity
             else:
                 largest = max(largest, float(np.abs(affinity - exact).max()))
-            probs, _ = infer_labels(affinity, prototypes.image_id, config)
+            probs = fit_method(config, affinity, prototypes.image_id).posteriors_
             labels[dtype] = probs.argmax(axis=1)
             scores = evaluate(truth, labels[dtype], len(task.classes))
             accuracy[dtype].append(float(scores["accuracy"]))  # type: ignore[arg-type]

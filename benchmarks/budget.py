@@ -1,4 +1,5 @@
-"""Accuracy against the prototype budget on cub-dev (goggles.budget: a seeded uniform sample).
+"""Accuracy against the prototype budget on cub-dev (goggles.features.budget: a seeded uniform
+sample).
 
     python benchmarks/budget.py [--seed 0]
 
@@ -20,14 +21,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.cub import cached_maps, draw_tasks, hard_tasks  # noqa: E402
-from goggles import storage  # noqa: E402
-from goggles.affinity import affinity_block, shard_bounds  # noqa: E402
-from goggles.blocks import StoredShards  # noqa: E402
-from goggles.budget import select_within_budget  # noqa: E402
-from goggles.config import InferConfig  # noqa: E402
-from goggles.evaluation import evaluate  # noqa: E402
-from goggles.features import select_prototypes  # noqa: E402
-from goggles.steps import infer_labels  # noqa: E402
+from goggles.features.affinity import affinity_block, shard_bounds  # noqa: E402
+from goggles.features.budget import select_within_budget  # noqa: E402
+from goggles.features.prototypes import select_prototypes  # noqa: E402
+from goggles.inference.config import InferConfig  # noqa: E402
+from goggles.inference.registry import fit_method  # noqa: E402
+from goggles.io import storage  # noqa: E402
+from goggles.io.artifacts import StoredShards  # noqa: E402
+from goggles.report.evaluation import evaluate  # noqa: E402
 
 FRACTIONS = {"all": None, "1/2": 0.5, "1/4": 0.25, "1/8": 0.125}
 
@@ -71,10 +72,10 @@ def main(argv: list[str] | None = None) -> int:
                                                             seed=args.seed))
                 folder = Path(scratch) / f"{task_number}-{column.replace('/', '_')}"
                 shards = sharded_affinity(maps, kept.vectors, folder, args.shards)
-                probs, _ = infer_labels(shards, kept.image_id, config)
+                probs = fit_method(config, shards, kept.image_id).posteriors_
                 if column == "all":  # the streamed, sharded EM equals the in-memory one
-                    in_memory, _ = infer_labels(affinity_block(maps, kept.vectors),
-                                                kept.image_id, config)
+                    in_memory = fit_method(config, affinity_block(maps, kept.vectors),
+                                           kept.image_id).posteriors_
                     identical &= bool(np.array_equal(in_memory, probs))
                 accuracy = evaluate(truth, probs.argmax(axis=1), len(task.classes))["accuracy"]
                 groups.setdefault(group, {}).setdefault(column, []).append(float(accuracy))

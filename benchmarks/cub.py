@@ -78,8 +78,9 @@ def cached_maps(backbone: str = "vgg16",
                 batch_size: int = 32) -> tuple[dict[str, np.ndarray], float]:
     """Filter maps of every cub-dev image, keyed by path, extracted once with the library and
     cached under ``CACHE``. Returns (maps by species, seconds per image of the extraction)."""
-    from goggles.backbones import load_backbone
-    from goggles.features import extract_filter_maps, resolve_device
+    from goggles.features.backbones import load_backbone
+    from goggles.features.device import resolve_device
+    from goggles.features.extraction import extract_filter_maps
 
     folder = CACHE / backbone
     folder.mkdir(parents=True, exist_ok=True)

@@ -35,16 +35,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.cub import require_cub  # noqa: E402
 from benchmarks.timing import best, interleaved, machine, spread  # noqa: E402
-from goggles.backbones import load_backbone  # noqa: E402
-from goggles.device import autocast_dtype, resolve_device  # noqa: E402
-from goggles.features import (  # noqa: E402
+from goggles.features.backbones import load_backbone  # noqa: E402
+from goggles.features.device import autocast_dtype, resolve_device  # noqa: E402
+from goggles.features.extraction import (  # noqa: E402
     ImageDataset,
     default_workers,
     extract_filter_maps,
     prepare_model,
-    select_prototypes,
     use_channels_last,
 )
+from goggles.features.prototypes import select_prototypes  # noqa: E402
 
 
 def first_uris(count: int) -> list[str]:

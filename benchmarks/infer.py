@@ -40,18 +40,19 @@ from benchmarks.timing import (  # noqa: E402
     spread,
     traced_peak,
 )
-from goggles import storage  # noqa: E402
-from goggles.affinity import affinity_block, shard_bounds  # noqa: E402
-from goggles.blocks import InMemoryRows, RowBlocks, StoredShards  # noqa: E402
-from goggles.device import cpu_threads  # noqa: E402
-from goggles.features import select_prototypes  # noqa: E402
-from goggles.inference import AffinityEM  # noqa: E402
-from goggles.likelihood import (  # noqa: E402
+from goggles.features.affinity import affinity_block, shard_bounds  # noqa: E402
+from goggles.features.device import cpu_threads  # noqa: E402
+from goggles.features.prototypes import select_prototypes  # noqa: E402
+from goggles.inference.likelihood import (  # noqa: E402
     chunk_rows,
     class_log_likelihood,
     likelihood_backend,
     self_mask_positions,
 )
+from goggles.inference.paper_em import AffinityEM  # noqa: E402
+from goggles.io import storage  # noqa: E402
+from goggles.io.artifacts import StoredShards  # noqa: E402
+from goggles.io.blocks import InMemoryRows, RowBlocks  # noqa: E402
 
 MIB = 2**20
 

@@ -4,7 +4,7 @@ how each stage's cost grows with N.
     python benchmarks/pipeline.py [--sizes 500 2000 10000] [--num-classes 5] [--shards 4]
                                   [--max-iter 10] [--max-prototypes 10000] [--extract-sample 64]
 
-Every stage runs through ``goggles.steps`` on real artifacts in a temporary folder, as
+Every stage runs through ``goggles.pipeline.stages`` on real artifacts in a temporary folder, as
 ``run_inprocess`` chains them, except the CNN forward pass:
 
 * **images** — cub-dev has 2,950 images; past that they are *repeated*: copy r of an image is a
@@ -47,9 +47,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.cub import cached_maps, require_cub, species  # noqa: E402
 from benchmarks.timing import machine  # noqa: E402
-from goggles import steps, storage  # noqa: E402
-from goggles.config import AffinityConfig, ExtractConfig, InferConfig, IngestConfig  # noqa: E402
-from goggles.runners import output_paths  # noqa: E402
+from goggles.features.config import AffinityConfig, ExtractConfig  # noqa: E402
+from goggles.inference.config import InferConfig  # noqa: E402
+from goggles.ingest.config import IngestConfig  # noqa: E402
+from goggles.io import storage  # noqa: E402
+from goggles.io.artifacts import output_paths  # noqa: E402
+from goggles.pipeline import stages  # noqa: E402
 
 STAGES = ("ingest", "extract", "affinity", "infer", "evaluate", "report")
 
@@ -90,9 +93,10 @@ def cached_map_lookup() -> Callable[[str], np.ndarray]:
 
 def forward_rate(uris: list[str]) -> float:
     """Images/s of ``extract_filter_maps`` (reading, decoding, VGG-16, prototypes) on ``uris``."""
-    from goggles.backbones import load_backbone
-    from goggles.device import resolve_device
-    from goggles.features import extract_filter_maps, select_prototypes
+    from goggles.features.backbones import load_backbone
+    from goggles.features.device import resolve_device
+    from goggles.features.extraction import extract_filter_maps
+    from goggles.features.prototypes import select_prototypes
 
     def on_batch(first: int, maps: np.ndarray) -> None:
         select_prototypes(maps, np.arange(first, first + len(maps)), 5)
@@ -105,8 +109,8 @@ def forward_rate(uris: list[str]) -> float:
 
 def run_size(count: int, args: argparse.Namespace, rate: float,
              lookup: Callable[[str], np.ndarray]) -> dict[str, Any]:
-    import goggles.features
-    from goggles.report import write_report
+    import goggles.features.extraction
+    from goggles.report.page import write_report
 
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(tmp) / "source"
@@ -120,7 +124,7 @@ def run_size(count: int, args: argparse.Namespace, rate: float,
             seconds[stage] = seconds.get(stage, 0.0) + time.perf_counter() - start
             return result
 
-        timed("ingest", lambda: steps.run_ingest(IngestConfig(), str(source),
+        timed("ingest", lambda: stages.run_ingest(IngestConfig(), str(source),
                                                  paths["manifest"]))
 
         def cached_forward(uris: list[str], model: object, *, on_batch: Callable[..., None],
@@ -132,7 +136,7 @@ def run_size(count: int, args: argparse.Namespace, rate: float,
         goggles.features.extract_filter_maps = cached_forward  # type: ignore[assignment]
         try:
             extract_config = ExtractConfig(max_prototypes=args.max_prototypes)
-            extracted = timed("extract", lambda: steps.run_extract(
+            extracted = timed("extract", lambda: stages.run_extract(
                 extract_config, paths["manifest"], paths["features"], paths["prototypes"]))
         finally:
             goggles.features.extract_filter_maps = real_forward
@@ -144,13 +148,13 @@ def run_size(count: int, args: argparse.Namespace, rate: float,
                       for s in range(args.shards)]
         for shard_id, uri in enumerate(shard_uris):
             timed("affinity", functools.partial(
-                steps.run_affinity, affinity_config, paths["features"], paths["prototypes"],
+                stages.run_affinity, affinity_config, paths["features"], paths["prototypes"],
                 shard_id, uri))
         infer_config = InferConfig(num_classes=args.num_classes, max_iter=args.max_iter)
-        inferred = timed("infer", lambda: steps.run_infer(
+        inferred = timed("infer", lambda: stages.run_infer(
             infer_config, paths["manifest"], paths["prototypes"], shard_uris, paths["labels"],
             paths["inference"], features_uri=paths["features"]))
-        metrics = timed("evaluate", lambda: steps.run_evaluate(
+        metrics = timed("evaluate", lambda: stages.run_evaluate(
             paths["manifest"], paths["labels"], paths["inference"], paths["metrics"]))
         timed("report", lambda: write_report(
             paths["report"], metrics, labels_uri=paths["labels"],

@@ -31,10 +31,11 @@ import pyarrow as pa
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.cub import CUB  # noqa: E402
-from goggles import steps, storage  # noqa: E402
-from goggles.config import InferConfig  # noqa: E402
-from goggles.ingest import MANIFEST_SCHEMA  # noqa: E402
-from goggles.report import write_report  # noqa: E402
+from goggles.inference.config import InferConfig  # noqa: E402
+from goggles.io import storage  # noqa: E402
+from goggles.io.artifacts import MANIFEST_SCHEMA  # noqa: E402
+from goggles.pipeline import stages  # noqa: E402
+from goggles.report.page import write_report  # noqa: E402
 
 LIMIT_BYTES = 5 * 2**20
 LIMIT_SECONDS = 10.0
@@ -103,11 +104,11 @@ def write_run(root: Path, n: int, k: int, per_image: int, shards: int,
                            storage.join(uri, "meta.json"))
         shard_uris.append(uri)
     start_time = time.perf_counter()
-    steps.run_infer(InferConfig(num_classes=k, max_iter=max_iter, device="cpu", method="em"),
+    stages.run_infer(InferConfig(num_classes=k, max_iter=max_iter, device="cpu", method="em"),
                     paths["manifest"], paths["prototypes"], shard_uris, paths["labels"],
                     paths["inference"])
     infer_seconds = time.perf_counter() - start_time
-    metrics = steps.run_evaluate(paths["manifest"], paths["labels"], paths["inference"],
+    metrics = stages.run_evaluate(paths["manifest"], paths["labels"], paths["inference"],
                                  paths["metrics"], extra={"backbone": "vgg16",
                                                           "num_prototypes": m})
     metrics["timings_s"] = {"infer": round(infer_seconds, 2)}

@@ -10,10 +10,11 @@ its class (non-negative 512-d templates, 4 classes) at random positions. They ar
 by shard from a seed and never held all at once. Every other step is the library's own:
 ``select_prototypes``, the budget (``select_within_budget``), ``affinity_block`` per row shard
 written to disk with the affinity stage's layout, and the inference streaming those shards
-(:class:`goggles.blocks.StoredShards`), so no process holds more than one shard of A: the default
-``GraphEM`` (its graph on a 20,000-image sample, with the bilinear descriptors the extract stage
-would write, computed here shard by shard; every other image placed by its nearest sampled
-neighbours in one more pass over the shards) or the paper's ``AffinityEM`` (``--method em``).
+(:class:`goggles.io.artifacts.StoredShards`), so no process holds more than one shard of A: the
+default ``GraphEM`` (its graph on a 20,000-image sample, with the bilinear descriptors the
+extract stage would write, computed here shard by shard; every other image placed by its nearest
+sampled neighbours in one more pass over the shards; then its per-prototype Gaussians for the
+report, one more pass) or the paper's ``AffinityEM`` (``--method em``).
 
 Prints seconds per stage, the peak RSS of the process, the accuracy on the planted classes, and a
 projection of the cost for 1M images on a cluster of S pods with and without GPUs.
@@ -32,14 +33,18 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from goggles import storage  # noqa: E402
-from goggles.affinity import affinity_block, shard_bounds  # noqa: E402
-from goggles.blocks import StoredShards  # noqa: E402
-from goggles.budget import select_within_budget  # noqa: E402
-from goggles.evaluation import evaluate  # noqa: E402
-from goggles.features import Prototypes, select_prototypes  # noqa: E402
-from goggles.graph import SKETCH_DIM, GraphEM, bilinear_descriptors  # noqa: E402
-from goggles.inference import AffinityEM  # noqa: E402
+from goggles.features.affinity import affinity_block, shard_bounds  # noqa: E402
+from goggles.features.budget import select_within_budget  # noqa: E402
+from goggles.features.descriptors import SKETCH_DIM, bilinear_descriptors  # noqa: E402
+from goggles.features.prototypes import select_prototypes  # noqa: E402
+from goggles.inference.graph_em import GraphEM  # noqa: E402
+from goggles.inference.paper_em import AffinityEM  # noqa: E402
+from goggles.io import storage  # noqa: E402
+from goggles.io.artifacts import (
+    Prototypes,  # noqa: E402
+    StoredShards,  # noqa: E402
+)
+from goggles.report.evaluation import evaluate  # noqa: E402
 
 CHANNELS, SIDE, CLASSES, PARTS = 512, 7, 4, 3
 
@@ -127,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             seconds["descriptors (bilinear pooling + count sketch)"] = describe
             start = time.perf_counter()
             model = GraphEM(CLASSES, max_iter=args.max_iter, random_state=args.seed)
-            model.fit(StoredShards(uris), kept.image_id, [descriptors])
+            model.fit(StoredShards(uris), kept.image_id, descriptors=[descriptors])
             infer = time.perf_counter() - start
             seconds["infer (graph EM on a 20k sample + nearest-sample pass)"] = infer
         else:

@@ -1,10 +1,10 @@
 """Object-storage throughput against a real GCS-protocol server on loopback (fake-gcs-server):
 
-* listing 20,000 objects with :func:`goggles.storage.list_files` (objects/s, and the number of
+* listing 20,000 objects with :func:`goggles.listing.list_files` (objects/s, and the number of
   HTTP requests it took, counted by a pass-through proxy: paginated, not one per object);
-* reading 1,000 real cub-dev JPEGs with :func:`goggles.storage.read_many` at several
+* reading 1,000 real cub-dev JPEGs with :func:`goggles.io.storage.read_many` at several
   concurrency limits (images/s, MB/s, speed-up over one request at a time);
-* writing them back with :func:`goggles.storage.write_bytes` (atomic: upload to a temporary,
+* writing them back with :func:`goggles.io.storage.write_bytes` (atomic: upload to a temporary,
   server-side copy, delete), 16 at a time.
 
     python benchmarks/storage.py [--objects 20000] [--images 1000] [--repeats 3]
@@ -29,8 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.cub import CUB  # noqa: E402
-from goggles import storage  # noqa: E402
-from goggles.concurrency import map_bounded  # noqa: E402
+from goggles.io import listing, storage  # noqa: E402
+from goggles.io.concurrency import map_bounded  # noqa: E402
 from tests.integration.servers import FaultyProxy, GCSServer  # noqa: E402
 
 BUCKET = "bench"
@@ -110,12 +110,12 @@ def main() -> None:
         use_endpoint(server, server.url)
 
         # listing: timed directly, and once through a pass-through proxy that counts requests
-        seconds, listed = timed(args.repeats, lambda: storage.list_files(
+        seconds, listed = timed(args.repeats, lambda: listing.list_files(
             f"gs://{BUCKET}/many", (".jpg",)))
         assert len(listed) == args.objects, f"listed {len(listed)} of {args.objects}"
         with FaultyProxy(server.url, fail_rate=0.0) as proxy:
             use_endpoint(server, proxy.url)
-            storage.list_files(f"gs://{BUCKET}/many", (".jpg",))
+            listing.list_files(f"gs://{BUCKET}/many", (".jpg",))
             requests = proxy.counts["requests"]
         use_endpoint(server, server.url)
         raw_seconds, raw_count = timed(args.repeats, lambda: raw_listing(server.url, "many/"))

@@ -4,10 +4,11 @@ Run at image build time (docker/Dockerfile) with the weight packages importable 
 
     GOGGLES_OFFLINE=1 python docker/bake_weights.py /opt/goggles/weights
 
-Each backbone's weights are resolved by :func:`goggles.backbones.resolve_weights` (the same code
-pods run), written as safetensors (plain tensors: nothing to unpickle at run time), read back
-through the ``$GOGGLES_WEIGHTS_DIR`` path the image then sets, and checked to give the very same
-filter maps as the weights they came from. The image points ``GOGGLES_WEIGHTS_DIR`` at the folder.
+Each backbone's weights are resolved by :func:`goggles.features.backbones.resolve_weights` (the
+same code pods run), written as safetensors (plain tensors: nothing to unpickle at run time),
+read back through the ``$GOGGLES_WEIGHTS_DIR`` path the image then sets, and checked to give the
+very same filter maps as the weights they came from. The image points ``GOGGLES_WEIGHTS_DIR``
+at the folder.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import sys
 import torch
 from safetensors.torch import save_file
 
-from goggles import __version__, backbones
+from goggles import __version__
+from goggles.features import backbones
 
 
 def bake(name: str, folder: str) -> str:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build the goggles images, tagged as components/image.py names them:
+# Build the goggles images, tagged as goggles/kubeflow/components/image.py names them:
 #   <repository>:<goggles.__version__>      target cpu
 #   <repository>:<goggles.__version__>-gpu  target gpu
 #
@@ -20,7 +20,7 @@
 #                 Used only in the build stages; the images keep Debian's own CA list.
 #
 # Environment: GOGGLES_IMAGE_REPOSITORY overrides the repository (then set the same in the
-# components, components/image.py); DOCKER names the docker client (default docker).
+# components, goggles/kubeflow/components/image.py); DOCKER names the docker client (default docker).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -49,11 +49,11 @@ while [[ $# -gt 0 ]]; do
 done
 case "$target" in cpu|gpu|all) ;; *) echo "build.sh: --target must be cpu, gpu or all" >&2; exit 2 ;; esac
 
-# the tag follows goggles.__version__; the repository is the one components/image.py names
+# the tag follows goggles.__version__; the repository is the one goggles/kubeflow/components/image.py names
 version="$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' "$ROOT/goggles/__init__.py")"
-repository="${GOGGLES_IMAGE_REPOSITORY:-$(sed -n 's/^IMAGE_REPOSITORY = "\(.*\)"$/\1/p' "$ROOT/components/image.py")}"
+repository="${GOGGLES_IMAGE_REPOSITORY:-$(sed -n 's/^IMAGE_REPOSITORY = "\(.*\)"$/\1/p' "$ROOT/goggles/kubeflow/components/image.py")}"
 if [[ -z "$version" || -z "$repository" ]]; then
-  echo "build.sh: cannot read __version__ from goggles/__init__.py or IMAGE_REPOSITORY from components/image.py" >&2
+  echo "build.sh: cannot read __version__ from goggles/__init__.py or IMAGE_REPOSITORY from goggles/kubeflow/components/image.py" >&2
   exit 1
 fi
 

@@ -2,11 +2,15 @@
 
     goggles run SOURCE --num-classes K --output OUT [--backbone vgg16] [--weights URI]
                 [--top-k 5] [--max-prototypes P] [--shards S] [--seed 0] [--dev-labels FILE]
-                [--method graph-em] [--descriptor-backbone mobilenet_v2]
+                [--method graph-em] [--descriptor-backbone mobilenet_v2] [--device auto]
                 [--runner local|docker|inprocess] [--pipeline-root DIR] [--cache]
     goggles compile [--output goggles_pipeline.yaml]
     goggles submit  --host URL [--experiment NAME] [PARAM=VALUE ...]
     goggles schedule --host URL --cron "0 0 3 * * *" [PARAM=VALUE ...]
+
+The options of ``goggles run`` are the run parameters of :mod:`goggles.parameters`, one each. An
+error is one line on stderr naming the problem and the fix (with ``-v``, its traceback too): exit
+2 for a bad parameter or input, 1 for anything else.
 """
 
 from __future__ import annotations
@@ -15,16 +19,14 @@ import argparse
 import json
 import logging
 import sys
+import traceback
 from collections.abc import Sequence
+from typing import Any
 
-from goggles import __version__
-from goggles.config import (
-    BACKBONES,
-    DEFAULT_DESCRIPTOR_BACKBONE,
-    DEFAULT_METHOD,
-    METHODS,
-    ConfigError,
-)
+from goggles import __version__, parameters
+from goggles.config import ConfigError
+from goggles.parameters import RunParameters
+from goggles.pipeline.wiring import StageError
 
 logger = logging.getLogger("goggles")
 
@@ -35,36 +37,14 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="goggles", description="Label image datasets automatically with affinity coding.")
     parser.add_argument("--version", action="version", version=f"goggles {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="debug logging, and the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="label the images under SOURCE on this machine")
-    run.add_argument("source", metavar="SOURCE",
-                     help="folder or bucket prefix of images (path, file://, gs://, s3://, "
-                          "memory://); first-level folders are read as ground-truth labels")
-    run.add_argument("--num-classes", type=int, required=True, help="number of classes K")
-    run.add_argument("--output", required=True, help="where labels, metrics and report go")
-    run.add_argument("--backbone", default="vgg16", choices=BACKBONES)
-    run.add_argument("--weights", default="", help="URI of backbone weights (state dict or "
-                                                   "safetensors); default: resolved offline")
-    run.add_argument("--top-k", type=int, default=5, help="prototypes per image (paper: 5)")
-    run.add_argument("--max-prototypes", type=int, default=0,
-                     help="cap on the prototypes (columns of A) for large datasets; 0: no cap")
-    run.add_argument("--shards", type=int, default=1, help="row shards of the affinity matrix")
-    run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--max-iter", type=int, default=100, help="EM iterations at most")
-    run.add_argument("--method", default=DEFAULT_METHOD, choices=METHODS,
-                     help="graph-em (default: affinity rows + bilinear descriptors, spectral "
-                          "start, Gaussian-mixture EM), em (the paper's GOGGLES), kmeans "
-                          "(AF+KM), em-random (random start), pgm "
-                          "(AF+PGM, Snorkel's LabelModel), backbone (its ImageNet classifier)")
-    run.add_argument("--descriptor-backbone", default=DEFAULT_DESCRIPTOR_BACKBONE,
-                     choices=BACKBONES + ("none",),
-                     help="graph-em: a second network whose bilinear descriptors join the "
-                          "graph (default mobilenet_v2: +25% extract time beside VGG-16); none "
-                          "to skip it")
-    run.add_argument("--dev-labels", default="", help="CSV/Parquet of uri,label naming clusters")
-    run.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    run = sub.add_parser("run", help="label the images under SOURCE on this machine",
+                         formatter_class=argparse.RawDescriptionHelpFormatter,
+                         epilog=_methods_help())
+    _run_parameters(run)
     run.add_argument("--runner", default="local", choices=RUNNERS,
                      help="local: the Kubeflow pipeline with kfp's local runner (default); "
                           "docker: the same with kfp's DockerRunner and the project image; "
@@ -95,13 +75,51 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _flag(name: str) -> str:
+    """The ``goggles run`` option of run parameter ``name``."""
+    flag = parameters.spec(name).flag
+    return flag or "--" + name.replace("_", "-")
+
+
+def _run_parameters(run: argparse.ArgumentParser) -> None:
+    """One option per run parameter, from the declaration (:mod:`goggles.parameters`)."""
+    from goggles.inference.registry import METHODS
+
+    types = parameters.types()
+    for item in parameters.declared():
+        spec = parameters.spec(item)
+        help_text = spec.help.replace("%", "%%")
+        if spec.flag == "SOURCE":
+            run.add_argument(item.name, metavar="SOURCE", help=help_text)
+            continue
+        options: dict[str, Any] = {"dest": item.name, "type": types[item.name]}
+        if spec.required:
+            options["required"] = True
+        else:
+            options["default"] = item.default
+            help_text += f" (default: {item.default!r})" if item.default == "" else \
+                f" (default: {item.default})"
+        choices = tuple(METHODS) if item.name == "method" else spec.choices
+        if choices:
+            options["choices"] = choices
+        run.add_argument(_flag(item.name), help=help_text, **options)
+
+
+def _methods_help() -> str:
+    from goggles.inference.registry import METHODS
+
+    lines = ["methods (--method):"]
+    lines += [f"  {name:<10} {method.summary}" for name, method in METHODS.items()]
+    return "\n".join(lines)
+
+
 def _cluster_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", required=True,
                         help="URL of the Kubeflow Pipelines API, e.g. http://localhost:8080")
     parser.add_argument("--experiment", default="goggles", help="experiment to run in")
     parser.add_argument("--namespace", default="", help="KFP namespace (multi-user clusters)")
     parser.add_argument("--package", default="",
-                        help="a compiled package to send (default: compile pipeline.py now)")
+                        help="a compiled package to send (default: compile the pipeline now)")
     parser.add_argument("--profile", default="default", choices=("default", "dev", "prod"),
                         help="with no --package: cluster settings matching k8s/overlays/<profile>")
     parser.add_argument("--service-account", default="",
@@ -117,20 +135,13 @@ def _configure_logging(verbose: bool) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from goggles.runners import RunParameters, run_inprocess
+    from goggles.pipeline.inprocess import run_inprocess
 
-    params = RunParameters(
-        source_uri=args.source, output_uri=args.output, num_classes=args.num_classes,
-        backbone=args.backbone, weights_uri=args.weights, top_k=args.top_k,
-        max_prototypes=args.max_prototypes,
-        num_shards=args.shards, method=args.method, max_iter=args.max_iter, seed=args.seed,
-        dev_labels_uri=args.dev_labels, device=args.device,
-        descriptor_backbone=args.descriptor_backbone)
-    params.validate()
+    params = RunParameters(**{name: getattr(args, name) for name in parameters.names()})
     if args.runner == "inprocess":
         metrics = run_inprocess(params)
     else:
-        from goggles.kfp_runner import run_pipeline
+        from goggles.kubeflow.runner import run_pipeline
 
         metrics = run_pipeline(params, runner=args.runner, pipeline_root=args.pipeline_root,
                                enable_caching=args.cache)
@@ -139,20 +150,20 @@ def _run(args: argparse.Namespace) -> int:
                                        "accuracy_kmeans", "timings_s", "pipeline_seconds")
                if k in metrics}
     print(json.dumps(summary, indent=2))
-    print(f"labels: {args.output.rstrip('/')}/labels.parquet")
-    print(f"report: {args.output.rstrip('/')}/report.html")
+    print(f"labels: {params.output_uri.rstrip('/')}/labels.parquet")
+    print(f"report: {params.output_uri.rstrip('/')}/report.html")
     return 0
 
 
 def _compile(args: argparse.Namespace) -> int:
-    from goggles.kfp_client import compile_package
+    from goggles.kubeflow.cluster import compile_package
 
     print(compile_package(args.output, args.profile))
     return 0
 
 
 def _submit(args: argparse.Namespace) -> int:
-    from goggles.kfp_client import submit
+    from goggles.kubeflow.cluster import submit
 
     run_id = submit(args.host, args.parameters, experiment=args.experiment,
                     run_name=args.run_name, package_path=args.package, namespace=args.namespace,
@@ -163,7 +174,7 @@ def _submit(args: argparse.Namespace) -> int:
 
 
 def _schedule(args: argparse.Namespace) -> int:
-    from goggles.kfp_client import schedule
+    from goggles.kubeflow.cluster import schedule
 
     recurring_id = schedule(args.host, args.cron, args.parameters, experiment=args.experiment,
                             job_name=args.job_name, package_path=args.package,
@@ -177,19 +188,31 @@ def _schedule(args: argparse.Namespace) -> int:
 COMMANDS = {"run": _run, "compile": _compile, "submit": _submit, "schedule": _schedule}
 
 
+def _describe(error: BaseException) -> str:
+    """One line for an error: a bad parameter names its option; expected errors their message;
+    anything else its type too."""
+    if isinstance(error, ConfigError) and error.parameter:
+        flag = _flag(error.parameter) if error.parameter in parameters.names() else ""
+        return f"{flag}: {error}" if flag.startswith("--") else str(error)
+    if isinstance(error, (ValueError, StageError)):
+        return str(error)
+    return f"{type(error).__name__}: {error}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     _configure_logging(args.verbose)
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, ValueError) as error:
-        print(f"goggles: error: {error}", file=sys.stderr)
-        return 2
-    except Exception as error:  # noqa: BLE001 - one clear line, details with -v
-        logger.debug("failure", exc_info=True)
-        print(f"goggles: error: {type(error).__name__}: {error}", file=sys.stderr)
-        return 1
+    except KeyboardInterrupt:
+        print("goggles: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # noqa: BLE001 - one clear line; the traceback with -v
+        if args.verbose:
+            traceback.print_exc()
+        print(f"goggles: error: {_describe(error)}", file=sys.stderr)
+        return 2 if isinstance(error, (ValueError, StageError)) else 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from goggles import storage
+from goggles.io import storage
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +143,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from goggles.runners import RunParameters, run_inprocess
+    from goggles.parameters import RunParameters
+    from goggles.pipeline.inprocess import run_inprocess
 
     output = os.path.abspath(args.output)
     classes = [c.strip() for c in args.classes.split(",") if c.strip()]
@@ -163,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.runner == "inprocess":
         metrics = run_inprocess(params)
     else:
-        from goggles.kfp_runner import run_pipeline
+        from goggles.kubeflow.runner import run_pipeline
 
         metrics = run_pipeline(params, runner=args.runner)
     total = sum(counts.values())

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-CUB_DEV = Path(os.environ.get("GOGGLES_CUB_DEV",
-                              Path(__file__).resolve().parents[1].parent / "shared" / "data"
-                              / "cub-dev"))
+ROOT = Path(__file__).resolve().parents[1]
+"""The repository's root."""
+CUB_DEV = Path(os.environ.get("GOGGLES_CUB_DEV", ROOT.parent / "shared" / "data" / "cub-dev"))
 
 
 def cub_task(tmp_path: Path, *species_prefixes: str, limit: int | None = None) -> Path:

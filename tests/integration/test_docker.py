@@ -25,12 +25,11 @@ import tomllib
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from components.image import BASE_IMAGE, GPU_IMAGE, IMAGES
-from goggles.kfp_runner import project_root, run_pipeline
-from goggles.runners import RunParameters
-from tests.conftest import CUB_DEV, cub_task
+from goggles.kubeflow.components.image import BASE_IMAGE, GPU_IMAGE, IMAGES
+from goggles.kubeflow.runner import run_pipeline
+from goggles.parameters import RunParameters
+from tests.conftest import CUB_DEV, ROOT, cub_task
 
-ROOT = project_root()
 DOCKER = ROOT / "docker"
 LOCAL_BASE_IMAGE = "goggles-base:bookworm"
 IMAGE_USER = "10001:10001"
@@ -157,7 +156,7 @@ def built_images(docker_client) -> dict[str, float]:  # type: ignore[no-untyped-
 
 PROBE = """
 import json, os, socket
-from goggles.backbones import SPECS, resolve_weights
+from goggles.features.backbones import SPECS, resolve_weights
 try:
     socket.create_connection(("pypi.org", 443), timeout=5)
     network = "reachable"
@@ -248,7 +247,7 @@ def test_pipeline_in_containers_gives_the_local_runners_labels(
 
 def test_symlink_targets_are_mounted_once_loops_and_all(tmp_path: Path) -> None:
     """The docker runner mounts where a source's symlinks point (cub_task's layout)."""
-    from goggles.kfp_runner import _symlink_targets
+    from goggles.kubeflow.runner import _symlink_targets
 
     data = tmp_path / "data"
     for species in ("a", "b"):
@@ -268,7 +267,7 @@ def test_symlink_targets_are_mounted_once_loops_and_all(tmp_path: Path) -> None:
 def test_links_through_a_linked_folder_are_mounted_where_they_point(tmp_path: Path) -> None:
     """A link whose text runs through another link (CI's ../shared may itself be one) resolves
     inside the container only if the real folder is mounted at the path the link names."""
-    from goggles.kfp_runner import _symlink_aliases
+    from goggles.kubeflow.runner import _symlink_aliases
 
     real = tmp_path / "real" / "cub"
     real.mkdir(parents=True)

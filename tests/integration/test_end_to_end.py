@@ -9,10 +9,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from goggles import steps
 from goggles.cli import main
-from goggles.config import InferConfig
-from goggles.runners import output_paths
+from goggles.inference.config import InferConfig
+from goggles.io.artifacts import output_paths
+from goggles.pipeline import stages
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.data]
 
@@ -44,17 +44,18 @@ def test_cli_labels_two_species(cub_pair: Path, tmp_path: Path) -> None:
     other = np.load(features / "descriptors-mobilenet_v2.npy")
     assert own.shape == other.shape == (120, 2048)
     np.testing.assert_allclose(np.linalg.norm(other, axis=1), 1.0, rtol=1e-5)
-    from goggles.graph import bilinear_descriptors
+    from goggles.features.descriptors import bilinear_descriptors
+    from goggles.io.artifacts import read_filter_maps
 
     np.testing.assert_allclose(own, bilinear_descriptors(
-        steps.read_filter_maps(str(features), 0, 120)), rtol=1e-5, atol=1e-6)
+        read_filter_maps(str(features), 0, 120)), rtol=1e-5, atol=1e-6)
     assert metrics["method"] == "graph-em" and 0.0 <= metrics["ece"] <= 1.0
 
     # same seed, same labels (byte for byte); the stage reruns on the stored affinity shards
     paths = output_paths(str(out))
     shards = [str(p) for p in sorted((out / "artifacts" / "affinity").iterdir())]
     again = tmp_path / "again.parquet"
-    steps.run_infer(InferConfig(num_classes=2, seed=3), paths["manifest"], paths["prototypes"],
+    stages.run_infer(InferConfig(num_classes=2, seed=3), paths["manifest"], paths["prototypes"],
                     shards, str(again), str(tmp_path / "inference.json"),
                     features_uri=paths["features"])
     assert again.read_bytes() == (out / "labels.parquet").read_bytes()

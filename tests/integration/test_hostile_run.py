@@ -15,10 +15,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from goggles import storage
-from goggles.config import IngestConfig
-from goggles.ingest import printable
-from goggles.runners import RunParameters, run_inprocess
+from goggles.ingest.config import IngestConfig
+from goggles.ingest.manifest import printable
+from goggles.io import listing
+from goggles.parameters import RunParameters
+from goggles.pipeline.inprocess import run_inprocess
 from tests.conftest import cub_task
 from tests.unit.test_hostile_inputs import make_hostile_tree
 
@@ -70,7 +71,7 @@ def test_real_birds_mixed_with_hostile_files_run_to_completion(tmp_path: Path,
                                           device="cpu", seed=0))
 
     manifest = pq.read_table(out / "manifest.parquet").to_pylist()
-    listed = storage.list_files(str(source), IngestConfig().extensions)
+    listed = listing.list_files(str(source), IngestConfig().extensions)
     assert len(manifest) == len(listed)  # one row per listed file
     rows = {printable(str(r["uri"]))[len(str(source)) + 1:]: r for r in manifest}
 

@@ -15,19 +15,21 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
-from components.image import IMAGES
-from goggles import storage
 from goggles.cli import main
-from goggles.kfp_runner import PipelineRunError, run_pipeline
-from goggles.runners import RunParameters, run_inprocess
+from goggles.io import storage
+from goggles.kubeflow.components.image import IMAGES
+from goggles.kubeflow.runner import PipelineRunError, run_pipeline
+from goggles.parameters import RunParameters
+from goggles.pipeline.inprocess import run_inprocess
 from tests.conftest import cub_task
 
 pytestmark = [pytest.mark.integration]
 
 SEED = 3
 BACKBONE = "mobilenet_v2"
-DESIGN_FILES = ("labels.parquet", "manifest.parquet", "metrics.json", "report.html")
+OUTPUT_FILES = ("labels.parquet", "manifest.parquet", "metrics.json", "report.html")
 PRINT = builtins.print
 
 
@@ -85,7 +87,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
 def test_cli_run_defaults_to_the_local_runner_and_writes_the_design_files(runs) -> None:
     out = runs["out3"]
     assert builtins.print is PRINT, "kfp.local left its indenting print installed"
-    for name in DESIGN_FILES:
+    for name in OUTPUT_FILES:
         assert (out / name).is_file(), name
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["runner"] == "local"
@@ -135,7 +137,7 @@ def test_sharding_is_exact_one_and_four_shards_give_identical_labels(runs) -> No
         (runs["out4"] / "labels.parquet").read_bytes()
     assert runs["metrics1"]["num_shards"] == 1 and runs["metrics4"]["num_shards"] == 4
     # the output may be any fsspec URI: the 1-shard run went to memory://
-    for name in DESIGN_FILES:
+    for name in OUTPUT_FILES:
         assert storage.exists(storage.join(runs["memory_out"], name)), name
     four_shards = sorted(p.name for p in (runs["out4"] / "artifacts" / "affinity").iterdir())
     assert len(four_shards) == 4
@@ -189,6 +191,7 @@ def test_docker_runner_says_what_is_missing(tmp_path: Path) -> None:
         pytest.skip("the project images are built here; nothing is missing")
     source = tmp_path / "images"
     source.mkdir()
+    Image.new("RGB", (8, 8)).save(source / "a.png")
     params = RunParameters(source_uri=str(source), output_uri=str(tmp_path / "out"),
                            num_classes=2)
     with pytest.raises(PipelineRunError,

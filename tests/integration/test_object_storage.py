@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from goggles import completion, retries, storage
+from goggles.io import listing, retries, storage
 from tests.conftest import CUB_DEV
 from tests.integration.servers import S3_TEST_SECRET, FaultyProxy, GCSServer, S3Server
 
@@ -61,7 +61,7 @@ def weights() -> bytes:
     """MobileNetV2's ImageNet weights as a torchvision state dict (uploaded as --weights)."""
     import torch
 
-    from goggles.backbones import resolve_weights
+    from goggles.features.backbones import resolve_weights
 
     state, _ = resolve_weights("mobilenet_v2")
     buffer = io.BytesIO()
@@ -301,10 +301,10 @@ def test_missing_object_fails_fast_with_its_name(protocol: str, servers: dict) -
         with pytest.raises(storage.MissingObjectError, match=uri):
             storage.read_bytes(uri)
         assert time.perf_counter() - started < 2.0  # no retries for a permanent error
-        assert not storage.exists(uri) and not completion.is_complete(uri)
+        assert not storage.exists(uri)
         with pytest.raises(storage.StorageError, match=f"no image files under '{protocol}://"):
-            from goggles.config import IngestConfig
-            from goggles.ingest import build_manifest
+            from goggles.ingest.config import IngestConfig
+            from goggles.ingest.manifest import build_manifest
 
             build_manifest(f"{protocol}://{DATA_BUCKET}/no-such-prefix", IngestConfig())
 
@@ -323,7 +323,7 @@ def test_reads_and_listing_survive_a_proxy_that_fails_a_third_of_requests(
     try:
         with FaultyProxy(server.url, fail_rate=0.33, seed=3) as proxy, \
                 environment(server.environment(proxy.url)):
-            listed = storage.list_files(f"{protocol}://{DATA_BUCKET}/flaky", (".jpg",))
+            listed = listing.list_files(f"{protocol}://{DATA_BUCKET}/flaky", (".jpg",))
             got = dict(storage.read_many([f.uri for f in listed], max_concurrency=8))
     finally:
         storage.set_retry_policy(previous)
@@ -338,7 +338,7 @@ def test_goggles_retries_what_the_client_library_gives_up_on(
     """With botocore's own retries off (AWS_MAX_ATTEMPTS=1) s3fs passes 503s straight up; the
     storage layer's backoff must carry every write, commit, listing and read through."""
     server = servers["s3"]
-    caplog.set_level("WARNING", logger="goggles.retries")
+    caplog.set_level("WARNING", logger="goggles.io.retries")
     previous = storage.set_retry_policy(retries.RetryPolicy(max_attempts=12,
                                                              initial_delay_s=0.02))
     rng = np.random.default_rng(9)
@@ -348,7 +348,7 @@ def test_goggles_retries_what_the_client_library_gives_up_on(
                 environment({**server.environment(proxy.url), "AWS_MAX_ATTEMPTS": "1"}):
             for uri, data in objects.items():
                 storage.write_bytes(uri, data)
-            listed = storage.list_files(f"s3://{OUT_BUCKET}/own-retries", (".jpg",))
+            listed = listing.list_files(f"s3://{OUT_BUCKET}/own-retries", (".jpg",))
             got = dict(storage.read_many(list(objects), max_concurrency=4))
     finally:
         storage.set_retry_policy(previous)
@@ -364,7 +364,7 @@ def test_goggles_retries_what_the_client_library_gives_up_on(
 STALLED_WRITER = textwrap.dedent("""
     import sys, time
     import pyarrow as pa
-    from goggles import completion, storage
+    from goggles.io import storage
 
     mode, uri = sys.argv[1], sys.argv[2]
     table = pa.table({"x": list(range(1000)), "y": [float(i) / 7 for i in range(1000)]})
@@ -376,14 +376,6 @@ STALLED_WRITER = textwrap.dedent("""
         storage.write_parquet(table, uri)
     elif mode == "file":
         storage.write_parquet(table, uri)
-    elif mode in ("folder-stall", "folder"):
-        completion.begin_folder(uri)
-        storage.write_parquet(table, storage.join(uri, "part-0.parquet"))
-        if mode == "folder-stall":
-            print("written, not committed", flush=True)
-            time.sleep(600)
-        storage.write_parquet(table, storage.join(uri, "part-1.parquet"))
-        completion.commit_folder(uri)
     print("done", flush=True)
 """)
 
@@ -427,33 +419,17 @@ def test_writer_killed_before_commit_leaves_no_artifact(crash_target: tuple[str,
     uri = storage.join(base, "labels.parquet")
     kill_when_stalled(start_writer("file-stall", uri, env))
 
-    assert not storage.exists(uri) and not completion.is_complete(uri)
+    assert not storage.exists(uri)
     with pytest.raises(storage.MissingObjectError, match="labels.parquet"):
         storage.read_parquet(uri)
-    visible = [Path(f.relative).name for f in storage.list_files(base, (".parquet",))]
+    visible = [Path(f.relative).name for f in listing.list_files(base, (".parquet",))]
     assert visible == []  # the written bytes sit only under a hidden temporary name
 
     finish_writer("file", uri, env)  # the rerun
-    assert completion.is_complete(uri)
+    assert storage.is_file(uri)
     assert storage.read_parquet(uri).num_rows == 1000
-    assert storage.remove_temporaries(base) == 1  # the killed writer's leftover
-    assert storage.remove_temporaries(base) == 0
-
-
-def test_folder_killed_before_its_marker_is_incomplete(crash_target: tuple[str, dict]) -> None:
-    base, env = crash_target
-    folder = storage.join(base, "features")
-    finish_writer("folder", folder, env)
-    assert completion.is_complete(folder)
-
-    # a rerun that dies half-way must not leave the old marker vouching for mixed files
-    kill_when_stalled(start_writer("folder-stall", folder, env))
-    assert not completion.is_complete(folder)
-
-    finish_writer("folder", folder, env)
-    assert completion.is_complete(folder)
-    marker = storage.read_json(storage.join(folder, completion.SUCCESS_MARKER))
-    assert sorted(marker["files"]) == ["part-0.parquet", "part-1.parquet"]
+    assert listing.remove_temporaries(base) == 1  # the killed writer's leftover
+    assert listing.remove_temporaries(base) == 0
 
 
 @pytest.mark.slow
@@ -465,7 +441,7 @@ def test_random_kills_never_expose_a_partial_object(servers: dict) -> None:
     uri = f"gs://{OUT_BUCKET}/random-kills/blob.bin"
     script = textwrap.dedent("""
         import hashlib, os, sys
-        from goggles import storage
+        from goggles.io import storage
         for _ in range(1000):
             body = os.urandom(4 << 20)
             storage.write_bytes(sys.argv[1], hashlib.sha256(body).digest() + body)

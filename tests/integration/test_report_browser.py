@@ -23,7 +23,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image, ImageDraw
 
-from goggles.runners import RunParameters, run_inprocess
+from goggles.parameters import RunParameters
+from goggles.pipeline.inprocess import run_inprocess
 from tests.conftest import CUB_DEV, cub_task
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]

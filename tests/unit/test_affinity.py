@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from goggles.affinity import affinity_block, shard_bounds
+from goggles.features.affinity import affinity_block, shard_bounds
 
 
 def reference(maps: np.ndarray, prototypes: np.ndarray) -> np.ndarray:

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from goggles import backbones
-from goggles.backbones import WeightsNotFound, load_backbone, resolve_weights
+from goggles.features import backbones
+from goggles.features.backbones import WeightsNotFound, load_backbone, resolve_weights
 
 
 def _has(package: str) -> bool:

@@ -7,22 +7,21 @@ import random
 
 import numpy as np
 import pytest
+from PIL import Image
 
-from goggles.baselines import (
+from goggles.config import ConfigError
+from goggles.inference.config import InferConfig
+from goggles.inference.imagenet import (
     BackboneHeadUnavailable,
-    FilterMaps,
-    MethodFit,
-    discretise,
-    fit_baseline,
-    fit_gaussians,
-    fit_pgm,
+    ImageNetLabeler,
     imagenet_logits,
-    label_model_proba,
     restrict_to_top_classes,
 )
-from goggles.config import METHODS, ConfigError, InferConfig
-from goggles.evaluation import evaluate
-from goggles.steps import infer_labels
+from goggles.inference.pgm import discretise, fit_pgm, label_model_proba
+from goggles.inference.registry import METHODS, fit_method
+from goggles.inference.summary import fit_gaussians
+from goggles.io.artifacts import FilterMaps
+from goggles.report.evaluation import evaluate
 
 
 def blocks_matrix(sizes: list[int], columns_per_image: int = 3, *, seed: int = 0,
@@ -85,7 +84,7 @@ def test_masked_loss_label_model_fits_like_snorkels() -> None:
     pytest.importorskip("snorkel")
     from snorkel.labeling.model import LabelModel
 
-    from goggles.baselines import _label_model_class
+    from goggles.inference.pgm import _label_model_class
 
     rng = np.random.default_rng(1)
     votes = np.where(rng.random((60, 40)) < 0.3, rng.integers(0, 2, (60, 40)), -1)
@@ -157,7 +156,7 @@ def test_restrict_to_top_classes_takes_the_most_predicted() -> None:
 
 
 def _weights_or_skip(name: str):  # type: ignore[no-untyped-def]
-    from goggles.backbones import WeightsNotFound, resolve_weights
+    from goggles.features.backbones import WeightsNotFound, resolve_weights
 
     try:
         return resolve_weights(name)[0]
@@ -193,30 +192,35 @@ def test_backbone_without_a_classifier_names_the_ways_to_get_one() -> None:
 
 
 @pytest.mark.slow
-def test_backbone_method_through_infer_labels_names_clusters_after_imagenet() -> None:
+def test_backbone_method_through_the_registry_names_clusters_after_imagenet() -> None:
     _weights_or_skip("mobilenet_v2")
     rng = np.random.default_rng(0)
     maps = rng.random((8, 1280, 7, 7)).astype(np.float32)
     maps[4:, :640] *= 3  # two kinds of images
     a, _, source = blocks_matrix([4, 4])
-    probs, fit = infer_labels(a, source, InferConfig(num_classes=2, method="backbone"),
-                              filter_maps=FilterMaps("mobilenet_v2", lambda: iter([maps])))
-    assert isinstance(fit, MethodFit) and fit.initial_labels_ is None
+    fit = fit_method(InferConfig(num_classes=2, method="backbone"), a, source,
+                     filter_maps=FilterMaps("mobilenet_v2", lambda: iter([maps])))
+    probs = fit.posteriors_
+    assert isinstance(fit, ImageNetLabeler) and fit.initial_labels_ is None
+    assert probs is not None
     assert probs.shape == (8, 2) and np.allclose(probs.sum(axis=1), 1)
     assert fit.cluster_names_ is not None and len(set(fit.cluster_names_)) == 2
     assert fit.params_ is not None and fit.params_.mean.shape == (a.shape[1], 2)
     with pytest.raises(ValueError, match="needs the filter maps"):
-        fit_baseline(a, source, InferConfig(num_classes=2, method="backbone"))
+        fit_method(InferConfig(num_classes=2, method="backbone"), a, source)
 
 
 def test_a_run_without_the_classifier_fails_before_any_work(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from goggles.runners import RunParameters
+    from goggles.parameters import RunParameters
+    from goggles.pipeline.wiring import check_inputs
 
     state = _weights_or_skip("vgg16")
     if any(k.startswith("classifier.") for k in state):
         pytest.skip("these VGG-16 weights include the classifier")
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "images" / "a.png")
     params = RunParameters(source_uri=str(tmp_path / "images"), output_uri=str(tmp_path / "out"),
                            num_classes=2, backbone="vgg16", method="backbone")
     with pytest.raises(BackboneHeadUnavailable, match="--backbone mobilenet_v2"):
-        params.validate()
+        check_inputs(params)
     assert not (tmp_path / "out").exists()

@@ -1,10 +1,10 @@
-"""The prototype budget (goggles.budget)."""
+"""The prototype budget (goggles.features.budget)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from goggles.budget import select_within_budget
+from goggles.features.budget import select_within_budget
 
 
 def test_no_budget_keeps_everything() -> None:

@@ -1,4 +1,4 @@
-"""goggles.concurrency.map_bounded: order, the bound on calls in flight, laziness, errors."""
+"""goggles.io.concurrency.map_bounded: order, the bound on calls in flight, laziness, errors."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from goggles.concurrency import map_bounded
+from goggles.io.concurrency import map_bounded
 
 
 def test_results_come_in_input_order_whatever_finishes_first() -> None:
@@ -71,7 +71,7 @@ def test_errors_propagate() -> None:
 
 
 def test_progress_is_logged_for_pods(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level("INFO", logger="goggles.concurrency")
+    caplog.set_level("INFO", logger="goggles.io.concurrency")
     list(map_bounded(lambda x: x, list(range(20)), max_concurrency=2, desc="reading",
                      unit="obj"))
     messages = [r.getMessage() for r in caplog.records]

@@ -13,8 +13,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from goggles.inference import AffinityEM, DegenerateDataWarning
-from goggles.runners import RunParameters, run_inprocess
+from goggles.inference.base import DegenerateDataWarning
+from goggles.inference.paper_em import AffinityEM
+from goggles.parameters import RunParameters
+from goggles.pipeline.inprocess import run_inprocess
 
 
 def fit(affinity: np.ndarray, source_index: np.ndarray, num_classes: int,

@@ -8,18 +8,18 @@ import numpy as np
 import pytest
 import torch
 
-from goggles import device as dev
-from goggles import likelihood
-from goggles.affinity import affinity_block, block_shape
-from goggles.features import extract_filter_maps, prepare_model, use_channels_last
-from goggles.likelihood import (
+from goggles.features import device as dev
+from goggles.features.affinity import affinity_block, block_shape
+from goggles.features.extraction import extract_filter_maps, prepare_model, use_channels_last
+from goggles.inference import likelihood
+from goggles.inference.likelihood import (
     class_log_likelihood,
     gaussians_from_statistics,
     hard_statistics,
     likelihood_backend,
     self_mask_positions,
 )
-from goggles.likelihood_torch import chunk_shape_rows
+from goggles.inference.likelihood_torch import chunk_shape_rows
 
 CUDA = torch.device("cuda")
 CPU = torch.device("cpu")
@@ -148,7 +148,7 @@ def test_affinity_with_an_auto_budget_is_unchanged() -> None:
 def test_extract_batches_arrive_in_order(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from PIL import Image
 
-    from goggles.features import preprocess
+    from goggles.features.extraction import preprocess
 
     rng = np.random.default_rng(0)
     uris = []

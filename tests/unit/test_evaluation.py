@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from goggles.evaluation import best_mapping, evaluate, name_clusters
+from goggles.report.evaluation import best_mapping, evaluate, name_clusters
 
 
 def test_permuted_clusters_score_perfectly() -> None:
@@ -38,7 +38,7 @@ def test_dev_set_names_clusters() -> None:
 
 
 def test_calibration_of_perfect_confident_and_overconfident_labels() -> None:
-    from goggles.evaluation import calibration
+    from goggles.report.evaluation import calibration
 
     truth = ["a", "a", "b", "b"]
     perfect = calibration(truth, np.array([[0.0, 1.0], [0.0, 1.0], [1.0, 0.0], [1.0, 0.0]]))

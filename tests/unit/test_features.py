@@ -6,7 +6,9 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from goggles.features import Prototypes, preprocess, select_prototypes
+from goggles.features.extraction import preprocess
+from goggles.features.prototypes import select_prototypes
+from goggles.io.artifacts import Prototypes
 
 
 def test_top_channels_their_argmax_and_duplicates_dropped() -> None:

@@ -24,9 +24,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from goggles import storage
-from goggles.config import IngestConfig
-from goggles.ingest import ImageRejected, build_manifest, decode_image
+from goggles.ingest.config import IngestConfig
+from goggles.ingest.manifest import build_manifest
+from goggles.io import storage
+from goggles.io.images import ImageRejected, decode_image
 
 CONFIG = IngestConfig()
 # Whole-example time allowed; a file that takes longer counts as a hang.

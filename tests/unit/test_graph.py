@@ -1,4 +1,4 @@
-"""Graph EM (goggles.graph) on synthetic data whose answer is known."""
+"""Graph EM (goggles.inference.graph_em) on synthetic data whose answer is known."""
 
 from __future__ import annotations
 
@@ -8,16 +8,11 @@ import numpy as np
 import pytest
 import scipy.sparse.csgraph
 
-from goggles.evaluation import evaluate
-from goggles.graph import (
-    SKETCH_DIM,
-    GraphEM,
-    bilinear_descriptors,
-    connected_knn_graph,
-    gaussian_mixture_em,
-    knn_graph,
-)
-from goggles.inference import DegenerateDataWarning
+from goggles.features.descriptors import SKETCH_DIM, bilinear_descriptors
+from goggles.inference.base import DegenerateDataWarning
+from goggles.inference.graph import connected_knn_graph, knn_graph
+from goggles.inference.graph_em import GraphEM, gaussian_mixture_em
+from goggles.report.evaluation import evaluate
 from tests.unit.test_inference import planted
 
 
@@ -80,7 +75,8 @@ def test_knn_graph_is_symmetric_and_counts_each_image_as_its_neighbour() -> None
 def test_graph_em_recovers_planted_classes(num_classes: int) -> None:
     a, source, truth = planted(num_classes, 30, noise=0.12, seed=4)
     maps = planted_maps(truth, seed=4)
-    model = GraphEM(num_classes, random_state=0).fit(a, source, bilinear_descriptors(maps))
+    model = GraphEM(num_classes, random_state=0).fit(a, source,
+                                                     descriptors=bilinear_descriptors(maps))
     assert model.posteriors_ is not None and model.initial_labels_ is not None
     np.testing.assert_allclose(model.posteriors_.sum(axis=1), 1.0)
     assert accuracy(truth, model.posteriors_.argmax(axis=1), num_classes) == 1.0
@@ -91,9 +87,10 @@ def test_graph_em_recovers_planted_classes(num_classes: int) -> None:
 def test_graph_em_is_deterministic_and_independent_of_row_blocks() -> None:
     a, source, truth = planted(3, 20, noise=0.2, seed=6)
     d = bilinear_descriptors(planted_maps(truth, seed=6, noise=1.0))
-    first = GraphEM(3, random_state=5).fit(a, source, d).posteriors_
-    again = GraphEM(3, random_state=5).fit(a, source, d).posteriors_
-    blocked = GraphEM(3, random_state=5).fit(SevenRowBlocks(a), source, d).posteriors_
+    first = GraphEM(3, random_state=5).fit(a, source, descriptors=d).posteriors_
+    again = GraphEM(3, random_state=5).fit(a, source, descriptors=d).posteriors_
+    blocked = GraphEM(3, random_state=5).fit(SevenRowBlocks(a), source,
+                                             descriptors=d).posteriors_
     np.testing.assert_array_equal(first, again)
     np.testing.assert_array_equal(first, blocked)
 
@@ -102,7 +99,7 @@ def test_sampled_graph_labels_every_image() -> None:
     """Above max_rows the graph is built on a sample; the others follow their neighbours."""
     a, source, truth = planted(2, 60, noise=0.1, seed=2)
     d = bilinear_descriptors(planted_maps(truth, seed=2))
-    model = GraphEM(2, max_rows=50, random_state=0).fit(a, source, d)
+    model = GraphEM(2, max_rows=50, random_state=0).fit(a, source, descriptors=d)
     assert model.sample_ is not None and len(model.sample_) == 50
     assert model.posteriors_ is not None and model.posteriors_.shape == (120, 2)
     assert accuracy(truth, model.posteriors_.argmax(axis=1), 2) == 1.0
@@ -135,7 +132,7 @@ def test_identical_images_warn_instead_of_failing() -> None:
     d = np.ones((12, SKETCH_DIM), dtype=np.float32) / np.sqrt(SKETCH_DIM)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        model = GraphEM(2, random_state=0).fit(a, np.arange(12), d)
+        model = GraphEM(2, random_state=0).fit(a, np.arange(12), descriptors=d)
     assert any(issubclass(w.category, DegenerateDataWarning) for w in caught)
     assert model.posteriors_ is not None and np.isfinite(model.posteriors_).all()
 
@@ -143,7 +140,7 @@ def test_identical_images_warn_instead_of_failing() -> None:
 def test_descriptor_rows_must_match_affinity_rows() -> None:
     a, source, truth = planted(2, 10)
     with pytest.raises(ValueError, match="descriptors have 5 rows but A has 20"):
-        GraphEM(2).fit(a, source, np.ones((5, SKETCH_DIM), dtype=np.float32))
+        GraphEM(2).fit(a, source, descriptors=np.ones((5, SKETCH_DIM), dtype=np.float32))
 
 
 def grouped_rows(classes: int, groups: int, per_group: int, *, spread: float,
@@ -163,7 +160,7 @@ def test_graph_em_labels_classes_made_of_separate_groups() -> None:
     # 4 classes x 5 groups of 30: the 10-NN graph has 20 components, and a spectral embedding
     # of it would pick arbitrary groups (measured: accuracy 0.36 before connected_knn_graph)
     rows, truth, _ = grouped_rows(4, 5, 30, spread=0.5)
-    model = GraphEM(4).fit(rows, np.arange(40), [])
+    model = GraphEM(4).fit(rows, np.arange(40), descriptors=[])
     assert model.neighbours_used_ > 10
     assert evaluate([str(t) for t in truth], model.posteriors_.argmax(axis=1), 4)["accuracy"] \
         == 1.0
@@ -199,14 +196,15 @@ def test_graph_em_on_part_templates_above_the_dense_eigensolver_size() -> None:
     # eigenvectors of the bridged groups (measured 0.67 before the closed form; the paper's EM
     # gets 1.0)
     from benchmarks.scale import synthetic_maps, templates
-    from goggles.affinity import affinity_block
-    from goggles.budget import select_within_budget
-    from goggles.features import select_prototypes
+    from goggles.features.affinity import affinity_block
+    from goggles.features.budget import select_within_budget
+    from goggles.features.prototypes import select_prototypes
 
     maps, truth = synthetic_maps(0, 3200, templates(0), 0)
     found = select_prototypes(maps, np.arange(3200), 5)
     kept = found.take(select_within_budget(len(found), 256, seed=0))
-    model = GraphEM(4, restarts=2).fit(affinity_block(maps, kept.vectors), kept.image_id, [])
+    model = GraphEM(4, restarts=2).fit(affinity_block(maps, kept.vectors), kept.image_id,
+                                       descriptors=[])
     assert model.bridges_ > 0
     assert evaluate([str(t) for t in truth], model.posteriors_.argmax(axis=1), 4)["accuracy"] \
         == 1.0

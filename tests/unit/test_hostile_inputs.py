@@ -22,9 +22,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from goggles import storage
-from goggles.config import IngestConfig
-from goggles.ingest import build_manifest, decode_image, inspect_file, printable
+from goggles.ingest.config import IngestConfig
+from goggles.ingest.manifest import build_manifest, inspect_file, printable
+from goggles.io import listing, storage
+from goggles.io.images import decode_image
 
 RED, BLUE = (255, 0, 0), (0, 0, 255)
 
@@ -151,7 +152,7 @@ def hostile_blobs() -> dict[str, tuple[bytes, Expect]]:
 @pytest.mark.parametrize("name", sorted(hostile_blobs()))
 def test_hostile_content_is_accepted_as_rgb_or_rejected_with_its_reason(name: str) -> None:
     data, expect = hostile_blobs()[name]
-    listed = storage.ListedFile(f"memory:///hostile/{name}", name, len(data))
+    listed = listing.ListedFile(f"memory:///hostile/{name}", name, len(data))
     storage.write_bytes(listed.uri, data)
     record = inspect_file(listed, IngestConfig())
     if expect.status == "accepted":
@@ -192,7 +193,7 @@ def test_sixteen_bit_png_keeps_its_full_range() -> None:
 
 
 def test_postscript_named_jpg_never_reaches_ghostscript() -> None:
-    from goggles.ingest import ImageRejected
+    from goggles.io.images import ImageRejected
 
     with pytest.raises(ImageRejected, match="no supported image format") as caught:
         decode_image(hostile_blobs()["postscript.jpg"][0], max_pixels=10_000)
@@ -267,7 +268,7 @@ def test_hostile_tree_every_listed_file_gets_its_row(tmp_path: Path, alarm: None
     source = tmp_path / "source"
     expected = make_hostile_tree(source)
     manifest = build_manifest(str(source), IngestConfig())
-    listed = storage.list_files(str(source), IngestConfig().extensions)
+    listed = listing.list_files(str(source), IngestConfig().extensions)
     assert manifest.num_rows == len(listed)
 
     rows: dict[str, dict[str, object]] = {}
@@ -298,7 +299,7 @@ def test_hostile_tree_every_listed_file_gets_its_row(tmp_path: Path, alarm: None
 def test_file_that_vanishes_between_listing_and_reading(tmp_path: Path) -> None:
     for name in ("stays.png", "goes.png"):
         (tmp_path / name).write_bytes(encode(noise(8, 8), "PNG"))
-    listed = storage.list_files(str(tmp_path), (".png",))
+    listed = listing.list_files(str(tmp_path), (".png",))
     (tmp_path / "goes.png").unlink()
     records = {Path(f.uri).name: inspect_file(f, IngestConfig()) for f in listed}
     assert records["stays.png"].error is None
@@ -308,7 +309,7 @@ def test_file_that_vanishes_between_listing_and_reading(tmp_path: Path) -> None:
 def test_remote_object_that_vanishes_after_listing() -> None:
     uri = "memory:///vanishing/a/gone.png"
     storage.write_bytes(uri, encode(noise(8, 8), "PNG"))
-    [listed] = storage.list_files("memory:///vanishing", (".png",))
+    [listed] = listing.list_files("memory:///vanishing", (".png",))
     storage.filesystem(uri)[0].rm("/vanishing/a/gone.png")
     record = inspect_file(listed, IngestConfig())
     assert record.error is not None and "unreadable" in record.error

@@ -7,10 +7,8 @@ import warnings
 import numpy as np
 import pytest
 
-from goggles.evaluation import evaluate
-from goggles.inference import (
-    AffinityEM,
-    DegenerateDataWarning,
+from goggles.inference.base import DegenerateDataWarning
+from goggles.inference.likelihood import (
     GaussianParameters,
     SufficientStatistics,
     class_log_likelihood,
@@ -18,6 +16,8 @@ from goggles.inference import (
     self_mask_positions,
     sufficient_statistics,
 )
+from goggles.inference.paper_em import AffinityEM
+from goggles.report.evaluation import evaluate
 
 
 def planted(num_classes: int, per_class: int, prototypes_per_image: int = 2, *, seed: int = 0,
@@ -192,7 +192,7 @@ class SplitRows:
 def test_sharded_em_is_identical_to_in_memory(exclude_self: bool, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     a, source, _ = planted(3, 30, seed=4, noise=0.2)
     whole = AffinityEM(3, random_state=2, exclude_self=exclude_self).fit(a, source)
-    from goggles import blocks
+    from goggles.io import blocks
 
     monkeypatch.setattr(blocks, "WORKING_BYTES", 8 * a.shape[1] * 7)  # 7-row working blocks
     sharded = AffinityEM(3, random_state=2, exclude_self=exclude_self).fit(

@@ -13,21 +13,18 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from goggles import storage
-from goggles.config import IngestConfig
-from goggles.ingest import (
-    MANIFEST_SCHEMA,
-    ImageRejected,
-    accepted,
+from goggles.ingest.config import IngestConfig
+from goggles.ingest.manifest import (
     build_manifest,
-    decode_image,
     inspect_data,
     inspect_file,
     label_of,
     precheck,
     printable,
-    to_rgb,
 )
+from goggles.io import listing, storage
+from goggles.io.artifacts import MANIFEST_SCHEMA, accepted
+from goggles.io.images import ImageRejected, decode_image, to_rgb
 
 
 def encode(image: Image.Image, fmt: str, **options: object) -> bytes:
@@ -117,8 +114,8 @@ def test_printable_escapes_undecodable_bytes_only() -> None:
 
 # -- precheck / inspect -------------------------------------------------------------------------
 
-def listed_file(path: Path, root: Path) -> storage.ListedFile:
-    return storage.ListedFile(str(path), path.relative_to(root).as_posix(),
+def listed_file(path: Path, root: Path) -> listing.ListedFile:
+    return listing.ListedFile(str(path), path.relative_to(root).as_posix(),
                               path.stat().st_size if path.exists() else -1)
 
 
@@ -136,13 +133,13 @@ def test_precheck_refuses_large_files_before_reading(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("relative", ["../x.jpg", "a/../../x.jpg", "a//x.jpg", "./x.jpg"])
 def test_precheck_refuses_paths_that_could_leave_the_prefix(relative: str) -> None:
-    listed = storage.ListedFile(f"memory://src/{relative}", relative, 10)
+    listed = listing.ListedFile(f"memory://src/{relative}", relative, 10)
     reason = precheck(listed, IngestConfig())
     assert reason is not None and "outside the source prefix" in reason
 
 
 def test_inspect_data_rejects_data_that_grew_past_max_bytes() -> None:
-    listed = storage.ListedFile("memory://src/a.png", "a.png", 1)
+    listed = listing.ListedFile("memory://src/a.png", "a.png", 1)
     record = inspect_data(listed, encode(noise(), "PNG"), IngestConfig(max_bytes=100))
     assert record.error is not None and "exceeds max_bytes=100" in record.error
     assert record.sha256 is not None

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from goggles.kfp_runner import load_pipeline, project_root
+from goggles.kubeflow import pipeline as kubeflow_pipeline
+from tests.conftest import ROOT
 
-K8S = project_root() / "k8s"
+K8S = ROOT / "k8s"
 OVERLAYS = sorted(p.parent.name for p in (K8S / "overlays").glob("*/kustomization.yaml"))
 KUBERNETES_VERSION = "1.30.0"
 
@@ -80,7 +81,7 @@ def test_the_validator_rejects_what_kubernetes_would(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
     """The pipeline compiled with each overlay's profile: {profile: kubernetes executors}."""
-    module = load_pipeline()
+    module = kubeflow_pipeline
     folder = tmp_path_factory.mktemp("profiles")
     result = {}
     for profile in ("default", *OVERLAYS):
@@ -95,7 +96,7 @@ def compiled(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_the_profile_refers_to_what_the_overlay_provides(overlay: str, compiled) -> None:
-    module = load_pipeline()
+    module = kubeflow_pipeline
     resources = _render(overlay)
     executors = compiled[overlay]["executors"]
     secret = resources[("Secret", module.BUCKET_SECRET)]
@@ -115,7 +116,7 @@ def test_the_profile_refers_to_what_the_overlay_provides(overlay: str, compiled)
     for name in set(executors) - bucket_tasks:
         assert "secretAsEnv" not in executors[name], f"{name} reads no bucket"
     # every task runs as the images' user, which is not root
-    dockerfile = (project_root() / "docker" / "Dockerfile").read_text()
+    dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
     users = re.findall(r"^USER (\d+):(\d+)$", dockerfile, re.MULTILINE)
     assert users == [(str(module.IMAGE_USER), str(module.IMAGE_USER))]
     assert set(executors) == {"exec-ingest", "exec-plan-shards", "exec-extract",
@@ -153,4 +154,4 @@ def test_the_default_profile_leaves_the_namespace_alone(compiled) -> None:
 
 def test_an_unknown_profile_names_the_choices() -> None:
     with pytest.raises(ValueError, match="unknown profile 'staging'; choose one of default"):
-        load_pipeline().pipeline_for("staging")
+        kubeflow_pipeline.pipeline_for("staging")

@@ -16,8 +16,8 @@ import kfp
 import pytest
 import yaml
 
-from goggles import kfp_client
 from goggles.cli import main
+from goggles.kubeflow import cluster
 
 HOST = "http://kfp.example:8080"
 
@@ -144,11 +144,11 @@ def test_bad_parameters_never_reach_the_server(client, capsys, argv, message) ->
 
 
 def test_package_parameters_read_the_compiled_definitions(tmp_path: Path) -> None:
-    package = kfp_client.compile_package(str(tmp_path / "p.yaml"))
-    parameters = kfp_client.package_parameters(package)
-    assert parameters["num_shards"] == {"type": "NUMBER_INTEGER", "default": 4}
+    package = cluster.compile_package(str(tmp_path / "p.yaml"))
+    parameters = cluster.package_parameters(package)
+    assert parameters["num_shards"] == {"type": "NUMBER_INTEGER", "default": 1}
     assert parameters["backbone"] == {"type": "STRING", "default": "vgg16"}
-    assert kfp_client.check_cron("0  0 3 * * *") == "0 0 3 * * *"
+    assert cluster.check_cron("0  0 3 * * *") == "0 0 3 * * *"
 
 
 def test_profile_and_service_account_reach_the_cluster(client) -> None:
@@ -163,7 +163,7 @@ def test_profile_and_service_account_reach_the_cluster(client) -> None:
 
 
 def test_compile_with_a_profile_mounts_what_the_overlay_provides(tmp_path: Path) -> None:
-    default = Path(kfp_client.compile_package(str(tmp_path / "default.yaml"))).read_text()
-    prod = Path(kfp_client.compile_package(str(tmp_path / "prod.yaml"), "prod")).read_text()
+    default = Path(cluster.compile_package(str(tmp_path / "default.yaml"))).read_text()
+    prod = Path(cluster.compile_package(str(tmp_path / "prod.yaml"), "prod")).read_text()
     assert "goggles-bucket-credentials" in prod
     assert "goggles-bucket-credentials" not in default

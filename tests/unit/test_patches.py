@@ -7,7 +7,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from goggles.patches import FIELDS, ReceptiveField, patch_boxes, prototype_patch, receptive_field
+from goggles.report.patches import (
+    FIELDS,
+    ReceptiveField,
+    patch_boxes,
+    prototype_patch,
+    receptive_field,
+)
 
 
 def test_recurrence_on_simple_chains() -> None:
@@ -44,7 +50,7 @@ def test_pinned_fields_match_the_architectures_and_their_gradients(backbone: str
     import torch
     from torchvision import models
 
-    from goggles.patches import layers_of
+    from goggles.report.patches import layers_of
 
     with torch.device("meta"):
         features = getattr(models, backbone)(weights=None).features

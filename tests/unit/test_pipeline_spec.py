@@ -15,7 +15,9 @@ from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
 import goggles
-from goggles.kfp_runner import load_pipeline, project_root
+from goggles.kubeflow import pipeline as kubeflow_pipeline
+from goggles.parameters import default, names
+from tests.conftest import ROOT
 
 ParameterType = pipeline_spec_pb2.ParameterType
 STAGES = {"ingest": "comp-ingest", "extract": "comp-extract", "affinity": "comp-affinity-shard",
@@ -28,7 +30,7 @@ def compiled(tmp_path_factory: pytest.TempPathFactory,
     """``python pipeline.py --output X`` run as a user runs it, parsed as protobuf."""
     package = tmp_path_factory.mktemp("spec") / "goggles_pipeline.yaml"
     done = subprocess.run([sys.executable, "pipeline.py", "--output", str(package)],
-                          cwd=project_root(), capture_output=True, text=True, timeout=120)
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     text = package.read_text()
     documents = list(yaml.safe_load_all(text))
@@ -181,22 +183,22 @@ def test_every_stage_requests_cpu_and_memory_and_runs_the_project_image(compiled
 
 
 def test_parameters_are_typed_with_literal_defaults(compiled) -> None:
+    """The compiled pipeline's parameters are the declaration's (goggles.parameters), with its
+    defaults spelled out literally in pipeline.py."""
     spec, _, _ = compiled
     parameters = spec.root.input_definitions.parameters
-    expected = {"source_uri": "", "num_classes": 2, "backbone": "vgg16", "weights_uri": "",
-                "top_k": 5, "max_prototypes": 0, "num_shards": 4, "method": "graph-em",
-                "max_iter": 100, "seed": 0, "dev_labels_uri": "", "device": "auto",
-                "descriptor_backbone": "mobilenet_v2"}
+    expected = {name: default(name) for name in names(pipeline=True)}
+    assert expected["num_shards"] == 1 and expected["method"] == "graph-em"
     assert set(parameters) == set(expected)
-    for name, default in expected.items():
+    for name, value in expected.items():
         definition = parameters[name]
         assert definition.HasField("default_value"), name
-        if isinstance(default, str):
+        if isinstance(value, str):
             assert definition.parameter_type == ParameterType.STRING, name
-            assert definition.default_value.string_value == default, name
+            assert definition.default_value.string_value == value, name
         else:
             assert definition.parameter_type == ParameterType.NUMBER_INTEGER, name
-            assert definition.default_value.number_value == default, name
+            assert definition.default_value.number_value == value, name
 
 
 def test_the_pipeline_outputs_the_design_artifacts(compiled) -> None:
@@ -220,14 +222,17 @@ def test_compiling_reads_nothing_from_the_environment(tmp_path: Path) -> None:
                                   "KF_PIPELINES_ENDPOINT": "http://elsewhere"})):
         target = tmp_path / f"p{index}.yaml"
         done = subprocess.run([sys.executable, "pipeline.py", "--output", str(target)],
-                              cwd=project_root(), env=env, capture_output=True, text=True,
+                              cwd=ROOT, env=env, capture_output=True, text=True,
                               timeout=120)
         assert done.returncode == 0, done.stderr
         packages.append(target.read_text())
     assert packages[0] == packages[1]
 
 
-def test_load_pipeline_imports_pipeline_py_once() -> None:
-    module = load_pipeline()
-    assert module is load_pipeline()
-    assert module.goggles_pipeline.name == "goggles"
+def test_the_top_level_pipeline_and_components_are_the_packages() -> None:
+    """``pipeline.py`` and ``components/`` at the top of the repository are the files the
+    installed package carries (goggles/kubeflow), so a checkout and a wheel run one DAG."""
+    assert (ROOT / "pipeline.py").resolve() == Path(kubeflow_pipeline.__file__).resolve()
+    assert (ROOT / "components").resolve() == \
+        Path(kubeflow_pipeline.__file__).resolve().parent / "components"
+    assert kubeflow_pipeline.goggles_pipeline.name == "goggles"

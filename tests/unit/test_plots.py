@@ -6,7 +6,7 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 
-from goggles.plots import (
+from goggles.report.plots import (
     cluster_colors,
     confusion_svg,
     heatmap_image,

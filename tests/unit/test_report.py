@@ -16,18 +16,17 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from goggles import steps, storage
-from goggles.blocks import InMemoryRows
-from goggles.config import AffinityConfig, InferConfig, IngestConfig
-from goggles.features import select_prototypes
-from goggles.ingest import accepted
-from goggles.likelihood import GaussianParameters
-from goggles.report import (
-    _groups,
-    affinity_view,
-    informative_prototypes,
-    write_report,
-)
+from goggles.features.config import AffinityConfig
+from goggles.features.prototypes import select_prototypes
+from goggles.inference.config import InferConfig
+from goggles.inference.likelihood import GaussianParameters
+from goggles.inference.summary import informative_prototypes
+from goggles.ingest.config import IngestConfig
+from goggles.io import storage
+from goggles.io.artifacts import accepted
+from goggles.io.blocks import InMemoryRows
+from goggles.pipeline import stages
+from goggles.report.page import _groups, affinity_view, write_report
 
 CLASSES = ("alpha", "beta", "gamma")
 
@@ -51,7 +50,7 @@ def synthetic_run(root: Path, *, num_classes: int = 2, per_class: int = 20, meth
         ("prototypes", "artifacts/prototypes.parquet"), ("labels", "labels.parquet"),
         ("inference", "artifacts/inference.json"), ("metrics", "metrics.json"),
         ("report", "report.html"))}
-    steps.run_ingest(IngestConfig(), str(source), paths["manifest"])
+    stages.run_ingest(IngestConfig(), str(source), paths["manifest"])
     rows = accepted(storage.read_parquet(paths["manifest"]))
     truth = [CLASSES.index(t) for t in rows["label"].to_pylist()]
     channels = 8 * num_classes
@@ -70,7 +69,7 @@ def synthetic_run(root: Path, *, num_classes: int = 2, per_class: int = 20, meth
     shard_uris = []
     for shard in range(num_shards):
         uri = str(out / "artifacts" / "affinity" / f"shard-{shard:05d}")
-        steps.run_affinity(AffinityConfig(num_shards=num_shards, device="cpu"),
+        stages.run_affinity(AffinityConfig(num_shards=num_shards, device="cpu"),
                            paths["features"], paths["prototypes"], shard, uri)
         shard_uris.append(uri)
     dev_uri = ""
@@ -78,10 +77,10 @@ def synthetic_run(root: Path, *, num_classes: int = 2, per_class: int = 20, meth
         dev_uri = str(root / "dev.csv")
         Path(dev_uri).write_text("uri,label\n" + "".join(
             f"{uri},{label}\n" for uri, label in dev_labels.items()))
-    steps.run_infer(InferConfig(num_classes=num_classes, method=method, seed=seed, device="cpu"),
+    stages.run_infer(InferConfig(num_classes=num_classes, method=method, seed=seed, device="cpu"),
                     paths["manifest"], paths["prototypes"], shard_uris, paths["labels"],
                     paths["inference"], dev_uri, features_uri=paths["features"])
-    metrics = steps.run_evaluate(paths["manifest"], paths["labels"], paths["inference"],
+    metrics = stages.run_evaluate(paths["manifest"], paths["labels"], paths["inference"],
                                  paths["metrics"], extra={"backbone": "vgg16", "seed": seed,
                                                           "num_prototypes": 0})
     metrics["timings_s"] = {"ingest": 0.1, "infer": 0.2}

@@ -1,4 +1,4 @@
-"""goggles.retries: which errors are transient, backoff, and the retry loop."""
+"""goggles.io.retries: which errors are transient, backoff, and the retry loop."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import errno
 
 import pytest
 
-from goggles import retries
+from goggles.io import retries
 
 # Real exceptions of the client libraries (the gcs and s3 extras).
 gcsfs_retry = pytest.importorskip("gcsfs.retry")

@@ -17,10 +17,11 @@ import pytest
 import torch
 from PIL import Image
 
-from goggles.backbones import load_backbone, load_numpy_pickle
-from goggles.config import IngestConfig
-from goggles.ingest import build_manifest
-from goggles.runners import RunParameters, run_inprocess
+from goggles.features.backbones import load_backbone, load_numpy_pickle
+from goggles.ingest.config import IngestConfig
+from goggles.ingest.manifest import build_manifest
+from goggles.parameters import RunParameters
+from goggles.pipeline.inprocess import run_inprocess
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -132,8 +133,7 @@ def _unsafe_loads(path: Path) -> list[str]:
 
 
 def test_every_weights_load_in_the_code_is_restricted() -> None:
-    sources = sorted((REPO / "goggles").glob("*.py")) + sorted((REPO / "components").glob(
-        "*.py")) + sorted(REPO.glob("pipeline.py"))
+    sources = sorted((REPO / "goggles").rglob("*.py"))  # pipeline.py and components/ too
     assert any(p.name == "backbones.py" for p in sources)
     assert not [issue for path in sources for issue in _unsafe_loads(path)]
 
@@ -241,12 +241,8 @@ def test_no_credential_reaches_logs_or_artifacts(tmp_path: Path, monkeypatch: py
 
 def test_no_credential_reaches_the_compiled_pipeline(tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    if not (REPO / "pipeline.py").is_file():
-        pytest.skip("pipeline.py does not exist yet (another agent is writing it)")
-    monkeypatch.syspath_prepend(str(REPO))
-    pipeline = pytest.importorskip("pipeline")
-    if not hasattr(pipeline, "compile_pipeline"):
-        pytest.skip("pipeline.py has no compile_pipeline(package_path) yet")
+    from goggles.kubeflow import pipeline
+
     secrets = _plant_credentials(monkeypatch, tmp_path)
     package = tmp_path / "goggles_pipeline.yaml"
     pipeline.compile_pipeline(str(package))

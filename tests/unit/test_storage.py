@@ -1,4 +1,4 @@
-"""goggles.storage on local paths and memory:// (the object-store servers are exercised in
+"""goggles.io.storage on local paths and memory:// (the object-store servers are exercised in
 tests/integration/test_object_storage.py): round trips, atomic writes, clear errors, folder
 listings and leftovers, bounded concurrent reads."""
 
@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from goggles import retries, storage
+from goggles.io import listing, retries, storage
 
 
 @pytest.fixture(params=["local", "memory"])
@@ -95,13 +95,13 @@ def test_transient_errors_are_retried_then_reported(monkeypatch: pytest.MonkeyPa
                 raise ConnectionResetError(errno.ECONNRESET, "reset by peer")
             return b"ok"
 
-        assert storage._retrying("read", "s3://b/k", flaky) == b"ok" and len(calls) == 3
+        assert storage.retrying("read", "s3://b/k", flaky) == b"ok" and len(calls) == 3
 
         def down() -> bytes:
             raise TimeoutError("timed out")
 
         with pytest.raises(storage.StorageError, match="'s3://b/k': still failing after 3"):
-            storage._retrying("read", "s3://b/k", down)
+            storage.retrying("read", "s3://b/k", down)
     finally:
         storage.set_retry_policy(previous)
 
@@ -119,9 +119,9 @@ def test_remove_temporaries_clears_leftovers_only(base: str) -> None:
     storage.write_bytes(storage.join(folder, "keep.json"), b"{}")
     leftover = storage.temporary_name("labels.parquet")
     storage.write_bytes(storage.join(folder, "sub", leftover), b"half")  # as a killed writer
-    assert storage.remove_temporaries(folder) == 1
+    assert listing.remove_temporaries(folder) == 1
     assert names_under(folder) == ["keep.json"]
-    assert storage.remove_temporaries(storage.join(base, "never-written")) == 0
+    assert listing.remove_temporaries(storage.join(base, "never-written")) == 0
 
 
 def test_read_many_keeps_order_and_reports_failures_inline(base: str) -> None:
@@ -149,7 +149,7 @@ def test_listing_a_bucket_like_store(base: str) -> None:
     for name in ["b/2.jpg", "a/1.JPG", "a/notes.txt", "b/deeper/3.png", "top.jpg"]:
         storage.write_bytes(storage.join(base, "src", name), b"x" * len(name))
     storage.write_bytes(storage.join(base, "src", "a", storage.temporary_name("4.jpg")), b"x")
-    listed = storage.list_files(storage.join(base, "src"), (".jpg", ".png"))
+    listed = listing.list_files(storage.join(base, "src"), (".jpg", ".png"))
     assert [f.relative for f in listed] == ["a/1.JPG", "b/2.jpg", "b/deeper/3.png", "top.jpg"]
     assert [f.size for f in listed] == [7, 7, 14, 7]
     assert all(storage.read_bytes(f.uri) == b"x" * f.size for f in listed)
@@ -168,8 +168,8 @@ def test_list_folder_skips_temporaries(base: str) -> None:
     storage.write_bytes(storage.join(base, "d", "a.npy"), b"12")
     storage.write_bytes(storage.join(base, "d", "sub", "b.json"), b"{}")
     storage.write_bytes(storage.join(base, "d", storage.temporary_name("c.npy")), b"half")
-    assert storage.list_folder(storage.join(base, "d")) == {"a.npy": 2, "sub/b.json": 2}
-    assert storage.list_folder(storage.join(base, "nowhere")) == {}
+    assert listing.list_folder(storage.join(base, "d")) == {"a.npy": 2, "sub/b.json": 2}
+    assert listing.list_folder(storage.join(base, "nowhere")) == {}
 
 
 def test_local_write_survives_a_missing_parent(tmp_path: Path) -> None:

@@ -10,17 +10,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from goggles import steps
 from goggles.cli import main
-from goggles.config import (
-    BACKBONE_CHANNELS,
-    AffinityConfig,
-    ConfigError,
-    ExtractConfig,
-    InferConfig,
-    IngestConfig,
-)
-from goggles.runners import RunParameters, run_inprocess
+from goggles.config import BACKBONE_CHANNELS, ConfigError
+from goggles.features.config import AffinityConfig, ExtractConfig
+from goggles.inference.config import InferConfig
+from goggles.ingest.config import IngestConfig
+from goggles.parameters import RunParameters
+from goggles.pipeline import stages
+from goggles.pipeline.inprocess import run_inprocess
+from goggles.pipeline.wiring import check_parameters
 
 
 def small_source(root: Path, n_good: int = 3) -> Path:
@@ -37,12 +35,12 @@ def small_source(root: Path, n_good: int = 3) -> Path:
 
 
 @pytest.mark.parametrize(("make", "message"), [
-    (lambda: InferConfig(num_classes=1), r"num_classes must be at least 2 \(got 1\)"),
+    (lambda: InferConfig(num_classes=1), r"num_classes must be at least 2, got 1"),
     (lambda: InferConfig(num_classes=0), r"num_classes must be at least 2"),
     (lambda: InferConfig(method="magic"),
      r"unknown method 'magic'; choose one of graph-em, em, kmeans"),
     (lambda: InferConfig(max_iter=0), r"max_iter must be at least 1"),
-    (lambda: InferConfig(seed=-1), r"seed must be non-negative"),
+    (lambda: InferConfig(seed=-1), r"seed must be at least 0, got -1"),
     (lambda: InferConfig(tol=0.0), r"tol must be positive"),
     (lambda: ExtractConfig(backbone="resnet9000"),
      r"unknown backbone 'resnet9000'; choose one of vgg16, mobilenet_v2"),
@@ -69,7 +67,7 @@ def test_top_k_at_the_channel_count_is_allowed() -> None:
 
 
 def test_channel_counts_match_the_backbones() -> None:
-    from goggles.backbones import SPECS
+    from goggles.features.backbones import SPECS
 
     assert BACKBONE_CHANNELS == {name: spec.channels for name, spec in SPECS.items()}
 
@@ -77,12 +75,12 @@ def test_channel_counts_match_the_backbones() -> None:
 def test_run_parameters_validate_every_stage_config(tmp_path: Path) -> None:
     base = {"source_uri": str(tmp_path / "in"), "output_uri": str(tmp_path / "out")}
     with pytest.raises(ConfigError, match="num_classes must be at least 2"):
-        RunParameters(num_classes=1, **base).validate()
+        check_parameters(RunParameters(num_classes=1, **base))
     with pytest.raises(ConfigError, match="exceeds the 512 channels"):
-        RunParameters(num_classes=2, top_k=600, **base).validate()
+        check_parameters(RunParameters(num_classes=2, top_k=600, **base))
     with pytest.raises(ConfigError, match="unknown backbone"):
-        RunParameters(num_classes=2, backbone="alexnet", **base).validate()
-    RunParameters(num_classes=2, **base).validate()
+        check_parameters(RunParameters(num_classes=2, backbone="alexnet", **base))
+    check_parameters(RunParameters(num_classes=2, **base))
 
 
 # -- output inside the source -----------------------------------------------------------------
@@ -107,7 +105,7 @@ def test_output_inside_the_source_is_refused(tmp_path: Path, source: str, output
     params = RunParameters(source_uri=source.format(t=tmp_path),
                            output_uri=output.format(t=tmp_path), num_classes=2)
     with pytest.raises(ConfigError, match="is inside the source .*Choose an output outside"):
-        params.validate()
+        check_parameters(params)
 
 
 @pytest.mark.parametrize(("source", "output"), [
@@ -118,8 +116,8 @@ def test_output_inside_the_source_is_refused(tmp_path: Path, source: str, output
     ("gs://bucket/images", "s3://bucket/images/out"),
 ])
 def test_output_beside_the_source_is_allowed(tmp_path: Path, source: str, output: str) -> None:
-    RunParameters(source_uri=source.format(t=tmp_path), output_uri=output.format(t=tmp_path),
-                  num_classes=2).validate()
+    check_parameters(RunParameters(source_uri=source.format(t=tmp_path),
+                                   output_uri=output.format(t=tmp_path), num_classes=2))
 
 
 # -- limits known only after ingest: fail before extraction ----------------------------------
@@ -127,7 +125,7 @@ def test_output_beside_the_source_is_allowed(tmp_path: Path, source: str, output
 def test_more_classes_than_accepted_images_fails_after_ingest(tmp_path: Path) -> None:
     source = small_source(tmp_path / "in", n_good=3)
     out = tmp_path / "out"
-    with pytest.raises(steps.StageError,
+    with pytest.raises(stages.StageError,
                        match=r"only 3 images were accepted, fewer than num_classes=4; lower "
                              r"num_classes or add images"):
         run_inprocess(RunParameters(source_uri=str(source), output_uri=str(out), num_classes=4,
@@ -139,7 +137,7 @@ def test_more_classes_than_accepted_images_fails_after_ingest(tmp_path: Path) ->
 def test_more_shards_than_images_fails_before_extraction(tmp_path: Path) -> None:
     source = small_source(tmp_path / "in", n_good=3)
     out = tmp_path / "out"
-    with pytest.raises(steps.StageError,
+    with pytest.raises(stages.StageError,
                        match=r"num_shards=5 exceeds the 3 accepted images; use at most 3 shards"):
         run_inprocess(RunParameters(source_uri=str(source), output_uri=str(out), num_classes=2,
                                     num_shards=5, backbone="mobilenet_v2"))
@@ -153,7 +151,8 @@ def test_cli_reports_a_bad_value_in_one_line(tmp_path: Path,
     code = main(["run", str(tmp_path / "in"), "--num-classes", "1",
                  "--output", str(tmp_path / "out")])
     assert code == 2
-    assert "goggles: error: num_classes must be at least 2" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err == "goggles: error: --num-classes: num_classes must be at least 2, got 1\n"
 
 
 def test_cli_refuses_output_inside_source(tmp_path: Path,
@@ -182,7 +181,8 @@ def test_cli_unknown_choice_lists_the_valid_ones(tmp_path: Path, flag: str, valu
 
 
 def test_kfp_runner_refuses_an_unknown_runner(tmp_path: Path) -> None:
-    kfp_runner = pytest.importorskip("goggles.kfp_runner")
+    from goggles.kubeflow import runner as kfp_runner
+
     params = RunParameters(source_uri=str(tmp_path / "in"), output_uri=str(tmp_path / "out"),
                            num_classes=2)
     with pytest.raises(ValueError, match=r"unknown runner 'kubernetes'; choose one of local"):

@@ -1,0 +1,86 @@
+"""The interface every labeling method implements, and what a fit leaves behind.
+
+A method is a :class:`Method`: a dataclass whose fields are its parameters, built from the run's
+:class:`~goggles.inference.config.InferConfig` by :meth:`Method.from_config`, and whose
+:meth:`Method.fit` sets every fitted attribute of :class:`FitRecord` itself (sklearn style:
+set by ``fit``, never passed to ``__init__``, names ending in ``_``). The registry
+(:mod:`goggles.inference.registry`) lists the methods by name.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar
+
+import numpy as np
+
+from goggles.inference.likelihood import GaussianParameters
+
+if TYPE_CHECKING:
+    from goggles.inference.config import InferConfig
+    from goggles.io.artifacts import FilterMaps
+    from goggles.io.blocks import RowBlocks
+
+__all__ = ["DegenerateDataWarning", "FitRecord", "Method"]
+
+
+class DegenerateDataWarning(UserWarning):
+    """The data cannot support the requested model fully (e.g. a class emptied)."""
+
+
+@dataclass
+class FitRecord:
+    """Fitted attributes, sklearn style (set by ``fit``, never passed to ``__init__``).
+
+    ``posteriors_`` [N, K] (the labels' probabilities); ``initial_labels_`` [N] (the start the
+    method refined; ``None`` without one); ``params_`` [M, K] per-prototype Gaussians with
+    ``prototype_class_`` [M] (what the report draws); ``n_iter_``, ``converged_``,
+    ``log_likelihood_trace_``, ``change_trace_``, ``warnings_`` (each message once);
+    ``cluster_names_`` where the method knows the clusters' names (``None``: ``cluster_k``).
+    """
+
+    initial_labels_: np.ndarray | None = field(default=None, init=False, repr=False)
+    posteriors_: np.ndarray | None = field(default=None, init=False, repr=False)
+    params_: GaussianParameters | None = field(default=None, init=False, repr=False)
+    prototype_class_: np.ndarray | None = field(default=None, init=False, repr=False)
+    n_iter_: int = field(default=0, init=False)
+    converged_: bool = field(default=False, init=False)
+    log_likelihood_trace_: list[float] = field(default_factory=list, init=False, repr=False)
+    change_trace_: list[float] = field(default_factory=list, init=False, repr=False)
+    warnings_: list[str] = field(default_factory=list, init=False, repr=False)
+    cluster_names_: list[str] | None = field(default=None, init=False, repr=False)
+
+    def _warn(self, message: str) -> None:
+        """Record ``message`` once and raise it as a :class:`DegenerateDataWarning`."""
+        if message in self.warnings_:
+            return
+        self.warnings_.append(message)
+        warnings.warn(message, DegenerateDataWarning, stacklevel=3)
+
+
+@dataclass
+class Method(FitRecord):
+    """A labeling method: posteriors [N, K] from the affinity matrix A [N, M].
+
+    Class attributes: ``name`` (the ``--method`` value), ``summary`` (one line for help texts)
+    and ``reads``, what :meth:`fit` needs beside A: ``"filter_maps"`` and/or ``"descriptors"``
+    (the extract stage's features).
+    """
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    reads: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def from_config(cls, config: InferConfig) -> Method:
+        """The method with the run's parameters."""
+        raise NotImplementedError
+
+    def fit(self, affinity: np.ndarray | RowBlocks, source_index: np.ndarray, *,
+            filter_maps: FilterMaps | None = None,
+            descriptors: list[np.ndarray] | None = None) -> Method:
+        """Fit on A [N, M] (an array or row blocks, e.g. the stored shards, streamed) and set
+        every fitted attribute. ``source_index`` [M] is the row of each prototype's source
+        image; ``filter_maps`` and ``descriptors`` are given to the methods that read them."""
+        raise NotImplementedError

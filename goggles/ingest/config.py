@@ -1,0 +1,32 @@
+"""Parameters of the ingest stage."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from goggles.config import IMAGE_EXTENSIONS, Config, check
+
+
+@dataclass(frozen=True)
+class IngestConfig(Config):
+    """Parameters of the ingest stage.
+
+    Attributes
+    ----------
+    extensions : file name suffixes listed as images (case-insensitive); other files are ignored.
+    max_pixels : images with more pixels are rejected as decompression bombs.
+    max_bytes : files larger than this are rejected without being read.
+    labels_from_folders : take ground-truth labels from the first folder level (ImageFolder).
+    """
+
+    extensions: tuple[str, ...] = IMAGE_EXTENSIONS
+    max_pixels: int = 64_000_000
+    max_bytes: int = 256 * 1024 * 1024
+    labels_from_folders: bool = True
+
+    def __post_init__(self) -> None:
+        check(len(self.extensions) > 0, "extensions must name at least one suffix, e.g. '.jpg'")
+        check(all(e.startswith(".") for e in self.extensions),
+              f"extensions must start with a dot, got {self.extensions}")
+        check(self.max_pixels > 0, f"max_pixels must be positive, got {self.max_pixels}")
+        check(self.max_bytes > 0, f"max_bytes must be positive, got {self.max_bytes}")

@@ -1,0 +1,360 @@
+"""The artifacts the stages exchange: what each holds, its schema, and its one reader and writer.
+
+======================  =====================================================================
+artifact                content
+======================  =====================================================================
+manifest                Parquet, :data:`MANIFEST_SCHEMA`: one row per listed file, accepted
+                        ones numbered ``image_id`` 0..N-1 in path order (ingest).
+features                a folder (extract): ``shard-NNNNN.npy`` ([n, C, H, W] float32 filter
+                        maps), ``index.parquet`` (``image_id``, ``shard``, ``row``),
+                        ``descriptors-<network>.npy`` ([N, D] float32 bilinear descriptors,
+                        one per network) and ``meta.json`` (``shape`` [C, H, W],
+                        ``num_images``, ``backbone``, ``weights``, ``descriptors`` ...).
+prototypes              Parquet ``prototype_id, image_id, h, w, channel, vector`` (extract);
+                        in memory a :class:`Prototypes`.
+affinity shard          a folder per row shard (affinity): ``affinity.npy`` (rows
+                        ``[start, stop)`` of A, [stop-start, M] float32) and ``meta.json``
+                        (``start``, ``stop``, ``shard_id``, ``num_shards``,
+                        ``num_prototypes``, ``dtype``); read back as :class:`StoredShards`.
+labels                  Parquet, :data:`LABELS_SCHEMA` (infer).
+inference               JSON: the fit's trace, start, warnings, cluster names, dev set and
+                        the report's prototypes (infer; :mod:`goggles.inference.summary`).
+dev labels (an input)   CSV or Parquet with columns ``uri,label`` (:func:`read_dev_labels`).
+======================  =====================================================================
+
+A run's output folder holds them as :func:`output_paths` lays out.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from goggles import __version__
+from goggles.io import storage
+
+logger = logging.getLogger(__name__)
+
+# -- manifest --------------------------------------------------------------------------------------
+
+MANIFEST_SCHEMA = pa.schema([
+    ("image_id", pa.int64()), ("uri", pa.string()), ("sha256", pa.string()),
+    ("width", pa.int32()), ("height", pa.int32()), ("label", pa.string()),
+    ("status", pa.string()), ("error", pa.string()),
+])
+
+
+def accepted(manifest: pa.Table) -> pa.Table:
+    """Accepted rows, ordered by ``image_id``."""
+    rows = manifest.filter(pc.equal(manifest["status"], "accepted"))
+    return rows.sort_by("image_id")
+
+
+# -- features --------------------------------------------------------------------------------------
+
+class FeaturesWriter:
+    """Writes a features folder: filter maps in shards of ``shard_size`` images as they come,
+    descriptors per network, then the index and ``meta.json`` (:meth:`finish`)."""
+
+    def __init__(self, uri: str, shard_size: int):
+        self.uri, self.shard_size = uri, shard_size
+        self._pending: list[np.ndarray] = []
+        self._index: list[tuple[int, int, int]] = []
+        self._shard = 0
+        self.shape: list[int] = []
+        self.described: list[str] = []
+
+    def add_maps(self, image_ids: np.ndarray, maps: np.ndarray) -> None:
+        """Filter maps [n, C, H, W] of the images ``image_ids`` [n], in image order."""
+        self.shape = list(maps.shape[1:])
+        offset = sum(len(p) for p in self._pending)
+        self._index += [(int(i), self._shard, offset + row) for row, i in enumerate(image_ids)]
+        self._pending.append(maps)
+        if offset + len(maps) >= self.shard_size:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._pending:
+            storage.write_npy(np.concatenate(self._pending),
+                              storage.join(self.uri, f"shard-{self._shard:05d}.npy"))
+            self._pending.clear()
+            self._shard += 1
+
+    def add_descriptors(self, network: str, descriptors: np.ndarray) -> None:
+        """Descriptors [N, D] of every image, from ``network``."""
+        storage.write_npy(descriptors, storage.join(self.uri, f"descriptors-{network}.npy"))
+        self.described.append(network)
+
+    def finish(self, **meta: Any) -> dict[str, Any]:
+        """Write the last shard, ``index.parquet`` and ``meta.json`` (``meta`` plus the shape,
+        counts, descriptors and version); returns the meta."""
+        self._flush()
+        index = np.asarray(self._index, dtype=np.int64).reshape(-1, 3)
+        storage.write_parquet(pa.table({"image_id": index[:, 0], "shard": index[:, 1],
+                                        "row": index[:, 2]}),
+                              storage.join(self.uri, "index.parquet"))
+        meta = {"shape": self.shape, "num_images": len(index), "num_shards": self._shard,
+                "descriptors": self.described, "goggles_version": __version__, **meta}
+        storage.write_json(meta, storage.join(self.uri, "meta.json"))
+        return meta
+
+
+def read_features_meta(features_uri: str) -> dict[str, Any]:
+    return storage.read_json(storage.join(features_uri, "meta.json"))  # type: ignore[no-any-return]
+
+
+def read_filter_maps(features_uri: str, start: int, stop: int,
+                     meta: dict[str, Any] | None = None) -> np.ndarray:
+    """Filter maps of images ``start .. stop-1`` ([stop-start, C, H, W] float32)."""
+    index = storage.read_parquet(storage.join(features_uri, "index.parquet")).sort_by("image_id")
+    meta = meta if meta is not None else read_features_meta(features_uri)
+    ids = index["image_id"].to_numpy()
+    if stop > len(ids) or start < 0 or start > stop:
+        raise ValueError(f"rows [{start}, {stop}) are outside the {len(ids)} extracted images")
+    shards = index["shard"].to_numpy()[start:stop]
+    offsets = index["row"].to_numpy()[start:stop]
+    out = np.empty([stop - start, *meta["shape"]], dtype=np.float32)
+    for shard in np.unique(shards):
+        block = storage.read_npy(storage.join(features_uri, f"shard-{int(shard):05d}.npy"))
+        where = np.flatnonzero(shards == shard)
+        out[where] = block[offsets[where]]
+    return out
+
+
+@dataclass(frozen=True)
+class FilterMaps:
+    """Filter maps of the images in row order, for the methods that read them.
+
+    ``blocks()`` yields [n, C, H, W] float32 arrays that tile the N rows in order; ``backbone``
+    and ``weights_uri`` name the network they came from (``""``: resolved as for extraction).
+    """
+
+    backbone: str
+    blocks: Callable[[], Iterator[np.ndarray]]
+    weights_uri: str = ""
+
+
+def stored_filter_maps(features_uri: str, rows_per_block: int = 1024,
+                       meta: dict[str, Any] | None = None) -> FilterMaps:
+    """A features folder's filter maps as :class:`FilterMaps`, read a block of rows at a time."""
+    meta = meta if meta is not None else read_features_meta(features_uri)
+    weights = str(meta.get("weights", ""))
+    # a source that is a file or URI is reused; "package ..." and the like resolve again
+    weights_uri = weights if "://" in weights or weights.startswith("/") else ""
+    total = int(meta["num_images"])
+
+    def blocks() -> Iterator[np.ndarray]:
+        for start in range(0, total, rows_per_block):
+            yield read_filter_maps(features_uri, start, min(total, start + rows_per_block),
+                                   meta)
+
+    return FilterMaps(backbone=str(meta["backbone"]), blocks=blocks, weights_uri=weights_uri)
+
+
+def stored_descriptors(features_uri: str,
+                       meta: dict[str, Any] | None = None) -> list[np.ndarray] | None:
+    """The descriptors a features folder holds ([N, D] per network), or ``None`` for a folder
+    from before they existed (graph EM then computes them from the maps)."""
+    meta = meta if meta is not None else read_features_meta(features_uri)
+    if "descriptors" not in meta:
+        return None
+    return [storage.read_npy(storage.join(features_uri, f"descriptors-{name}.npy"))
+            for name in meta["descriptors"]]
+
+
+# -- prototypes ------------------------------------------------------------------------------------
+
+PROTOTYPE_COLUMNS = ("prototype_id", "image_id", "h", "w", "channel", "vector")
+
+
+@dataclass
+class Prototypes:
+    """Prototypes of a set of images: ``vectors`` is [M, C] float32, the rest [M] int arrays
+    (the source image, the position ``h, w`` in its filter map, the channel that chose it)."""
+
+    image_id: np.ndarray
+    h: np.ndarray
+    w: np.ndarray
+    channel: np.ndarray
+    vectors: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.vectors.shape[0])
+
+    @classmethod
+    def concatenate(cls, parts: Sequence[Prototypes], channels: int) -> Prototypes:
+        if not parts:
+            empty = np.zeros(0, np.int64)
+            return cls(empty, empty, empty, empty, np.zeros((0, channels), np.float32))
+        return cls(*(np.concatenate([getattr(p, f) for p in parts])
+                     for f in ("image_id", "h", "w", "channel", "vectors")))
+
+    def take(self, indices: np.ndarray) -> Prototypes:
+        """The prototypes at ``indices``, in that order."""
+        return Prototypes(self.image_id[indices], self.h[indices], self.w[indices],
+                          self.channel[indices], self.vectors[indices])
+
+    def to_table(self) -> pa.Table:
+        count, channels = self.vectors.shape
+        flat = pa.array(self.vectors.reshape(-1), pa.float32())
+        return pa.table({
+            "prototype_id": pa.array(np.arange(count, dtype=np.int64)),
+            "image_id": pa.array(self.image_id.astype(np.int64)),
+            "h": pa.array(self.h.astype(np.int32)),
+            "w": pa.array(self.w.astype(np.int32)),
+            "channel": pa.array(self.channel.astype(np.int32)),
+            "vector": pa.FixedSizeListArray.from_arrays(flat, channels),
+        })
+
+    @classmethod
+    def from_table(cls, table: pa.Table) -> Prototypes:
+        table = table.sort_by("prototype_id")
+        vector = table["vector"].combine_chunks()
+        channels = vector.type.list_size
+        flat = vector.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+        return cls(
+            image_id=table["image_id"].to_numpy().astype(np.int64),
+            h=table["h"].to_numpy().astype(np.int64),
+            w=table["w"].to_numpy().astype(np.int64),
+            channel=table["channel"].to_numpy().astype(np.int64),
+            vectors=flat.reshape(-1, channels),
+        )
+
+
+def read_prototypes(uri: str) -> Prototypes:
+    return Prototypes.from_table(storage.read_parquet(uri))
+
+
+def read_source_index(prototypes_uri: str) -> np.ndarray:
+    """[M] the source image (row of A) of each prototype, in prototype order."""
+    table = storage.read_parquet(prototypes_uri, columns=["prototype_id", "image_id"])
+    return table.sort_by("prototype_id")["image_id"].to_numpy()  # type: ignore[no-any-return]
+
+
+# -- affinity shards -------------------------------------------------------------------------------
+
+def write_affinity_shard(uri: str, block: np.ndarray, *, start: int, shard_id: int,
+                         num_shards: int, dtype: str) -> None:
+    """Rows ``start .. start+len(block)-1`` of A, with the meta that places them."""
+    storage.write_npy(block, storage.join(uri, "affinity.npy"))
+    storage.write_json({"start": start, "stop": start + len(block), "shard_id": shard_id,
+                        "num_shards": num_shards, "num_prototypes": int(block.shape[1]),
+                        "dtype": dtype}, storage.join(uri, "meta.json"))
+
+
+@dataclass
+class StoredShards:
+    """The affinity shards of a run, read one at a time on every pass (a
+    :class:`goggles.io.blocks.RowBlocks`); they are the only copy of A and are never
+    concatenated."""
+
+    uris: Sequence[str]
+
+    def __post_init__(self) -> None:
+        metas = []
+        for uri in self.uris:
+            meta = storage.read_json(storage.join(uri, "meta.json"))
+            metas.append((int(meta["start"]), int(meta["stop"]), int(meta["num_prototypes"]),
+                          uri))
+        metas.sort()
+        expected = 0
+        for start, stop, _, uri in metas:
+            if start != expected:
+                raise ValueError(f"affinity shards do not tile the rows: expected a shard "
+                                 f"starting at row {expected}, found one at {start} ({uri}); "
+                                 "rerun the missing affinity shard")
+            expected = stop
+        columns = {m for _, _, m, _ in metas}
+        if len(columns) > 1:
+            raise ValueError(f"affinity shards disagree on the number of prototypes {columns}; "
+                             "rerun the affinity stage")
+        self._order = [(start, stop, uri) for start, stop, _, uri in metas]
+        self._shape = (expected, columns.pop() if columns else 0)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self._shape
+
+    def blocks(self) -> Iterator[tuple[int, np.ndarray]]:
+        for start, stop, uri in self._order:
+            block = storage.read_npy(storage.join(uri, "affinity.npy"))
+            if block.shape != (stop - start, self._shape[1]):
+                raise ValueError(f"{uri} holds a {block.shape} block, expected "
+                                 f"{(stop - start, self._shape[1])}; rerun that shard")
+            yield start, block
+
+
+# -- labels ----------------------------------------------------------------------------------------
+
+LABELS_SCHEMA = pa.schema([
+    ("image_id", pa.int64()), ("uri", pa.string()), ("probs", pa.list_(pa.float64())),
+    ("label", pa.int64()), ("label_name", pa.string()), ("confidence", pa.float64()),
+])
+
+
+def labels_table(rows: pa.Table, probs: np.ndarray, names: Sequence[str]) -> pa.Table:
+    """The labels of the accepted images ``rows`` from their posteriors ``probs`` [N, K] and
+    the cluster names [K]: the label is the arg-max, its probability the confidence."""
+    labels = probs.argmax(axis=1)
+    return pa.table({
+        "image_id": rows["image_id"], "uri": rows["uri"],
+        "probs": pa.array(probs.tolist(), pa.list_(pa.float64())),
+        "label": pa.array(labels, pa.int64()),
+        "label_name": pa.array([names[k] for k in labels], pa.string()),
+        "confidence": pa.array(probs.max(axis=1), pa.float64()),
+    }, schema=LABELS_SCHEMA)
+
+
+# -- dev labels (an input) -------------------------------------------------------------------------
+
+def read_dev_labels(dev_labels_uri: str, rows: pa.Table) -> tuple[np.ndarray, list[str]]:
+    """A dev set (CSV or Parquet of ``uri,label`` rows) matched to the accepted images ``rows``:
+    ([D] row positions, [D] label names). URIs match exactly or by ``folder/name``."""
+    if dev_labels_uri.endswith(".parquet"):
+        dev = storage.read_parquet(dev_labels_uri)
+    else:
+        import pyarrow.csv as pacsv
+
+        dev = pacsv.read_csv(pa.BufferReader(storage.read_bytes(dev_labels_uri)))
+    missing = {"uri", "label"} - set(dev.column_names)
+    if missing:
+        raise ValueError(f"dev labels {dev_labels_uri} lack column(s) {sorted(missing)}; "
+                         "give a CSV or Parquet with columns uri,label")
+    position = {uri: i for i, uri in enumerate(rows["uri"].to_pylist())}
+    by_tail = {uri.rsplit("/", 2)[-2] + "/" + uri.rsplit("/", 1)[-1]: i
+               for uri, i in position.items() if uri.count("/") >= 1}
+    names, found = [], []
+    for uri, label in zip(dev["uri"].to_pylist(), dev["label"].to_pylist(), strict=True):
+        i = position.get(uri, by_tail.get("/".join(str(uri).rsplit("/", 2)[-2:])))
+        if i is None:
+            logger.warning("dev label for %s: no such accepted image; ignored", uri)
+            continue
+        names.append(str(label))
+        found.append(i)
+    if not names:
+        raise ValueError(f"none of the dev labels in {dev_labels_uri} match an accepted image; "
+                         "use the same URIs (or folder/name) as the source")
+    return np.asarray(found, dtype=np.int64), names
+
+
+# -- a run's output folder -------------------------------------------------------------------------
+
+def output_paths(output_uri: str) -> dict[str, str]:
+    """Where each artifact of a run lies under its output URI (every runner writes this)."""
+    art = storage.join(output_uri, "artifacts")
+    return {
+        "manifest": storage.join(output_uri, "manifest.parquet"),
+        "labels": storage.join(output_uri, "labels.parquet"),
+        "metrics": storage.join(output_uri, "metrics.json"),
+        "report": storage.join(output_uri, "report.html"),
+        "features": storage.join(art, "features"),
+        "prototypes": storage.join(art, "prototypes.parquet"),
+        "affinity": storage.join(art, "affinity"),
+        "inference": storage.join(art, "inference.json"),
+    }

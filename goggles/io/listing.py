@@ -1,0 +1,138 @@
+"""Listing folders and buckets: the files under a URI, with their sizes.
+
+Remote stores are listed with their paginated listing (one ``find``: 1,000 objects a request),
+never a request per object; local folders are walked following symlinked folders, each real
+folder once, so a symlink loop cannot run forever.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import fsspec
+
+from goggles.io import storage
+from goggles.io.uris import is_local, join, local_path, protocol_of, redact
+
+logger = logging.getLogger(__name__)
+
+
+def unstrip(fs: fsspec.AbstractFileSystem, path: str, like: str) -> str:
+    """Turn a path inside ``fs`` back into a URI of the same form as ``like``."""
+    if is_local(like):
+        return path
+    return f"{protocol_of(like)}://{path.lstrip('/') if protocol_of(like) != 'memory' else path}"
+
+
+# -- folders -------------------------------------------------------------------------------------
+
+def _list_all(uri: str) -> dict[str, int]:
+    """Relative name -> size of every file under folder ``uri`` (none if it does not exist)."""
+    if is_local(uri):
+        root = local_path(uri)
+        if not os.path.isdir(root):
+            return {}
+        return {os.path.relpath(full, root).replace(os.sep, "/"): size
+                for full, size in _walk_local(root)}
+    fs, root = storage.filesystem(uri)
+    root = root.rstrip("/")
+    fs.invalidate_cache(root)
+    try:
+        listing = storage.retrying("list", uri, lambda: fs.find(root, detail=True))
+    except storage.MissingObjectError:
+        return {}
+    return {path[len(root):].lstrip("/"): int(info.get("size") or 0)
+            for path, info in listing.items() if info.get("type") != "directory"}
+
+
+def list_folder(uri: str) -> dict[str, int]:
+    """Relative name -> size of the files under folder ``uri``, without temporaries (one
+    paginated listing on object stores)."""
+    return {name: size for name, size in _list_all(uri).items() if not storage.is_temporary(name)}
+
+
+def remove_temporaries(uri: str) -> int:
+    """Delete the hidden temporaries that killed writers left under folder ``uri``; returns how
+    many. Only for a folder no live writer is using."""
+    leftovers = [name for name in _list_all(uri) if storage.is_temporary(name)]
+    for name in leftovers:
+        storage.remove(join(uri, *name.split("/")))
+    if leftovers:
+        logger.info("removed %d temporaries left by interrupted writers under %s",
+                    len(leftovers), redact(uri))
+    return len(leftovers)
+
+
+@dataclass(frozen=True)
+class ListedFile:
+    uri: str
+    relative: str
+    size: int
+
+
+def _walk_local(root: str) -> Iterator[tuple[str, int]]:
+    """Files under ``root``, following symlinked folders but entering each real folder once, so a
+    symlink loop cannot run forever. Paths stay under ``root`` (the link's path, not its target)."""
+    visited: set[str] = set()
+    for folder, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in visited:
+            logger.warning("skipping %s: a symlink loop leads back to %s", folder, real)
+            dirnames[:] = []
+            continue
+        visited.add(real)
+        dirnames.sort()
+        for name in sorted(filenames):
+            full = os.path.join(folder, name)
+            try:
+                size = os.path.getsize(full)
+            except OSError:
+                size = -1  # dangling link or vanished file: ingest records the reason
+            yield full, size
+
+
+def has_files(folder: str, extensions: tuple[str, ...]) -> bool:
+    """Whether local ``folder`` holds at least one file with a suffix in ``extensions``; stops
+    at the first one found."""
+    suffixes = tuple(e.lower() for e in extensions)
+    return any(full.lower().endswith(suffixes) for full, _ in _walk_local(folder))
+
+
+def list_files(root_uri: str, extensions: tuple[str, ...]) -> list[ListedFile]:
+    """List files under ``root_uri`` whose suffix is in ``extensions``, sorted by path.
+
+    Remote stores are listed with their paginated listing calls (one ``find``, retried as a
+    whole on transient errors), not a request per object.
+    """
+    suffixes = tuple(e.lower() for e in extensions)
+    listed: list[ListedFile] = []
+    if is_local(root_uri):
+        root = local_path(root_uri)
+        if not os.path.isdir(root):
+            raise storage.StorageError(f"source {root_uri!r} is not a folder; give the folder that "
+                               "holds the images")
+        for full, size in _walk_local(root):
+            if full.lower().endswith(suffixes):
+                listed.append(ListedFile(full, os.path.relpath(full, root).replace(os.sep, "/"),
+                                         size))
+    else:
+        fs, root = storage.filesystem(root_uri)
+        root = root.rstrip("/")
+        fs.invalidate_cache(root)
+        started = time.perf_counter()
+        found = storage.retrying("list", root_uri, lambda: fs.find(root, detail=True))
+        elapsed = time.perf_counter() - started
+        logger.info("listed %d objects under %s in %.2f s (%.0f objects/s)", len(found),
+                    redact(root_uri), elapsed, len(found) / max(elapsed, 1e-9))
+        for path, info in sorted(found.items()):
+            if info.get("type") == "directory" or not path.lower().endswith(suffixes):
+                continue
+            relative = path[len(root):].lstrip("/")
+            listed.append(ListedFile(unstrip(fs, path, root_uri), relative,
+                                     int(info.get("size") or 0)))
+    listed.sort(key=lambda f: f.relative)
+    return listed

@@ -1,0 +1,24 @@
+"""Kubeflow Pipelines v2 components, one per stage, each a thin wrapper around
+:mod:`goggles.pipeline.stages`: build the stage's config (:func:`goggles.pipeline.wiring.
+stage_config`), call one function, record metadata.
+
+They are lightweight Python components whose imports happen inside the function, run in the
+project image (:mod:`goggles.kubeflow.components.image`) with ``install_kfp_package=False``, so
+a task starts without any ``pip install``. :mod:`goggles.kubeflow.pipeline` composes them and
+chains the task settings.
+"""
+
+from goggles.kubeflow.components.affinity import affinity_shard
+from goggles.kubeflow.components.evaluate import evaluate
+from goggles.kubeflow.components.extract import extract
+from goggles.kubeflow.components.image import BASE_IMAGE, GPU_IMAGE, IMAGES
+from goggles.kubeflow.components.infer import infer
+from goggles.kubeflow.components.ingest import ingest
+from goggles.kubeflow.components.plan import plan_shards
+
+STAGES = {"ingest": ingest, "extract": extract, "affinity": affinity_shard, "infer": infer,
+          "evaluate": evaluate}
+"""The five stage components by stage name (``plan_shards`` is the fan-out's helper)."""
+
+__all__ = ["BASE_IMAGE", "GPU_IMAGE", "IMAGES", "STAGES", "affinity_shard", "evaluate", "extract",
+           "infer", "ingest", "plan_shards"]

@@ -1,0 +1,37 @@
+"""The ingest component: list, decode and validate the images under a URI."""
+
+# No `from __future__ import annotations` in component modules: kfp reads the real annotations.
+
+from kfp import dsl
+from kfp.dsl import Dataset, Output
+
+from goggles.kubeflow.components.image import BASE_IMAGE
+
+
+@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+def ingest(source_uri: str, manifest: Output[Dataset]) -> None:
+    """Write the manifest of the images under ``source_uri``
+    (:func:`goggles.pipeline.stages.run_ingest`).
+
+    Parameters
+    ----------
+    source_uri : folder or bucket prefix of images (path, file://, gs://, s3://); first-level
+        folders are read as ground-truth labels.
+    manifest : Parquet, one row per listed file (:mod:`goggles.io.artifacts`); its metadata
+        holds ``n_listed``, ``n_images``, ``n_rejected`` and the stage's ``seconds``.
+    """
+    import time
+
+    import goggles
+    from goggles.pipeline import stages
+    from goggles.pipeline.wiring import stage_config
+
+    if not source_uri:
+        raise ValueError("source_uri is empty: pass the folder or bucket prefix of the images, "
+                         "e.g. source_uri=gs://my-bucket/images")
+    start = time.perf_counter()
+    counts = stages.run_ingest(stage_config("ingest", {}), source_uri, manifest.path)
+    manifest.metadata.update(counts)
+    manifest.metadata.update({"format": "parquet", "source_uri": source_uri,
+                              "goggles_version": goggles.__version__,
+                              "seconds": round(time.perf_counter() - start, 3)})

@@ -1,0 +1,236 @@
+"""The goggles Kubeflow pipeline: ingest → extract → affinity (fan-out over shards) → infer →
+evaluate/report, with the task settings a cluster needs chained here, not in the components.
+
+``python pipeline.py [--output goggles_pipeline.yaml] [--profile dev|prod]`` compiles it for a
+Kubeflow Pipelines cluster (the repository's ``pipeline.py`` is this file, as is its
+``components/`` folder this package's; the installed package carries both, so ``goggles run``
+needs no checkout); ``goggles run`` runs the same DAG on this machine with kfp's local runner
+(which ignores the Kubernetes settings). Every parameter has a literal default, equal to
+:class:`goggles.parameters.RunParameters`' (a test checks): nothing is read from the compiling
+machine.
+
+Profiles match k8s/overlays/: ``dev`` (CPU nodes only) and ``prod`` (extract on the GPU node
+pool) both mount the namespace's bucket-credentials Secret and defaults ConfigMap (k8s/base) into
+the tasks that read buckets and run every task as the images' non-root user; ``default`` has
+neither, for a Kubeflow install whose pipeline runner already reaches the buckets.
+"""
+
+import argparse
+from typing import NamedTuple
+
+from kfp import compiler, dsl, kubernetes
+from kfp.dsl import HTML, Artifact, Dataset
+
+from goggles.kubeflow.components import (
+    IMAGES,
+    affinity_shard,
+    evaluate,
+    extract,
+    infer,
+    ingest,
+    plan_shards,
+)
+
+PIPELINE_NAME = "goggles"
+__all__ = ["IMAGES", "PIPELINE_NAME", "PROFILES", "compile_pipeline", "goggles_pipeline",
+           "pipeline_for"]
+DEFAULT_PACKAGE = "goggles_pipeline.yaml"
+SHARD_PARALLELISM = 8
+"""At most this many affinity shard pods at once (kfp's local runner caps it at 2)."""
+
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_NODE_SELECTOR = ("nvidia.com/gpu.present", "true")
+"""Node label set by NVIDIA's GPU feature discovery / GPU operator."""
+GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+"""GPU node pools are commonly tainted so that only GPU pods land there."""
+
+IMAGE_USER = 10001
+"""uid and gid the images run as (docker/Dockerfile's USER); pods are held to it."""
+BUCKET_SECRET = "goggles-bucket-credentials"
+"""k8s/base's Secret: AWS-style keys as env, every key as a file under BUCKET_SECRET_MOUNT."""
+BUCKET_SECRET_MOUNT = "/var/secrets/goggles"
+BUCKET_SECRET_ENV = {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
+                     "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"}
+DEFAULTS_CONFIG_MAP = "goggles-defaults"
+"""k8s/base's ConfigMap: environment defaults of the tasks that read buckets."""
+DEFAULTS_ENV = ("GOOGLE_APPLICATION_CREDENTIALS", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION",
+                "GOGGLES_OFFLINE", "TQDM_MININTERVAL")
+PROFILES = {"default": {"gpu": True, "namespace": False},
+            "dev": {"gpu": False, "namespace": True},
+            "prod": {"gpu": True, "namespace": True}}
+"""Compile profiles: extract on the GPU node pool; the namespace's Secret/ConfigMap and non-root
+security context (k8s/). Secret and ConfigMap are optional: with workload identity, neither is
+needed."""
+_build = dict(PROFILES["default"])
+"""The profile being built: kfp runs the pipeline body once, when it is decorated."""
+
+RESOURCES = {
+    # stage: (cpu request, memory request, memory limit)
+    "ingest": ("1", "2Gi", "4Gi"),
+    "plan": ("100m", "256Mi", "512Mi"),
+    "extract": ("4", "16Gi", "24Gi"),
+    "affinity": ("2", "8Gi", "12Gi"),
+    "infer": ("2", "8Gi", "16Gi"),
+    "evaluate": ("1", "4Gi", "8Gi"),
+}
+
+
+class Outputs(NamedTuple):
+    """What a run leaves behind (:mod:`goggles.io.artifacts`)."""
+
+    manifest: Dataset
+    features: Dataset
+    prototypes: Dataset
+    labels: Dataset
+    inference: Artifact
+    metrics: Artifact
+    report: HTML
+
+
+def _resources(task: dsl.PipelineTask, stage: str) -> dsl.PipelineTask:
+    cpu, memory, memory_limit = RESOURCES[stage]
+    if _build["namespace"]:
+        kubernetes.set_security_context(task, run_as_user=IMAGE_USER, run_as_group=IMAGE_USER,
+                                        run_as_non_root=True)
+    return (task.set_cpu_request(cpu).set_memory_request(memory)
+            .set_memory_limit(memory_limit).set_caching_options(enable_caching=True))
+
+
+def _bucket_access(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    """The namespace's bucket credentials and defaults, for a task that reads URIs it is given."""
+    if _build["namespace"]:
+        kubernetes.use_secret_as_env(task, BUCKET_SECRET, BUCKET_SECRET_ENV, optional=True)
+        kubernetes.use_secret_as_volume(task, BUCKET_SECRET, BUCKET_SECRET_MOUNT, optional=True)
+        kubernetes.use_config_map_as_env(task, DEFAULTS_CONFIG_MAP,
+                                         {key: key for key in DEFAULTS_ENV}, optional=True)
+    return task
+
+
+PIPELINE_INFO = {"name": PIPELINE_NAME,
+                 "display_name": "goggles: label images by affinity coding",
+                 "description": "Label an image dataset automatically with affinity coding "
+                                "(GOGGLES)."}
+
+
+@dsl.pipeline(**PIPELINE_INFO)
+def goggles_pipeline(
+    source_uri: str = "",
+    num_classes: int = 2,
+    backbone: str = "vgg16",
+    weights_uri: str = "",
+    top_k: int = 5,
+    max_prototypes: int = 0,
+    num_shards: int = 1,
+    method: str = "graph-em",
+    max_iter: int = 100,
+    seed: int = 0,
+    dev_labels_uri: str = "",
+    device: str = "auto",
+    descriptor_backbone: str = "mobilenet_v2",
+) -> Outputs:
+    """Probabilistic labels for the images under ``source_uri`` (README, "Labeling your images").
+
+    Parameters
+    ----------
+    source_uri : folder or bucket prefix of images; first-level folders are ground truth.
+    num_classes : K, the number of classes to find.
+    backbone, weights_uri, top_k : the CNN, its weights (``""``: baked into the image) and
+        prototypes per image.
+    max_prototypes : cap on the prototypes (columns of A), 0 for none (see
+        goggles.features.budget).
+    num_shards : row shards of the affinity matrix, one task each.
+    method, max_iter, seed : class inference (``graph-em``, ``em``, ``kmeans``, ``em-random``,
+        ``pgm``, ``backbone``; see goggles.inference.registry).
+    dev_labels_uri : optional CSV/Parquet of ``uri,label`` naming the clusters.
+    device : ``auto`` uses the GPU where the task has one.
+    descriptor_backbone : graph EM's second network (``none`` to skip it).
+    """
+    ingest_task = _bucket_access(_resources(ingest(source_uri=source_uri), "ingest"))
+    ingest_task.set_display_name("ingest: list and validate images")
+
+    plan_task = _resources(plan_shards(manifest=ingest_task.outputs["manifest"],
+                                       num_shards=num_shards, num_classes=num_classes), "plan")
+    plan_task.set_display_name("plan affinity shards")
+
+    extract_task = _resources(extract(manifest=ingest_task.outputs["manifest"],
+                                      backbone=backbone, weights_uri=weights_uri, top_k=top_k,
+                                      max_prototypes=max_prototypes, seed=seed, device=device,
+                                      descriptor_backbone=descriptor_backbone), "extract")
+    # after the plan, so parameters that cannot work fail before the expensive extraction
+    (_bucket_access(extract_task).after(plan_task)
+     .set_display_name("extract: CNN filter maps and prototypes")
+     .set_retry(num_retries=2, backoff_duration="30s", backoff_factor=2,
+                backoff_max_duration="600s"))
+    if _build["gpu"]:
+        extract_task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(1)
+        kubernetes.add_node_selector(extract_task, *GPU_NODE_SELECTOR)
+        kubernetes.add_toleration(extract_task, **GPU_TOLERATION)
+
+    with dsl.ParallelFor(items=plan_task.outputs["Output"], name="affinity shards (fan-out)",
+                         parallelism=SHARD_PARALLELISM) as shard_id:
+        shard_task = _resources(affinity_shard(features=extract_task.outputs["features"],
+                                               prototypes=extract_task.outputs["prototypes"],
+                                               shard_id=shard_id, num_shards=num_shards,
+                                               device=device), "affinity")
+        (shard_task.set_display_name("affinity: one row shard")
+         .set_retry(num_retries=3, backoff_duration="10s", backoff_factor=2,
+                    backoff_max_duration="300s"))
+
+    infer_task = _resources(infer(manifest=ingest_task.outputs["manifest"],
+                                  features=extract_task.outputs["features"],
+                                  prototypes=extract_task.outputs["prototypes"],
+                                  affinity_shards=dsl.Collected(shard_task.outputs["affinity"]),
+                                  num_classes=num_classes, method=method,
+                                  max_iter=max_iter, seed=seed, device=device,
+                                  dev_labels_uri=dev_labels_uri),
+                            "infer")
+    _bucket_access(infer_task).set_display_name("infer: labels by EM")
+
+    evaluate_task = _resources(evaluate(manifest=ingest_task.outputs["manifest"],
+                                        prototypes=extract_task.outputs["prototypes"],
+                                        affinity_shards=dsl.Collected(shard_task.outputs["affinity"]),
+                                        labels=infer_task.outputs["labels"],
+                                        inference=infer_task.outputs["inference"],
+                                        source_uri=source_uri, backbone=backbone, top_k=top_k,
+                                        num_shards=num_shards, seed=seed), "evaluate")
+    _bucket_access(evaluate_task).set_display_name("evaluate and report")
+
+    return Outputs(manifest=ingest_task.outputs["manifest"],
+                   features=extract_task.outputs["features"],
+                   prototypes=extract_task.outputs["prototypes"],
+                   labels=infer_task.outputs["labels"],
+                   inference=infer_task.outputs["inference"],
+                   metrics=evaluate_task.outputs["metrics_json"],
+                   report=evaluate_task.outputs["report"])
+
+
+def pipeline_for(profile: str = "default") -> dsl.base_component.BaseComponent:
+    """:func:`goggles_pipeline` built with a profile's cluster settings (see :data:`PROFILES`)."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
+    if profile == "default":
+        return goggles_pipeline
+    _build.update(PROFILES[profile])
+    try:
+        return dsl.pipeline(**PIPELINE_INFO)(goggles_pipeline.pipeline_func)
+    finally:
+        _build.update(PROFILES["default"])
+
+
+def compile_pipeline(package_path: str = DEFAULT_PACKAGE, profile: str = "default") -> str:
+    """Compile :func:`goggles_pipeline` to a KFP IR YAML at ``package_path``; returns it."""
+    compiler.Compiler().compile(pipeline_for(profile), package_path=package_path)
+    return package_path
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Compile the goggles Kubeflow pipeline.")
+    parser.add_argument("--output", default=DEFAULT_PACKAGE, help="YAML package to write")
+    parser.add_argument("--profile", default="default", choices=PROFILES,
+                        help="cluster settings matching k8s/overlays/<profile> (default: none)")
+    args = parser.parse_args(argv)
+    print(compile_pipeline(args.output, args.profile))
+
+
+if __name__ == "__main__":
+    main()

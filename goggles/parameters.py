@@ -1,0 +1,148 @@
+"""The parameters of a run, declared once.
+
+Each field of :class:`RunParameters` is one parameter of a run: its name (the same from
+``pipeline.py`` through the components and the stage configs to the library), its type, its
+default, its help text, its ``goggles run`` option and its checks. Everything else derives
+from this declaration:
+
+* the options of ``goggles run`` (:mod:`goggles.cli`);
+* the stage configs of a run (:func:`goggles.pipeline.wiring.stage_config`), and the defaults
+  of those configs' fields (``default("top_k")``);
+* the arguments the local and docker runners pass to the pipeline
+  (:func:`goggles.kubeflow.runner.pipeline_arguments`);
+* the parameters of the pipeline: ``pipeline.py`` spells its defaults out literally, as Kubeflow
+  shows them in its run form, and a test asserts they equal the ones here.
+"""
+
+from __future__ import annotations
+
+import typing
+from dataclasses import Field, dataclass, field, fields
+from typing import Any
+
+from goggles.config import BACKBONES, DEVICES, check
+
+STAGES = ("ingest", "extract", "affinity", "infer")
+
+
+@dataclass(frozen=True)
+class Spec:
+    """How one run parameter is presented and checked.
+
+    Attributes
+    ----------
+    help : one line for ``goggles run --help`` and the pipeline's docstring.
+    flag : the ``goggles run`` option; ``""`` is ``--`` and the name with dashes; ``"SOURCE"``
+        is the positional argument.
+    choices : the values allowed (``()``: any; ``method``'s come from the inference registry).
+    minimum : the smallest value allowed, for numbers.
+    required : ``goggles run`` needs it (no usable default).
+    pipeline : a parameter of the Kubeflow pipeline (the output is not: on a cluster, outputs go
+        to the pipeline root).
+    stages : the stage configs this parameter sets.
+    uri : a URI, which the local runners make absolute.
+    """
+
+    help: str
+    flag: str = ""
+    choices: tuple[str, ...] = ()
+    minimum: int | None = None
+    required: bool = False
+    pipeline: bool = True
+    stages: tuple[str, ...] = ()
+    uri: bool = False
+
+
+def _parameter(default: Any, help: str, **spec: Any) -> Any:
+    return field(default=default, metadata={"spec": Spec(help, **spec)})
+
+
+@dataclass(frozen=True)
+class RunParameters:
+    """Everything a run needs (see the module docstring)."""
+
+    source_uri: str = _parameter(
+        "", "folder or bucket prefix of the images (a path, file://, memory://, gs:// or "
+        "s3://); first-level folders are read as ground-truth labels",
+        flag="SOURCE", required=True, uri=True)
+    output_uri: str = _parameter(
+        "", "where labels, metrics and the report go (a path or bucket prefix)",
+        flag="--output", required=True, pipeline=False, uri=True)
+    num_classes: int = _parameter(2, "number of classes K to find", minimum=2, required=True,
+                                  stages=("infer",))
+    backbone: str = _parameter("vgg16", "the CNN whose filter maps give the prototypes",
+                               choices=BACKBONES, stages=("extract",))
+    weights_uri: str = _parameter(
+        "", "the backbone's weights (torchvision state dict or safetensors); default: found "
+        "offline (see the README)", flag="--weights", stages=("extract",), uri=True)
+    top_k: int = _parameter(5, "prototypes per image (the paper: 5)", minimum=1,
+                            stages=("extract",))
+    max_prototypes: int = _parameter(
+        0, "cap on the prototypes (columns of A) for large datasets; 0: no cap", minimum=0,
+        stages=("extract",))
+    num_shards: int = _parameter(1, "row shards of the affinity matrix, one task (pod) each",
+                                 flag="--shards", minimum=1, stages=("affinity",))
+    method: str = _parameter("graph-em", "class inference: one of the methods listed below",
+                             stages=("infer",))
+    max_iter: int = _parameter(100, "EM iterations at most", minimum=1, stages=("infer",))
+    seed: int = _parameter(0, "the one seed of everything random", minimum=0,
+                           stages=("extract", "infer"))
+    dev_labels_uri: str = _parameter(
+        "", "CSV or Parquet of uri,label for a few images; names the clusters",
+        flag="--dev-labels", uri=True)
+    device: str = _parameter(
+        "auto", "where the CNN, the affinity GEMM and the E-step run; auto: a GPU when there "
+        "is one", choices=DEVICES, stages=("extract", "affinity", "infer"))
+    descriptor_backbone: str = _parameter(
+        "mobilenet_v2", "graph-em: a second network whose bilinear descriptors join the graph "
+        "(+25% extract time beside VGG-16); none to skip it", choices=BACKBONES + ("none",),
+        stages=("extract",))
+
+    def __post_init__(self) -> None:
+        for name in names():
+            check_parameter(name, getattr(self, name))
+
+    def pipeline_arguments(self) -> dict[str, Any]:
+        """The values of the pipeline's parameters, by name."""
+        return {f.name: getattr(self, f.name) for f in declared() if spec(f).pipeline}
+
+
+def declared() -> tuple[Field[Any], ...]:
+    """The fields of :class:`RunParameters`, in declaration order."""
+    return fields(RunParameters)
+
+
+def names(*, stage: str = "", pipeline: bool | None = None) -> list[str]:
+    """Names of the run parameters, optionally only those that set ``stage``'s config or those
+    that are (or are not) pipeline parameters."""
+    return [f.name for f in declared()
+            if (not stage or stage in spec(f).stages)
+            and (pipeline is None or spec(f).pipeline == pipeline)]
+
+
+def spec(item: Field[Any] | str) -> Spec:
+    """The :class:`Spec` of a field or of the parameter named ``item``."""
+    found = item if isinstance(item, Field) else RunParameters.__dataclass_fields__[item]
+    return found.metadata["spec"]  # type: ignore[no-any-return]
+
+
+def default(name: str) -> Any:
+    """The default value of parameter ``name``."""
+    return RunParameters.__dataclass_fields__[name].default
+
+
+def types() -> dict[str, type]:
+    """Parameter name -> Python type (``str``, ``int``)."""
+    hints = typing.get_type_hints(RunParameters)
+    return {f.name: hints[f.name] for f in declared()}
+
+
+def check_parameter(name: str, value: Any) -> None:
+    """Check ``value`` against parameter ``name``'s declared choices and minimum."""
+    declared_spec = spec(name)
+    if declared_spec.choices:
+        check(value in declared_spec.choices, f"unknown {name} {value!r}; choose one of "
+                                              f"{', '.join(declared_spec.choices)}", name)
+    if declared_spec.minimum is not None:
+        check(value >= declared_spec.minimum,
+              f"{name} must be at least {declared_spec.minimum}, got {value}", name)

@@ -1,0 +1,87 @@
+"""Run every stage in this process (library users, debugging; ``goggles run --runner
+inprocess``), with crash-resume.
+
+The Kubeflow runners (:mod:`goggles.kubeflow.runner`) run the same stages as pipeline tasks.
+Every runner leaves the same files in the output (:func:`goggles.io.artifacts.output_paths`):
+``manifest.parquet``, ``labels.parquet``, ``metrics.json``, ``report.html`` and the
+intermediate artifacts under ``artifacts/``.
+
+Each stage's outputs are keyed by its inputs and parameters (:mod:`goggles.io.resume`): a rerun
+into the same output reuses the stages that finished with the same key and redoes the rest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from goggles.io import listing, storage
+from goggles.io.artifacts import output_paths
+from goggles.io.resume import StageRecords, stage_key
+from goggles.parameters import RunParameters
+from goggles.pipeline import stages
+from goggles.pipeline.wiring import check_counts, check_run, evaluate_and_report, run_record
+
+logger = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def timed(timings: dict[str, float], stage: str) -> Iterator[None]:
+    """Add the wall time of the block to ``timings[stage]``."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[stage] = round(timings.get(stage, 0.0) + time.perf_counter() - start, 3)
+
+
+def run_inprocess(params: RunParameters) -> dict[str, Any]:
+    """Run every stage in this process; returns the metrics written to ``metrics.json``."""
+    configs = check_run(params)
+    ingest_cfg, extract_cfg = configs["ingest"], configs["extract"]
+    affinity_cfg, infer_cfg = configs["affinity"], configs["infer"]
+    paths = output_paths(params.output_uri)
+    records = StageRecords(storage.join(params.output_uri, "artifacts"))
+    timings: dict[str, float] = {}
+    files = [(f.relative, f.size) for f in listing.list_files(params.source_uri,
+                                                              ingest_cfg.extensions)]
+    ingest_key = stage_key("ingest", ingest_cfg.to_dict(), params.source_uri, files)
+    with timed(timings, "ingest"):
+        ingested = records.run("ingest", ingest_key, lambda: stages.run_ingest(
+            ingest_cfg, params.source_uri, paths["manifest"]))
+    check_counts(ingested["n_images"], params.num_classes, params.num_shards, paths["manifest"])
+    extract_params = extract_cfg.to_dict()
+    if not extract_cfg.max_prototypes:
+        extract_params.pop("seed")  # the seed only drives the prototype budget's sample
+    extract_key = stage_key("extract", ingest_key, extract_params)
+    with timed(timings, "extract"):
+        extracted = records.run("extract", extract_key, lambda: stages.run_extract(
+            extract_cfg, paths["manifest"], paths["features"], paths["prototypes"]))
+    shard_uris, shard_keys = [], []
+    with timed(timings, "affinity"):
+        for shard_id in range(params.num_shards):
+            uri = storage.join(paths["affinity"], f"shard-{shard_id:05d}")
+            key = stage_key("affinity", extract_key, affinity_cfg.to_dict(), shard_id)
+            records.run(f"affinity-{shard_id:05d}-of-{params.num_shards:05d}", key,
+                        functools.partial(stages.run_affinity, affinity_cfg, paths["features"],
+                                          paths["prototypes"], shard_id, uri))
+            shard_uris.append(uri)
+            shard_keys.append(key)
+    infer_key = stage_key("infer", shard_keys, infer_cfg.to_dict(), params.dev_labels_uri)
+    with timed(timings, "infer"):
+        inferred = records.run("infer", infer_key, lambda: stages.run_infer(
+            infer_cfg, paths["manifest"], paths["prototypes"], shard_uris, paths["labels"],
+            paths["inference"], params.dev_labels_uri, features_uri=paths["features"]))
+    record = run_record(dataclasses.asdict(params), runner="inprocess",
+                        weights_source=extracted["weights_source"],
+                        num_prototypes=inferred["num_prototypes"])
+    return evaluate_and_report(
+        manifest_uri=paths["manifest"], labels_uri=paths["labels"],
+        inference_uri=paths["inference"], prototypes_uri=paths["prototypes"],
+        affinity_uris=shard_uris, metrics_uri=paths["metrics"], report_uri=paths["report"],
+        record=record, timings=timings)

@@ -1,0 +1,157 @@
+"""What every runner does around the stages, written once.
+
+The in-process runner (:mod:`goggles.pipeline.inprocess`) and the Kubeflow components
+(:mod:`goggles.kubeflow.components`) both call these:
+
+* :func:`check_run` — before any work: every parameter (:func:`check_parameters`), then what
+  the run reads (:func:`check_inputs`);
+* :func:`check_counts` — after ingest, before the expensive extraction: the run fits the images
+  that were accepted (the pipeline's plan task);
+* :func:`stage_config` — a stage's config from the run's parameters (:mod:`goggles.parameters`);
+* :func:`run_record` — the parameters ``metrics.json`` records beside the metrics;
+* :func:`evaluate_and_report` — ``metrics.json`` and ``report.html``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from goggles.config import IMAGE_EXTENSIONS, Config, ConfigError, check
+from goggles.io import listing, storage, uris
+from goggles.parameters import RunParameters, names
+
+logger = logging.getLogger(__name__)
+
+
+class StageError(RuntimeError):
+    """A stage cannot run with the inputs it was given; the message says what to change."""
+
+
+def _config_class(stage: str) -> type[Config]:
+    # imported here so that a task imports only its own stage's package
+    if stage == "ingest":
+        from goggles.ingest.config import IngestConfig
+        return IngestConfig
+    if stage in ("extract", "affinity"):
+        from goggles.features.config import AffinityConfig, ExtractConfig
+        return ExtractConfig if stage == "extract" else AffinityConfig
+    if stage == "infer":
+        from goggles.inference.config import InferConfig
+        return InferConfig
+    raise ValueError(f"unknown stage {stage!r}; choose ingest, extract, affinity or infer")
+
+
+def stage_config(stage: str, values: Mapping[str, Any]) -> Any:
+    """The config of ``stage`` (``ingest``, ``extract``, ``affinity``, ``infer``) from run
+    parameter values: those that set this stage (``goggles.parameters.Spec.stages``) and are
+    given; the others keep their defaults."""
+    return _config_class(stage)(**{name: values[name] for name in names(stage=stage)
+                                   if name in values})
+
+
+def stage_configs(params: RunParameters) -> dict[str, Any]:
+    """Every stage's config for a run (each validates itself)."""
+    values = {name: getattr(params, name) for name in names()}
+    return {stage: stage_config(stage, values) for stage in ("ingest", "extract", "affinity",
+                                                              "infer")}
+
+
+def check_run(params: RunParameters, *, local_output: bool = True) -> dict[str, Any]:
+    """Check a run before any work starts (:func:`check_parameters`, then
+    :func:`check_inputs`); returns its stage configs."""
+    configs = check_parameters(params, local_output=local_output)
+    check_inputs(params)
+    return configs
+
+
+def check_parameters(params: RunParameters, *, local_output: bool = True) -> dict[str, Any]:
+    """Check the parameters of a run, reading nothing; returns its stage configs.
+
+    Raises :class:`ConfigError` naming the problem and the fix for: a missing source or output,
+    a parameter out of range, an output inside the source (the next run would ingest its own
+    outputs). ``local_output=False`` skips the output checks (a cluster run's outputs go to its
+    pipeline root).
+    """
+    check(bool(params.source_uri), "no source: give the folder or bucket prefix of the images",
+          "source_uri")
+    configs = stage_configs(params)
+    if local_output:
+        check(bool(params.output_uri), "no output: give where the labels should go "
+                                       "(--output OUT)", "output_uri")
+        if uris.is_inside(params.output_uri, params.source_uri):
+            raise ConfigError(f"output {params.output_uri!r} is inside the source "
+                              f"{params.source_uri!r}; the next run would ingest its own "
+                              "outputs. Choose an output outside the source folder",
+                              "output_uri")
+    return configs
+
+
+def check_inputs(params: RunParameters) -> None:
+    """Check what a run reads before it starts: a local source that does not exist, is not a
+    folder or holds no image file; a local dev-labels or weights file that does not exist;
+    ``method='backbone'`` with weights that lack the ImageNet classifier. Each raises
+    :class:`ConfigError` (or the weights' own error) naming the fix."""
+    source = params.source_uri
+    if storage.is_local(source):
+        path = storage.local_path(source)
+        where = uris.redact(source)
+        check(os.path.exists(path), f"source {where} does not exist; give a folder of images "
+                                    "(or a gs:// or s3:// prefix)", "source_uri")
+        check(os.path.isdir(path), f"source {where} is a file, not a folder; give the folder "
+                                   "that holds the images", "source_uri")
+        check(listing.has_files(path, IMAGE_EXTENSIONS),
+              f"source {where} holds no image files (looked for "
+              f"{', '.join(IMAGE_EXTENSIONS)}); give the folder that holds the images",
+              "source_uri")
+    for name in ("dev_labels_uri", "weights_uri"):
+        value = getattr(params, name)
+        if value and storage.is_local(value):
+            what = name.removesuffix("_uri").replace("_", " ")
+            check(storage.exists(value),
+                  f"{what} {uris.redact(value)} does not exist; check the path", name)
+    if params.method == "backbone":  # fail now, not after extraction, without a classifier
+        from goggles.inference.imagenet import classifier_weights
+
+        classifier_weights(params.backbone, params.weights_uri)
+
+
+def check_counts(n_images: int, num_classes: int, num_shards: int, manifest_uri: str = "") -> None:
+    """Check a run against the number of accepted images (after ingest, before extraction)."""
+    where = f" (rejection reasons: {manifest_uri})" if manifest_uri else ""
+    if n_images < 1:
+        raise StageError("no image was accepted: every file was rejected or none was found; "
+                         f"see the manifest's error column and check the source{where}")
+    if n_images < num_classes:
+        raise StageError(f"only {n_images} images were accepted, fewer than "
+                         f"num_classes={num_classes}; lower num_classes or add images{where}")
+    if num_shards > n_images:
+        raise StageError(f"num_shards={num_shards} exceeds the {n_images} accepted images; use "
+                         f"at most {n_images} shards")
+
+
+def run_record(values: Mapping[str, Any], *, runner: str, weights_source: str,
+               num_prototypes: int) -> dict[str, Any]:
+    """The parameters and provenance ``metrics.json`` records beside the metrics."""
+    return {"num_prototypes": num_prototypes, "backbone": values["backbone"],
+            "weights_source": weights_source, "runner": runner, "seed": values["seed"],
+            "top_k": values["top_k"], "num_shards": values["num_shards"],
+            "source_uri": values["source_uri"]}
+
+
+def evaluate_and_report(*, manifest_uri: str, labels_uri: str, inference_uri: str,
+                        prototypes_uri: str, affinity_uris: Sequence[str], metrics_uri: str,
+                        report_uri: str, record: dict[str, Any],
+                        timings: dict[str, float]) -> dict[str, Any]:
+    """Write ``metrics.json`` (with ``record`` and the stages' ``timings``) and
+    ``report.html``; returns the metrics."""
+    from goggles.pipeline.stages import run_evaluate
+    from goggles.report.page import write_report
+
+    metrics = run_evaluate(manifest_uri, labels_uri, inference_uri, metrics_uri, extra=record,
+                           timings=timings)
+    write_report(report_uri, metrics, labels_uri=labels_uri, inference_uri=inference_uri,
+                 prototypes_uri=prototypes_uri, affinity_uris=list(affinity_uris))
+    return metrics

@@ -1,0 +1,377 @@
+"""report.html: one self-contained page (images inlined) that shows why each image got its label.
+
+Sections: a summary (N, rejected, K, prototypes, EM iterations, timings, accuracy when known);
+the affinity matrix with rows and columns sorted by inferred cluster (the paper's Figure 5,
+pooled to at most :data:`MAX_HEATMAP` rows and columns); the confusion matrix when ground truth
+exists; the EM convergence trace; for the most informative prototypes, the class-conditional
+score histograms with the fitted Gaussians and the image patch each comes from (its receptive
+field, :mod:`goggles.report.patches`); per cluster, the most and least confident images and the
+strongest prototypes. Clusters carry the dev set's class names when one was given; otherwise
+each cluster has a name field, and the page writes the names a person types into a dev-labels
+CSV (``uri,label`` of each cluster's most confident images) for ``--dev-labels`` on the next run.
+
+Reading A is one streamed pass over the stored shards (pooled rows plus the few columns the
+histograms need), so the report's memory and time stay small for large N.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from scipy import sparse
+
+from goggles.io import storage
+from goggles.io.artifacts import StoredShards
+from goggles.io.images import decode_image
+from goggles.report.patches import FIELDS, prototype_patch
+from goggles.report.plots import (
+    cluster_colors,
+    confusion_svg,
+    heatmap_image,
+    histogram_svg,
+    jpeg_uri,
+    line_svg,
+    png_uri,
+)
+
+logger = logging.getLogger(__name__)
+
+MAX_HEATMAP = 600  # rows and columns of the drawn affinity matrix at most
+THUMB = 96
+PER_CLUSTER = 6  # most / least confident images shown per cluster
+NAMING_EXEMPLARS = 10  # most confident images per cluster written into the dev-labels CSV
+MAX_HISTOGRAMS = 6
+
+
+# -- one pass over A -------------------------------------------------------------------------------
+
+@dataclass
+class AffinityView:
+    """What the report draws from A: ``pooled`` [R, C] means of row and column groups sorted by
+    cluster, the cluster of each group, and the full columns [N, P] of ``column_ids``."""
+
+    pooled: np.ndarray
+    row_clusters: np.ndarray
+    column_clusters: np.ndarray
+    column_ids: list[int]
+    columns: np.ndarray
+
+
+def _groups(clusters: np.ndarray, order: np.ndarray, limit: int) -> np.ndarray:
+    """Group id of each position of ``order`` (sorted by cluster): consecutive positions of one
+    cluster share groups, each cluster gets groups in proportion to its size, ``limit`` at most."""
+    n = len(order)
+    groups = np.empty(n, dtype=np.int64)
+    sorted_clusters = clusters[order]
+    next_group, start = 0, 0
+    for k in np.unique(sorted_clusters):
+        size = int((sorted_clusters == k).sum())
+        share = size if n <= limit else max(1, min(size, round(limit * size / n)))
+        groups[start:start + size] = next_group + np.arange(size) * share // size
+        next_group += share
+        start += size
+    return groups
+
+
+def affinity_view(source, labels: np.ndarray, confidence: np.ndarray,  # type: ignore[no-untyped-def]
+                  column_class: np.ndarray, column_ids: list[int], *,
+                  limit: int = MAX_HEATMAP) -> AffinityView:
+    """Pool A (row blocks, [N, M]) to at most ``limit`` x ``limit`` in one pass.
+
+    Rows are sorted by cluster, most confident first; columns by the cluster of the prototype's
+    source image, then by how much higher its own cluster scores than the next one.
+    """
+    n, m = source.shape
+    row_order = np.lexsort((-confidence, labels))
+    row_groups = np.empty(n, dtype=np.int64)
+    row_groups[row_order] = _groups(labels, row_order, limit)
+    num_rows = int(row_groups.max()) + 1
+    sizes = np.bincount(row_groups, minlength=num_rows).astype(np.float32)
+    pooled = np.zeros((num_rows, m), dtype=np.float32)
+    columns = np.empty((n, len(column_ids)), dtype=np.float32)
+    for start, block in source.blocks():
+        stop = start + block.shape[0]
+        weights = 1.0 / sizes[row_groups[start:stop]]
+        pool = sparse.csr_matrix((weights, (row_groups[start:stop], np.arange(stop - start))),
+                                 shape=(num_rows, stop - start))
+        pooled += pool @ block
+        columns[start:stop] = block[:, column_ids]
+    group_cluster = np.empty(num_rows, dtype=np.int64)
+    group_cluster[row_groups] = labels
+    num_classes = int(max(labels.max(), column_class.max() if m else 0)) + 1
+    cluster_mean = np.zeros((num_classes, m))
+    for k in range(num_classes):
+        chosen = group_cluster == k
+        if chosen.any():
+            cluster_mean[k] = np.average(pooled[chosen], axis=0, weights=sizes[chosen])
+    own = cluster_mean[column_class, np.arange(m)]
+    rest = cluster_mean.copy()
+    rest[column_class, np.arange(m)] = -np.inf
+    column_order = np.lexsort((-(own - rest.max(axis=0)), column_class))
+    column_groups = _groups(column_class, column_order, limit)
+    starts = np.flatnonzero(np.diff(column_groups, prepend=-1))
+    summed = np.add.reduceat(pooled[:, column_order], starts, axis=1)
+    counts = np.diff(np.append(starts, m))
+    return AffinityView(pooled=summed / counts, row_clusters=group_cluster,
+                        column_clusters=column_class[column_order][starts],
+                        column_ids=column_ids, columns=columns)
+
+
+# -- images ----------------------------------------------------------------------------------------
+
+def _load_images(uris: set[str]) -> dict[str, Image.Image]:
+    """Decode each image once (threads; a failure leaves it out, it never fails the report)."""
+    def load(uri: str) -> tuple[str, Image.Image | None]:
+        try:
+            return uri, decode_image(storage.read_bytes(uri), max_pixels=64_000_000)
+        except Exception as error:  # noqa: BLE001 - a missing picture must not fail the report
+            logger.warning("report: cannot show %s (%s)", uri, error)
+            return uri, None
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return {uri: image for uri, image in pool.map(load, sorted(uris)) if image is not None}
+
+
+def _thumbnail(image: Image.Image) -> str:
+    copy = image.copy()
+    copy.thumbnail((THUMB, THUMB))
+    return jpeg_uri(copy)
+
+
+# -- the page ----------------------------------------------------------------------------------
+
+STYLE = """body{font-family:sans-serif;margin:2em auto;max-width:1150px;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;
+text-align:left;font-size:13px}figure{display:inline-block;margin:4px;vertical-align:top;
+text-align:center;font-size:11px}figure img{border:1px solid #999}
+figure.wide{display:block;text-align:left}.heat{width:min(100%,760px);
+image-rendering:pixelated}.swatch{display:inline-block;width:12px;height:12px;margin:0 4px}
+.cluster{border-top:3px solid;margin-top:1.5em;padding-top:.3em}.note{color:#555;font-size:13px}
+.row{display:flex;flex-wrap:wrap;gap:8px;align-items:flex-start}"""
+
+SCRIPT = """function gogglesDevLabels(){var rows=["uri,label"];
+document.querySelectorAll("input.cluster-name").forEach(function(input){
+var name=input.value.trim();if(!name)return;var uris=GOGGLES_EXEMPLARS[input.dataset.cluster]||[];
+uris.forEach(function(u){rows.push('"'+u.replace(/"/g,'""')+'","'+name.replace(/"/g,'""')+'"');});});
+return rows.join("\\n")+"\\n";}
+function gogglesDownload(){var blob=new Blob([gogglesDevLabels()],{type:"text/csv"});
+var a=document.createElement("a");a.href=URL.createObjectURL(blob);a.download="dev-labels.csv";
+document.body.appendChild(a);a.click();a.remove();}"""
+
+
+def _table(rows: list[tuple[str, Any]]) -> str:
+    body = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
+                   for k, v in rows)
+    return f"<table>{body}</table>"
+
+
+def _summary(metrics: dict[str, Any], state: dict[str, Any]) -> list[tuple[str, Any]]:
+    rows: list[tuple[str, Any]] = [
+        (label, metrics[key]) for key, label in (
+            ("n_images", "images labeled"), ("n_rejected", "files rejected"),
+            ("num_classes", "classes (K)"), ("num_prototypes", "prototypes (columns of A)"),
+            ("method", "method"), ("backbone", "backbone"), ("seed", "seed"),
+            ("em_iterations", "EM iterations"), ("converged", "converged"))
+        if key in metrics]
+    if "accuracy" in metrics:
+        rows.append(("accuracy (best cluster→class mapping)", f"{metrics['accuracy']:.4f}"))
+    if "accuracy_kmeans" in metrics:
+        rows.append(("accuracy of the k-means start", f"{metrics['accuracy_kmeans']:.4f}"))
+    dev = metrics.get("dev_set")
+    if dev:
+        rows.append((f"dev set ({dev['n_images']} images): named labels agree",
+                     f"{dev['accuracy']:.4f}"))
+        if "accuracy_unlabeled" in dev:
+            rows.append((f"the other {dev['n_unlabeled']} images: named label = truth",
+                         f"{dev['accuracy_unlabeled']:.4f}"))
+    timings = metrics.get("timings_s") or {}
+    if timings:
+        stages = ["ingest", "extract", "affinity", "infer", "evaluate"]
+        ordered = [k for k in stages if k in timings] + [k for k in timings if k not in stages]
+        rows.append(("seconds per stage", ", ".join(f"{k} {float(timings[k]):.1f}"
+                                                      for k in ordered)))
+    if state.get("initial_labels") is None and state.get("method") in ("pgm", "backbone"):
+        rows.append(("note", f"method {state['method']} has no k-means start or EM trace"))
+    return rows
+
+
+def _figure(kind: str, body: str, caption: str = "", wide: bool = False) -> str:
+    text = f"<figcaption>{caption}</figcaption>" if caption else ""
+    css = "plot-figure wide" if wide else "plot-figure"
+    return f"<figure class='{css}' data-plot='{kind}'>{body}{text}</figure>"
+
+
+def _confidence(value: float) -> str:
+    """Posteriors near 1 (common: a product of hundreds of likelihoods) keep their distance to
+    1 visible: ``1−3e-12``."""
+    return f"1−{1 - value:.0e}" if 0.9995 < value < 1 else f"{value:.3f}"
+
+
+def render(metrics: dict[str, Any], labels: Any, state: dict[str, Any], *,
+           view: AffinityView | None, prototypes: dict[int, tuple[int, int, int]],
+           backbone: str = "vgg16", image_size: int = 224) -> str:
+    """The report page.
+
+    Parameters
+    ----------
+    labels : the labels table sorted by ``image_id`` (rows = images).
+    view : the pooled affinity matrix and histogram columns (``None``: A was unavailable).
+    prototypes : ``column → (image_id, h, w)`` of the prototypes the page draws.
+    """
+    names = list(state["cluster_names"])
+    colors = cluster_colors(len(names))
+    label = labels["label"].to_numpy()
+    confidence = labels["confidence"].to_numpy()
+    uris = labels["uri"].to_pylist()
+    chosen = state.get("prototypes") or []
+    order = {k: np.flatnonzero(label == k)[np.argsort(-confidence[label == k], kind="stable")]
+             for k in range(len(names))}
+    needed = {uris[i] for k in order for i in
+              list(order[k][:PER_CLUSTER]) + list(order[k][::-1][:PER_CLUSTER])}
+    needed |= {uris[prototypes[p["column"]][0]] for p in chosen if p["column"] in prototypes}
+    images = _load_images(needed)
+    field = FIELDS.get(backbone)
+
+    def patch(column: int) -> str:
+        if field is None or column not in prototypes:
+            return ""
+        image_id, h, w = prototypes[column]
+        image = images.get(uris[image_id])
+        if image is None:
+            return ""
+        src = jpeg_uri(prototype_patch(image, field, h, w, image_size=image_size))
+        return (f"<img src='{src}' alt='prototype {column}: receptive field of position ({h}, "
+                f"{w}) in {html.escape(uris[image_id])}' title='{html.escape(uris[image_id])}'>")
+
+    patches = {p["column"]: patch(p["column"]) for p in chosen}
+    parts = ["<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+             "<title>goggles report</title>", f"<style>{STYLE}</style></head><body>",
+             "<h1>goggles labeling report</h1>", "<h2 id='summary'>Summary</h2>",
+             _table(_summary(metrics, state))]
+    if metrics.get("warnings"):
+        parts.append("<h2>Warnings</h2><ul>" + "".join(
+            f"<li>{html.escape(w)}</li>" for w in metrics["warnings"]) + "</ul>")
+    legend = " ".join(f"<span class='swatch' style='background:{c}'></span>{html.escape(n)} "
+                      f"({int((label == k).sum())})" for k, (n, c) in enumerate(zip(names, colors,
+                                                                                      strict=True)))
+    if view is not None and view.pooled.size:
+        heat = heatmap_image(view.pooled, view.row_clusters, view.column_clusters, colors)
+        parts.append("<h2 id='affinity'>Affinity matrix sorted by cluster</h2>")
+        parts.append(_figure("heatmap", f"<img class='heat' alt='affinity matrix' "
+                                        f"src='{png_uri(heat)}'>",
+                             "Rows: images, grouped by inferred cluster, most confident first. "
+                             "Columns: prototypes, grouped by the cluster of their source image, "
+                             "most discriminative first. Brighter = higher affinity "
+                             f"({view.pooled.shape[0]} x {view.pooled.shape[1]} cells, each the "
+                             f"mean of a group of A's entries).<br>{legend}", wide=True))
+    if "confusion" in metrics:
+        conf = metrics["confusion"]
+        recall = metrics.get("per_class_recall", {})
+        parts.append("<h2 id='confusion'>Confusion matrix</h2>")
+        parts.append(_figure("confusion", confusion_svg(
+            conf["matrix"], conf["labels"], conf["labels"],
+            title="truth x predicted, after the best cluster→class mapping")))
+        if recall:
+            parts.append(_table([(f"recall of {k}", f"{v:.4f}") for k, v in recall.items()]))
+    parts.append("<h2 id='convergence'>EM convergence</h2>")
+    change, loglik = state.get("change_trace") or [], state.get("log_likelihood_trace") or []
+    if change:
+        ending = ("converged: the largest change of a posterior fell below tol"
+                  if state.get("converged") else "stopped at max_iter without converging")
+        parts.append(f"<p class='note'>{len(change)} iteration(s); {ending}.</p>"
+                     "<div class='row'>" + _figure("trace", line_svg(
+            [("largest change of a posterior", change, "#0072b2")], log_y=True,
+            title="largest change of a posterior per iteration", xlabel="EM iteration"))
+            + _figure("trace", line_svg([("log-likelihood", loglik, "#d55e00")],
+                                        title="log-likelihood", xlabel="EM iteration"))
+            + "</div>")
+    else:
+        method = html.escape(str(state.get("method")))
+        parts.append(f"<p class='note'>No EM iterations: method {method} does not iterate.</p>")
+    if view is not None and chosen:
+        parts.append("<h2 id='prototypes'>Score distributions of the strongest prototypes</h2>"
+                     "<p class='note'>Each prototype's affinity scores, split by the images' "
+                     "inferred cluster, with the class-conditional Gaussians fitted by the "
+                     "method (paper §4, Figure 5). The patch is the prototype's receptive field "
+                     "in its source image; the box marks the filter-map cell.</p><div class='row'>")
+        per = max(1, MAX_HISTOGRAMS // len(names))
+        shown = [p for k in range(len(names)) for p in [q for q in chosen if q["class"] == k][:per]]
+        for p in shown[:MAX_HISTOGRAMS]:
+            column = view.column_ids.index(p["column"]) if p["column"] in view.column_ids else None
+            if column is None:
+                continue
+            title = (f"prototype {p['column']} of {names[p['class']]}, "
+                     f"separation {p['separation']:.2f}")
+            svg = histogram_svg(view.columns[:, column], label, np.asarray(p["mean"]),
+                                np.asarray(p["std"]), colors, names, title=title)
+            parts.append(_figure("histogram", svg + "<br>" + patches[p["column"]]))
+        parts.append("</div>")
+    parts.append("<h2 id='clusters'>Clusters</h2>")
+    if not state.get("dev"):
+        parts.append("<p class='note'>No dev set named these clusters. Type a name for each "
+                     "cluster below and download a dev-labels CSV (each cluster's most confident "
+                     "images with your names); rerun with <code>--dev-labels dev-labels.csv</code> "
+                     "and the same seed to get named labels.</p><button type='button' "
+                     "id='download-dev-labels' onclick='gogglesDownload()'>Download "
+                     "dev-labels.csv</button>")
+    for k, name in enumerate(names):
+        members = order[k]
+        parts.append(f"<div class='cluster' style='border-color:{colors[k]}'><h3>"
+                     f"<span class='swatch' style='background:{colors[k]}'></span>"
+                     f"{html.escape(name)} — {len(members)} images "
+                     f"<input class='cluster-name' data-cluster='{k}' "
+                     f"aria-label='name of cluster {k}' value='{html.escape(name)}'></h3>")
+        for title, rows in (("most confident", members[:PER_CLUSTER]),
+                            ("least confident", members[::-1][:PER_CLUSTER])):
+            figures = "".join(
+                f"<figure><img src='{_thumbnail(images[uris[i]])}' alt='{html.escape(uris[i])}' "
+                f"title='{html.escape(uris[i])}'><figcaption>{_confidence(confidence[i])}</figcaption>"
+                "</figure>" for i in rows if uris[i] in images)
+            parts.append(f"<div><b>{title}</b><br>{figures}</div>")
+        strongest = "".join(f"<figure>{patches[p['column']]}<figcaption>separation "
+                            f"{p['separation']:.2f}</figcaption></figure>"
+                            for p in chosen if p["class"] == k and patches[p["column"]])
+        if strongest:
+            parts.append(f"<div><b>strongest prototypes</b> (receptive field, cell boxed)<br>"
+                         f"{strongest}</div>")
+        parts.append("</div>")
+    exemplars = {k: [uris[i] for i in order[k][:NAMING_EXEMPLARS]] for k in order}
+    data = json.dumps(exemplars).replace("<", "\\u003c")
+    parts.append(f"<script>var GOGGLES_EXEMPLARS={data};\n{SCRIPT}</script></body></html>")
+    return "".join(parts)
+
+
+def write_report(report_uri: str, metrics: dict[str, Any], *, labels_uri: str,
+                 inference_uri: str, prototypes_uri: str, affinity_uris: list[str],
+                 image_size: int = 224) -> str:
+    """Render ``report.html`` from a run's artifacts; returns ``report_uri``. The backbone (for
+    the receptive fields) is ``metrics["backbone"]``."""
+
+    labels = storage.read_parquet(labels_uri).sort_by("image_id")
+    state = storage.read_json(inference_uri)
+    label = labels["label"].to_numpy()
+    chosen = state.get("prototypes") or []
+    view, drawn = None, {}
+    try:
+        protos = storage.read_parquet(prototypes_uri, columns=["prototype_id", "image_id", "h",
+                                                                "w"]).sort_by("prototype_id")
+        image_id = protos["image_id"].to_numpy()
+        h, w = protos["h"].to_numpy(), protos["w"].to_numpy()
+        drawn = {p["column"]: (int(image_id[p["column"]]), int(h[p["column"]]),
+                               int(w[p["column"]])) for p in chosen}
+        view = affinity_view(StoredShards(affinity_uris), label,
+                             labels["confidence"].to_numpy(), label[image_id],
+                             sorted({p["column"] for p in chosen}))
+    except Exception as error:  # noqa: BLE001 - the report degrades, it does not fail
+        logger.warning("report: affinity matrix unavailable (%s)", error)
+    page = render(metrics, labels, state, view=view, prototypes=drawn,
+                  backbone=str(metrics.get("backbone", "vgg16")), image_size=image_size)
+    storage.write_text(page, report_uri)
+    return report_uri

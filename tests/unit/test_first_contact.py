@@ -1,0 +1,84 @@
+"""A new user's first mistakes: one line naming the problem and the fix, a non-zero exit, and
+nothing started — no pipeline, no output folder. ``-v`` adds the traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from goggles.cli import main
+
+
+def _image_folder(folder: Path) -> Path:
+    (folder / "a").mkdir(parents=True)
+    Image.new("RGB", (16, 16), (200, 10, 10)).save(folder / "a" / "x.png")
+    return folder
+
+
+def test_a_missing_source_is_one_line_without_a_traceback(tmp_path: Path) -> None:
+    """As a user types it: the installed command, a path that does not exist."""
+    done = subprocess.run([sys.executable, "-m", "goggles.cli", "run", "/no/such/dir",
+                           "--num-classes", "2", "--output", "out"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    assert 1 <= len(lines) <= 3, lines
+    assert "/no/such/dir" in lines[-1] and "does not exist" in lines[-1]
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_verbose_shows_the_traceback(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "goggles.cli", "-v", "run", "/no/such/dir",
+                           "--num-classes", "2", "--output", "out"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "Traceback" in done.stderr and "ConfigError" in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("goggles: error: source /no/such/dir")
+
+
+@pytest.mark.parametrize(("arguments", "expected"), [
+    (["{empty}", "--num-classes", "2", "--output", "{out}"],
+     "holds no image files (looked for .jpg"),
+    (["{file}", "--num-classes", "2", "--output", "{out}"],
+     "is a file, not a folder; give the folder that holds the images"),
+    (["{images}", "--num-classes", "2", "--output", "{images}/labels"],
+     "--output: output '{images}/labels' is inside the source '{images}'"),
+    (["{images}", "--num-classes", "2", "--output", "{out}", "--top-k", "0"],
+     "--top-k: top_k must be at least 1, got 0"),
+    (["{images}", "--num-classes", "1", "--output", "{out}"],
+     "--num-classes: num_classes must be at least 2, got 1"),
+    (["{images}", "--num-classes", "2", "--output", "{out}", "--shards", "0"],
+     "--shards: num_shards must be at least 1, got 0"),
+    (["{images}", "--num-classes", "2", "--output", "{out}", "--max-iter", "0"],
+     "--max-iter: max_iter must be at least 1, got 0"),
+    (["{images}", "--num-classes", "2", "--output", "{out}", "--dev-labels", "{tmp}/dev.csv"],
+     "--dev-labels: dev labels {tmp}/dev.csv does not exist; check the path"),
+    (["{images}", "--num-classes", "2", "--output", "{out}", "--weights", "{tmp}/w.pth"],
+     "--weights: weights {tmp}/w.pth does not exist; check the path"),
+])
+def test_first_contact_errors_name_the_problem_and_the_fix(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], arguments: list[str],
+        expected: str) -> None:
+    images = _image_folder(tmp_path / "images")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "file.png").write_bytes(b"not a folder")
+    names = {"tmp": tmp_path, "images": images, "empty": tmp_path / "empty",
+             "file": tmp_path / "file.png", "out": tmp_path / "out"}
+    code = main(["run", *(a.format(**names) for a in arguments), "--runner", "local"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("goggles: error: "), err
+    assert expected.format(**names) in err
+    assert not (tmp_path / "out").exists() and not (images / "labels").exists()
+
+
+def test_an_unknown_choice_is_refused_by_the_parser(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["run", "x", "--num-classes", "2", "--output", "o", "--method", "magic"])
+    assert exited.value.code == 2
+    assert "invalid choice: 'magic'" in capsys.readouterr().err
