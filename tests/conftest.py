@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 CUB_DEV = Path(os.environ.get("GOGGLES_CUB_DEV",
@@ -35,3 +36,17 @@ def cub_task(tmp_path: Path, *species_prefixes: str, limit: int | None = None) -
 def cub_pair(tmp_path: Path) -> Path:
     """Two well-separated species: Black-footed Albatross and Indigo Bunting (~120 images)."""
     return cub_task(tmp_path, "001", "014")
+
+
+def dense_affinity(maps: np.ndarray, prototypes: np.ndarray) -> np.ndarray:
+    """The affinity matrix straight from its definition (paper eqs. 4-5), vectorised in float64
+    and independent of goggles: unit position vectors against unit prototypes, max over
+    positions; a zero vector has cosine 0 with everything. [n, C, H, W], [M, C] -> [n, M]."""
+    n, c, h, w = maps.shape
+    vectors = maps.astype(np.float64).reshape(n, c, h * w).transpose(0, 2, 1)  # [n, HW, C]
+    norms = np.linalg.norm(vectors, axis=2, keepdims=True)
+    units = np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0)
+    protos = prototypes.astype(np.float64)
+    lengths = np.linalg.norm(protos, axis=1, keepdims=True)
+    protos = np.divide(protos, lengths, out=np.zeros_like(protos), where=lengths > 0)
+    return (units @ protos.T).max(axis=1)  # type: ignore[no-any-return]

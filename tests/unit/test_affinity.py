@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from goggles.affinity import affinity_block, shard_bounds
+from goggles.affinity import affinity_block, block_shape, shard_bounds
+from tests.conftest import dense_affinity
 
 
 def reference(maps: np.ndarray, prototypes: np.ndarray) -> np.ndarray:
@@ -39,12 +40,37 @@ def test_matches_definition(data: tuple[np.ndarray, np.ndarray]) -> None:
     assert (got[2] == 0).all()
 
 
-def test_block_size_does_not_change_result(data: tuple[np.ndarray, np.ndarray]) -> None:
-    maps, prototypes = data
-    big = affinity_block(maps, prototypes, memory_mb=512)
-    # a tiny budget forces one row and a few columns per block
-    tiny = affinity_block(maps, prototypes, memory_mb=1)
-    np.testing.assert_array_equal(big, tiny)
+def blocked_data() -> tuple[np.ndarray, np.ndarray]:
+    """64x64 maps: with a 1 MiB budget, one image per block and several prototype blocks."""
+    rng = np.random.default_rng(3)
+    maps = np.maximum(rng.normal(size=(4, 16, 64, 64)), 0).astype(np.float32)
+    maps[1] = 0.0  # an all-zero image
+    maps[2, :, :32] = 0.0  # zero positions
+    prototypes = np.maximum(rng.normal(size=(150, 16)), 0).astype(np.float32)
+    return maps, prototypes
+
+
+def test_block_size_does_not_change_result() -> None:
+    maps, prototypes = blocked_data()
+    assert block_shape(4, 150, 64 * 64, 16, 4, 64 * 2**20) == (4, 150)  # one block
+    whole = affinity_block(maps, prototypes, memory_mb=64)
+    blocked = affinity_block(maps, prototypes, memory_mb=1)
+    np.testing.assert_allclose(blocked, whole, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize(("dtype", "atol"), [("float32", 1e-5), ("bfloat16", 2e-2)])
+def test_many_row_and_column_blocks_match_a_dense_reference(dtype: str, atol: float) -> None:
+    """A 1 MiB budget with 64x64 maps forces one image per block and several prototype blocks
+    (the last one partial): every block must land at its own rows and columns."""
+    maps, prototypes = blocked_data()
+    element = 4 if dtype == "float32" else 2
+    rows, cols = block_shape(4, 150, 64 * 64, 16, element, 2**20)
+    assert rows < 4 and cols < 150 and 150 % cols, (rows, cols)  # several, uneven blocks
+    got = affinity_block(maps, prototypes, memory_mb=1, dtype=dtype)
+    expected = dense_affinity(maps, prototypes)
+    assert got.shape == (4, 150)
+    np.testing.assert_allclose(got, expected, atol=atol, rtol=0)
+    assert (got[1] == 0).all()
 
 
 def test_row_ranges_tile_the_matrix(data: tuple[np.ndarray, np.ndarray]) -> None:
