@@ -27,9 +27,43 @@ def test_errors_counted_after_mapping() -> None:
     assert scores["confusion"]["matrix"] == [[3, 1], [1, 3]]
 
 
+def contested() -> tuple[list[str], np.ndarray]:
+    """Cluster 1 holds 4 a's and 3 b's: its majority is a, already cluster 0's class.
+
+    confusion (rows a, b, c; columns clusters 0, 1, 2) = [[5, 4, 0], [0, 3, 1], [0, 0, 4]]
+    """
+    pairs = [("a", 0)] * 5 + [("a", 1)] * 4 + [("b", 1)] * 3 + [("b", 2)] + [("c", 2)] * 4
+    return [t for t, _ in pairs], np.array([p for _, p in pairs])
+
+
+def test_mapping_is_one_to_one_where_a_majority_vote_is_not() -> None:
+    truth, predicted = contested()
+    index = {"a": 0, "b": 1, "c": 2}
+    mapping = best_mapping(np.array([index[t] for t in truth]), predicted, 3, 3)
+    assert mapping == {0: 0, 1: 1, 2: 2}  # a majority vote would give {0: 0, 1: 0, 2: 2}
+    scores = evaluate(truth, predicted, 3)
+    assert scores["cluster_to_class"] == {"cluster_0": "a", "cluster_1": "b", "cluster_2": "c"}
+    assert scores["accuracy"] == pytest.approx(12 / 17)  # 5 + 3 + 4; a majority vote: 13 / 17
+    assert scores["per_class_recall"] == pytest.approx({"a": 5 / 9, "b": 3 / 4, "c": 1.0})
+    assert scores["confusion"]["matrix"] == [[5, 4, 0], [0, 3, 1], [0, 0, 4]]
+
+
+def test_hungarian_maximises_the_total_not_each_cluster_greedily() -> None:
+    """Cluster 0 is mostly a (6 a, 5 b) but cluster 1 is all a (6): the best one-to-one mapping
+    gives cluster 1 to a and cluster 0 to b (11 right), not cluster 0 to a (6 right)."""
+    truth = np.array([0] * 6 + [1] * 5 + [0] * 6)
+    predicted = np.array([0] * 11 + [1] * 6)
+    assert best_mapping(truth, predicted, 2, 2) == {0: 1, 1: 0}
+    scores = evaluate(["a"] * 6 + ["b"] * 5 + ["a"] * 6, predicted, 2)
+    assert scores["accuracy"] == pytest.approx(11 / 17)
+
+
 def test_more_clusters_than_classes_map_to_majority() -> None:
     mapping = best_mapping(np.array([0, 0, 1, 1, 1]), np.array([0, 0, 1, 2, 2]), 2, 3)
-    assert mapping[0] == 0 and set(mapping) == {0, 1, 2}
+    # Hungarian pairs a with cluster 0 and b with cluster 2 (2 b's); cluster 1 is left over and
+    # takes its majority, b
+    assert mapping == {0: 0, 1: 1, 2: 1}
+    assert evaluate(["a", "a", "b", "b", "b"], np.array([0, 0, 1, 2, 2]), 3)["accuracy"] == 1.0
 
 
 def test_dev_set_names_clusters() -> None:
