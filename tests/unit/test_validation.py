@@ -182,7 +182,8 @@ def test_cli_unknown_choice_lists_the_valid_ones(tmp_path: Path, flag: str, valu
 
 
 def test_kfp_runner_refuses_an_unknown_runner(tmp_path: Path) -> None:
-    kfp_runner = pytest.importorskip("goggles.kfp_runner")
+    from goggles import kfp_runner
+
     params = RunParameters(source_uri=str(tmp_path / "in"), output_uri=str(tmp_path / "out"),
                            num_classes=2)
     with pytest.raises(ValueError, match=r"unknown runner 'kubernetes'; choose one of local"):
