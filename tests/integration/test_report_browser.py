@@ -25,6 +25,7 @@ from PIL import Image, ImageDraw
 
 from goggles.runners import RunParameters, run_inprocess
 from tests.conftest import CUB_DEV, cub_task
+from tests.integration.servers import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -53,13 +54,16 @@ class DevTools:
              "--window-size=1280,900", "about:blank"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         port_file = profile / "DevToolsActivePort"
-        deadline = time.monotonic() + 60
-        while not port_file.is_file() or not port_file.read_text().strip():
-            if time.monotonic() > deadline or self.process.poll() is not None:
-                self.close()
-                raise RuntimeError("Chromium did not open its DevTools port in 60 s")
-            time.sleep(0.1)
-        port = int(port_file.read_text().split()[0])
+
+        def devtools_port() -> int | None:
+            text = port_file.read_text().strip() if port_file.is_file() else ""
+            return int(text.split()[0]) if text else None
+
+        try:
+            port = wait_until(devtools_port, self.process, "Chromium's DevTools port", 60)
+        except RuntimeError:
+            self.close()
+            raise
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as reply:
             pages = [t for t in json.load(reply) if t["type"] == "page"]
         self.socket = websocket.create_connection(pages[0]["webSocketDebuggerUrl"], timeout=60)
