@@ -21,6 +21,7 @@ from goggles.backbones import load_backbone, load_numpy_pickle
 from goggles.config import IngestConfig
 from goggles.ingest import build_manifest
 from goggles.runners import RunParameters, run_inprocess
+from tests.conftest import small_source
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -85,10 +86,7 @@ def test_pickle_disguised_as_safetensors_is_refused(tmp_path: Path) -> None:
 
 
 def test_a_run_with_malicious_weights_stops_before_running_them(tmp_path: Path) -> None:
-    source = tmp_path / "in"
-    for index in range(4):
-        (source / f"c{index % 2}").mkdir(parents=True, exist_ok=True)
-        (source / f"c{index % 2}" / f"{index}.png").write_bytes(_png(index, 16))
+    source = small_source(tmp_path / "in", 4, bad=False)
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.pth"
     torch.save({"features.0.0.weight": _Payload(marker)}, evil)
@@ -220,11 +218,7 @@ def test_no_credential_reaches_logs_or_artifacts(tmp_path: Path, monkeypatch: py
                                                  caplog: pytest.LogCaptureFixture,
                                                  capfd: pytest.CaptureFixture[str]) -> None:
     secrets = _plant_credentials(monkeypatch, tmp_path)
-    source = tmp_path / "in"
-    for index in range(6):
-        (source / f"c{index % 2}").mkdir(parents=True, exist_ok=True)
-        (source / f"c{index % 2}" / f"{index}.png").write_bytes(_png(index))
-    (source / "c0" / "bad.jpg").write_bytes(b"<html>not an image</html>")
+    source = small_source(tmp_path / "in", 6, size=64)
     out = tmp_path / "out"
     caplog.set_level(logging.DEBUG)
     metrics = run_inprocess(RunParameters(source_uri=str(source), output_uri=str(out),
