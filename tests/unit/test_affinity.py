@@ -90,5 +90,19 @@ def test_reduced_precision_is_close(data: tuple[np.ndarray, np.ndarray]) -> None
 def test_shard_bounds() -> None:
     assert shard_bounds(10, 3) == [(0, 3), (3, 7), (7, 10)]
     assert shard_bounds(5, 1) == [(0, 5)]
+    assert shard_bounds(3, 3) == [(0, 1), (1, 2), (2, 3)]
+    assert shard_bounds(0, 1) == [(0, 0)]
     with pytest.raises(ValueError, match="exceeds"):
         shard_bounds(2, 3)
+    with pytest.raises(ValueError, match="num_shards must be at least 1, got 0"):
+        shard_bounds(5, 0)
+
+
+def test_block_shape_under_a_budget_smaller_than_one_row_is_one_by_one() -> None:
+    assert block_shape(10, 20, 49, 512, 4, 1024) == (1, 1)
+    assert block_shape(10, 20, 49, 512, 4, 1) == (1, 1)
+    assert block_shape(0, 0, 49, 512, 4, 2**30) == (1, 1)
+    # columns first: the whole budget's columns, then as many rows as fit
+    budget = 4 * 49 * (20 + 512) * 3
+    assert block_shape(10, 20, 49, 512, 4, budget) == (3, 20)
+    assert block_shape(10, 20, 49, 512, 4, budget - 4) == (2, 20)

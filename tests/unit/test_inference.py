@@ -19,6 +19,7 @@ from goggles.inference import (
     self_mask_positions,
     sufficient_statistics,
 )
+from goggles.likelihood import EXACT_SCALE, hard_statistics
 
 
 def planted(num_classes: int, per_class: int, prototypes_per_image: int = 2, *, seed: int = 0,
@@ -158,6 +159,52 @@ def test_em_warns_when_a_class_empties() -> None:
     with pytest.warns(DegenerateDataWarning):
         model = AffinityEM(2, random_state=0).fit(a, source)
     assert np.isfinite(model.predict_proba(a, source)).all()
+
+
+@pytest.mark.parametrize("exclude_self", [False, True])
+def test_hard_statistics_and_gaussians_equal_per_class_moments(exclude_self: bool) -> None:
+    """Counts, sums and sums of squares per class and column (self entries left out when asked),
+    and the Gaussians fitted from them: numpy's per-class mean and (biased) std."""
+    a, source, _ = planted(3, 8, seed=7, noise=0.1)
+    labels = np.random.default_rng(2).integers(0, 3, len(a))
+    labels[:3] = [0, 1, 2]
+    keep = np.ones(a.shape, dtype=bool)
+    rows, cols = (self_mask_positions(source, len(a)) if exclude_self
+                  else (np.zeros(0, int), np.zeros(0, int)))
+    keep[rows, cols] = False
+    stats = hard_statistics(a, labels, 3, rows, cols)
+    assert stats.scale == EXACT_SCALE
+    values = a.astype(np.float64)
+    floor = 1e-3
+    params = gaussians_from_statistics(stats, floor, None)
+    for k in range(3):
+        member = (labels == k)[:, None] & keep
+        np.testing.assert_array_equal(stats.weight[k], member.sum(axis=0))
+        assert stats.mass[k] == (labels == k).sum()
+        np.testing.assert_allclose(stats.total[k] / stats.scale,
+                                   np.where(member, values, 0).sum(axis=0), atol=1e-6)
+        np.testing.assert_allclose(stats.squares[k] / stats.scale,
+                                   np.where(member, values**2, 0).sum(axis=0), atol=1e-6)
+        mean = np.where(member, values, 0).sum(axis=0) / member.sum(axis=0)
+        variance = np.where(member, (values - mean) ** 2, 0).sum(axis=0) / member.sum(axis=0)
+        np.testing.assert_allclose(params.mean[:, k], mean, atol=1e-6)
+        np.testing.assert_allclose(params.std[:, k], np.sqrt(variance + floor), atol=1e-6)
+    counts = np.bincount(labels, minlength=3)
+    np.testing.assert_allclose(params.prior, (counts + 1e-3) / (len(a) + 3e-3))
+
+
+def test_a_class_never_seen_falls_back_to_the_pooled_column_moments() -> None:
+    """Without previous parameters, a class with no member takes every column's pooled mean
+    and variance (plus the floor): no NaN, and no invented separation."""
+    a = np.random.default_rng(0).random((9, 4))
+    labels = np.array([0, 0, 0, 0, 2, 2, 2, 2, 2])  # class 1 has no member
+    stats = hard_statistics(a, labels, 3, np.zeros(0, int), np.zeros(0, int))
+    params = gaussians_from_statistics(stats, 1e-3, None)
+    np.testing.assert_allclose(params.mean[:, 1], a.mean(axis=0), atol=1e-6)
+    np.testing.assert_allclose(params.std[:, 1], np.sqrt(a.var(axis=0) + 1e-3), atol=1e-6)
+    np.testing.assert_allclose(params.mean[:, 0], a[:4].mean(axis=0), atol=1e-6)
+    np.testing.assert_allclose(params.std[:, 2], np.sqrt(a[4:].var(axis=0) + 1e-3), atol=1e-6)
+    assert params.prior[1] < 1e-3 and abs(params.prior.sum() - 1) < 1e-12
 
 
 def test_sufficient_statistics_are_additive_over_row_shards() -> None:

@@ -148,6 +148,22 @@ def test_inspect_data_rejects_data_that_grew_past_max_bytes() -> None:
     assert record.sha256 is not None
 
 
+def test_max_bytes_is_the_largest_size_accepted(tmp_path: Path) -> None:
+    """A file of exactly max_bytes is read and accepted; one byte less allowed rejects it."""
+    data = encode(noise(), "PNG")
+    path = tmp_path / "a.png"
+    path.write_bytes(data)
+    listed = listed_file(path, tmp_path)
+    exact, below = IngestConfig(max_bytes=len(data)), IngestConfig(max_bytes=len(data) - 1)
+    assert precheck(listed, exact) is None
+    assert inspect_data(listed, data, exact).error is None
+    assert f"file too large: {len(data)} bytes exceeds" in str(precheck(listed, below))
+    assert f"file too large: {len(data)} bytes exceeds" in str(inspect_data(listed, data,
+                                                                             below).error)
+    remote = storage.ListedFile("memory://src/a.png", "a.png", len(data))  # size as listed
+    assert precheck(remote, exact) is None and precheck(remote, below) is not None
+
+
 def test_inspect_file_records_size_digest_and_label(tmp_path: Path) -> None:
     data = encode(noise(24, 16), "PNG")
     (tmp_path / "dog").mkdir()
