@@ -73,6 +73,20 @@ def test_many_row_and_column_blocks_match_a_dense_reference(dtype: str, atol: fl
     assert (got[1] == 0).all()
 
 
+@pytest.mark.parametrize(("n", "m"), [(1, 11), (7, 1), (1, 1)])
+def test_one_image_or_one_prototype(data: tuple[np.ndarray, np.ndarray], n: int, m: int) -> None:
+    maps, prototypes = data
+    got = affinity_block(maps[:n], prototypes[:m])
+    assert got.shape == (n, m)
+    np.testing.assert_allclose(got, dense_affinity(maps[:n], prototypes[:m]), atol=1e-6)
+
+
+def test_no_images_or_no_prototypes(data: tuple[np.ndarray, np.ndarray]) -> None:
+    maps, prototypes = data
+    assert affinity_block(maps[:0], prototypes).shape == (0, 11)
+    assert affinity_block(maps, prototypes[:0]).shape == (7, 0)
+
+
 def test_row_ranges_tile_the_matrix(data: tuple[np.ndarray, np.ndarray]) -> None:
     maps, prototypes = data
     whole = affinity_block(maps, prototypes)

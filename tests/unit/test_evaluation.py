@@ -71,6 +71,39 @@ def test_dev_set_names_clusters() -> None:
     assert names == ["dog", "cat", "cluster_2"]
 
 
+def test_calibration_matches_a_direct_computation_over_many_bins() -> None:
+    """ECE over 15 equal bins (k/15, (k+1)/15] and the Brier score, computed here from their
+    definitions, on probabilities spread over many bins (clusters already in class order)."""
+    from goggles.evaluation import calibration
+
+    rng = np.random.default_rng(5)
+    n, k = 60, 3
+    truth = rng.integers(0, k, n)
+    probs = rng.dirichlet(np.ones(k) * 0.7, n)
+    right = rng.random(n) < 0.7
+    for i in np.flatnonzero(right):  # 70% right, so Hungarian keeps cluster j = class j
+        probs[i] = np.roll(np.sort(probs[i]), truth[i] + 1)
+    assert (probs.argmax(1) == truth).mean() > 0.6
+    confidence, correct = probs.max(1), probs.argmax(1) == truth
+    ece = 0.0
+    for b in range(15):
+        inside = (confidence > b / 15) & (confidence <= (b + 1) / 15)
+        if inside.any():
+            ece += inside.mean() * abs(confidence[inside].mean() - correct[inside].mean())
+    assert len({int(np.ceil(c * 15)) for c in confidence}) >= 8  # many bins in use
+    brier = ((probs - np.eye(k)[truth]) ** 2).sum(axis=1).mean()
+    got = calibration([f"class_{t}" for t in truth], probs)
+    assert got["ece"] == pytest.approx(ece, abs=1e-12)
+    assert got["brier"] == pytest.approx(brier, abs=1e-12)
+    assert calibration([], np.zeros((0, 2))) == {"ece": 0.0, "brier": 0.0}
+
+
+def test_recall_of_a_class_with_one_image() -> None:
+    scores = evaluate(["a", "a", "a", "b"], np.array([0, 0, 1, 1]), 2)
+    assert scores["per_class_recall"] == {"a": pytest.approx(2 / 3), "b": 1.0}
+    assert scores["accuracy"] == 0.75
+
+
 def test_calibration_of_perfect_confident_and_overconfident_labels() -> None:
     from goggles.evaluation import calibration
 
