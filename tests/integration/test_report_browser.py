@@ -66,7 +66,9 @@ class DevTools:
             raise
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as reply:
             pages = [t for t in json.load(reply) if t["type"] == "page"]
-        self.socket = websocket.create_connection(pages[0]["webSocketDebuggerUrl"], timeout=60)
+        # no Origin header: Chromium 111+ refuses a websocket whose origin it was not told of
+        self.socket = websocket.create_connection(pages[0]["webSocketDebuggerUrl"], timeout=60,
+                                                  suppress_origin=True)
         self.next_id = 0
         self.events: list[dict[str, Any]] = []
 
