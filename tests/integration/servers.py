@@ -29,13 +29,16 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 LOOPBACK = "127.0.0.1"
 # Dummy credentials for the local servers; real ones never appear in tests.
 S3_TEST_KEY_ID = "goggles-test-key-id"
 S3_TEST_SECRET = "goggles-test-secret-0123456789"
+
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -44,19 +47,35 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for(url: str, process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+def wait_until(ready: Callable[[], T | None], process: subprocess.Popen[bytes], what: str,
+               timeout: float = 30.0) -> T:
+    """Poll ``ready`` until it returns something other than None and return that; fail when
+    ``process`` (the server being waited for) exits or ``timeout`` seconds pass."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while True:
         if process.poll() is not None:
-            raise RuntimeError(f"server for {url} exited with code {process.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except urllib.error.HTTPError:
-            return  # it answers
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} did not answer within {timeout:.0f} s")
+            raise RuntimeError(f"{what}: the process exited with code {process.returncode}")
+        value = ready()
+        if value is not None:
+            return value
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what}: not ready within {timeout:.0f} s")
+        time.sleep(0.1)
+
+
+def answers(url: str) -> bool | None:
+    """True when something answers HTTP at ``url`` (an error status counts), else None."""
+    try:
+        with urllib.request.urlopen(url, timeout=2):
+            return True
+    except urllib.error.HTTPError:
+        return True  # it answers
+    except OSError:
+        return None
+
+
+def wait_for(url: str, process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    wait_until(lambda: answers(url), process, f"server for {url}", timeout)
 
 
 def gcs_binary() -> Path:
@@ -223,6 +242,7 @@ class FaultyProxy:
         self.modes = modes
         self.latency_s = latency_s
         self.counts: Counter[str] = Counter()
+        self.requests: list[str] = []  # "METHOD /path?query" of every request, in order
         self._random = random.Random(seed)
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
@@ -230,9 +250,10 @@ class FaultyProxy:
         self._runner: Any = None
         self._session: Any = None
 
-    def _decide(self) -> str:
+    def _decide(self, request: Any) -> str:
         with self._lock:
             self.counts["requests"] += 1
+            self.requests.append(f"{request.method} {request.path_qs}")
             if self._random.random() < self.fail_rate:
                 mode = self._random.choice(self.modes)
                 self.counts[mode] += 1
@@ -252,7 +273,7 @@ class FaultyProxy:
     async def _handle(self, request: Any) -> Any:
         from aiohttp import web
 
-        decision = self._decide()
+        decision = self._decide(request)
         if self.latency_s:
             await asyncio.sleep(self.latency_s)  # a network round trip, as to a real region
         if decision == "503":

@@ -4,10 +4,7 @@ accepted, and the manifest, labels and metrics account for every listed file."""
 
 from __future__ import annotations
 
-import io
 import json
-import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,27 +17,12 @@ from goggles.ingest.manifest import printable
 from goggles.io import listing
 from goggles.parameters import RunParameters
 from goggles.pipeline.inprocess import run_inprocess
-from tests.conftest import cub_task
-from tests.unit.test_hostile_inputs import make_hostile_tree
+from tests.conftest import alarm_fixture, cub_task, encode, make_hostile_tree
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.data]
 
 
-@pytest.fixture
-def alarm() -> Iterator[None]:
-    def hung(signum: int, frame: object) -> None:
-        raise TimeoutError("the run hung on a hostile file")
-    previous = signal.signal(signal.SIGALRM, hung)
-    signal.alarm(600)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, previous)
-
-
-def _encode(image: Image.Image, fmt: str) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, fmt, quality=92) if fmt == "JPEG" else image.save(buffer, fmt)
-    return buffer.getvalue()
+alarm = alarm_fixture(600, "the run hung on a hostile file")
 
 
 def test_real_birds_mixed_with_hostile_files_run_to_completion(tmp_path: Path,
@@ -57,8 +39,8 @@ def test_real_birds_mixed_with_hostile_files_run_to_completion(tmp_path: Path,
         f"{first}/truncated_bird.jpg": (real[1].read_bytes()[:5000], "truncated image"),
         f"{first}/empty.jpg": (b"", "empty file (0 bytes)"),
         f"{second}/notes.jpg": (b"field notes: two albatrosses at dawn\n", "not an image"),
-        f"{first}/grayscale_bird.png": (_encode(bird.convert("L"), "PNG"), None),
-        f"{first}/cmyk_bird.jpg": (_encode(bird.convert("CMYK"), "JPEG"), None),
+        f"{first}/grayscale_bird.png": (encode(bird.convert("L"), "PNG"), None),
+        f"{first}/cmyk_bird.jpg": (encode(bird.convert("CMYK"), "JPEG", quality=92), None),
     }
     for relative, (data, _) in issue2.items():
         (source / relative).write_bytes(data)

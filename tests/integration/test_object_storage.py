@@ -296,11 +296,17 @@ def test_missing_weights_object_fails_with_its_name(uploaded: dict) -> None:
 def test_missing_object_fails_fast_with_its_name(protocol: str, servers: dict) -> None:
     server = servers[protocol]
     uri = f"{protocol}://{DATA_BUCKET}/images/nowhere/missing.jpg"
-    with environment(server.environment(server.url)):
-        started = time.perf_counter()
+    # every request goes through a proxy that fails none and records them all
+    with FaultyProxy(server.url, fail_rate=0.0) as proxy, \
+            environment(server.environment(proxy.url)):
+        with pytest.raises(FileNotFoundError):  # what one bare call of the client asks
+            fresh_filesystem(protocol).cat_file(uri.split("://", 1)[1])
+        one_call, proxy.requests[:] = list(proxy.requests), []
+        assert one_call and all("missing.jpg" in r for r in one_call), one_call
+        fresh_filesystem(protocol)
         with pytest.raises(storage.MissingObjectError, match=uri):
             storage.read_bytes(uri)
-        assert time.perf_counter() - started < 2.0  # no retries for a permanent error
+        assert proxy.requests == one_call  # a permanent error: exactly one attempt, no retry
         assert not storage.exists(uri)
         with pytest.raises(storage.StorageError, match=f"no image files under '{protocol}://"):
             from goggles.ingest.config import IngestConfig

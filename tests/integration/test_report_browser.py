@@ -26,6 +26,7 @@ from PIL import Image, ImageDraw
 from goggles.parameters import RunParameters
 from goggles.pipeline.inprocess import run_inprocess
 from tests.conftest import CUB_DEV, cub_task
+from tests.integration.servers import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -54,16 +55,21 @@ class DevTools:
              "--window-size=1280,900", "about:blank"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         port_file = profile / "DevToolsActivePort"
-        deadline = time.monotonic() + 60
-        while not port_file.is_file() or not port_file.read_text().strip():
-            if time.monotonic() > deadline or self.process.poll() is not None:
-                self.close()
-                raise RuntimeError("Chromium did not open its DevTools port in 60 s")
-            time.sleep(0.1)
-        port = int(port_file.read_text().split()[0])
+
+        def devtools_port() -> int | None:
+            text = port_file.read_text().strip() if port_file.is_file() else ""
+            return int(text.split()[0]) if text else None
+
+        try:
+            port = wait_until(devtools_port, self.process, "Chromium's DevTools port", 60)
+        except RuntimeError:
+            self.close()
+            raise
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as reply:
             pages = [t for t in json.load(reply) if t["type"] == "page"]
-        self.socket = websocket.create_connection(pages[0]["webSocketDebuggerUrl"], timeout=60)
+        # no Origin header: Chromium 111+ refuses a websocket whose origin it was not told of
+        self.socket = websocket.create_connection(pages[0]["webSocketDebuggerUrl"], timeout=60,
+                                                  suppress_origin=True)
         self.next_id = 0
         self.events: list[dict[str, Any]] = []
 

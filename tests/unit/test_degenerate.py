@@ -52,8 +52,6 @@ def grouped(sizes: list[int], *, per_image: int = 2,
 
 # -- AffinityEM -----------------------------------------------------------------------------------
 
-
-
 @pytest.mark.parametrize("value", [1.0, 0.7, 0.0])
 def test_all_images_identical(value: float) -> None:
     source = np.repeat(np.arange(8), 2)
@@ -65,22 +63,31 @@ def test_all_images_identical(value: float) -> None:
 
 def test_a_class_that_empties_mid_em_warns_and_stays_finite() -> None:
     """Two real groups, K = 3 or 4: k-means starts with K classes; sampled M-steps can empty
-    one (without the self entries that anchor each image to its label). Whenever the final labels
-    use fewer classes than asked, a warning must say so."""
-    emptied = 0
+    one (without the self entries that anchor each image to its label). The final labels use
+    fewer classes than asked exactly when a warning says so; an emptied class is explained."""
+    emptied = merged = 0
     for seed in range(10):
         for num_classes in (3, 4):
             affinity, source = grouped([10, 10], seed=seed)
             model, caught = fit(affinity, source, num_classes, random_state=seed,
                                 exclude_self=True)
+            case = f"seed {seed}, K={num_classes}: {caught}"
             assert model.initial_labels_ is not None
-            assert len(np.unique(model.initial_labels_)) == num_classes
-            if any("emptied during EM" in message for message in caught):
-                emptied += 1
-                assert any("smaller num_classes" in message for message in caught)
-            if len(np.unique(model.posteriors_.argmax(axis=1))) < num_classes:
-                assert caught, f"seed {seed}, K={num_classes}: classes vanished silently"
-    assert emptied > 0, "no class emptied: the test no longer exercises its case"
+            assert len(np.unique(model.initial_labels_)) == num_classes, case
+            used = len(np.unique(model.posteriors_.argmax(axis=1)))
+            said_merged = [m for m in caught if "labels use only" in m]
+            assert (used < num_classes) == bool(said_merged), case
+            assert all(f"only {used} of num_classes={num_classes}" in m for m in said_merged)
+            said_emptied = [m for m in caught if "emptied during EM" in m]
+            assert all("smaller num_classes" in m for m in said_emptied), case
+            assert set(caught) <= set(said_merged) | set(said_emptied), case  # nothing else
+            emptied += bool(said_emptied)
+            merged += used < num_classes
+            # the two real groups are never split across each other
+            labels = model.posteriors_.argmax(axis=1)
+            assert not set(labels[:10]) & set(labels[10:]), case
+    # the cases the test is about happen (seeds 2, 5 and 7 here): it is not vacuous
+    assert emptied >= 2 and merged >= 2, (emptied, merged)
 
 
 def test_constant_columns_are_floored_not_nan() -> None:
@@ -111,15 +118,16 @@ def test_constant_columns_are_explained_in_a_warning() -> None:
 
 
 def test_single_image_per_class_in_separated_groups() -> None:
+    """One image per class: its own prototypes (affinity 1.0) keep each image in a class of
+    its own, and no class is reported missing."""
     for size in (2, 3, 4):
         affinity, source = grouped([1] * size)
         model, caught = fit(affinity, source, size)
-        if len(np.unique(model.posteriors_.argmax(axis=1))) < size:
-            assert caught, f"{size} images, {size} classes: a class vanished silently"
+        assert sorted(model.posteriors_.argmax(axis=1)) == list(range(size)), size
+        assert not [m for m in caught if "only" in m or "emptied" in m], caught
 
 
 def test_single_image_per_class_random_affinities() -> None:
-    silent = []
     for seed in range(20):
         for size in (3, 4):
             rng = np.random.default_rng(seed)
@@ -127,9 +135,9 @@ def test_single_image_per_class_random_affinities() -> None:
             source = np.repeat(np.arange(size), 2)
             affinity[source, np.arange(2 * size)] = 1.0
             model, caught = fit(affinity, source, size)
-            if len(np.unique(model.posteriors_.argmax(axis=1))) < size and not caught:
-                silent.append((seed, size))
-    assert not silent, f"classes vanished without a warning for (seed, K) in {silent}"
+            labels = model.posteriors_.argmax(axis=1)
+            assert sorted(labels) == list(range(size)), (seed, size, labels)
+            assert not caught, (seed, size, caught)
 
 
 # -- whole runs -----------------------------------------------------------------------------------
@@ -180,5 +188,6 @@ def test_run_with_a_single_image_per_class(tmp_path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DegenerateDataWarning)
         metrics, probs = _run(tmp_path / "in", tmp_path / "out", 3)
-    if len(set(probs.argmax(axis=1).tolist())) < 3:
-        assert metrics["warnings"], "classes merged without a warning in metrics.json"
+    assert sorted(probs.argmax(axis=1).tolist()) == [0, 1, 2]  # each image in its own class
+    assert metrics["accuracy"] == 1.0
+    assert metrics["warnings"] == []

@@ -20,6 +20,7 @@ from goggles.inference.likelihood import (
     self_mask_positions,
 )
 from goggles.inference.likelihood_torch import chunk_shape_rows
+from tests.conftest import dense_affinity
 
 CUDA = torch.device("cuda")
 CPU = torch.device("cpu")
@@ -139,8 +140,9 @@ def test_affinity_with_an_auto_budget_is_unchanged() -> None:
     rng = np.random.default_rng(0)
     maps = np.maximum(rng.normal(size=(9, 16, 3, 3)), 0).astype(np.float32)
     protos = np.maximum(rng.normal(size=(13, 16)), 0).astype(np.float32)
-    np.testing.assert_array_equal(affinity_block(maps, protos, memory_mb=0, device="cpu"),
-                                  affinity_block(maps, protos))
+    auto = affinity_block(maps, protos, memory_mb=0, device="cpu")
+    np.testing.assert_array_equal(auto, affinity_block(maps, protos))
+    np.testing.assert_allclose(auto, dense_affinity(maps, protos), atol=1e-6, rtol=0)
 
 
 # -- extract loop ------------------------------------------------------------------------------
@@ -260,6 +262,13 @@ def test_gpu_stages_agree_with_cpu() -> None:
     protos = np.maximum(rng.normal(size=(50, 64)), 0).astype(np.float32)
     np.testing.assert_allclose(affinity_block(maps, protos, device="cuda", memory_mb=0),
                                affinity_block(maps, protos), atol=1e-5)
+    # a 1 MiB budget on the GPU: one image and a partial set of prototypes per block
+    maps = np.maximum(rng.normal(size=(3, 16, 64, 64)), 0).astype(np.float32)
+    protos = np.maximum(rng.normal(size=(150, 16)), 0).astype(np.float32)
+    rows, cols = block_shape(3, 150, 64 * 64, 16, 4, 2**20)
+    assert rows < 3 and cols < 150
+    np.testing.assert_allclose(affinity_block(maps, protos, device="cuda", memory_mb=1),
+                               dense_affinity(maps, protos), atol=1e-5, rtol=0)
 
 
 @pytest.mark.gpu

@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import io
 import os
-import signal
 import struct
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import fsspec
 import numpy as np
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -28,6 +25,7 @@ from goggles.ingest.config import IngestConfig
 from goggles.ingest.manifest import build_manifest
 from goggles.io import storage
 from goggles.io.images import ImageRejected, decode_image
+from tests.conftest import alarm_fixture
 
 CONFIG = IngestConfig()
 # Whole-example time allowed; a file that takes longer counts as a hang.
@@ -103,16 +101,7 @@ def hostile_bytes(draw: st.DrawFn) -> bytes:
     return bytes(data)
 
 
-@pytest.fixture
-def alarm() -> Iterator[None]:
-    """Turn a hang into a failure."""
-    def hung(signum: int, frame: object) -> None:
-        raise TimeoutError("the ingest path hung on a generated file")
-    previous = signal.signal(signal.SIGALRM, hung)
-    signal.alarm(900)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, previous)
+alarm = alarm_fixture(900, "the ingest path hung on a generated file")
 
 
 def _check_manifest(rows: list[dict[str, object]], n_files: int) -> None:

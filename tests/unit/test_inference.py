@@ -9,14 +9,17 @@ import pytest
 
 from goggles.inference.base import DegenerateDataWarning
 from goggles.inference.likelihood import (
+    EXACT_SCALE,
     GaussianParameters,
     SufficientStatistics,
     class_log_likelihood,
     gaussians_from_statistics,
+    hard_statistics,
     self_mask_positions,
     sufficient_statistics,
 )
 from goggles.inference.paper_em import AffinityEM
+from goggles.io.blocks import as_rows
 from goggles.report.evaluation import evaluate
 
 
@@ -36,19 +39,32 @@ def planted(num_classes: int, per_class: int, prototypes_per_image: int = 2, *, 
     return np.clip(a, 0, 1).astype(np.float32), source, truth
 
 
+@pytest.mark.parametrize("init", ["kmeans", "random"])
 @pytest.mark.parametrize("num_classes", [2, 3])
 @pytest.mark.parametrize("m_step", ["sampled", "soft"])
-def test_em_recovers_planted_clusters(num_classes: int, m_step: str) -> None:
+def test_em_recovers_planted_clusters(num_classes: int, m_step: str, init: str) -> None:
+    """k-means alone already solves these matrices, so from its start EM only has to keep the
+    answer; from a random start (about 1/K of the labels right) EM itself must find it."""
     a, source, truth = planted(num_classes, 30)
-    model = AffinityEM(num_classes, m_step=m_step, random_state=0).fit(a, source)
+    names = [str(t) for t in truth]
+    model = AffinityEM(num_classes, m_step=m_step, init=init, random_state=0).fit(a, source)
     predicted = model.predict(a, source)
-    scores = evaluate([str(t) for t in truth], predicted, num_classes,
-                      initial=model.initial_labels_)
+    scores = evaluate(names, predicted, num_classes, initial=model.initial_labels_)
     assert scores["accuracy"] == 1.0
     assert model.converged_
+    if init == "random":
+        assert scores["accuracy_kmeans"] < 0.65  # (the initial labels' accuracy)
+        moved = evaluate(names, model.initial_labels_, num_classes)["cluster_to_class"] != \
+            scores["cluster_to_class"]
+        changed = (predicted != model.initial_labels_).mean()
+        assert moved or changed > 0.3, "EM never left its start"
+        assert model.n_iter_ > 1
+    else:
+        assert scores["accuracy_kmeans"] == 1.0
     probs = model.predict_proba(a, source)
     assert probs.shape == (len(truth), num_classes)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0)
+    assert (probs.max(axis=1) > 0.99).all()  # well separated: confident
     # the final E-step is the fitted posteriors: fit then predict equals the fit's own labels
     np.testing.assert_array_equal(probs.argmax(1), model.posteriors_.argmax(1))
 
@@ -82,14 +98,45 @@ def test_constant_columns_give_finite_posteriors() -> None:
 
 
 def test_class_emptying_keeps_previous_parameters_and_warns() -> None:
-    """Only two real groups but K=3: EM may empty a class; nothing turns NaN."""
-    a, source, _ = planted(2, 30, noise=0.02)
-    with warnings.catch_warnings(record=True):
+    """Only two real groups but K=3 from a random start: a sampled M-step empties the third
+    class (this seed does, deterministically). EM says so, and nothing turns NaN."""
+    a, source, truth = planted(2, 30, noise=0.02)
+    with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        model = AffinityEM(3, m_step="sampled", random_state=0, max_iter=50).fit(a, source)
+        model = AffinityEM(3, init="random", m_step="sampled", random_state=2,
+                           max_iter=50).fit(a, source)
+    messages = [str(w.message) for w in caught if w.category is DegenerateDataWarning]
+    assert any("emptied during EM; they keep their previous Gaussians" in m
+               for m in messages), messages
+    assert any("labels use only 2 of num_classes=3" in m for m in messages), messages
+    assert messages == model.warnings_
     probs = model.predict_proba(a, source)
-    assert np.isfinite(probs).all()
-    assert np.isfinite(model.params_.mean).all() and np.isfinite(model.params_.std).all()
+    assert np.isfinite(probs).all() and np.isfinite(model.posteriors_).all()
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0)
+    for values in (model.params_.mean, model.params_.std, model.params_.prior):
+        assert np.isfinite(values).all()
+    used = np.unique(probs.argmax(1))
+    assert len(used) == 2
+    empty = sorted(set(range(3)) - set(used.tolist()))[0]
+    assert model.params_.prior[empty] < 1e-3
+    scores = evaluate([str(t) for t in truth], probs.argmax(1), 3)
+    assert scores["accuracy"] == 1.0  # the two real groups are still found
+
+
+def test_m_step_keeps_the_gaussians_of_a_class_that_emptied() -> None:
+    a, source, _ = planted(3, 10, seed=1)
+    model = AffinityEM(3, random_state=0).fit(a, source)
+    before = model.params_
+    labels = np.repeat([0, 2, 2], 10)  # class 1 loses every member
+    with pytest.warns(DegenerateDataWarning, match=r"class\(es\) \[1\] emptied during EM"):
+        model._m_step(as_rows(a), labels, source)
+    after = model.params_
+    np.testing.assert_array_equal(after.mean[:, 1], before.mean[:, 1])
+    np.testing.assert_array_equal(after.std[:, 1], before.std[:, 1])
+    assert not np.allclose(after.mean[:, 2], before.mean[:, 2])  # the others are refitted
+    np.testing.assert_allclose(after.mean[:, 0], a[:10].mean(axis=0), atol=1e-6)
+    assert after.prior[1] < 1e-3 and np.isfinite(np.log(after.prior)).all()
+    np.testing.assert_array_equal(model.prototype_class_, labels[source])
 
 
 def test_empty_class_in_m_step_uses_previous_gaussians() -> None:
@@ -113,6 +160,52 @@ def test_em_warns_when_a_class_empties() -> None:
     with pytest.warns(DegenerateDataWarning):
         model = AffinityEM(2, random_state=0).fit(a, source)
     assert np.isfinite(model.predict_proba(a, source)).all()
+
+
+@pytest.mark.parametrize("exclude_self", [False, True])
+def test_hard_statistics_and_gaussians_equal_per_class_moments(exclude_self: bool) -> None:
+    """Counts, sums and sums of squares per class and column (self entries left out when asked),
+    and the Gaussians fitted from them: numpy's per-class mean and (biased) std."""
+    a, source, _ = planted(3, 8, seed=7, noise=0.1)
+    labels = np.random.default_rng(2).integers(0, 3, len(a))
+    labels[:3] = [0, 1, 2]
+    keep = np.ones(a.shape, dtype=bool)
+    rows, cols = (self_mask_positions(source, len(a)) if exclude_self
+                  else (np.zeros(0, int), np.zeros(0, int)))
+    keep[rows, cols] = False
+    stats = hard_statistics(a, labels, 3, rows, cols)
+    assert stats.scale == EXACT_SCALE
+    values = a.astype(np.float64)
+    floor = 1e-3
+    params = gaussians_from_statistics(stats, floor, None)
+    for k in range(3):
+        member = (labels == k)[:, None] & keep
+        np.testing.assert_array_equal(stats.weight[k], member.sum(axis=0))
+        assert stats.mass[k] == (labels == k).sum()
+        np.testing.assert_allclose(stats.total[k] / stats.scale,
+                                   np.where(member, values, 0).sum(axis=0), atol=1e-6)
+        np.testing.assert_allclose(stats.squares[k] / stats.scale,
+                                   np.where(member, values**2, 0).sum(axis=0), atol=1e-6)
+        mean = np.where(member, values, 0).sum(axis=0) / member.sum(axis=0)
+        variance = np.where(member, (values - mean) ** 2, 0).sum(axis=0) / member.sum(axis=0)
+        np.testing.assert_allclose(params.mean[:, k], mean, atol=1e-6)
+        np.testing.assert_allclose(params.std[:, k], np.sqrt(variance + floor), atol=1e-6)
+    counts = np.bincount(labels, minlength=3)
+    np.testing.assert_allclose(params.prior, (counts + 1e-3) / (len(a) + 3e-3))
+
+
+def test_a_class_never_seen_falls_back_to_the_pooled_column_moments() -> None:
+    """Without previous parameters, a class with no member takes every column's pooled mean
+    and variance (plus the floor): no NaN, and no invented separation."""
+    a = np.random.default_rng(0).random((9, 4))
+    labels = np.array([0, 0, 0, 0, 2, 2, 2, 2, 2])  # class 1 has no member
+    stats = hard_statistics(a, labels, 3, np.zeros(0, int), np.zeros(0, int))
+    params = gaussians_from_statistics(stats, 1e-3, None)
+    np.testing.assert_allclose(params.mean[:, 1], a.mean(axis=0), atol=1e-6)
+    np.testing.assert_allclose(params.std[:, 1], np.sqrt(a.var(axis=0) + 1e-3), atol=1e-6)
+    np.testing.assert_allclose(params.mean[:, 0], a[:4].mean(axis=0), atol=1e-6)
+    np.testing.assert_allclose(params.std[:, 2], np.sqrt(a[4:].var(axis=0) + 1e-3), atol=1e-6)
+    assert params.prior[1] < 1e-3 and abs(params.prior.sum() - 1) < 1e-12
 
 
 def test_sufficient_statistics_are_additive_over_row_shards() -> None:
@@ -144,6 +237,50 @@ def test_log_likelihood_matches_the_papers_product_form() -> None:
         cdf = norm.cdf(a, loc=params.mean[:, k], scale=params.std[:, k])
         expected = np.where(z == k, np.log(cdf), np.log1p(-cdf)).sum(axis=1)
         np.testing.assert_allclose(got[:, k], expected, rtol=1e-10)
+
+
+def reference_posteriors(a: np.ndarray, params: GaussianParameters, z: np.ndarray,
+                         left_out: np.ndarray) -> np.ndarray:
+    """softmax_k(log prior_k + sum_j log CDF/SF_jk(a_ij)) with scipy.stats, entries where
+    ``left_out`` is True skipped."""
+    from scipy.stats import norm
+
+    k_classes = len(params.prior)
+    log_joint = np.empty((len(a), k_classes))
+    for k in range(k_classes):
+        own = norm.logcdf(a, loc=params.mean[:, k], scale=params.std[:, k])
+        other = norm.logsf(a, loc=params.mean[:, k], scale=params.std[:, k])
+        terms = np.where(z == k, own, other)
+        log_joint[:, k] = np.where(left_out, 0.0, terms).sum(axis=1) + np.log(params.prior[k])
+    log_joint -= log_joint.max(axis=1, keepdims=True)
+    joint = np.exp(log_joint)
+    return joint / joint.sum(axis=1, keepdims=True)  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("exclude_self", [False, True])
+def test_e_step_posteriors_are_prior_times_likelihood(exclude_self: bool) -> None:
+    """The E-step (eq. 13): posterior_ik proportional to prior_k * Pr(row i | class k), checked
+    against scipy with a strongly non-uniform prior that changes the labels of some rows."""
+    rng = np.random.default_rng(4)
+    n, m = 40, 6
+    a = rng.random((n, m))
+    source = rng.permutation(n)[:m]
+    params = GaussianParameters(mean=0.3 + 0.4 * rng.random((m, 3)),
+                                std=0.3 + 0.3 * rng.random((m, 3)),
+                                prior=np.array([0.9, 0.08, 0.02]))
+    z = np.array([0, 1, 2, 0, 1, 2])
+    model = AffinityEM(3, exclude_self=exclude_self, device="cpu")
+    model.params_, model.prototype_class_ = params, z
+    got = model.predict_proba(a, source)
+    left_out = np.zeros((n, m), dtype=bool)
+    if exclude_self:
+        left_out[source, np.arange(m)] = True
+    np.testing.assert_allclose(got, reference_posteriors(a, params, z, left_out),
+                               rtol=1e-9, atol=1e-12)
+    flat = GaussianParameters(params.mean, params.std, np.full(3, 1 / 3))
+    without_prior = reference_posteriors(a, flat, z, left_out)
+    assert (without_prior.argmax(1) != got.argmax(1)).sum() >= 5  # the prior matters here
+    assert np.abs(got - without_prior).max() > 0.3
 
 
 def test_self_entries_are_left_out() -> None:

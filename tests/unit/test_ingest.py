@@ -119,6 +119,55 @@ def listed_file(path: Path, root: Path) -> listing.ListedFile:
                               path.stat().st_size if path.exists() else -1)
 
 
+@pytest.mark.parametrize(("fmt", "keep"), [("JPEG", 6), ("PNG", 16), ("BMP", 18)])
+def test_a_file_cut_inside_its_header_is_reported_as_truncated(fmt: str, keep: int) -> None:
+    """Cut before the pixel data, Pillow fails while opening: the reason still says
+    truncated (as for a file cut inside its pixels), not a generic failure."""
+    data = encode(noise(), fmt)[:keep]
+    with pytest.raises(ImageRejected, match=r"^truncated image: "):
+        decode_image(data, max_pixels=10_000)
+    cut_in_pixels = encode(noise(), fmt)
+    with pytest.raises(ImageRejected, match=r"^truncated image: "):
+        decode_image(cut_in_pixels[: len(cut_in_pixels) - 40], max_pixels=10_000)
+
+
+def test_pillow_bomb_warning_is_a_rejection_even_under_a_high_max_pixels() -> None:
+    """Between Pillow's MAX_IMAGE_PIXELS and twice that, Pillow only warns: ingest must still
+    refuse the file as a decompression bomb, whatever max_pixels allows."""
+    from tests.conftest import png_claiming
+
+    side = int((Image.MAX_IMAGE_PIXELS * 1.2) ** 0.5)
+    assert Image.MAX_IMAGE_PIXELS < side * side < 2 * Image.MAX_IMAGE_PIXELS
+    with pytest.raises(ImageRejected, match=r"^too many pixels \(decompression bomb\)"):
+        decode_image(png_claiming(side, side), max_pixels=10**10)
+
+
+def test_covered_pixels_counts_tile_areas_clipped_to_the_image() -> None:
+    from goggles.io.images import _covered_pixels
+
+    image = Image.new("RGB", (4, 3))
+    image.tile = [("raw", extents, 0, "RGB") for extents in [  # type: ignore[misc]
+        (0, 0, 4, 2),  # 8 pixels
+        (2, 2, 9, 9),  # clipped to 2 x 1
+        (-3, 2, 1, 3),  # clipped to 1 x 1
+        (10, 0, 14, 3), (0, 10, 4, 14), (-3, -3, -1, -1),  # outside: nothing
+    ]]
+    assert _covered_pixels(image) == 11
+    image.tile = []
+    assert _covered_pixels(image) is None
+    image.tile = [("raw", (0, 0), 0, "RGB")]  # type: ignore[list-item]  # not a box
+    assert _covered_pixels(image) is None
+
+
+def test_precheck_uses_the_size_on_disk_not_the_listed_one(tmp_path: Path) -> None:
+    path = tmp_path / "a.png"
+    path.write_bytes(encode(noise(), "PNG"))
+    listed = listed_file(path, tmp_path)
+    path.write_bytes(encode(noise(seed=1), "PNG") + b"\0" * 5000)  # grew after listing
+    reason = precheck(listed, IngestConfig(max_bytes=listed.size + 100))
+    assert reason is not None and f"{path.stat().st_size} bytes exceeds" in reason
+
+
 def test_precheck_passes_a_plain_file(tmp_path: Path) -> None:
     (tmp_path / "a.png").write_bytes(encode(noise(), "PNG"))
     assert precheck(listed_file(tmp_path / "a.png", tmp_path), IngestConfig()) is None
@@ -143,6 +192,22 @@ def test_inspect_data_rejects_data_that_grew_past_max_bytes() -> None:
     record = inspect_data(listed, encode(noise(), "PNG"), IngestConfig(max_bytes=100))
     assert record.error is not None and "exceeds max_bytes=100" in record.error
     assert record.sha256 is not None
+
+
+def test_max_bytes_is_the_largest_size_accepted(tmp_path: Path) -> None:
+    """A file of exactly max_bytes is read and accepted; one byte less allowed rejects it."""
+    data = encode(noise(), "PNG")
+    path = tmp_path / "a.png"
+    path.write_bytes(data)
+    listed = listed_file(path, tmp_path)
+    exact, below = IngestConfig(max_bytes=len(data)), IngestConfig(max_bytes=len(data) - 1)
+    assert precheck(listed, exact) is None
+    assert inspect_data(listed, data, exact).error is None
+    assert f"file too large: {len(data)} bytes exceeds" in str(precheck(listed, below))
+    assert f"file too large: {len(data)} bytes exceeds" in str(inspect_data(listed, data,
+                                                                             below).error)
+    remote = listing.ListedFile("memory://src/a.png", "a.png", len(data))  # size as listed
+    assert precheck(remote, exact) is None and precheck(remote, below) is not None
 
 
 def test_inspect_file_records_size_digest_and_label(tmp_path: Path) -> None:

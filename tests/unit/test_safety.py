@@ -22,6 +22,7 @@ from goggles.ingest.config import IngestConfig
 from goggles.ingest.manifest import build_manifest
 from goggles.parameters import RunParameters
 from goggles.pipeline.inprocess import run_inprocess
+from tests.conftest import small_source
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -86,10 +87,7 @@ def test_pickle_disguised_as_safetensors_is_refused(tmp_path: Path) -> None:
 
 
 def test_a_run_with_malicious_weights_stops_before_running_them(tmp_path: Path) -> None:
-    source = tmp_path / "in"
-    for index in range(4):
-        (source / f"c{index % 2}").mkdir(parents=True, exist_ok=True)
-        (source / f"c{index % 2}" / f"{index}.png").write_bytes(_png(index, 16))
+    source = small_source(tmp_path / "in", 4, bad=False)
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.pth"
     torch.save({"features.0.0.weight": _Payload(marker)}, evil)
@@ -220,11 +218,7 @@ def test_no_credential_reaches_logs_or_artifacts(tmp_path: Path, monkeypatch: py
                                                  caplog: pytest.LogCaptureFixture,
                                                  capfd: pytest.CaptureFixture[str]) -> None:
     secrets = _plant_credentials(monkeypatch, tmp_path)
-    source = tmp_path / "in"
-    for index in range(6):
-        (source / f"c{index % 2}").mkdir(parents=True, exist_ok=True)
-        (source / f"c{index % 2}" / f"{index}.png").write_bytes(_png(index))
-    (source / "c0" / "bad.jpg").write_bytes(b"<html>not an image</html>")
+    source = small_source(tmp_path / "in", 6, size=64)
     out = tmp_path / "out"
     caplog.set_level(logging.DEBUG)
     metrics = run_inprocess(RunParameters(source_uri=str(source), output_uri=str(out),
@@ -241,8 +235,9 @@ def test_no_credential_reaches_logs_or_artifacts(tmp_path: Path, monkeypatch: py
 
 def test_no_credential_reaches_the_compiled_pipeline(tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    from goggles.kubeflow import pipeline
+    from goggles.kubeflow import pipeline  # a pipeline.py that fails to import fails this test
 
+    assert (REPO / "pipeline.py").resolve() == Path(pipeline.__file__).resolve()  # this checkout's
     secrets = _plant_credentials(monkeypatch, tmp_path)
     package = tmp_path / "goggles_pipeline.yaml"
     pipeline.compile_pipeline(str(package))

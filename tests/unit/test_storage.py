@@ -176,3 +176,37 @@ def test_local_write_survives_a_missing_parent(tmp_path: Path) -> None:
     uri = str(tmp_path / "a" / "b" / "c.json")
     storage.write_json([1], uri)
     assert os.listdir(tmp_path / "a" / "b") == ["c.json"]
+
+
+def test_local_write_commits_by_rename_leaving_no_temporary(tmp_path: Path) -> None:
+    """The committed file is the one written (a rename), never an in-place rewrite of the
+    target: a reader that opened the old version keeps reading it whole, and the name then
+    holds a new file (a new inode) with the new bytes."""
+    uri = str(tmp_path / "out" / "labels.bin")
+    old, new = bytes(range(256)) * 64, bytes(reversed(range(256))) * 64
+    storage.write_bytes(uri, old)
+    assert os.listdir(tmp_path / "out") == ["labels.bin"]
+    before = os.stat(uri)
+    with open(uri, "rb") as reader:
+        head = reader.read(100)
+        storage.write_bytes(uri, new)
+        rest = reader.read()
+    assert head + rest == old  # a copy onto the name would have rewritten the open file
+    after = os.stat(uri)
+    assert after.st_ino != before.st_ino
+    assert Path(uri).read_bytes() == new and after.st_size == len(new)
+    assert os.listdir(tmp_path / "out") == ["labels.bin"]  # no temporary left beside it
+
+
+def test_local_write_replaces_a_symlink_not_its_target(tmp_path: Path) -> None:
+    """A rename replaces the name itself: a symlink at the target is replaced, and the file it
+    pointed to (perhaps an input) is left untouched."""
+    elsewhere = tmp_path / "input.bin"
+    elsewhere.write_bytes(b"precious input")
+    (tmp_path / "out").mkdir()
+    link = tmp_path / "out" / "result.bin"
+    link.symlink_to(elsewhere)
+    storage.write_bytes(str(link), b"result")
+    assert not link.is_symlink() and link.read_bytes() == b"result"
+    assert elsewhere.read_bytes() == b"precious input"
+    assert sorted(os.listdir(tmp_path / "out")) == ["result.bin"]

@@ -3,12 +3,9 @@ the parameter and says what to do."""
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from goggles.cli import main
 from goggles.config import BACKBONE_CHANNELS, ConfigError
@@ -19,19 +16,7 @@ from goggles.parameters import RunParameters
 from goggles.pipeline import stages
 from goggles.pipeline.inprocess import run_inprocess
 from goggles.pipeline.wiring import check_parameters
-
-
-def small_source(root: Path, n_good: int = 3) -> Path:
-    """``n_good`` tiny PNGs in two class folders plus one rejected file."""
-    rng = np.random.default_rng(0)
-    for index in range(n_good):
-        folder = root / ("a" if index % 2 else "b")
-        folder.mkdir(parents=True, exist_ok=True)
-        buffer = io.BytesIO()
-        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(buffer, "PNG")
-        (folder / f"{index}.png").write_bytes(buffer.getvalue())
-    (root / "a" / "broken.jpg").write_bytes(b"\xff\xd8\xff not really")
-    return root
+from tests.conftest import small_source
 
 
 @pytest.mark.parametrize(("make", "message"), [
