@@ -24,9 +24,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from goggles import __version__, parameters
-from goggles.config import ConfigError
+from goggles.config import ConfigError, StageError
 from goggles.parameters import RunParameters
-from goggles.pipeline.wiring import StageError
 
 logger = logging.getLogger("goggles")
 

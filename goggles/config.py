@@ -25,6 +25,11 @@ IMAGE_EXTENSIONS = (
 )
 
 
+class StageError(RuntimeError):
+    """A stage cannot run with the inputs it was given (too few images, a missing artifact);
+    the message says what to change."""
+
+
 class ConfigError(ValueError):
     """A parameter is out of range or inconsistent; the message says how to fix it.
 

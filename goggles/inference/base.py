@@ -11,18 +11,52 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 import numpy as np
 
 from goggles.inference.likelihood import GaussianParameters
 
 if TYPE_CHECKING:
-    from goggles.inference.config import InferConfig
     from goggles.io.artifacts import FilterMaps
     from goggles.io.blocks import RowBlocks
 
-__all__ = ["DegenerateDataWarning", "FitRecord", "Method"]
+__all__ = ["DegenerateDataWarning", "FitRecord", "Method", "MethodParameters"]
+
+
+class MethodParameters(Protocol):
+    """What a method reads from the run's inference parameters (read-only;
+    :class:`goggles.inference.config.InferConfig` has them all)."""
+
+    @property
+    def num_classes(self) -> int: ...
+
+    @property
+    def method(self) -> str: ...
+
+    @property
+    def max_iter(self) -> int: ...
+
+    @property
+    def tol(self) -> float: ...
+
+    @property
+    def seed(self) -> int: ...
+
+    @property
+    def m_step(self) -> str: ...
+
+    @property
+    def variance_floor(self) -> float: ...
+
+    @property
+    def exclude_self(self) -> bool: ...
+
+    @property
+    def n_init(self) -> int: ...
+
+    @property
+    def device(self) -> str: ...
 
 
 class DegenerateDataWarning(UserWarning):
@@ -73,7 +107,7 @@ class Method(FitRecord):
     reads: ClassVar[frozenset[str]] = frozenset()
 
     @classmethod
-    def from_config(cls, config: InferConfig) -> Method:
+    def from_config(cls, config: MethodParameters) -> Method:
         """The method with the run's parameters."""
         raise NotImplementedError
 

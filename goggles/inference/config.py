@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from goggles.config import Config, check, check_choice
+from goggles.inference.registry import METHODS
 from goggles.parameters import check_parameter, default, names
 
 M_STEPS = ("sampled", "soft")
@@ -45,8 +46,6 @@ class InferConfig(Config):
     device: str = default("device")
 
     def __post_init__(self) -> None:
-        from goggles.inference.registry import METHODS
-
         for name in names(stage="infer"):
             check_parameter(name, getattr(self, name))
         check_choice("method", self.method, tuple(METHODS))

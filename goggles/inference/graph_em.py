@@ -40,14 +40,13 @@ import numpy as np
 from scipy.special import logsumexp
 
 from goggles.features.descriptors import descriptors_of
-from goggles.inference.base import Method
+from goggles.inference.base import Method, MethodParameters
 from goggles.inference.graph import connected_knn_graph, spectral_coordinates, top_k
 from goggles.inference.likelihood import EXACT_SCALE, kmeans_rows
 from goggles.inference.summary import fit_gaussians
 from goggles.io.blocks import RowBlocks, as_rows, sub_blocks
 
 if TYPE_CHECKING:
-    from goggles.inference.config import InferConfig
     from goggles.io.artifacts import FilterMaps
 
 logger = logging.getLogger(__name__)
@@ -177,7 +176,7 @@ class GraphEM(Method):
     reads: ClassVar[frozenset[str]] = frozenset({"descriptors"})
 
     @classmethod
-    def from_config(cls, config: InferConfig) -> GraphEM:
+    def from_config(cls, config: MethodParameters) -> GraphEM:
         return cls(num_classes=config.num_classes, max_iter=config.max_iter, tol=config.tol,
                    n_init=config.n_init, random_state=config.seed,
                    variance_floor=config.variance_floor, exclude_self=config.exclude_self)

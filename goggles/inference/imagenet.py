@@ -19,11 +19,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 from scipy.special import logsumexp
 
-from goggles.inference.base import Method
+from goggles.inference.base import Method, MethodParameters
 from goggles.inference.summary import finish_labeler
 
 if TYPE_CHECKING:
-    from goggles.inference.config import InferConfig
     from goggles.io.artifacts import FilterMaps
     from goggles.io.blocks import RowBlocks
 
@@ -123,7 +122,7 @@ class ImageNetLabeler(Method):
     reads: ClassVar[frozenset[str]] = frozenset({"filter_maps"})
 
     @classmethod
-    def from_config(cls, config: InferConfig) -> ImageNetLabeler:
+    def from_config(cls, config: MethodParameters) -> ImageNetLabeler:
         return cls(num_classes=config.num_classes, variance_floor=config.variance_floor,
                    exclude_self=config.exclude_self)
 

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 from scipy.special import logsumexp
 
-from goggles.inference.base import DegenerateDataWarning, Method
+from goggles.inference.base import DegenerateDataWarning, Method, MethodParameters
 from goggles.inference.likelihood import (
     EXACT_SCALE,
     SufficientStatistics,
@@ -52,7 +52,6 @@ from goggles.inference.likelihood import (
 from goggles.io.blocks import RowBlocks, as_rows, sub_blocks
 
 if TYPE_CHECKING:
-    from goggles.inference.config import InferConfig
     from goggles.io.artifacts import FilterMaps
 
 __all__ = ["AffinityEM", "DegenerateDataWarning", "KMeansStart", "RandomStartEM",
@@ -149,7 +148,7 @@ class AffinityEM(Method):
     summary: ClassVar[str] = "the paper's GOGGLES: k-means start, then EM on A"
 
     @classmethod
-    def from_config(cls, config: InferConfig) -> AffinityEM:
+    def from_config(cls, config: MethodParameters) -> AffinityEM:
         return cls(num_classes=config.num_classes, max_iter=config.max_iter, tol=config.tol,
                    m_step=config.m_step, variance_floor=config.variance_floor,
                    exclude_self=config.exclude_self, n_init=config.n_init,

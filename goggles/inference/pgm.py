@@ -19,12 +19,11 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 from scipy.special import logsumexp
 
-from goggles.inference.base import Method
+from goggles.inference.base import Method, MethodParameters
 from goggles.inference.summary import finish_labeler
 from goggles.io.blocks import RowBlocks, as_rows
 
 if TYPE_CHECKING:
-    from goggles.inference.config import InferConfig
     from goggles.io.artifacts import FilterMaps
 
 logger = logging.getLogger(__name__)
@@ -181,7 +180,7 @@ class PGMLabeler(Method):
     summary: ClassVar[str] = "AF+PGM: Snorkel's LabelModel on the discretised A"
 
     @classmethod
-    def from_config(cls, config: InferConfig) -> PGMLabeler:
+    def from_config(cls, config: MethodParameters) -> PGMLabeler:
         return cls(num_classes=config.num_classes, seed=config.seed,
                    variance_floor=config.variance_floor, exclude_self=config.exclude_self)
 

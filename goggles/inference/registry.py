@@ -13,14 +13,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from goggles.inference.base import Method
+from goggles.inference.base import Method, MethodParameters
 from goggles.inference.graph_em import GraphEM
 from goggles.inference.imagenet import ImageNetLabeler
 from goggles.inference.paper_em import AffinityEM, KMeansStart, RandomStartEM
 from goggles.inference.pgm import PGMLabeler
 
 if TYPE_CHECKING:
-    from goggles.inference.config import InferConfig
     from goggles.io.artifacts import FilterMaps
     from goggles.io.blocks import RowBlocks
 
@@ -31,12 +30,12 @@ METHODS: dict[str, type[Method]] = {
 """``--method`` name -> method class, the default (``graph-em``) first."""
 
 
-def create(config: InferConfig) -> Method:
+def create(config: MethodParameters) -> Method:
     """The method ``config.method`` with the run's parameters (not fitted)."""
     return METHODS[config.method].from_config(config)
 
 
-def fit_method(config: InferConfig, affinity: np.ndarray | RowBlocks, source_index: np.ndarray,
+def fit_method(config: MethodParameters, affinity: np.ndarray | RowBlocks, source_index: np.ndarray,
                *, filter_maps: FilterMaps | None = None,
                descriptors: list[np.ndarray] | None = None) -> Method:
     """Fit ``config.method`` on A [N, M] (an array or row blocks) with ``source_index`` [M];

@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 import pyarrow.compute as pc
 
+from goggles.config import StageError
 from goggles.features.config import AffinityConfig, ExtractConfig
 from goggles.inference.config import InferConfig
 from goggles.ingest.config import IngestConfig
 from goggles.io import artifacts, storage
-from goggles.pipeline.wiring import StageError
 
 logger = logging.getLogger(__name__)
 

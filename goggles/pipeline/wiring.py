@@ -19,15 +19,11 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from goggles.config import IMAGE_EXTENSIONS, Config, ConfigError, check
+from goggles.config import IMAGE_EXTENSIONS, Config, ConfigError, StageError, check
 from goggles.io import listing, storage, uris
 from goggles.parameters import RunParameters, names
 
 logger = logging.getLogger(__name__)
-
-
-class StageError(RuntimeError):
-    """A stage cannot run with the inputs it was given; the message says what to change."""
 
 
 def _config_class(stage: str) -> type[Config]:
