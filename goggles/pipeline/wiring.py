@@ -21,7 +21,7 @@ from typing import Any
 
 from goggles.config import IMAGE_EXTENSIONS, Config, ConfigError, StageError, check
 from goggles.io import listing, storage, uris
-from goggles.parameters import RunParameters, names
+from goggles.parameters import STAGES, RunParameters, names
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +51,7 @@ def stage_config(stage: str, values: Mapping[str, Any]) -> Any:
 def stage_configs(params: RunParameters) -> dict[str, Any]:
     """Every stage's config for a run (each validates itself)."""
     values = {name: getattr(params, name) for name in names()}
-    return {stage: stage_config(stage, values) for stage in ("ingest", "extract", "affinity",
-                                                              "infer")}
+    return {stage: stage_config(stage, values) for stage in STAGES}
 
 
 def check_run(params: RunParameters, *, local_output: bool = True) -> dict[str, Any]:
