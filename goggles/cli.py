@@ -48,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="local: the Kubeflow pipeline with kfp's local runner (default); "
                           "docker: the same with kfp's DockerRunner and the project image; "
                           "inprocess: call the library directly (library users, debugging)")
-    run.add_argument("--pipeline-root", default="",
+    run.add_argument("--pipeline-root", default="", metavar="DIR",
                      help="local/docker runners: folder for kfp's task outputs (default: a "
                           "temporary folder, removed after a successful run)")
     run.add_argument("--cache", action="store_true",
@@ -91,13 +91,15 @@ def _run_parameters(run: argparse.ArgumentParser) -> None:
         if spec.flag == "SOURCE":
             run.add_argument(item.name, metavar="SOURCE", help=help_text)
             continue
-        options: dict[str, Any] = {"dest": item.name, "type": types[item.name]}
+        options: dict[str, Any] = {"dest": item.name, "type": types[item.name],
+                                   "metavar": spec.metavar or ("N" if types[item.name] is int
+                                                               else None)}
         if spec.required:
             options["required"] = True
         else:
             options["default"] = item.default
-            help_text += f" (default: {item.default!r})" if item.default == "" else \
-                f" (default: {item.default})"
+            if item.default != "":
+                help_text += f" (default: {item.default})"
         choices = tuple(METHODS) if item.name == "method" else spec.choices
         if choices:
             options["choices"] = choices

@@ -41,6 +41,7 @@ class Spec:
         to the pipeline root).
     stages : the stage configs this parameter sets.
     uri : a URI, which the local runners make absolute.
+    metavar : the placeholder ``goggles run --help`` shows for the value.
     """
 
     help: str
@@ -51,6 +52,7 @@ class Spec:
     pipeline: bool = True
     stages: tuple[str, ...] = ()
     uri: bool = False
+    metavar: str = ""
 
 
 def _parameter(default: Any, help: str, **spec: Any) -> Any:
@@ -67,14 +69,15 @@ class RunParameters:
         flag="SOURCE", required=True, uri=True)
     output_uri: str = _parameter(
         "", "where labels, metrics and the report go (a path or bucket prefix)",
-        flag="--output", required=True, pipeline=False, uri=True)
+        flag="--output", required=True, pipeline=False, uri=True, metavar="OUT")
     num_classes: int = _parameter(2, "number of classes K to find", minimum=2, required=True,
-                                  stages=("infer",))
+                                  stages=("infer",), metavar="K")
     backbone: str = _parameter("vgg16", "the CNN whose filter maps give the prototypes",
                                choices=BACKBONES, stages=("extract",))
     weights_uri: str = _parameter(
         "", "the backbone's weights (torchvision state dict or safetensors); default: found "
-        "offline (see the README)", flag="--weights", stages=("extract",), uri=True)
+        "offline (see the README)", flag="--weights", stages=("extract",), uri=True,
+        metavar="URI")
     top_k: int = _parameter(5, "prototypes per image (the paper: 5)", minimum=1,
                             stages=("extract",))
     max_prototypes: int = _parameter(
@@ -89,7 +92,7 @@ class RunParameters:
                            stages=("extract", "infer"))
     dev_labels_uri: str = _parameter(
         "", "CSV or Parquet of uri,label for a few images; names the clusters",
-        flag="--dev-labels", uri=True)
+        flag="--dev-labels", uri=True, metavar="FILE")
     device: str = _parameter(
         "auto", "where the CNN, the affinity GEMM and the E-step run; auto: a GPU when there "
         "is one", choices=DEVICES, stages=("extract", "affinity", "infer"))
