@@ -25,6 +25,7 @@ from typing import Any
 
 from goggles import __version__, parameters
 from goggles.config import ConfigError, StageError
+from goggles.io.uris import scrub
 from goggles.parameters import RunParameters
 
 logger = logging.getLogger("goggles")
@@ -130,9 +131,18 @@ def _cluster_arguments(parser: argparse.ArgumentParser) -> None:
                              "num_classes=3 num_shards=8")
 
 
+class _Scrubbed(logging.Formatter):
+    """Log lines with every URI in them redacted (goggles' own messages already redact; this is
+    for what other libraries log)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return scrub(super().format(record))
+
+
 def _configure_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Scrubbed("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -211,8 +221,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except Exception as error:  # noqa: BLE001 - one clear line; the traceback with -v
         if args.verbose:
-            traceback.print_exc()
-        print(f"goggles: error: {_describe(error)}", file=sys.stderr)
+            print(scrub("".join(traceback.format_exception(error))), file=sys.stderr, end="")
+        print(f"goggles: error: {scrub(_describe(error))}", file=sys.stderr)
         return 2 if isinstance(error, (ValueError, StageError)) else 1
 
 

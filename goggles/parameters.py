@@ -23,6 +23,8 @@ from typing import Any
 from goggles.config import BACKBONES, DEVICES, check
 
 STAGES = ("ingest", "extract", "affinity", "infer")
+MAX_SHARDS = 1024
+"""Affinity shards at most: each is a pod; 1M images in 1,024 shards are ~1,000 rows each."""
 
 
 @dataclass(frozen=True)
@@ -35,7 +37,7 @@ class Spec:
     flag : the ``goggles run`` option; ``""`` is ``--`` and the name with dashes; ``"SOURCE"``
         is the positional argument.
     choices : the values allowed (``()``: any; ``method``'s come from the inference registry).
-    minimum : the smallest value allowed, for numbers.
+    minimum, maximum : the range of values allowed, for numbers.
     required : ``goggles run`` needs it (no usable default).
     pipeline : a parameter of the Kubeflow pipeline (the output is not: on a cluster, outputs go
         to the pipeline root).
@@ -48,6 +50,7 @@ class Spec:
     flag: str = ""
     choices: tuple[str, ...] = ()
     minimum: int | None = None
+    maximum: int | None = None
     required: bool = False
     pipeline: bool = True
     stages: tuple[str, ...] = ()
@@ -84,7 +87,8 @@ class RunParameters:
         0, "cap on the prototypes (columns of A) for large datasets; 0: no cap", minimum=0,
         stages=("extract",))
     num_shards: int = _parameter(1, "row shards of the affinity matrix, one task (pod) each",
-                                 flag="--shards", minimum=1, stages=("affinity",))
+                                 flag="--shards", minimum=1, maximum=MAX_SHARDS,
+                                 stages=("affinity",))
     method: str = _parameter("graph-em", "class inference: one of the methods listed below",
                              stages=("infer",))
     max_iter: int = _parameter(100, "EM iterations at most", minimum=1, stages=("infer",))
@@ -149,3 +153,6 @@ def check_parameter(name: str, value: Any) -> None:
     if declared_spec.minimum is not None:
         check(value >= declared_spec.minimum,
               f"{name} must be at least {declared_spec.minimum}, got {value}", name)
+    if declared_spec.maximum is not None:
+        check(value <= declared_spec.maximum,
+              f"{name} must be at most {declared_spec.maximum}, got {value}", name)

@@ -170,7 +170,8 @@ def build_manifest(source_uri: str, config: IngestConfig) -> pa.Table:
     # Only files that passed the precheck are ever opened: a FIFO blocks, /dev/zero never ends.
     # Reads go through storage.read_many: bounded concurrent requests for remote stores (one at
     # a time for local files), retried, in order; decoding stays in this thread.
-    reads = storage.read_many([listed[index].uri for index in to_read], desc="ingest")
+    reads = storage.read_many([listed[index].uri for index in to_read], desc="ingest",
+                              sizes=[listed[index].size for index in to_read])
     for index, (_, data) in zip(to_read, reads, strict=True):
         records[index] = (inspect_data(listed[index], data, config) if isinstance(data, bytes)
                           else refused(listed[index], config, f"unreadable: {data} (the file "

@@ -19,7 +19,6 @@ affinity shard          a folder per row shard (affinity): ``affinity.npy`` (row
 labels                  Parquet, :data:`LABELS_SCHEMA` (infer).
 inference               JSON: the fit's trace, start, warnings, cluster names, dev set and
                         the report's prototypes (infer; :mod:`goggles.inference.summary`).
-dev labels (an input)   CSV or Parquet with columns ``uri,label`` (:func:`read_dev_labels`).
 ======================  =====================================================================
 
 A run's output folder holds them as :func:`output_paths` lays out.
@@ -309,38 +308,6 @@ def labels_table(rows: pa.Table, probs: np.ndarray, names: Sequence[str]) -> pa.
         "label_name": pa.array([names[k] for k in labels], pa.string()),
         "confidence": pa.array(probs.max(axis=1), pa.float64()),
     }, schema=LABELS_SCHEMA)
-
-
-# -- dev labels (an input) -------------------------------------------------------------------------
-
-def read_dev_labels(dev_labels_uri: str, rows: pa.Table) -> tuple[np.ndarray, list[str]]:
-    """A dev set (CSV or Parquet of ``uri,label`` rows) matched to the accepted images ``rows``:
-    ([D] row positions, [D] label names). URIs match exactly or by ``folder/name``."""
-    if dev_labels_uri.endswith(".parquet"):
-        dev = storage.read_parquet(dev_labels_uri)
-    else:
-        import pyarrow.csv as pacsv
-
-        dev = pacsv.read_csv(pa.BufferReader(storage.read_bytes(dev_labels_uri)))
-    missing = {"uri", "label"} - set(dev.column_names)
-    if missing:
-        raise ValueError(f"dev labels {dev_labels_uri} lack column(s) {sorted(missing)}; "
-                         "give a CSV or Parquet with columns uri,label")
-    position = {uri: i for i, uri in enumerate(rows["uri"].to_pylist())}
-    by_tail = {uri.rsplit("/", 2)[-2] + "/" + uri.rsplit("/", 1)[-1]: i
-               for uri, i in position.items() if uri.count("/") >= 1}
-    names, found = [], []
-    for uri, label in zip(dev["uri"].to_pylist(), dev["label"].to_pylist(), strict=True):
-        i = position.get(uri, by_tail.get("/".join(str(uri).rsplit("/", 2)[-2:])))
-        if i is None:
-            logger.warning("dev label for %s: no such accepted image; ignored", uri)
-            continue
-        names.append(str(label))
-        found.append(i)
-    if not names:
-        raise ValueError(f"none of the dev labels in {dev_labels_uri} match an accepted image; "
-                         "use the same URIs (or folder/name) as the source")
-    return np.asarray(found, dtype=np.int64), names
 
 
 # -- a run's output folder -------------------------------------------------------------------------

@@ -18,11 +18,14 @@ R = TypeVar("R")
 
 
 def map_bounded(function: Callable[[T], R], items: Iterable[T], *, max_concurrency: int,
-                desc: str | None = None, unit: str = "item",
-                total: int | None = None) -> Iterator[R]:
+                desc: str | None = None, unit: str = "item", total: int | None = None,
+                cost: Callable[[T], int] | None = None,
+                max_cost: int | None = None) -> Iterator[R]:
     """Yield ``function(item)`` for each item, in order, with at most ``max_concurrency`` calls
-    running (threads) and at most that many results held. ``desc`` shows a progress bar (on a
-    terminal) and logs progress every ~10% (in pods)."""
+    running (threads) and at most that many results held; with ``cost`` and ``max_cost``, also
+    at most ``max_cost`` of cost in flight (e.g. bytes: an item costlier than the budget runs
+    alone). ``desc`` shows a progress bar (on a terminal) and logs progress every ~10% (in
+    pods)."""
     if total is None and isinstance(items, Sized):
         total = len(items)
     bar = tqdm(total=total, desc=desc, unit=unit, disable=None if desc else True)
@@ -45,15 +48,22 @@ def map_bounded(function: Callable[[T], R], items: Iterable[T], *, max_concurren
             return
         with ThreadPoolExecutor(max_workers=max_concurrency,
                                 thread_name_prefix="goggles-io") as pool:
-            window: collections.deque[Future[R]] = collections.deque()
+            window: collections.deque[tuple[Future[R], int]] = collections.deque()
+            in_flight = 0
             for item in items:
-                if len(window) >= max_concurrency:
-                    result = window.popleft().result()
+                weight = cost(item) if cost is not None else 0
+                while window and (len(window) >= max_concurrency or (
+                        max_cost is not None and in_flight + weight > max_cost)):
+                    future, done_weight = window.popleft()
+                    in_flight -= done_weight
+                    result = future.result()
                     advance()
                     yield result
-                window.append(pool.submit(function, item))
+                window.append((pool.submit(function, item), weight))
+                in_flight += weight
             while window:
-                result = window.popleft().result()
+                future, _ = window.popleft()
+                result = future.result()
                 advance()
                 yield result
     finally:

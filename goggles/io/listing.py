@@ -37,7 +37,7 @@ def _list_all(uri: str) -> dict[str, int]:
         if not os.path.isdir(root):
             return {}
         return {os.path.relpath(full, root).replace(os.sep, "/"): size
-                for full, size in _walk_local(root)}
+                for full, size, _ in _walk_local(root)}
     fs, root = storage.filesystem(uri)
     root = root.rstrip("/")
     fs.invalidate_cache(root)
@@ -69,14 +69,28 @@ def remove_temporaries(uri: str) -> int:
 
 @dataclass(frozen=True)
 class ListedFile:
+    """A listed file: its URI, its path relative to the listed folder, its size, and a version
+    that changes when its content is rewritten (local: the modification time in ns; object
+    stores: the generation or ETag), for resume keys."""
+
     uri: str
     relative: str
     size: int
+    version: str = ""
 
 
-def _walk_local(root: str) -> Iterator[tuple[str, int]]:
+def _remote_version(info: dict) -> str:  # type: ignore[type-arg]
+    for key in ("generation", "ETag", "etag", "md5Hash", "crc32c", "mtime", "LastModified",
+                "updated"):
+        if info.get(key):
+            return str(info[key])
+    return ""
+
+
+def _walk_local(root: str) -> Iterator[tuple[str, int, int]]:
     """Files under ``root``, following symlinked folders but entering each real folder once, so a
-    symlink loop cannot run forever. Paths stay under ``root`` (the link's path, not its target)."""
+    symlink loop cannot run forever. Paths stay under ``root`` (the link's path, not its target).
+    Yields (path, size, modification time in ns); -1 for both when the file cannot be read."""
     visited: set[str] = set()
     for folder, dirnames, filenames in os.walk(root, followlinks=True):
         real = os.path.realpath(folder)
@@ -89,17 +103,18 @@ def _walk_local(root: str) -> Iterator[tuple[str, int]]:
         for name in sorted(filenames):
             full = os.path.join(folder, name)
             try:
-                size = os.path.getsize(full)
+                info = os.stat(full)
+                size, mtime = info.st_size, info.st_mtime_ns
             except OSError:
-                size = -1  # dangling link or vanished file: ingest records the reason
-            yield full, size
+                size = mtime = -1  # dangling link or vanished file: ingest records the reason
+            yield full, size, mtime
 
 
 def has_files(folder: str, extensions: tuple[str, ...]) -> bool:
     """Whether local ``folder`` holds at least one file with a suffix in ``extensions``; stops
     at the first one found."""
     suffixes = tuple(e.lower() for e in extensions)
-    return any(full.lower().endswith(suffixes) for full, _ in _walk_local(folder))
+    return any(full.lower().endswith(suffixes) for full, _, _ in _walk_local(folder))
 
 
 def list_files(root_uri: str, extensions: tuple[str, ...]) -> list[ListedFile]:
@@ -115,10 +130,10 @@ def list_files(root_uri: str, extensions: tuple[str, ...]) -> list[ListedFile]:
         if not os.path.isdir(root):
             raise storage.StorageError(f"source {root_uri!r} is not a folder; give the folder that "
                                "holds the images")
-        for full, size in _walk_local(root):
+        for full, size, mtime in _walk_local(root):
             if full.lower().endswith(suffixes):
                 listed.append(ListedFile(full, os.path.relpath(full, root).replace(os.sep, "/"),
-                                         size))
+                                         size, str(mtime)))
     else:
         fs, root = storage.filesystem(root_uri)
         root = root.rstrip("/")
@@ -133,6 +148,6 @@ def list_files(root_uri: str, extensions: tuple[str, ...]) -> list[ListedFile]:
                 continue
             relative = path[len(root):].lstrip("/")
             listed.append(ListedFile(unstrip(fs, path, root_uri), relative,
-                                     int(info.get("size") or 0)))
+                                     int(info.get("size") or 0), _remote_version(info)))
     listed.sort(key=lambda f: f.relative)
     return listed

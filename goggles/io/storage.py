@@ -25,6 +25,7 @@ for S3-compatible servers, ``AWS_ENDPOINT_URL_S3`` (or fsspec's ``FSSPEC_S3_ENDP
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -46,7 +47,7 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
 from goggles.io import concurrency, retries  # noqa: E402
-from goggles.io.uris import is_local, join, local_path, protocol_of, redact  # noqa: E402
+from goggles.io.uris import is_local, join, local_path, protocol_of, redact, refusal  # noqa: E402,E501
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +55,6 @@ T = TypeVar("T")
 
 TEMPORARY_TAG = ".tmp-"
 _TEMPORARY = re.compile(r"^\..+\.tmp-[0-9a-f]{12}$")
-_REMOTE_CREDENTIAL_FREE = ("gs", "gcs", "s3", "s3a", "http", "https", "az", "abfs", "adl")
 _CREDENTIAL_HINT = ("check the credentials in the environment: GCS uses application default "
                     "credentials or GOOGLE_APPLICATION_CREDENTIALS; S3 uses AWS_ACCESS_KEY_ID/"
                     "AWS_SECRET_ACCESS_KEY or AWS_PROFILE")
@@ -93,6 +93,17 @@ def default_concurrency() -> int:
                          "to the number of requests in flight, e.g. 16") from error
 
 
+def default_bytes_in_flight() -> int:
+    """Bytes :func:`read_many` holds in flight at most (``GOGGLES_STORAGE_MAX_BYTES_IN_FLIGHT``,
+    default 256 MiB: a sixteenth of the ingest pod's memory limit)."""
+    value = os.environ.get("GOGGLES_STORAGE_MAX_BYTES_IN_FLIGHT", str(256 * 2**20))
+    try:
+        return max(1, int(value))
+    except ValueError as error:
+        raise ValueError(f"GOGGLES_STORAGE_MAX_BYTES_IN_FLIGHT={value!r} is not a whole number "
+                         "of bytes, e.g. 268435456") from error
+
+
 # -- URIs ---------------------------------------------------------------------------------------
 
 __all__ = ["is_local", "join", "local_path", "protocol_of", "redact"]  # from goggles.io.uris
@@ -101,17 +112,15 @@ __all__ = ["is_local", "join", "local_path", "protocol_of", "redact"]  # from go
 def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """Return the filesystem for ``uri`` and the path inside it.
 
-    Credentials come from the environment (see the module docstring); a URI that carries them
-    (``s3://KEY:SECRET@bucket``) is refused, because URIs end up in pipeline parameters, logs
-    and artifacts.
+    Only the protocols of :func:`goggles.io.uris.allowed_protocols` are opened, and a URI that
+    chains filesystems (``::``), carries credentials (``s3://KEY:SECRET@bucket``) or a query
+    string (a signed URL) is refused (:func:`goggles.io.uris.refusal`): before any request
+    leaves the process.
     """
+    reason = refusal(uri)
+    if reason is not None:
+        raise StorageError(f"{redact(uri)!r}: {reason}")
     protocol = protocol_of(uri)
-    if protocol in _REMOTE_CREDENTIAL_FREE and "@" in uri.split("://", 1)[1].split("/", 1)[0]:
-        raise StorageError(f"{redact(uri)!r}: credentials in a URI are not accepted (URIs are "
-                           "stored in parameters, logs and artifacts); remove them from the URI "
-                           "and provide them through the environment: GCS application default "
-                           "credentials or GOOGLE_APPLICATION_CREDENTIALS; AWS_ACCESS_KEY_ID/"
-                           "AWS_SECRET_ACCESS_KEY or AWS_PROFILE")
     try:
         fs, path = fsspec.core.url_to_fs(uri)
     except (ImportError, ValueError) as error:
@@ -277,6 +286,39 @@ def write_text(text: str, uri: str) -> None:
 
 # -- folders --------------------------------------------------------------------------------------
 
+def fingerprint(uri: str) -> str:
+    """A digest of the bytes of object ``uri``, for resume keys: the sha256 of a local file (read
+    in 1 MiB pieces), the store's own checksum of a remote one (GCS's md5 or crc32c, S3's ETag,
+    with its size and generation), else the sha256 of its bytes."""
+    if is_local(uri):
+        digest = hashlib.sha256()
+
+        def read() -> None:
+            with open(local_path(uri), "rb") as handle:
+                for piece in iter(lambda: handle.read(2**20), b""):
+                    digest.update(piece)
+
+        retrying("read", uri, read)
+        return f"sha256:{digest.hexdigest()}"
+    fs, path = filesystem(uri)
+    fs.invalidate_cache(path)
+    info = retrying("look up", uri, lambda: fs.info(path))
+    stored = [f"{key}:{info[key]}" for key in ("md5Hash", "crc32c", "ETag", "etag", "generation",
+                                               "size") if info.get(key)]
+    if any(not s.startswith(("generation", "size")) for s in stored):
+        return ";".join(stored)
+    return "sha256:" + hashlib.sha256(read_bytes(uri)).hexdigest()
+
+
+def size(uri: str) -> int:
+    """The size of the object ``uri`` in bytes (a missing one raises
+    :class:`MissingObjectError`)."""
+    if is_local(uri):
+        return retrying("look up", uri, lambda: os.path.getsize(local_path(uri)))
+    fs, path = filesystem(uri)
+    return int(retrying("look up", uri, lambda: fs.info(path)).get("size") or 0)
+
+
 def is_file(uri: str) -> bool:
     """Whether ``uri`` names a file (not a folder), asking the store."""
     if is_local(uri):
@@ -308,13 +350,18 @@ def remove(uri: str) -> None:
 # -- many objects ---------------------------------------------------------------------------------
 
 def read_many(uris: Sequence[str], *, max_concurrency: int | None = None,
-              desc: str | None = None) -> Iterator[tuple[str, bytes | StorageError]]:
+              desc: str | None = None, sizes: Sequence[int] | None = None,
+              max_bytes_in_flight: int | None = None,
+              ) -> Iterator[tuple[str, bytes | StorageError]]:
     """Read ``uris`` with at most ``max_concurrency`` requests in flight (default: 1 for local
-    files, :func:`default_concurrency` for remote stores), yielding ``(uri, bytes)`` in order, or
-    ``(uri, StorageError)`` for an object that could not be read (each read is retried first)."""
+    files, :func:`default_concurrency` for remote stores) and, given their listed ``sizes``, at
+    most ``max_bytes_in_flight`` bytes (default :func:`default_bytes_in_flight`; a larger object
+    is read alone), yielding ``(uri, bytes)`` in order, or ``(uri, StorageError)`` for an object
+    that could not be read (each read is retried first)."""
     if max_concurrency is None:
         remote = any(not is_local(u) for u in uris)
         max_concurrency = default_concurrency() if remote else 1
+    size_of = dict(zip(uris, sizes, strict=True)) if sizes is not None else {}
 
     def read(uri: str) -> tuple[str, bytes | StorageError]:
         try:
@@ -322,5 +369,7 @@ def read_many(uris: Sequence[str], *, max_concurrency: int | None = None,
         except StorageError as error:
             return uri, error
 
-    yield from concurrency.map_bounded(read, uris, max_concurrency=max_concurrency, desc=desc,
-                                       unit="obj", total=len(uris))
+    yield from concurrency.map_bounded(
+        read, uris, max_concurrency=max_concurrency, desc=desc, unit="obj", total=len(uris),
+        cost=lambda uri: max(0, size_of.get(uri, 0)),
+        max_cost=max_bytes_in_flight or default_bytes_in_flight())

@@ -1,14 +1,30 @@
 """URIs as goggles spells them: a local path or ``file://``, ``memory://``, ``gs://``, ``s3://``.
 
 Pure string functions; :mod:`goggles.io.storage` re-exports them beside the I/O they serve.
+
+Only the protocols of :data:`PROTOCOLS` are opened (plus those a user names in
+``$GOGGLES_ALLOW_PROTOCOLS``, e.g. ``az,abfs``): goggles runs inside a cluster's namespace,
+where a URI that makes it fetch ``http://`` or ``ftp://`` is a request forgery. fsspec's URL
+chaining (``simplecache::s3://…``), credentials in a URI (``user:secret@``) and query strings
+(a signed URL's signature) are refused for every protocol: credentials come from the
+environment, and URIs end up in parameters, logs and artifacts. :func:`redact` and
+:func:`scrub` take secrets out of a URI or a text on its way to a log, an error or an artifact.
 """
 
 from __future__ import annotations
 
 import os
 import posixpath
+import re
 
 _PROTOCOL_ALIASES = {"gcs": "gs", "s3a": "s3"}
+PROTOCOLS = ("file", "memory", "gs", "gcs", "s3", "s3a")
+"""The protocols goggles opens: local files, fsspec's in-memory store, GCS and S3."""
+ALLOW_PROTOCOLS_ENV = "GOGGLES_ALLOW_PROTOCOLS"
+"""A comma-separated list of further fsspec protocols to allow (e.g. ``az,abfs``)."""
+_USERINFO = re.compile(r"(://)[^/?#\s]*@")
+_QUERY = re.compile(r"[?#][^\s'\"]*")
+_URI_IN_TEXT = re.compile(r"[A-Za-z][\w+.-]*(?:::[A-Za-z][\w+.-]*)*://[^\s'\"]+")
 
 
 def is_local(uri: str) -> bool:
@@ -33,12 +49,47 @@ def protocol_of(uri: str) -> str:
 
 
 def redact(uri: str) -> str:
-    """``uri`` without any ``user:secret@`` part or query string, for messages and logs."""
+    """``uri`` without any ``user:secret@`` part, query string or fragment (in every link of a
+    chained URI), for messages, logs and artifacts."""
     if "://" not in uri:
         return uri
-    scheme, rest = uri.split("://", 1)
-    netloc, slash, path = rest.partition("/")
-    return f"{scheme}://{netloc.rpartition('@')[2]}{slash}{path.split('?', 1)[0]}"
+    return _QUERY.sub("", _USERINFO.sub(r"\1", uri))
+
+
+def scrub(text: str) -> str:
+    """``text`` with every URI in it redacted (for error messages of other libraries)."""
+    return _URI_IN_TEXT.sub(lambda m: redact(m.group(0)), text)
+
+
+def allowed_protocols() -> tuple[str, ...]:
+    """:data:`PROTOCOLS` and those named in ``$GOGGLES_ALLOW_PROTOCOLS``."""
+    extra = os.environ.get(ALLOW_PROTOCOLS_ENV, "")
+    return PROTOCOLS + tuple(p.strip() for p in extra.split(",") if p.strip())
+
+
+def refusal(uri: str) -> str | None:
+    """Why goggles must not open ``uri`` (a sentence naming the fix), or ``None``."""
+    if "::" in uri:
+        return ("'::' (fsspec's URL chaining) is not accepted; give the store's own URI, e.g. "
+                "gs://bucket/images")
+    protocol = protocol_of(uri)
+    if protocol not in allowed_protocols():
+        return (f"the {protocol}:// protocol is not accepted; goggles opens local paths, "
+                "file://, memory://, gs:// and s3:// (set GOGGLES_ALLOW_PROTOCOLS to allow "
+                "another fsspec protocol, e.g. GOGGLES_ALLOW_PROTOCOLS=az)")
+    if "://" in uri and protocol != "file":
+        rest = uri.split("://", 1)[1]
+        if "@" in rest.split("/", 1)[0]:
+            return ("credentials in a URI are not accepted (URIs are stored in parameters, "
+                    "logs and artifacts); remove them and provide them through the "
+                    "environment: GCS application default credentials or "
+                    "GOOGLE_APPLICATION_CREDENTIALS; AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
+                    "or AWS_PROFILE")
+        if "?" in rest or "#" in rest:
+            return ("a query string is not accepted (a signed URL carries its credentials "
+                    "there); give the plain object URI and provide credentials through the "
+                    "environment")
+    return None
 
 
 def comparable(uri: str) -> str:

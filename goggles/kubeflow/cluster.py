@@ -19,7 +19,7 @@ import yaml
 
 from goggles.config import ConfigError
 from goggles.parameters import RunParameters, names
-from goggles.pipeline.wiring import stage_configs
+from goggles.pipeline.wiring import check_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +85,8 @@ def parse_arguments(assignments: Sequence[str], package_path: str) -> dict[str, 
                           "the cluster's pods can read)")
     known = names()
     try:
-        stage_configs(RunParameters(**{k: v for k, v in merged.items() if k in known}))
+        check_parameters(RunParameters(**{k: v for k, v in merged.items() if k in known}),
+                         local_output=False)
     except (ConfigError, TypeError) as error:
         raise SubmitError(str(error)) from error
     return arguments

@@ -48,20 +48,23 @@ def run_inprocess(params: RunParameters) -> dict[str, Any]:
     paths = output_paths(params.output_uri)
     records = StageRecords(storage.join(params.output_uri, "artifacts"))
     timings: dict[str, float] = {}
-    files = [(f.relative, f.size) for f in listing.list_files(params.source_uri,
-                                                              ingest_cfg.extensions)]
+    files = [(f.relative, f.size, f.version)
+             for f in listing.list_files(params.source_uri, ingest_cfg.extensions)]
     ingest_key = stage_key("ingest", ingest_cfg.to_dict(), params.source_uri, files)
     with timed(timings, "ingest"):
         ingested = records.run("ingest", ingest_key, lambda: stages.run_ingest(
-            ingest_cfg, params.source_uri, paths["manifest"]))
+            ingest_cfg, params.source_uri, paths["manifest"]), [paths["manifest"]])
     check_counts(ingested["n_images"], params.num_classes, params.num_shards, paths["manifest"])
     extract_params = extract_cfg.to_dict()
     if not extract_cfg.max_prototypes:
         extract_params.pop("seed")  # the seed only drives the prototype budget's sample
+    if extract_cfg.weights_uri:  # the weights' content, not their name
+        extract_params["weights_uri"] = storage.fingerprint(extract_cfg.weights_uri)
     extract_key = stage_key("extract", ingest_key, extract_params)
     with timed(timings, "extract"):
         extracted = records.run("extract", extract_key, lambda: stages.run_extract(
-            extract_cfg, paths["manifest"], paths["features"], paths["prototypes"]))
+            extract_cfg, paths["manifest"], paths["features"], paths["prototypes"]),
+            [storage.join(paths["features"], "meta.json"), paths["prototypes"]])
     shard_uris, shard_keys = [], []
     with timed(timings, "affinity"):
         for shard_id in range(params.num_shards):
@@ -69,14 +72,17 @@ def run_inprocess(params: RunParameters) -> dict[str, Any]:
             key = stage_key("affinity", extract_key, affinity_cfg.to_dict(), shard_id)
             records.run(f"affinity-{shard_id:05d}-of-{params.num_shards:05d}", key,
                         functools.partial(stages.run_affinity, affinity_cfg, paths["features"],
-                                          paths["prototypes"], shard_id, uri))
+                                          paths["prototypes"], shard_id, uri),
+                        [storage.join(uri, "affinity.npy"), storage.join(uri, "meta.json")])
             shard_uris.append(uri)
             shard_keys.append(key)
-    infer_key = stage_key("infer", shard_keys, infer_cfg.to_dict(), params.dev_labels_uri)
+    dev_labels = storage.fingerprint(params.dev_labels_uri) if params.dev_labels_uri else ""
+    infer_key = stage_key("infer", shard_keys, infer_cfg.to_dict(), dev_labels)
     with timed(timings, "infer"):
         inferred = records.run("infer", infer_key, lambda: stages.run_infer(
             infer_cfg, paths["manifest"], paths["prototypes"], shard_uris, paths["labels"],
-            paths["inference"], params.dev_labels_uri, features_uri=paths["features"]))
+            paths["inference"], params.dev_labels_uri, features_uri=paths["features"]),
+            [paths["labels"], paths["inference"]])
     record = run_record(dataclasses.asdict(params), runner="inprocess",
                         weights_source=extracted["weights_source"],
                         num_prototypes=inferred["num_prototypes"])

@@ -21,6 +21,7 @@ from goggles.features.config import AffinityConfig, ExtractConfig
 from goggles.inference.config import InferConfig
 from goggles.ingest.config import IngestConfig
 from goggles.io import artifacts, storage
+from goggles.io.dev_labels import read_dev_labels
 
 logger = logging.getLogger(__name__)
 
@@ -149,7 +150,7 @@ def run_infer(config: InferConfig, manifest_uri: str, prototypes_uri: str,
     names = list(model.cluster_names_ or [f"cluster_{k}" for k in range(config.num_classes)])
     dev: dict[str, Any] | None = None
     if dev_labels_uri:
-        dev_rows, dev_names = artifacts.read_dev_labels(dev_labels_uri, rows)
+        dev_rows, dev_names = read_dev_labels(dev_labels_uri, rows)
         names = name_clusters(dev_names, probs.argmax(axis=1)[dev_rows], config.num_classes)
         dev = {"rows": dev_rows.tolist(), "labels": dev_names}
     storage.write_parquet(artifacts.labels_table(rows, probs, names), labels_uri)

@@ -21,7 +21,8 @@ from typing import Any
 
 from goggles.config import IMAGE_EXTENSIONS, Config, ConfigError, StageError, check
 from goggles.io import listing, storage, uris
-from goggles.parameters import STAGES, RunParameters, names
+from goggles.io.dev_labels import match_dev_labels, read_dev_labels_table
+from goggles.parameters import STAGES, RunParameters, check_parameter, names, spec
 
 logger = logging.getLogger(__name__)
 
@@ -66,12 +67,18 @@ def check_parameters(params: RunParameters, *, local_output: bool = True) -> dic
     """Check the parameters of a run, reading nothing; returns its stage configs.
 
     Raises :class:`ConfigError` naming the problem and the fix for: a missing source or output,
-    a parameter out of range, an output inside the source (the next run would ingest its own
-    outputs). ``local_output=False`` skips the output checks (a cluster run's outputs go to its
-    pipeline root).
+    a URI goggles must not open (a protocol off the allow-list, ``::`` chaining, credentials or a
+    signed query string: :func:`goggles.io.uris.refusal`), a parameter out of range, an output
+    inside the source (the next run would ingest its own outputs). ``local_output=False`` skips
+    the output checks (a cluster run's outputs go to its pipeline root).
     """
     check(bool(params.source_uri), "no source: give the folder or bucket prefix of the images",
           "source_uri")
+    for name in names():
+        value = getattr(params, name)
+        if spec(name).uri and value and (local_output or name != "output_uri"):
+            reason = uris.refusal(value)
+            check(reason is None, f"{name} {uris.redact(value)!r}: {reason}", name)
     configs = stage_configs(params)
     if local_output:
         check(bool(params.output_uri), "no output: give where the labels should go "
@@ -86,7 +93,8 @@ def check_parameters(params: RunParameters, *, local_output: bool = True) -> dic
 
 def check_inputs(params: RunParameters) -> None:
     """Check what a run reads before it starts: a local source that does not exist, is not a
-    folder or holds no image file; a local dev-labels or weights file that does not exist;
+    folder or holds no image file; a local dev-labels or weights file that does not exist; dev
+    labels too large, unparsable, without ``uri,label`` or matching no image of a local source;
     ``method='backbone'`` with weights that lack the ImageNet classifier. Each raises
     :class:`ConfigError` (or the weights' own error) naming the fix."""
     source = params.source_uri
@@ -107,15 +115,32 @@ def check_inputs(params: RunParameters) -> None:
             what = name.removesuffix("_uri").replace("_", " ")
             check(storage.exists(value),
                   f"{what} {uris.redact(value)} does not exist; check the path", name)
+    if params.dev_labels_uri:
+        _check_dev_labels(params.dev_labels_uri, source)
     if params.method == "backbone":  # fail now, not after extraction, without a classifier
         from goggles.inference.imagenet import classifier_weights
 
         classifier_weights(params.backbone, params.weights_uri)
 
 
+def _check_dev_labels(dev_labels_uri: str, source: str) -> None:
+    """Read the dev labels now, not after extraction: size, format and columns; against a local
+    source, how many of them name one of its images (none is an error)."""
+    try:
+        table = read_dev_labels_table(dev_labels_uri)
+        if storage.is_local(source):
+            files = listing.list_files(source, IMAGE_EXTENSIONS)
+            match_dev_labels(table, [f.uri for f in files],
+                             f"dev labels {uris.redact(dev_labels_uri)}")
+    except (ValueError, storage.StorageError) as error:
+        raise ConfigError(str(error), "dev_labels_uri") from None
+
+
 def check_counts(n_images: int, num_classes: int, num_shards: int, manifest_uri: str = "") -> None:
     """Check a run against the number of accepted images (after ingest, before extraction)."""
     where = f" (rejection reasons: {manifest_uri})" if manifest_uri else ""
+    check_parameter("num_classes", num_classes)  # the plan task gets them from a cluster's form
+    check_parameter("num_shards", num_shards)
     if n_images < 1:
         raise StageError("no image was accepted: every file was rejected or none was found; "
                          f"see the manifest's error column and check the source{where}")
@@ -131,9 +156,9 @@ def run_record(values: Mapping[str, Any], *, runner: str, weights_source: str,
                num_prototypes: int) -> dict[str, Any]:
     """The parameters and provenance ``metrics.json`` records beside the metrics."""
     return {"num_prototypes": num_prototypes, "backbone": values["backbone"],
-            "weights_source": weights_source, "runner": runner, "seed": values["seed"],
-            "top_k": values["top_k"], "num_shards": values["num_shards"],
-            "source_uri": values["source_uri"]}
+            "weights_source": uris.redact(weights_source), "runner": runner,
+            "seed": values["seed"], "top_k": values["top_k"], "num_shards": values["num_shards"],
+            "source_uri": uris.redact(values["source_uri"])}
 
 
 def evaluate_and_report(*, manifest_uri: str, labels_uri: str, inference_uri: str,

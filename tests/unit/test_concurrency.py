@@ -76,3 +76,28 @@ def test_progress_is_logged_for_pods(caplog: pytest.LogCaptureFixture) -> None:
                      unit="obj"))
     messages = [r.getMessage() for r in caplog.records]
     assert "reading: 20/20 obj" in messages and len(messages) == 10
+
+
+def test_never_more_cost_in_flight_than_the_budget() -> None:
+    """Bytes in flight, not requests, bound memory: with 16 slots and a 100-byte budget, objects
+    of 40 bytes run at most two at a time, and one larger than the budget runs alone."""
+    sizes = [40] * 12 + [250] + [40] * 12
+    lock = threading.Lock()
+    running: list[int] = []
+    peaks: list[list[int]] = []
+
+    def read(index: int) -> int:
+        with lock:
+            running.append(sizes[index])
+            peaks.append(list(running))
+        time.sleep(0.004)
+        with lock:
+            running.remove(sizes[index])
+        return index
+
+    out = list(map_bounded(read, range(len(sizes)), max_concurrency=16,
+                           cost=lambda i: sizes[i], max_cost=100))
+    assert out == list(range(len(sizes)))
+    assert max(sum(p) for p in peaks if 250 not in p) <= 100
+    assert all(p == [250] for p in peaks if 250 in p)  # the large one alone
+    assert max(len(p) for p in peaks) == 2  # and it does run two at a time

@@ -54,6 +54,8 @@ def test_verbose_shows_the_traceback(tmp_path: Path) -> None:
      "--num-classes: num_classes must be at least 2, got 1"),
     (["{images}", "--num-classes", "2", "--output", "{out}", "--shards", "0"],
      "--shards: num_shards must be at least 1, got 0"),
+    (["{images}", "--num-classes", "2", "--output", "{out}", "--shards", "5000"],
+     "--shards: num_shards must be at most 1024, got 5000"),
     (["{images}", "--num-classes", "2", "--output", "{out}", "--max-iter", "0"],
      "--max-iter: max_iter must be at least 1, got 0"),
     (["{images}", "--num-classes", "2", "--output", "{out}", "--dev-labels", "{tmp}/dev.csv"],
@@ -82,3 +84,39 @@ def test_an_unknown_choice_is_refused_by_the_parser(capsys: pytest.CaptureFixtur
         main(["run", "x", "--num-classes", "2", "--output", "o", "--method", "magic"])
     assert exited.value.code == 2
     assert "invalid choice: 'magic'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("content", "expected"), [
+    ("path,name\nx.png,a\n", "lack column(s) ['label', 'uri']"),
+    ('uri,label\n"unclosed,a\n', "are not a CSV or Parquet table with columns uri,label"),
+    ("uri,label\nelsewhere/nothing.png,a\n", "none of the 1 rows of dev labels"),
+])
+def test_a_wrong_dev_labels_file_fails_before_anything_runs(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, expected: str) -> None:
+    images = _image_folder(tmp_path / "images")
+    dev = tmp_path / "dev.csv"
+    dev.write_text(content)
+    code = main(["run", str(images), "--num-classes", "2", "--output", str(tmp_path / "out"),
+                 "--dev-labels", str(dev), "--runner", "inprocess"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and err.startswith("goggles: error: --dev-labels: ")
+    assert expected in err, err
+    assert "unclosed" not in err  # the file's content is never echoed
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_huge_dev_labels_file_is_counted_not_logged_row_by_row(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from goggles.parameters import RunParameters
+    from goggles.pipeline.wiring import check_inputs
+
+    images = _image_folder(tmp_path / "images")
+    dev = tmp_path / "dev.csv"
+    rows = [f"{images}/a/x.png,red"] + [f"elsewhere/{i}.png,blue" for i in range(300_000)]
+    dev.write_text("uri,label\n" + "\n".join(rows) + "\n")
+    with caplog.at_level("INFO"):
+        check_inputs(RunParameters(source_uri=str(images), output_uri=str(tmp_path / "out"),
+                                   num_classes=2, dev_labels_uri=str(dev)))
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) <= 3, messages[:5]
+    assert any("1 of 300001 rows match an image; 300000 do not" in m for m in messages), messages

@@ -23,6 +23,7 @@ def ingest(source_uri: str, manifest: Output[Dataset]) -> None:
     import time
 
     import goggles
+    from goggles.io.uris import redact
     from goggles.pipeline import stages
     from goggles.pipeline.wiring import stage_config
 
@@ -32,6 +33,6 @@ def ingest(source_uri: str, manifest: Output[Dataset]) -> None:
     start = time.perf_counter()
     counts = stages.run_ingest(stage_config("ingest", {}), source_uri, manifest.path)
     manifest.metadata.update(counts)
-    manifest.metadata.update({"format": "parquet", "source_uri": source_uri,
+    manifest.metadata.update({"format": "parquet", "source_uri": redact(source_uri),
                               "goggles_version": goggles.__version__,
                               "seconds": round(time.perf_counter() - start, 3)})
