@@ -56,7 +56,8 @@ def main() -> int:
         for method in args.methods.split(","):
             start = time.perf_counter()
             metrics = run_inprocess(RunParameters(source_uri=str(source), output_uri=str(out),
-                                                  num_classes=len(task.classes), method=method))
+                                                  num_classes=len(task.classes), method=method,
+                                                  follow_symlinks=True))
             digest = hashlib.sha256((out / "labels.parquet").read_bytes()).hexdigest()
             digests[f"{name} {method}"] = digest
             print(f"{name:<20} {method:<9} {metrics.get('accuracy', float('nan')):.4f} "

@@ -124,7 +124,7 @@ def run_size(count: int, args: argparse.Namespace, rate: float,
             seconds[stage] = seconds.get(stage, 0.0) + time.perf_counter() - start
             return result
 
-        timed("ingest", lambda: stages.run_ingest(IngestConfig(), str(source),
+        timed("ingest", lambda: stages.run_ingest(IngestConfig(follow_symlinks=True), str(source),
                                                  paths["manifest"]))
 
         def cached_forward(uris: list[str], model: object, *, on_batch: Callable[..., None],

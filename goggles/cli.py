@@ -92,6 +92,10 @@ def _run_parameters(run: argparse.ArgumentParser) -> None:
         if spec.flag == "SOURCE":
             run.add_argument(item.name, metavar="SOURCE", help=help_text)
             continue
+        if types[item.name] is bool:  # a switch: on when given
+            run.add_argument(_flag(item.name), dest=item.name, action="store_true",
+                             default=item.default, help=help_text)
+            continue
         options: dict[str, Any] = {"dest": item.name, "type": types[item.name],
                                    "metavar": spec.metavar or ("N" if types[item.name] is int
                                                                else None)}

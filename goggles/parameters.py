@@ -100,6 +100,10 @@ class RunParameters:
     device: str = _parameter(
         "auto", "where the CNN, the affinity GEMM and the E-step run; auto: a GPU when there "
         "is one", choices=DEVICES, stages=("extract", "affinity", "infer"))
+    follow_symlinks: bool = _parameter(
+        False, "follow symlinks that lead outside the source (off: such files are rejected "
+        "and such folders skipped, so a source cannot expose other files)",
+        stages=("ingest",))
     descriptor_backbone: str = _parameter(
         "mobilenet_v2", "graph-em: a second network whose bilinear descriptors join the graph "
         "(+25% extract time beside VGG-16); none to skip it", choices=BACKBONES + ("none",),

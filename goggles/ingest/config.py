@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from goggles.config import IMAGE_EXTENSIONS, Config, check
+from goggles.parameters import default
 
 
 @dataclass(frozen=True)
@@ -17,12 +18,15 @@ class IngestConfig(Config):
     max_pixels : images with more pixels are rejected as decompression bombs.
     max_bytes : files larger than this are rejected without being read.
     labels_from_folders : take ground-truth labels from the first folder level (ImageFolder).
+    follow_symlinks : read files and folders that symlinks inside the source lead to outside it;
+        off, such a file is a rejected row and such a folder is skipped.
     """
 
     extensions: tuple[str, ...] = IMAGE_EXTENSIONS
     max_pixels: int = 64_000_000
     max_bytes: int = 256 * 1024 * 1024
     labels_from_folders: bool = True
+    follow_symlinks: bool = default("follow_symlinks")
 
     def __post_init__(self) -> None:
         check(len(self.extensions) > 0, "extensions must name at least one suffix, e.g. '.jpg'")

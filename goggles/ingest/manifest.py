@@ -14,8 +14,8 @@ Hostile inputs and what becomes of them:
   run external programs), more than ``max_pixels`` pixels (decompression bombs) or
   ``max_bytes`` bytes, data that covers only part of the declared size (a tiny TIFF claiming
   millions of rows), FIFOs, sockets and devices, symlink loops, files that vanish between
-  listing and reading, names that are not valid UTF-8, and paths that could resolve outside the
-  source prefix.
+  listing and reading, names that are not valid UTF-8, paths that could resolve outside the
+  source prefix, and (unless ``follow_symlinks``) symlinks that lead outside the source.
 """
 
 from __future__ import annotations
@@ -77,8 +77,9 @@ def precheck(listed: listing.ListedFile, config: IngestConfig) -> str | None:
     """The reason to reject ``listed`` without reading it, or None when it may be read.
 
     Refuses names that are not valid UTF-8 or that could resolve outside the source prefix, and
-    (for local files) what is not a regular file: reading a FIFO blocks forever and a device
-    such as /dev/zero never ends.
+    (for local files) what is not a regular file — reading a FIFO blocks forever and a device
+    such as /dev/zero never ends — and, unless ``config.follow_symlinks``, a symlink whose
+    target lies outside the source.
     """
     if printable(listed.uri) != listed.uri:
         return ("file name is not valid UTF-8 (its bytes are shown as \\xNN); rename the file "
@@ -101,6 +102,10 @@ def precheck(listed: listing.ListedFile, config: IngestConfig) -> str | None:
         if not stat.S_ISREG(info.st_mode):
             return ("not a regular file (a FIFO, socket or device); only regular files are "
                     "read")
+        root = listed.uri[:len(listed.uri) - len(listed.relative)] or "."
+        if not config.follow_symlinks and listing.leads_outside(listed.uri, root):
+            return ("a symlink that leads outside the source; follow_symlinks "
+                    "(--follow-symlinks) includes it")
         size = info.st_size
     if size > config.max_bytes:
         return f"file too large: {size} bytes exceeds max_bytes={config.max_bytes}"
@@ -153,7 +158,8 @@ def build_manifest(source_uri: str, config: IngestConfig) -> pa.Table:
     pa.Table with ``MANIFEST_SCHEMA``: one row per listed file, accepted ones numbered
     ``image_id`` 0..N-1 in path order.
     """
-    listed = listing.list_files(source_uri, config.extensions)
+    listed = listing.list_files(source_uri, config.extensions,
+                                follow_symlinks=config.follow_symlinks)
     if not listed:
         raise storage.StorageError(
             f"no image files under {source_uri!r} (looked for {', '.join(config.extensions)}); "

@@ -87,11 +87,19 @@ def _remote_version(info: dict) -> str:  # type: ignore[type-arg]
     return ""
 
 
-def _walk_local(root: str) -> Iterator[tuple[str, int, int]]:
+def _outside(path: str, root_real: str) -> bool:
+    real = os.path.realpath(path)
+    return real != root_real and not real.startswith(root_real.rstrip(os.sep) + os.sep)
+
+
+def _walk_local(root: str, follow_symlinks: bool = True) -> Iterator[tuple[str, int, int]]:
     """Files under ``root``, following symlinked folders but entering each real folder once, so a
     symlink loop cannot run forever. Paths stay under ``root`` (the link's path, not its target).
-    Yields (path, size, modification time in ns); -1 for both when the file cannot be read."""
+    Yields (path, size, modification time in ns); -1 for both when the file cannot be read.
+    Without ``follow_symlinks``, a symlinked folder that leads outside ``root`` is skipped (files
+    that do are still yielded: ingest rejects each with its reason)."""
     visited: set[str] = set()
+    root_real = os.path.realpath(root)
     for folder, dirnames, filenames in os.walk(root, followlinks=True):
         real = os.path.realpath(folder)
         if real in visited:
@@ -99,6 +107,14 @@ def _walk_local(root: str) -> Iterator[tuple[str, int, int]]:
             dirnames[:] = []
             continue
         visited.add(real)
+        if not follow_symlinks:
+            outside = [d for d in dirnames if os.path.islink(os.path.join(folder, d))
+                       and _outside(os.path.join(folder, d), root_real)]
+            for name in outside:
+                logger.warning("skipping %s: the symlinked folder leads outside the source; "
+                               "follow_symlinks (--follow-symlinks) includes it",
+                               os.path.join(folder, name))
+            dirnames[:] = [d for d in dirnames if d not in outside]
         dirnames.sort()
         for name in sorted(filenames):
             full = os.path.join(folder, name)
@@ -110,14 +126,23 @@ def _walk_local(root: str) -> Iterator[tuple[str, int, int]]:
             yield full, size, mtime
 
 
-def has_files(folder: str, extensions: tuple[str, ...]) -> bool:
-    """Whether local ``folder`` holds at least one file with a suffix in ``extensions``; stops
-    at the first one found."""
+def has_files(folder: str, extensions: tuple[str, ...], follow_symlinks: bool = True) -> bool:
+    """Whether local ``folder`` holds at least one file with a suffix in ``extensions`` (without
+    ``follow_symlinks``: one that is not a link leading outside it); stops at the first."""
     suffixes = tuple(e.lower() for e in extensions)
-    return any(full.lower().endswith(suffixes) for full, _, _ in _walk_local(folder))
+    root_real = os.path.realpath(folder)
+    return any(full.lower().endswith(suffixes)
+               and (follow_symlinks or not (os.path.islink(full) and _outside(full, root_real)))
+               for full, _, _ in _walk_local(folder, follow_symlinks))
 
 
-def list_files(root_uri: str, extensions: tuple[str, ...]) -> list[ListedFile]:
+def leads_outside(path: str, root: str) -> bool:
+    """Whether local ``path`` under ``root`` is a symlink whose target lies outside ``root``."""
+    return os.path.islink(path) and _outside(path, os.path.realpath(root))
+
+
+def list_files(root_uri: str, extensions: tuple[str, ...], *,
+               follow_symlinks: bool = True) -> list[ListedFile]:
     """List files under ``root_uri`` whose suffix is in ``extensions``, sorted by path.
 
     Remote stores are listed with their paginated listing calls (one ``find``, retried as a
@@ -130,7 +155,7 @@ def list_files(root_uri: str, extensions: tuple[str, ...]) -> list[ListedFile]:
         if not os.path.isdir(root):
             raise storage.StorageError(f"source {root_uri!r} is not a folder; give the folder that "
                                "holds the images")
-        for full, size, mtime in _walk_local(root):
+        for full, size, mtime in _walk_local(root, follow_symlinks):
             if full.lower().endswith(suffixes):
                 listed.append(ListedFile(full, os.path.relpath(full, root).replace(os.sep, "/"),
                                          size, str(mtime)))

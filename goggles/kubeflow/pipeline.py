@@ -126,6 +126,7 @@ def goggles_pipeline(
     seed: int = 0,
     dev_labels_uri: str = "",
     device: str = "auto",
+    follow_symlinks: bool = False,
     descriptor_backbone: str = "mobilenet_v2",
 ) -> Outputs:
     """Probabilistic labels for the images under ``source_uri`` (README, "Labeling your images").
@@ -143,9 +144,11 @@ def goggles_pipeline(
         ``pgm``, ``backbone``; see goggles.inference.registry).
     dev_labels_uri : optional CSV/Parquet of ``uri,label`` naming the clusters.
     device : ``auto`` uses the GPU where the task has one.
+    follow_symlinks : read what symlinks in a local source lead to outside it.
     descriptor_backbone : graph EM's second network (``none`` to skip it).
     """
-    ingest_task = _bucket_access(_resources(ingest(source_uri=source_uri), "ingest"))
+    ingest_task = _bucket_access(_resources(ingest(source_uri=source_uri,
+                                                   follow_symlinks=follow_symlinks), "ingest"))
     ingest_task.set_display_name("ingest: list and validate images")
 
     plan_task = _resources(plan_shards(manifest=ingest_task.outputs["manifest"],

@@ -157,11 +157,13 @@ def _docker_runner(params: RunParameters, images: tuple[str, ...], pipeline_root
         client.close()
     inputs = [uri for uri in (params.source_uri, params.dev_labels_uri, params.weights_uri) if uri]
     paths = [_absolute(uri) for uri in inputs if storage.is_local(uri)]
-    if params.source_uri and storage.is_local(params.source_uri):
+    # what symlinks in the source lead to is mounted only when the run follows them
+    follows = params.follow_symlinks and storage.is_local(params.source_uri)
+    if follows:
         paths += _symlink_targets(_absolute(params.source_uri))
     mounts = [docker.types.Mount(target=path, source=path, type="bind", read_only=True)
               for path in dict.fromkeys(paths)]
-    if params.source_uri and storage.is_local(params.source_uri):
+    if follows:
         mounts += [docker.types.Mount(target=named, source=real, type="bind", read_only=True)
                    for real, named in _symlink_aliases(_absolute(params.source_uri))
                    if named not in paths]

@@ -49,7 +49,8 @@ def run_inprocess(params: RunParameters) -> dict[str, Any]:
     records = StageRecords(storage.join(params.output_uri, "artifacts"))
     timings: dict[str, float] = {}
     files = [(f.relative, f.size, f.version)
-             for f in listing.list_files(params.source_uri, ingest_cfg.extensions)]
+             for f in listing.list_files(params.source_uri, ingest_cfg.extensions,
+                                         follow_symlinks=ingest_cfg.follow_symlinks)]
     ingest_key = stage_key("ingest", ingest_cfg.to_dict(), params.source_uri, files)
     with timed(timings, "ingest"):
         ingested = records.run("ingest", ingest_key, lambda: stages.run_ingest(

@@ -105,10 +105,13 @@ def check_inputs(params: RunParameters) -> None:
                                     "(or a gs:// or s3:// prefix)", "source_uri")
         check(os.path.isdir(path), f"source {where} is a file, not a folder; give the folder "
                                    "that holds the images", "source_uri")
-        check(listing.has_files(path, IMAGE_EXTENSIONS),
-              f"source {where} holds no image files (looked for "
-              f"{', '.join(IMAGE_EXTENSIONS)}); give the folder that holds the images",
-              "source_uri")
+        if not listing.has_files(path, IMAGE_EXTENSIONS, params.follow_symlinks):
+            linked = listing.has_files(path, IMAGE_EXTENSIONS, True)
+            raise ConfigError(
+                f"source {where} holds no image files (looked for "
+                f"{', '.join(IMAGE_EXTENSIONS)}); give the folder that holds the images" + (
+                    ", or pass --follow-symlinks: its images are symlinks that lead outside it"
+                    if linked else ""), "source_uri")
     for name in ("dev_labels_uri", "weights_uri"):
         value = getattr(params, name)
         if value and storage.is_local(value):
@@ -116,20 +119,20 @@ def check_inputs(params: RunParameters) -> None:
             check(storage.exists(value),
                   f"{what} {uris.redact(value)} does not exist; check the path", name)
     if params.dev_labels_uri:
-        _check_dev_labels(params.dev_labels_uri, source)
+        _check_dev_labels(params.dev_labels_uri, source, params.follow_symlinks)
     if params.method == "backbone":  # fail now, not after extraction, without a classifier
         from goggles.inference.imagenet import classifier_weights
 
         classifier_weights(params.backbone, params.weights_uri)
 
 
-def _check_dev_labels(dev_labels_uri: str, source: str) -> None:
+def _check_dev_labels(dev_labels_uri: str, source: str, follow_symlinks: bool) -> None:
     """Read the dev labels now, not after extraction: size, format and columns; against a local
     source, how many of them name one of its images (none is an error)."""
     try:
         table = read_dev_labels_table(dev_labels_uri)
         if storage.is_local(source):
-            files = listing.list_files(source, IMAGE_EXTENSIONS)
+            files = listing.list_files(source, IMAGE_EXTENSIONS, follow_symlinks=follow_symlinks)
             match_dev_labels(table, [f.uri for f in files],
                              f"dev labels {uris.redact(dev_labels_uri)}")
     except (ValueError, storage.StorageError) as error:

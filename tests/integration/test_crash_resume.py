@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.data]
 def command(source: Path, out: Path) -> list[str]:
     return [sys.executable, "-m", "goggles.cli", "run", str(source), "--num-classes", "3",
             "--output", str(out), "--runner", "inprocess", "--backbone", "mobilenet_v2",
-            "--shards", "4", "--seed", "5", "--device", "cpu"]
+            "--shards", "4", "--seed", "5", "--device", "cpu", "--follow-symlinks"]
 
 
 def run_until(source: Path, out: Path, trigger: str) -> str:

@@ -207,7 +207,7 @@ def test_pipeline_in_containers_gives_the_local_runners_labels(
 
     monkeypatch.setattr(docker_task_handler, "run_docker_container", recording)
     common = {"source_uri": str(source), "num_classes": 2, "backbone": "mobilenet_v2",
-              "num_shards": 2, "seed": 3}
+              "num_shards": 2, "seed": 3, "follow_symlinks": True}
     start = time.perf_counter()
     run_pipeline(RunParameters(output_uri=str(tmp_path / "docker"), **common), runner="docker",
                  pipeline_root=str(tmp_path / "root-docker"))

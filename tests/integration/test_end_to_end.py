@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.data]
 def test_cli_labels_two_species(cub_pair: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     code = main(["run", str(cub_pair), "--num-classes", "2", "--output", str(out),
-                 "--runner", "inprocess", "--shards", "2", "--seed", "3"])
+                 "--runner", "inprocess", "--shards", "2", "--seed", "3", "--follow-symlinks"])
     assert code == 0
     for name in ("labels.parquet", "manifest.parquet", "metrics.json", "report.html"):
         assert (out / name).is_file(), name

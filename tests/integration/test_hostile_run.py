@@ -50,7 +50,7 @@ def test_real_birds_mixed_with_hostile_files_run_to_completion(tmp_path: Path,
     out = tmp_path / "out"
     metrics = run_inprocess(RunParameters(source_uri=str(source), output_uri=str(out),
                                           num_classes=2, backbone="mobilenet_v2", top_k=3,
-                                          device="cpu", seed=0))
+                                          device="cpu", seed=0, follow_symlinks=True))
 
     manifest = pq.read_table(out / "manifest.parquet").to_pylist()
     listed = listing.list_files(str(source), IngestConfig().extensions)

@@ -65,9 +65,10 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     out3 = tmp / "out-3"
     code = main(["run", str(source), "--num-classes", "2", "--output", str(out3),
                  "--shards", "3", "--seed", str(SEED), "--backbone", BACKBONE,
-                 "--pipeline-root", str(root), "--cache"])
+                 "--pipeline-root", str(root), "--cache", "--follow-symlinks"])
     assert code == 0
-    common = {"source_uri": str(source), "num_classes": 2, "seed": SEED, "backbone": BACKBONE}
+    common = {"source_uri": str(source), "num_classes": 2, "seed": SEED, "backbone": BACKBONE,
+              "follow_symlinks": True}
     memory_out = "memory://goggles-local-runner/out-1"
     metrics1 = run_pipeline(RunParameters(output_uri=memory_out, num_shards=1, **common),
                             pipeline_root=str(root), enable_caching=True)

@@ -37,7 +37,7 @@ PER_SPECIES = 20
 DATA_BUCKET = "goggles-data"
 OUT_BUCKET = "goggles-out"
 RUN_OPTIONS = ["--num-classes", "2", "--backbone", "mobilenet_v2", "--shards", "2",
-               "--seed", "0", "--device", "cpu"]
+               "--seed", "0", "--device", "cpu", "--follow-symlinks"]
 COMPARED = ["image_id", "probs", "label", "label_name", "confidence"]
 
 

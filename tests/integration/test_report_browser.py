@@ -169,7 +169,7 @@ def test_report_opens_in_chromium_with_every_plot(tmp_path: Path) -> None:
         source, expected_accuracy = _synthetic_source(tmp_path), 0.9
     out = tmp_path / "out"
     params = RunParameters(source_uri=str(source), output_uri=str(out), num_classes=2,
-                           backbone="mobilenet_v2", seed=0)
+                           backbone="mobilenet_v2", seed=0, follow_symlinks=True)
     metrics = run_inprocess(params)
     assert metrics["accuracy"] >= expected_accuracy, metrics
     report = out / "report.html"
@@ -221,7 +221,7 @@ def test_report_opens_in_chromium_with_every_plot(tmp_path: Path) -> None:
     labels = pq.read_table(out / "labels.parquet")
     rerun = run_inprocess(RunParameters(
         source_uri=str(source), output_uri=str(out), num_classes=2, backbone="mobilenet_v2",
-        seed=0, dev_labels_uri=str(tmp_path / "dev-labels.csv")))
+        seed=0, dev_labels_uri=str(tmp_path / "dev-labels.csv"), follow_symlinks=True))
     named = pq.read_table(out / "labels.parquet")
     assert named["label"].to_pylist() == labels["label"].to_pylist()
     assert set(named["label_name"].to_pylist()) == {'species "0"', 'species "1"'}

@@ -268,3 +268,35 @@ def test_accepted_orders_by_image_id() -> None:
     table = pa.table({"image_id": pa.array([1, None, 0], pa.int64()),
                       "status": ["accepted", "rejected", "accepted"], "uri": ["b", "x", "a"]})
     assert accepted(table)["uri"].to_pylist() == ["a", "b"]
+
+
+def _png_bytes(value: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (value, 0, 0)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_symlinks_out_of_the_source_are_followed_only_when_asked(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    source, outside = tmp_path / "source", tmp_path / "outside"
+    (source / "a").mkdir(parents=True)
+    (outside / "folder").mkdir(parents=True)
+    (source / "a" / "own.png").write_bytes(_png_bytes(1))
+    (outside / "secret.png").write_bytes(_png_bytes(2))
+    (outside / "folder" / "more.png").write_bytes(_png_bytes(3))
+    (source / "a" / "linked.png").symlink_to(outside / "secret.png")
+    (source / "a" / "inside.png").symlink_to(source / "a" / "own.png")
+    (source / "b").symlink_to(outside / "folder", target_is_directory=True)
+    with caplog.at_level("WARNING"):
+        manifest = {Path(str(r["uri"])).name: r
+                    for r in build_manifest(str(source), IngestConfig()).to_pylist()}
+    assert set(manifest) == {"own.png", "inside.png", "linked.png"}  # b/ is not entered
+    assert manifest["own.png"]["status"] == manifest["inside.png"]["status"] == "accepted"
+    assert manifest["linked.png"]["status"] == "rejected"
+    assert "leads outside the source" in str(manifest["linked.png"]["error"])
+    assert "--follow-symlinks" in str(manifest["linked.png"]["error"])
+    assert "symlinked folder leads outside the source" in caplog.text
+    followed = {Path(str(r["uri"])).name: r["status"] for r in build_manifest(
+        str(source), IngestConfig(follow_symlinks=True)).to_pylist()}
+    assert followed == {"own.png": "accepted", "inside.png": "accepted",
+                        "linked.png": "accepted", "more.png": "accepted"}

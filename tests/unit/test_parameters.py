@@ -34,7 +34,7 @@ def test_the_pipeline_function_spells_out_the_declared_names_types_and_defaults(
                                        components.extract, components.affinity_shard,
                                        components.infer, components.evaluate])
 def test_every_component_parameter_is_a_declared_run_parameter(component) -> None:  # type: ignore[no-untyped-def]
-    kinds = {"String": str, "Integer": int}
+    kinds = {"String": str, "Integer": int, "Boolean": bool}
     parameters_of = {name: kinds[i.type] for name, i in component.component_spec.inputs.items()
                      if i.type in ("String", "Integer", "Float", "Boolean")}
     for name, kind in parameters_of.items():

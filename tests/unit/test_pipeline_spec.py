@@ -196,6 +196,9 @@ def test_parameters_are_typed_with_literal_defaults(compiled) -> None:
         if isinstance(value, str):
             assert definition.parameter_type == ParameterType.STRING, name
             assert definition.default_value.string_value == value, name
+        elif isinstance(value, bool):
+            assert definition.parameter_type == ParameterType.BOOLEAN, name
+            assert definition.default_value.bool_value == value, name
         else:
             assert definition.parameter_type == ParameterType.NUMBER_INTEGER, name
             assert definition.default_value.number_value == value, name

@@ -158,7 +158,7 @@ def test_local_manifest_uris_stay_under_the_source(tmp_path: Path) -> None:
     (source / "cls" / "linked").symlink_to(outside, target_is_directory=True)
     (source / "..::escape").mkdir()  # fsspec would read "source/.." for this folder's files
     (source / "..::escape" / "b.png").write_bytes(_png(3))
-    manifest = build_manifest(str(source), IngestConfig()).to_pylist()
+    manifest = build_manifest(str(source), IngestConfig(follow_symlinks=True)).to_pylist()
     for row in manifest:
         uri = str(row["uri"])
         assert os.path.normpath(uri).startswith(str(source) + os.sep), uri

@@ -9,7 +9,7 @@ from goggles.kubeflow.components.image import BASE_IMAGE
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
-def ingest(source_uri: str, manifest: Output[Dataset]) -> None:
+def ingest(source_uri: str, follow_symlinks: bool, manifest: Output[Dataset]) -> None:
     """Write the manifest of the images under ``source_uri``
     (:func:`goggles.pipeline.stages.run_ingest`).
 
@@ -17,6 +17,7 @@ def ingest(source_uri: str, manifest: Output[Dataset]) -> None:
     ----------
     source_uri : folder or bucket prefix of images (path, file://, gs://, s3://); first-level
         folders are read as ground-truth labels.
+    follow_symlinks : read what symlinks in a local source lead to outside it.
     manifest : Parquet, one row per listed file (:mod:`goggles.io.artifacts`); its metadata
         holds ``n_listed``, ``n_images``, ``n_rejected`` and the stage's ``seconds``.
     """
@@ -31,7 +32,8 @@ def ingest(source_uri: str, manifest: Output[Dataset]) -> None:
         raise ValueError("source_uri is empty: pass the folder or bucket prefix of the images, "
                          "e.g. source_uri=gs://my-bucket/images")
     start = time.perf_counter()
-    counts = stages.run_ingest(stage_config("ingest", {}), source_uri, manifest.path)
+    counts = stages.run_ingest(stage_config("ingest", {"follow_symlinks": follow_symlinks}),
+                               source_uri, manifest.path)
     manifest.metadata.update(counts)
     manifest.metadata.update({"format": "parquet", "source_uri": redact(source_uri),
                               "goggles_version": goggles.__version__,
