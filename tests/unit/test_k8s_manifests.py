@@ -1,6 +1,9 @@
 """k8s/: every overlay renders with ``kubectl kustomize`` and validates offline against the
 Kubernetes 1.30 schemas (``kubernetes-validate --strict``); the pipeline's profiles refer to the
-Secret, ConfigMap, user and GPU pool that the overlay of the same name provides."""
+Secret, ConfigMap, user and GPU pool that the overlay of the same name provides; the Role grants
+no Secret or ConfigMap it does not name and no write on pods.
+
+No cluster runs here: these check the rendered manifests, not what an API server admits."""
 
 from __future__ import annotations
 
@@ -46,6 +49,34 @@ def _render(overlay: str) -> dict[tuple[str, str], dict]:
     return {(d["kind"], d["metadata"]["name"]): d for d in documents if d}
 
 
+SECRET_LIKE = {"secrets", "configmaps"}
+POD_WRITES = {"patch", "update", "create", "delete", "deletecollection", "*"}
+
+
+def role_problems(documents: list[dict]) -> list[str]:
+    """What is wrong with the Roles and ClusterRoles among ``documents``: a rule on Secrets or
+    ConfigMaps without ``resourceNames`` (every one in the namespace), any write on pods, and
+    wildcards (which would grant both)."""
+    problems = []
+    for document in documents:
+        if document.get("kind") not in {"Role", "ClusterRole"}:
+            continue
+        name = f"{document['kind']}/{document['metadata']['name']}"
+        for index, rule in enumerate(document.get("rules", [])):
+            where = f"{name} rule {index}"
+            resources = set(rule.get("resources", []))
+            verbs = set(rule.get("verbs", []))
+            if "*" in resources or "*" in rule.get("apiGroups", []) or "*" in verbs:
+                problems.append(f"{where}: wildcard")
+            if resources & SECRET_LIKE and not rule.get("resourceNames"):
+                problems.append(f"{where}: {sorted(resources & SECRET_LIKE)} without "
+                                "resourceNames")
+            if "" in rule.get("apiGroups", []) and resources & {"pods", "*"} \
+                    and verbs & POD_WRITES:
+                problems.append(f"{where}: {sorted(verbs & POD_WRITES)} on pods")
+    return problems
+
+
 def test_there_are_dev_and_prod_overlays() -> None:
     assert {"dev", "prod"} <= set(OVERLAYS)
 
@@ -76,6 +107,45 @@ def test_the_validator_rejects_what_kubernetes_would(tmp_path: Path) -> None:
     done = _validate(bad)
     assert done.returncode != 0
     assert done.stdout.count("did not validate") + done.stderr.count("did not validate") == 2
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_role_names_every_secret_and_config_map_and_writes_no_pod(overlay: str) -> None:
+    resources = _render(overlay)
+    role = resources[("Role", "goggles-runner")]
+    assert role_problems(list(resources.values())) == []
+    named = {resource: set(rule.get("resourceNames", ()))
+             for rule in role["rules"] for resource in rule["resources"]}
+    # what KFP's launcher and Argo's executor read by name; goggles' own Secret and ConfigMap
+    # reach the pods through the pod spec (the kubelet), so the Role needs neither
+    assert named["configmaps"] == {"kfp-launcher"}
+    assert named["secrets"] == {"mlpipeline-minio-artifact"}
+    assert "pods" not in named and "pods/log" not in named
+    assert named["workflowtaskresults"] == set()
+    binding = resources[("RoleBinding", "goggles-runner")]
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                  "name": "goggles-runner"}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "goggles-runner",
+                                    "namespace": role["metadata"]["namespace"]}]
+
+
+def test_the_role_check_reports_what_it_should() -> None:
+    """The check above can fail: the Role k8s/base had before, and wildcards, are reported."""
+    broad = {"kind": "Role", "metadata": {"name": "broad"}, "rules": [
+        {"apiGroups": [""], "resources": ["configmaps", "secrets"], "verbs": ["get"]},
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "watch", "patch"]},
+        {"apiGroups": ["argoproj.io"], "resources": ["workflowtaskresults"],
+         "verbs": ["create", "patch"]}]}
+    wild = {"kind": "ClusterRole", "metadata": {"name": "wild"}, "rules": [
+        {"apiGroups": [""], "resources": ["*"], "verbs": ["*"]}]}
+    named = {"kind": "Role", "metadata": {"name": "named"}, "rules": [
+        {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["a"], "verbs": ["get"]},
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]}
+    assert role_problems([broad, wild, named]) == [
+        "Role/broad rule 0: ['configmaps', 'secrets'] without resourceNames",
+        "Role/broad rule 1: ['patch'] on pods",
+        "ClusterRole/wild rule 0: wildcard",
+        "ClusterRole/wild rule 0: ['*'] on pods"]
 
 
 @pytest.fixture(scope="module")
