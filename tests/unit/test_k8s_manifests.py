@@ -77,6 +77,39 @@ def role_problems(documents: list[dict]) -> list[str]:
     return problems
 
 
+def egress_peers(policy: dict, port: int, protocol: str = "TCP") -> list[dict]:
+    """The destinations a NetworkPolicy lets its pods reach on ``port``: ``[{}]`` for anywhere."""
+    peers = []
+    for rule in policy["spec"].get("egress", []):
+        ports = rule.get("ports") or [{}]  # a rule without ports allows every port
+        if any(p.get("port", port) == port and p.get("protocol", "TCP") == protocol
+               for p in ports):
+            peers += rule.get("to") or [{}]
+    return peers
+
+
+def _namespace_of(peer: dict) -> str | None:
+    return peer.get("namespaceSelector", {}).get("matchLabels", {}).get(
+        "kubernetes.io/metadata.name")
+
+
+def egress_problems(policy: dict) -> list[str]:
+    """What makes a NetworkPolicy fail as the task pods' egress fence: not Egress-only, a rule
+    open to every port, no DNS to the cluster's resolver."""
+    problems = []
+    if policy["spec"].get("policyTypes") != ["Egress"]:
+        problems.append(f"policyTypes {policy['spec'].get('policyTypes')}, not [Egress]")
+    for index, rule in enumerate(policy["spec"].get("egress", [])):
+        if not rule.get("ports"):
+            problems.append(f"egress rule {index} allows every port")
+    for protocol in ("UDP", "TCP"):
+        if not any(_namespace_of(peer) == "kube-system"
+                   and peer.get("podSelector", {}).get("matchLabels") == {"k8s-app": "kube-dns"}
+                   for peer in egress_peers(policy, 53, protocol)):
+            problems.append(f"no DNS ({protocol} 53 to kube-dns)")
+    return problems
+
+
 def test_there_are_dev_and_prod_overlays() -> None:
     assert {"dev", "prod"} <= set(OVERLAYS)
 
@@ -146,6 +179,55 @@ def test_the_role_check_reports_what_it_should() -> None:
         "Role/broad rule 1: ['patch'] on pods",
         "ClusterRole/wild rule 0: wildcard",
         "ClusterRole/wild rule 0: ['*'] on pods"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_task_pods_may_reach_dns_kfp_the_api_and_the_object_store_only(overlay: str,
+                                                                        compiled) -> None:
+    resources = _render(overlay)
+    policies = [d for (kind, _), d in resources.items() if kind == "NetworkPolicy"]
+    assert len(policies) == 1, policies
+    policy = policies[0]
+    assert egress_problems(policy) == []
+    assert "ingress" not in policy["spec"]
+    # it selects exactly the pods the profile labels: every task pod of this overlay's profile
+    label = dict([kubeflow_pipeline.TASK_POD_LABEL])
+    assert policy["spec"]["podSelector"] == {"matchLabels": label}
+    for name, settings in compiled[overlay]["executors"].items():
+        assert label.items() <= settings["podMetadata"]["labels"].items(), name
+    # Kubeflow Pipelines: ML Metadata (8080) and the ml-pipeline API (8887), in kubeflow only
+    for port in (8080, 8887):
+        assert [_namespace_of(peer) for peer in egress_peers(policy, port)] == ["kubeflow"]
+    # the API server (RBAC's reads and writes) on its usual ports
+    assert egress_peers(policy, 6443) and egress_peers(policy, 443)
+    # the object store: the endpoint the overlay's ConfigMap names, else HTTPS to the cloud
+    endpoint = resources[("ConfigMap", kubeflow_pipeline.DEFAULTS_CONFIG_MAP)]["data"].get(
+        "AWS_ENDPOINT_URL")
+    anywhere = {port for port in (80, 443, 8080, 8887, 9000, 6443)
+                if {} in egress_peers(policy, port)}
+    if endpoint:
+        host, _, port = endpoint.split("://")[1].partition(":")
+        namespace = host.split(".")[1]
+        assert namespace in {_namespace_of(peer) for peer in egress_peers(policy, int(port))}
+        assert anywhere == set(), f"{overlay} keeps its store in-cluster, yet opens {anywhere}"
+    else:
+        assert anywhere == {443}, anywhere
+
+
+def test_the_egress_check_reports_what_it_should() -> None:
+    """The check above can fail: a policy that also fences ingress, opens every port of a
+    destination and has no DNS is reported on each count."""
+    loose = {"spec": {"policyTypes": ["Ingress", "Egress"], "egress": [
+        {"to": [{"namespaceSelector": {"matchLabels": {
+            "kubernetes.io/metadata.name": "kube-system"}}}]},
+        {"ports": [{"protocol": "TCP", "port": 443}]}]}}
+    assert egress_problems(loose) == ["policyTypes ['Ingress', 'Egress'], not [Egress]",
+                                      "egress rule 0 allows every port",
+                                      "no DNS (UDP 53 to kube-dns)",
+                                      "no DNS (TCP 53 to kube-dns)"]
+    assert egress_peers(loose, 443) == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}}},
+        {}]
 
 
 @pytest.fixture(scope="module")
