@@ -121,8 +121,11 @@ def test_overlay_renders_and_validates_against_kubernetes_1_30(overlay: str,
     rendered.write_text(_kustomize(K8S / "overlays" / overlay))
     documents = [d for d in yaml.safe_load_all(rendered.read_text()) if d]
     assert len(documents) >= 6
-    namespaces = {d["metadata"].get("namespace") for d in documents}
+    # every object in one namespace, and the overlay's Namespace is that one
+    namespaces = {d["metadata"].get("namespace") for d in documents if d["kind"] != "Namespace"}
     assert len(namespaces) == 1 and None not in namespaces, namespaces
+    assert [d["metadata"]["name"] for d in documents if d["kind"] == "Namespace"] == \
+        list(namespaces)
     done = _validate(rendered)
     assert done.returncode == 0, done.stdout + done.stderr
     passed = re.findall(r"passed for resource", done.stdout + done.stderr)
@@ -140,6 +143,16 @@ def test_the_validator_rejects_what_kubernetes_would(tmp_path: Path) -> None:
     done = _validate(bad)
     assert done.returncode != 0
     assert done.stdout.count("did not validate") + done.stderr.count("did not validate") == 2
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_namespace_enforces_pod_security_restricted(overlay: str) -> None:
+    namespaces = [d for (kind, _), d in _render(overlay).items() if kind == "Namespace"]
+    assert len(namespaces) == 1
+    # only these labels: the namespace is a Kubeflow profile's, not goggles' to label otherwise
+    assert namespaces[0]["metadata"]["labels"] == {
+        f"pod-security.kubernetes.io/{mode}": "restricted"
+        for mode in ("enforce", "audit", "warn")}
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
