@@ -59,12 +59,16 @@ DEFAULTS_CONFIG_MAP = "goggles-defaults"
 """k8s/base's ConfigMap: environment defaults of the tasks that read buckets."""
 DEFAULTS_ENV = ("GOOGLE_APPLICATION_CREDENTIALS", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION",
                 "GOGGLES_OFFLINE", "TQDM_MININTERVAL")
-PROFILES = {"default": {"gpu": True, "namespace": False},
-            "dev": {"gpu": False, "namespace": True},
-            "prod": {"gpu": True, "namespace": True}}
+SERVICE_ACCOUNT = "goggles-runner"
+"""k8s/base's ServiceAccount, bound to the Role that names what KFP's pods may read."""
+PROFILES = {"default": {"gpu": True, "namespace": False, "service_account": ""},
+            "dev": {"gpu": False, "namespace": True, "service_account": SERVICE_ACCOUNT},
+            "prod": {"gpu": True, "namespace": True, "service_account": SERVICE_ACCOUNT}}
 """Compile profiles: extract on the GPU node pool; the namespace's Secret/ConfigMap, non-root
 security context and the task pod label its NetworkPolicy selects (k8s/). Secret and ConfigMap
-are optional: with workload identity, neither is needed."""
+are optional: with workload identity, neither is needed. ``service_account`` is who runs submit
+and schedule use unless told otherwise (``""``: the namespace's default for pipelines, e.g.
+``default-editor``); a run's service account is not part of the compiled pipeline."""
 _build = dict(PROFILES["default"])
 """The profile being built: kfp runs the pipeline body once, when it is decorated."""
 
