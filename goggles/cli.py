@@ -127,9 +127,11 @@ def _cluster_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--package", default="",
                         help="a compiled package to send (default: compile the pipeline now)")
     parser.add_argument("--profile", default="default", choices=("default", "dev", "prod"),
-                        help="with no --package: cluster settings matching k8s/overlays/<profile>")
-    parser.add_argument("--service-account", default="",
-                        help="run the pods as this ServiceAccount (k8s/base: goggles-runner)")
+                        help="k8s/overlays/<profile>: with no --package, compile with its "
+                             "cluster settings; dev and prod run as goggles-runner")
+    parser.add_argument("--service-account", default="", metavar="NAME",
+                        help="run the pods as this ServiceAccount (default: goggles-runner "
+                             "with --profile dev|prod, else the namespace's default)")
     parser.add_argument("parameters", nargs="*", metavar="PARAM=VALUE",
                         help="pipeline parameters, e.g. source_uri=gs://bucket/images "
                              "num_classes=3 num_shards=8")

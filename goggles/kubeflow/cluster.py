@@ -45,6 +45,17 @@ def compile_package(package_path: str = "", profile: str = "default") -> str:
     return str(compile_pipeline(package_path, profile))
 
 
+def profile_service_account(profile: str) -> str:
+    """Who a profile's runs run as when no service account is given: ``goggles-runner`` (the
+    overlays' ServiceAccount) for ``dev`` and ``prod``, ``""`` (KFP's default: the namespace's
+    ``default-editor`` in multi-user Kubeflow) for ``default``."""
+    from goggles.kubeflow.pipeline import PROFILES
+
+    if profile not in PROFILES:
+        raise SubmitError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
+    return str(PROFILES[profile]["service_account"])
+
+
 def package_parameters(package_path: str) -> dict[str, dict[str, Any]]:
     """The root parameters of a compiled package: ``{name: {"type": ..., "default": ...}}``."""
     with open(package_path, encoding="utf-8") as handle:
@@ -117,7 +128,9 @@ def submit(host: str, assignments: Sequence[str], *, experiment: str = DEFAULT_E
            run_name: str = "", package_path: str = "", namespace: str = "",
            profile: str = "default", service_account: str = "") -> str:
     """Start one run of the pipeline on the cluster at ``host``; returns the run id.
-    ``service_account`` runs the pods as that ServiceAccount (k8s/base: goggles-runner)."""
+    ``service_account`` runs the pods as that ServiceAccount; without it, the profile's
+    (:func:`profile_service_account`: goggles-runner for dev and prod)."""
+    service_account = service_account or profile_service_account(profile)
     package = package_path or compile_package(profile=profile)
     try:
         arguments = parse_arguments(assignments, package)
@@ -128,7 +141,8 @@ def submit(host: str, assignments: Sequence[str], *, experiment: str = DEFAULT_E
     finally:
         if not package_path:
             os.remove(package)
-    logger.info("submitted run %s in experiment %r", result.run_id, experiment)
+    logger.info("submitted run %s in experiment %r as %s", result.run_id, experiment,
+                service_account or "the namespace's default service account")
     return str(result.run_id)
 
 
@@ -136,8 +150,10 @@ def schedule(host: str, cron: str, assignments: Sequence[str], *,
              experiment: str = DEFAULT_EXPERIMENT, job_name: str = DEFAULT_JOB_NAME,
              package_path: str = "", namespace: str = "", max_concurrency: int = 1,
              profile: str = "default", service_account: str = "") -> str:
-    """Create a recurring run on ``cron`` (six fields); returns the recurring run's id."""
+    """Create a recurring run on ``cron`` (six fields); returns the recurring run's id.
+    ``service_account`` as for :func:`submit`."""
     cron = check_cron(cron)
+    service_account = service_account or profile_service_account(profile)
     package = package_path or compile_package(profile=profile)
     try:
         arguments = parse_arguments(assignments, package)
@@ -150,5 +166,6 @@ def schedule(host: str, cron: str, assignments: Sequence[str], *,
     finally:
         if not package_path:
             os.remove(package)
-    logger.info("scheduled %r on %r in experiment %r", job_name, cron, experiment)
+    logger.info("scheduled %r on %r in experiment %r as %s", job_name, cron, experiment,
+                service_account or "the namespace's default service account")
     return str(recurring.recurring_run_id)

@@ -11,8 +11,9 @@ machine.
 
 Profiles match k8s/overlays/: ``dev`` (CPU nodes only) and ``prod`` (extract on the GPU node
 pool) both mount the namespace's bucket-credentials Secret and defaults ConfigMap (k8s/base) into
-the tasks that read buckets and run every task as the images' non-root user; ``default`` has
-neither, for a Kubeflow install whose pipeline runner already reaches the buckets.
+the tasks that read buckets, run every task as the images' non-root user and label every task pod
+for the namespace's NetworkPolicy; ``default`` has none of these, for a Kubeflow install whose
+pipeline runner already reaches the buckets.
 """
 
 import argparse
@@ -51,16 +52,23 @@ BUCKET_SECRET = "goggles-bucket-credentials"
 BUCKET_SECRET_MOUNT = "/var/secrets/goggles"
 BUCKET_SECRET_ENV = {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
                      "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"}
+TASK_POD_LABEL = ("app.kubernetes.io/part-of", "goggles")
+"""Label of every task pod: k8s/base's NetworkPolicy selects the pods it restricts by it (KFP's
+own driver pods, which run no goggles code, do not carry it)."""
 DEFAULTS_CONFIG_MAP = "goggles-defaults"
 """k8s/base's ConfigMap: environment defaults of the tasks that read buckets."""
 DEFAULTS_ENV = ("GOOGLE_APPLICATION_CREDENTIALS", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION",
                 "GOGGLES_OFFLINE", "TQDM_MININTERVAL")
-PROFILES = {"default": {"gpu": True, "namespace": False},
-            "dev": {"gpu": False, "namespace": True},
-            "prod": {"gpu": True, "namespace": True}}
-"""Compile profiles: extract on the GPU node pool; the namespace's Secret/ConfigMap and non-root
-security context (k8s/). Secret and ConfigMap are optional: with workload identity, neither is
-needed."""
+SERVICE_ACCOUNT = "goggles-runner"
+"""k8s/base's ServiceAccount, bound to the Role that names what KFP's pods may read."""
+PROFILES = {"default": {"gpu": True, "namespace": False, "service_account": ""},
+            "dev": {"gpu": False, "namespace": True, "service_account": SERVICE_ACCOUNT},
+            "prod": {"gpu": True, "namespace": True, "service_account": SERVICE_ACCOUNT}}
+"""Compile profiles: extract on the GPU node pool; the namespace's Secret/ConfigMap, non-root
+security context and the task pod label its NetworkPolicy selects (k8s/). Secret and ConfigMap
+are optional: with workload identity, neither is needed. ``service_account`` is who runs submit
+and schedule use unless told otherwise (``""``: the namespace's default for pipelines, e.g.
+``default-editor``); a run's service account is not part of the compiled pipeline."""
 _build = dict(PROFILES["default"])
 """The profile being built: kfp runs the pipeline body once, when it is decorated."""
 
@@ -92,6 +100,7 @@ def _resources(task: dsl.PipelineTask, stage: str) -> dsl.PipelineTask:
     if _build["namespace"]:
         kubernetes.set_security_context(task, run_as_user=IMAGE_USER, run_as_group=IMAGE_USER,
                                         run_as_non_root=True)
+        kubernetes.add_pod_label(task, *TASK_POD_LABEL)
     return (task.set_cpu_request(cpu).set_memory_request(memory)
             .set_memory_limit(memory_limit).set_caching_options(enable_caching=True))
 
