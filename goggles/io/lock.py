@@ -52,9 +52,9 @@ process, which together identify the holder on its own machine.
 
 On ``gs://`` and ``s3://`` a store that ignores the precondition (some S3-compatible servers)
 would let two runs both "create" the lock, so each acquisition repeats its create once more and
-expects it to be refused; a store that accepts it raises :class:`LockUnsupported` and the lock is
-removed again. A create whose reply was lost and that is retried meets its own lock: the token in
-the body tells it is ours.
+expects it to be refused; when the store accepts it, the lock is removed again and
+:class:`LockUnsupported` raised. A create whose reply was lost and that is retried meets its own
+lock: the token in the body tells it is ours.
 
 **Stale locks.** A run killed with SIGKILL or a lost machine leaves its lock behind. The lock is
 broken automatically only when goggles is sure its holder is gone: the same host name, boot id
@@ -115,8 +115,8 @@ Removal = Literal["deleted", "gone", "changed"]
 class LockHeld(storage.StorageError):
     """Another run holds the output folder's lock; the message names it and how to break it."""
 
-    def __init__(self, message: str, *, output_uri: str, lock_uri: str,
-                 holder: Holder | None, state: State):
+    def __init__(self, message: str, *, output_uri: str = "", lock_uri: str = "",
+                 holder: Holder | None = None, state: State = "unknown"):
         super().__init__(message)
         self.output_uri = output_uri
         self.lock_uri = lock_uri
@@ -252,7 +252,7 @@ class _Store:
         raise NotImplementedError
 
     def delete(self, version: Any) -> Removal:
-        """Delete the object if it is still at ``version``."""
+        """Delete the object if it is still at ``version`` (as :meth:`read` gave it)."""
         raise NotImplementedError
 
     def check_exclusive(self, body: bytes) -> None:
@@ -328,7 +328,7 @@ class _LocalStore(_Store):
             current = self.read()
             if current is None:
                 return "gone"
-            if version is not None and current[0] != version:
+            if current[0] != version:
                 return "changed"
             try:
                 os.unlink(self.path)
@@ -383,7 +383,7 @@ class _MemoryStore(_Store):
                 data = bytes(self.fs.cat_file(self.path))
             except FileNotFoundError:
                 return "gone"
-            if version is not None and data != version:
+            if data != version:
                 return "changed"
             self.fs.rm_file(self.path)
             return "deleted"
@@ -445,9 +445,8 @@ class _ObjectStore(_Store):
     def check_exclusive(self, body: bytes) -> None:
         if not self.create(body):
             return
-        # The store wrote over an existing object: it ignores the precondition. Our own lock
-        # (the same body) is what it overwrote; remove it and refuse.
-        self.delete(None)
+        # The store wrote over an existing object (our lock, with the same body): it ignores
+        # the precondition. The caller removes the lock and refuses.
         raise LockUnsupported(
             f"cannot lock {redact(self.uri)!r}: the store accepted a second create of an "
             f"existing object, ignoring the precondition {self.precondition}, so two runs into "
@@ -470,8 +469,8 @@ class _GCSStore(_ObjectStore):
         return bytes(data), generation
 
     def _delete(self, version: Any) -> None:
-        condition = {} if version is None else {"ifGenerationMatch": str(version)}
-        self.fs.call("DELETE", "b/{}/o/{}", self.bucket, self.key, **condition)
+        self.fs.call("DELETE", "b/{}/o/{}", self.bucket, self.key,
+                     ifGenerationMatch=str(version))
 
 
 class _S3Store(_ObjectStore):
@@ -492,8 +491,7 @@ class _S3Store(_ObjectStore):
         return fsspec.asyn.sync(self.fs.loop, get)  # type: ignore[no-any-return]
 
     def _delete(self, version: Any) -> None:
-        condition = {} if version is None else {"IfMatch": str(version)}
-        self.fs.call_s3("delete_object", Bucket=self.bucket, Key=self.key, **condition)
+        self.fs.call_s3("delete_object", Bucket=self.bucket, Key=self.key, IfMatch=str(version))
 
 
 def _store(uri: str) -> _Store:
@@ -562,7 +560,7 @@ class OutputLock:
                 try:
                     self._store.check_exclusive(body)
                 except BaseException:
-                    self.held = False
+                    self.release()  # ours, whatever went wrong: do not leave it behind
                     raise
                 logger.info("locked %s for this run (%s)", redact(self.output_uri),
                             redact(self.uri))
