@@ -52,6 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--pipeline-root", default="", metavar="DIR",
                      help="local/docker runners: folder for kfp's task outputs (default: a "
                           "temporary folder, removed after a successful run)")
+    run.add_argument("--break-lock", action="store_true",
+                     help="remove the lock another run left on OUT (only when that run is no "
+                          "longer running: two runs into one OUT would mix their files)")
     run.add_argument("--cache", action="store_true",
                      help="local/docker runners: reuse task outputs of earlier runs with the "
                           "same inputs under --pipeline-root (kfp's local cache)")
@@ -146,15 +149,26 @@ class _Scrubbed(logging.Formatter):
 
 
 def _configure_logging(verbose: bool) -> None:
+    """goggles' and kfp's progress at INFO (DEBUG with -v); other libraries' only from WARNING
+    (INFO with -v), so a storage client's chatter does not bury the one line that matters."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_Scrubbed("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler])
+    for name in ("goggles", "kfp"):
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
 def _run(args: argparse.Namespace) -> int:
     from goggles.pipeline.inprocess import run_inprocess
 
     params = RunParameters(**{name: getattr(args, name) for name in parameters.names()})
+    if args.break_lock:
+        from goggles.io.lock import break_lock
+
+        holder = break_lock(params.output_uri)
+        if holder is not None:
+            logger.warning("removed the lock of %s held by pid %s on %s since %s",
+                           params.output_uri, holder.pid, holder.host, holder.started_at)
     if args.runner == "inprocess":
         metrics = run_inprocess(params)
     else:

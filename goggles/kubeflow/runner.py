@@ -36,6 +36,8 @@ from typing import Any
 
 from goggles.io import storage
 from goggles.io.artifacts import output_paths
+from goggles.io.lock import output_lock
+from goggles.io.uris import redact
 from goggles.parameters import RunParameters, spec
 from goggles.pipeline.wiring import check_run
 
@@ -219,6 +221,13 @@ def run_pipeline(params: RunParameters, runner: str = "local", *, pipeline_root:
     if runner not in RUNNERS:
         raise ValueError(f"unknown runner {runner!r}; choose one of {', '.join(RUNNERS)}")
     check_run(params)
+    with output_lock(params.output_uri,
+                     owner_note=f"goggles run ({runner} runner) of {redact(params.source_uri)}"):
+        return _run_locked(params, runner, pipeline_root, enable_caching, keep_pipeline_root)
+
+
+def _run_locked(params: RunParameters, runner: str, pipeline_root: str, enable_caching: bool,
+                keep_pipeline_root: bool) -> dict[str, Any]:
     from kfp import local
 
     from goggles.kubeflow import pipeline as module

@@ -22,7 +22,9 @@ from typing import Any
 
 from goggles.io import listing, storage
 from goggles.io.artifacts import output_paths
+from goggles.io.lock import output_lock
 from goggles.io.resume import StageRecords, stage_key
+from goggles.io.uris import redact
 from goggles.parameters import RunParameters
 from goggles.pipeline import stages
 from goggles.pipeline.wiring import check_counts, check_run, evaluate_and_report, run_record
@@ -41,8 +43,16 @@ def timed(timings: dict[str, float], stage: str) -> Iterator[None]:
 
 
 def run_inprocess(params: RunParameters) -> dict[str, Any]:
-    """Run every stage in this process; returns the metrics written to ``metrics.json``."""
+    """Run every stage in this process, holding the output's lock (:mod:`goggles.io.lock`: a
+    second run into the same output fails at once); returns the metrics written to
+    ``metrics.json``."""
     configs = check_run(params)
+    with output_lock(params.output_uri,
+                     owner_note=f"goggles run (in process) of {redact(params.source_uri)}"):
+        return _run_stages(params, configs)
+
+
+def _run_stages(params: RunParameters, configs: dict[str, Any]) -> dict[str, Any]:
     ingest_cfg, extract_cfg = configs["ingest"], configs["extract"]
     affinity_cfg, infer_cfg = configs["affinity"], configs["infer"]
     paths = output_paths(params.output_uri)
