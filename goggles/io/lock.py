@@ -265,6 +265,10 @@ class OutputLock:
         self.holder = Holder.this_process(owner_note)
         self.held = False
         self._store = _store(self.uri)
+        # a local output folder the lock creates is removed with it if the run left it empty,
+        # so a run that fails before writing anything leaves nothing behind
+        local = storage.is_local(output_uri)
+        self._made_folder = local and not os.path.exists(storage.local_path(output_uri))
 
     def acquire(self) -> OutputLock:
         """Take the lock or raise :class:`LockHeld` at once; never waits for another run."""
@@ -326,6 +330,11 @@ class OutputLock:
             if outcome != "deleted":
                 logger.warning("the lock %s changed while this run removed it (%s); leaving "
                                "it", redact(self.uri), outcome)
+            elif self._made_folder:
+                try:
+                    os.rmdir(storage.local_path(self.output_uri))
+                except OSError:
+                    pass  # the run wrote into it: keep it
         except Exception as error:  # noqa: BLE001 - releasing must not hide the run's outcome
             logger.warning("could not remove the lock %s (%s: %s); remove it by hand before "
                            "the next run into %s", redact(self.uri), type(error).__name__,

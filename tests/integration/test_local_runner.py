@@ -178,7 +178,7 @@ def test_impossible_shard_count_fails_in_the_plan_before_extraction(tmp_path: Pa
     source = cub_task(tmp_path, "001", limit=3)
     root = tmp_path / "root"
     params = RunParameters(source_uri=str(source), output_uri=str(tmp_path / "out"),
-                           num_classes=2, num_shards=5, backbone=BACKBONE)
+                           num_classes=2, num_shards=5, backbone=BACKBONE, follow_symlinks=True)
     with pytest.raises(PipelineRunError, match="plan-shards") as raised:
         run_pipeline(params, pipeline_root=str(root))
     assert str(root) in str(raised.value)
