@@ -11,9 +11,12 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -268,3 +271,53 @@ def make_hostile_tree(root: Path, *, classes: tuple[str, str] = ("class_a", "cla
     expected[f"{second}/folder.jpg/inside.png"] = Expect("accepted", size=(48, 32))
     (root / first / "notes.txt").write_text("not listed: no image suffix")
     return expected
+
+
+class RecordingClient:
+    """Stands in for kfp.Client, as no KFP server can run here: records each call (what
+    ``goggles submit/schedule`` hand the server, the package read while it still exists) and
+    answers with ids like the server's. Everything before that call is the real code."""
+
+    instances: list[RecordingClient] = []
+
+    def __init__(self, host: str | None = None, namespace: str = "kubeflow", **kwargs: Any):
+        self.host, self.namespace, self.kwargs = host, namespace, kwargs
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        RecordingClient.instances.append(self)
+
+    @staticmethod
+    def _package(path: str) -> dict[str, Any]:
+        with open(path, encoding="utf-8") as handle:
+            return {"path": path, "spec": next(iter(yaml.safe_load_all(handle)))}
+
+    def create_run_from_pipeline_package(self, pipeline_file: str, arguments: dict[str, Any],
+                                         run_name: str | None = None,
+                                         experiment_name: str | None = None,
+                                         **kwargs: Any) -> SimpleNamespace:
+        self.calls.append(("run", {"package": self._package(pipeline_file),
+                                   "arguments": arguments, "run_name": run_name,
+                                   "experiment_name": experiment_name, **kwargs}))
+        return SimpleNamespace(run_id="run-123")
+
+    def create_experiment(self, name: str, description: str | None = None,
+                          namespace: str | None = None) -> SimpleNamespace:
+        self.calls.append(("experiment", {"name": name}))
+        return SimpleNamespace(experiment_id=f"exp-{name}")
+
+    def create_recurring_run(self, experiment_id: str, job_name: str, **kwargs: Any,
+                             ) -> SimpleNamespace:
+        package = self._package(kwargs.pop("pipeline_package_path"))
+        self.calls.append(("recurring", {"experiment_id": experiment_id, "job_name": job_name,
+                                         "package": package, **kwargs}))
+        return SimpleNamespace(recurring_run_id="rr-456")
+
+
+@pytest.fixture
+def kfp_client(monkeypatch: pytest.MonkeyPatch) -> type[RecordingClient]:
+    """kfp.Client replaced by :class:`RecordingClient` (its instances start empty)."""
+    import kfp
+
+    RecordingClient.instances = []
+    monkeypatch.setattr(kfp, "Client", RecordingClient)
+    return RecordingClient
+

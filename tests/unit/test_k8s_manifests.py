@@ -12,16 +12,13 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
 
-import kfp
 import pytest
 import yaml
 
 from goggles.cli import main
 from goggles.kubeflow import pipeline as kubeflow_pipeline
-from tests.conftest import ROOT
+from tests.conftest import ROOT, RecordingClient
 
 K8S = ROOT / "k8s"
 OVERLAYS = sorted(p.parent.name for p in (K8S / "overlays").glob("*/kustomization.yaml"))
@@ -326,36 +323,14 @@ def test_an_unknown_profile_names_the_choices() -> None:
         kubeflow_pipeline.pipeline_for("staging")
 
 
-class RecordingClient:
-    """Stands in for kfp.Client (no KFP server runs here): keeps the keyword arguments of the
-    calls that start runs, as test_kfp_client.py's recorder does."""
-
-    calls: list[dict[str, Any]] = []
-
-    def __init__(self, host: str | None = None, namespace: str = "kubeflow", **_: Any) -> None:
-        pass
-
-    def create_run_from_pipeline_package(self, pipeline_file: str, **kwargs: Any):
-        RecordingClient.calls.append(kwargs)
-        return SimpleNamespace(run_id="run-1")
-
-    def create_experiment(self, name: str, **_: Any):
-        return SimpleNamespace(experiment_id=f"exp-{name}")
-
-    def create_recurring_run(self, experiment_id: str, job_name: str, **kwargs: Any):
-        RecordingClient.calls.append(kwargs)
-        return SimpleNamespace(recurring_run_id="rr-1")
-
-
-@pytest.fixture
-def client(monkeypatch: pytest.MonkeyPatch) -> type[RecordingClient]:
-    RecordingClient.calls = []
-    monkeypatch.setattr(kfp, "Client", RecordingClient)
-    return RecordingClient
+def _service_accounts(client: type[RecordingClient]) -> list[str | None]:
+    """The service account each recorded run or recurring run was started with."""
+    return [call.get("service_account") for instance in client.instances
+            for kind, call in instance.calls if kind in ("run", "recurring")]
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_the_overlays_profile_runs_as_the_overlays_service_account(overlay: str, client,
+def test_the_overlays_profile_runs_as_the_overlays_service_account(overlay: str, kfp_client,
                                                                     tmp_path: Path) -> None:
     """``--profile dev|prod`` without ``--service-account`` runs as the ServiceAccount the overlay
     creates and its Role binds, not as the namespace's default-editor; ``--service-account``
@@ -375,13 +350,12 @@ def test_the_overlays_profile_runs_as_the_overlays_service_account(overlay: str,
                  ["submit", "--host", "http://kfp", "--profile", overlay,
                   "--service-account", "default-editor", source]):
         assert main(argv) == 0, argv
-    assert [call["service_account"] for call in client.calls] == [
-        account, account, account, "default-editor"]
+    assert _service_accounts(kfp_client) == [account, account, account, "default-editor"]
 
 
-def test_the_default_profile_keeps_kfps_default_service_account(client) -> None:
+def test_the_default_profile_keeps_kfps_default_service_account(kfp_client) -> None:
     assert kubeflow_pipeline.PROFILES["default"]["service_account"] == ""
     assert main(["submit", "--host", "http://kfp", "source_uri=gs://bucket/images"]) == 0
     assert main(["schedule", "--host", "http://kfp", "--cron", "0 0 3 * * *",
                  "source_uri=gs://bucket/images"]) == 0
-    assert [call["service_account"] for call in client.calls] == [None, None]
+    assert _service_accounts(kfp_client) == [None, None]

@@ -9,61 +9,19 @@ the real code.
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
 
-import kfp
 import pytest
-import yaml
 
 from goggles.cli import main
 from goggles.kubeflow import cluster
+from tests.conftest import RecordingClient
 
 HOST = "http://kfp.example:8080"
 
 
-class RecordingClient:
-    """Stands in for kfp.Client: records each call, answers with ids like the server's."""
-
-    instances: list[RecordingClient] = []
-
-    def __init__(self, host: str | None = None, namespace: str = "kubeflow", **kwargs: Any):
-        self.host, self.namespace, self.kwargs = host, namespace, kwargs
-        self.calls: list[tuple[str, dict[str, Any]]] = []
-        RecordingClient.instances.append(self)
-
-    @staticmethod
-    def _package(path: str) -> dict[str, Any]:
-        with open(path, encoding="utf-8") as handle:
-            return {"path": path, "spec": next(iter(yaml.safe_load_all(handle)))}
-
-    def create_run_from_pipeline_package(self, pipeline_file: str, arguments: dict[str, Any],
-                                         run_name: str | None = None,
-                                         experiment_name: str | None = None,
-                                         **kwargs: Any) -> SimpleNamespace:
-        self.calls.append(("run", {"package": self._package(pipeline_file),
-                                   "arguments": arguments, "run_name": run_name,
-                                   "experiment_name": experiment_name, **kwargs}))
-        return SimpleNamespace(run_id="run-123")
-
-    def create_experiment(self, name: str, description: str | None = None,
-                          namespace: str | None = None) -> SimpleNamespace:
-        self.calls.append(("experiment", {"name": name}))
-        return SimpleNamespace(experiment_id=f"exp-{name}")
-
-    def create_recurring_run(self, experiment_id: str, job_name: str, **kwargs: Any,
-                             ) -> SimpleNamespace:
-        package = self._package(kwargs.pop("pipeline_package_path"))
-        self.calls.append(("recurring", {"experiment_id": experiment_id, "job_name": job_name,
-                                         "package": package, **kwargs}))
-        return SimpleNamespace(recurring_run_id="rr-456")
-
-
 @pytest.fixture
-def client(monkeypatch: pytest.MonkeyPatch) -> type[RecordingClient]:
-    RecordingClient.instances = []
-    monkeypatch.setattr(kfp, "Client", RecordingClient)
-    return RecordingClient
+def client(kfp_client: type[RecordingClient]) -> type[RecordingClient]:
+    return kfp_client
 
 
 def _only_call(client: type[RecordingClient]) -> tuple[RecordingClient, list]:
