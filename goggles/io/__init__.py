@@ -9,6 +9,7 @@
 * :mod:`~goggles.io.blocks` — the affinity matrix as row blocks, in memory or streamed.
 * :mod:`~goggles.io.images` — decoding an image file safely.
 * :mod:`~goggles.io.resume` — records of finished stages, for crash-resume.
+* :mod:`~goggles.io.transfer` — copying and linking whole objects (exports).
 
 This layer imports only the base (:mod:`goggles.config`, :mod:`goggles.parameters`).
 """
