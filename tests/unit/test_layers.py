@@ -12,7 +12,8 @@ from tests.conftest import ROOT
 LAYERS: list[set[str]] = [
     {"goggles", "goggles.config", "goggles.parameters"},   # base: the run's parameters, errors
     {"goggles.io"},                                         # storage and artifact contracts
-    {"goggles.ingest", "goggles.features"},                 # the stages' own work (peers)
+    {"goggles.ingest", "goggles.features",                  # the stages' own work, and the
+     "goggles.export"},                                     # export of labels (peers)
     {"goggles.inference"},                                  # class inference (reads features)
     {"goggles.report"},                                     # evaluation and the report
     {"goggles.pipeline"},                                   # the stages and their wiring
