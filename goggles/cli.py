@@ -7,6 +7,8 @@
     goggles compile [--output goggles_pipeline.yaml]
     goggles submit  --host URL [--experiment NAME] [PARAM=VALUE ...]
     goggles schedule --host URL --cron "0 0 3 * * *" [PARAM=VALUE ...]
+    goggles export OUT --format imagefolder|csv|jsonl|label-studio|huggingface --output DEST
+                   [--min-confidence P] [--copy] [--label-studio-root DIR]
 
 The options of ``goggles run`` are the run parameters of :mod:`goggles.parameters`, one each. An
 error is one line on stderr naming the problem and the fix (with ``-v``, its traceback too): exit
@@ -75,7 +77,32 @@ def _parser() -> argparse.ArgumentParser:
                                "every day")
     schedule.add_argument("--job-name", default="goggles-recurring",
                           help="name of the recurring run")
+    _export_arguments(sub)
     return parser
+
+
+def _export_arguments(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from goggles.export import FORMATS
+
+    export = sub.add_parser("export", help="write a run's labels for another tool "
+                                           "(docs/export.md)")
+    export.add_argument("out", metavar="OUT",
+                        help="the --output of a finished run (or its labels Parquet file)")
+    export.add_argument("--format", required=True, choices=FORMATS,
+                        help="imagefolder: DEST/<class>/<image> (torchvision); csv, jsonl: "
+                             "image_id, uri, label, confidence, probs; label-studio: tasks with "
+                             "predictions and the labeling config; huggingface: datasets' "
+                             "imagefolder layout with metadata.jsonl")
+    export.add_argument("--output", required=True, metavar="DEST",
+                        help="an empty or new folder, local or gs://, s3:// (never overwritten)")
+    export.add_argument("--min-confidence", type=float, default=0.0, metavar="P",
+                        help="export only labels with confidence >= P (default: 0, all)")
+    export.add_argument("--copy", action="store_true",
+                        help="imagefolder, huggingface: copy local images instead of "
+                             "symlinking them (buckets always get copies)")
+    export.add_argument("--label-studio-root", default="/", metavar="DIR",
+                        help="label-studio: the LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT Label "
+                             "Studio serves local images from (default: /)")
 
 
 def _flag(name: str) -> str:
@@ -216,7 +243,18 @@ def _schedule(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": _run, "compile": _compile, "submit": _submit, "schedule": _schedule}
+def _export(args: argparse.Namespace) -> int:
+    from goggles.export import export_labels
+
+    summary = export_labels(args.out, args.output, args.format,
+                            min_confidence=args.min_confidence, link=not args.copy,
+                            label_studio_root=args.label_studio_root)
+    print(summary.line())
+    return 0
+
+
+COMMANDS = {"run": _run, "compile": _compile, "submit": _submit, "schedule": _schedule,
+            "export": _export}
 
 
 def _describe(error: BaseException) -> str:

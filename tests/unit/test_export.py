@@ -19,8 +19,9 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
+from goggles.cli import main
 from goggles.config import ConfigError
-from goggles.export import export_labels
+from goggles.export import FORMATS, export_labels
 from goggles.export.labelstudio import image_url
 from goggles.export.naming import class_folders, safe_component, unique_names
 from goggles.io import storage
@@ -376,6 +377,31 @@ def test_memory_dest_gets_copies(run: tuple[str, str]) -> None:
                    if p.endswith(name) and f"/{row['label_name']}/" in p]
         assert written  # under its class
     assert storage.read_json(f"{dest}/export.json")["written"] == len(labels)
+
+
+# -- the command ----------------------------------------------------------------------------------
+
+def test_goggles_export_prints_one_line(run: tuple[str, str], tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    out, _ = run
+    dest = str(tmp_path / "d")
+    assert main(["export", out, "--format", "imagefolder", "--output", dest, "--copy",
+                 "--min-confidence", "0.8"]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert len(printed) == 1 and printed[0].startswith("exported ")
+    assert f"as imagefolder to {dest}:" in printed[0]
+    assert not any(p.is_symlink() for p in Path(dest).rglob("*.png"))
+    assert main(["export", out, "--format", "csv", "--output", dest]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith("goggles: error: DEST")
+    assert "not empty" in error[0]
+
+
+def test_every_format_is_offered_by_the_command(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["export", "--help"])
+    text = capsys.readouterr().out
+    assert all(fmt in text for fmt in FORMATS)
 
 
 def test_copy_within_one_store_and_links_replace_atomically(tmp_path: Path) -> None:
