@@ -10,6 +10,7 @@ Endpoints and credentials reach the `goggles` process only through its environme
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import socket
@@ -631,3 +632,118 @@ def test_two_goggles_runs_into_one_bucket_output(bucket_output: tuple[str, dict]
     finished = race(str(small_source(tmp_path / "in")), output, {**os.environ, **env})
     check_one_consistent_run(finished, lambda name: storage.read_bytes(f"{output}/{name}"))
     assert not storage.exists(lock_uri(output))
+
+
+# -- exports into buckets -------------------------------------------------------------------------
+
+def download(prefix: str, into: Path) -> Path:
+    """Every object under ``prefix``, into a local folder of the same layout."""
+    for name in listing.list_folder(prefix):
+        target = into / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(storage.read_bytes(f"{prefix}/{name}"))
+    return into
+
+
+def bucket_run(output: str, tmp_path: Path) -> tuple[str, dict[str, dict[str, Any]]]:
+    """The synthetic run of tests/unit/test_export.py with its images and OUT in the bucket;
+    returns (OUT, bucket uri -> labels row)."""
+    from goggles.io.artifacts import output_paths
+    from tests.unit.test_export import make_run
+
+    local_out, source = make_run(tmp_path)
+    labels = storage.read_parquet(output_paths(local_out)["labels"])
+    images = f"{output}/images"
+    uris = [f"{images}/{Path(uri).relative_to(source).as_posix()}"
+            for uri in labels["uri"].to_pylist()]
+    for local, remote in zip(labels["uri"].to_pylist(), uris, strict=True):
+        storage.write_bytes(remote, Path(local).read_bytes())
+    labels = labels.set_column(labels.schema.get_field_index("uri"), "uri", pa.array(uris))
+    out = f"{output}/run"
+    storage.write_parquet(labels, f"{out}/labels.parquet")
+    storage.write_json({"method": "graph-em", "source_uri": images}, f"{out}/metrics.json")
+    return out, {row["uri"]: row for row in labels.to_pylist()}
+
+
+def assert_image_folder(tree: Path, rows: dict[str, dict[str, Any]],
+                        origin: dict[str, str]) -> None:
+    """torchvision's ImageFolder over ``tree`` gives each image the class labels.parquet
+    gives it; ``origin`` maps a file's bytes back to its source URI."""
+    from torchvision.datasets import ImageFolder
+
+    dataset = ImageFolder(str(tree))
+    assert len(dataset) == len(rows)
+    for path, target in dataset.samples:
+        uri = origin[Path(path).read_bytes().hex()]
+        assert dataset.classes[target] == rows[uri]["label_name"]
+
+
+def test_export_of_a_local_run_into_a_bucket(bucket_output: tuple[str, dict],
+                                             tmp_path: Path) -> None:
+    """Local images and OUT, DEST in the bucket: copies (no links), read back from it."""
+    from goggles.export import export_labels
+    from tests.unit.test_export import make_run, read_labels
+
+    output, _ = bucket_output
+    out, _ = make_run(tmp_path)
+    rows = read_labels(out)
+    dest = f"{output}/tree"
+    summary = export_labels(out, dest, "imagefolder")
+    assert not summary.linked and summary.written == len(rows)
+    names = listing.list_folder(dest)
+    assert "export.json" in names and not [n for n in names if storage.TEMPORARY_TAG in n]
+    origin = {Path(uri).read_bytes().hex(): uri for uri in rows}
+    assert_image_folder(download(dest, tmp_path / "copy"), rows, origin)
+
+
+def test_exports_within_a_bucket_are_read_back(bucket_output: tuple[str, dict],
+                                               tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Images, OUT and DEST in one store (server-side copies): ImageFolder, datasets'
+    imagefolder, Label Studio tasks naming the bucket URIs, CSV; a second export into a DEST
+    that is not empty is refused and leaves it as it was."""
+    from goggles.config import ConfigError
+    from goggles.export import export_labels
+
+    output, _ = bucket_output
+    out, rows = bucket_run(output, tmp_path)
+    origin = {storage.read_bytes(uri).hex(): uri for uri in rows}
+
+    read = storage.read_bytes
+
+    def labels_only(uri: str) -> bytes:
+        assert uri not in rows, f"{uri} passed through this process"
+        return read(uri)
+
+    with monkeypatch.context() as patch:  # one store: the server copies the images
+        patch.setattr(storage, "read_bytes", labels_only)
+        export_labels(out, f"{output}/tree", "imagefolder")
+    assert_image_folder(download(f"{output}/tree", tmp_path / "tree"), rows, origin)
+
+    export_labels(out, f"{output}/hf", "huggingface", min_confidence=0.5)
+    hf = download(f"{output}/hf", tmp_path / "hf")
+    datasets = pytest.importorskip("datasets")
+    train = datasets.load_dataset("imagefolder", data_dir=str(hf),
+                                  cache_dir=str(tmp_path / "cache"))["train"]
+    assert sorted(train["uri"]) == sorted(u for u, r in rows.items() if r["confidence"] >= 0.5)
+    for item in train:
+        assert item["label"] == rows[item["uri"]]["label_name"]
+        assert item["image"].size == (8, 6)
+
+    export_labels(out, f"{output}/ls", "label-studio")
+    tasks = json.loads(storage.read_bytes(f"{output}/ls/tasks.json"))
+    assert {t["data"]["image"] for t in tasks} == set(rows)  # bucket URIs, for LS to resolve
+    for task in tasks:
+        result = task["predictions"][0]["result"][0]
+        assert result["value"]["choices"] == [rows[task["data"]["image"]]["label_name"]]
+
+    export_labels(out, f"{output}/csv", "csv")
+    table = storage.read_bytes(f"{output}/csv/labels.csv").decode().splitlines()
+    assert len(table) == len(rows) + 1
+
+    before = listing.list_folder(f"{output}/csv")
+    with pytest.raises(ConfigError, match="is not empty"):
+        export_labels(out, f"{output}/csv", "jsonl")
+    with pytest.raises(ConfigError, match="is the run's output or holds it"):
+        export_labels(out, output, "jsonl")
+    assert listing.list_folder(f"{output}/csv") == before
