@@ -1,10 +1,11 @@
 """Evaluation against ground truth: the best cluster→class mapping (Hungarian), accuracy,
-per-class recall, confusion matrix, calibration (ECE, Brier); and naming clusters from a few
-labeled images."""
+per-class recall, confusion matrix, calibration (ECE, Brier), coverage and accuracy by
+confidence threshold; and naming clusters from a few labeled images."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
@@ -144,3 +145,42 @@ def dev_set_metrics(dev_rows: Sequence[int], dev_labels: Sequence[str],
         result["accuracy_unlabeled"] = float(np.mean(
             [label_names[i] == truth_names[i] for i in others])) if len(others) else 0.0
     return result
+
+
+THRESHOLDS = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999)
+"""The confidence thresholds the report scores (``goggles export --min-confidence``)."""
+
+
+def cluster_classes(cluster_to_class: dict[str, str]) -> dict[int, str]:
+    """``metrics.json``'s ``cluster_to_class`` (``{"cluster_0": "cat"}``) keyed by cluster."""
+    return {int(key.rsplit("_", 1)[1]): name for key, name in cluster_to_class.items()}
+
+
+def coverage_curve(truth_names: Sequence[str], predicted: np.ndarray, confidence: np.ndarray,
+                   mapping: dict[int, str],
+                   thresholds: Sequence[float] = THRESHOLDS) -> list[dict[str, Any]]:
+    """What keeping only the labels at least ``t`` sure costs and gains, for each threshold.
+
+    Parameters
+    ----------
+    truth_names : [N] ground-truth class names.
+    predicted : [N] cluster ids; confidence : [N] their probabilities (labels.parquet).
+    mapping : cluster -> class name, the best mapping the accuracy uses
+        (:func:`cluster_classes` of ``metrics["cluster_to_class"]``).
+
+    Returns
+    -------
+    One dict per threshold: ``min_confidence``, ``kept`` (images), ``coverage`` (their share of
+    N) and ``accuracy`` (of the kept ones after the mapping; ``None`` when none is kept).
+    """
+    truth = np.asarray(truth_names, dtype=object)
+    named = np.asarray([mapping.get(int(k)) for k in predicted], dtype=object)
+    confidence = np.asarray(confidence, dtype=np.float64)
+    curve: list[dict[str, Any]] = []
+    for threshold in thresholds:
+        kept = confidence >= threshold
+        count = int(kept.sum())
+        curve.append({"min_confidence": float(threshold), "kept": count,
+                      "coverage": count / len(truth) if len(truth) else 0.0,
+                      "accuracy": float((named[kept] == truth[kept]).mean()) if count else None})
+    return curve

@@ -2,13 +2,14 @@
 
 Sections: a summary (N, rejected, K, prototypes, EM iterations, timings, accuracy when known);
 the affinity matrix with rows and columns sorted by inferred cluster (the paper's Figure 5,
-pooled to at most :data:`MAX_HEATMAP` rows and columns); the confusion matrix when ground truth
-exists; the EM convergence trace; for the most informative prototypes, the class-conditional
-score histograms with the fitted Gaussians and the image patch each comes from (its receptive
-field, :mod:`goggles.report.patches`); per cluster, the most and least confident images and the
-strongest prototypes. Clusters carry the dev set's class names when one was given; otherwise
-each cluster has a name field, and the page writes the names a person types into a dev-labels
-CSV (``uri,label`` of each cluster's most confident images) for ``--dev-labels`` on the next run.
+pooled to at most :data:`MAX_HEATMAP` rows and columns); the confusion matrix and the coverage
+and accuracy by confidence threshold when ground truth exists; the EM convergence trace; for the
+most informative prototypes, the class-conditional score histograms with the fitted Gaussians
+and the image patch each comes from (its receptive field, :mod:`goggles.report.patches`); per
+cluster, the most and least confident images and the strongest prototypes. Clusters carry the
+dev set's class names when one was given; otherwise each cluster has a name field, and the page
+writes the names a person types into a dev-labels CSV (``uri,label`` of each cluster's most
+confident images) for ``--dev-labels`` on the next run.
 
 Reading A is one streamed pass over the stored shards (pooled rows plus the few columns the
 histograms need), so the report's memory and time stay small for large N.
@@ -28,8 +29,9 @@ from PIL import Image
 from scipy import sparse
 
 from goggles.io import storage
-from goggles.io.artifacts import StoredShards
+from goggles.io.artifacts import StoredShards, accepted
 from goggles.io.images import decode_image
+from goggles.report.evaluation import cluster_classes, coverage_curve
 from goggles.report.patches import FIELDS, prototype_patch
 from goggles.report.plots import (
     cluster_colors,
@@ -216,7 +218,8 @@ def _confidence(value: float) -> str:
 
 def render(metrics: dict[str, Any], labels: Any, state: dict[str, Any], *,
            view: AffinityView | None, prototypes: dict[int, tuple[int, int, int]],
-           backbone: str = "vgg16", image_size: int = 224) -> str:
+           backbone: str = "vgg16", image_size: int = 224,
+           coverage: list[dict[str, Any]] | None = None) -> str:
     """The report page.
 
     Parameters
@@ -224,6 +227,7 @@ def render(metrics: dict[str, Any], labels: Any, state: dict[str, Any], *,
     labels : the labels table sorted by ``image_id`` (rows = images).
     view : the pooled affinity matrix and histogram columns (``None``: A was unavailable).
     prototypes : ``column → (image_id, h, w)`` of the prototypes the page draws.
+    coverage : :func:`~goggles.report.evaluation.coverage_curve` (with ground truth).
     """
     names = list(state["cluster_names"])
     colors = cluster_colors(len(names))
@@ -280,6 +284,16 @@ def render(metrics: dict[str, Any], labels: Any, state: dict[str, Any], *,
             title="truth x predicted, after the best cluster→class mapping")))
         if recall:
             parts.append(_table([(f"recall of {k}", f"{v:.4f}") for k, v in recall.items()]))
+    if coverage:
+        parts.append("<h2 id='coverage'>Coverage and accuracy by confidence</h2><p class='note'>"
+                     "The images <code>goggles export --min-confidence P</code> keeps, and the "
+                     "accuracy of their labels (after the best cluster→class mapping).</p>"
+                     "<table><tr><th>min confidence</th><th>images kept</th><th>coverage</th>"
+                     "<th>accuracy of those kept</th></tr>" + "".join(
+                         f"<tr><td>{c['min_confidence']:g}</td><td>{c['kept']}</td>"
+                         f"<td>{c['coverage']:.4f}</td><td>" + ("–" if c["accuracy"] is None
+                                                                 else f"{c['accuracy']:.4f}")
+                         + "</td></tr>" for c in coverage) + "</table>")
     parts.append("<h2 id='convergence'>EM convergence</h2>")
     change, loglik = state.get("change_trace") or [], state.get("log_likelihood_trace") or []
     if change:
@@ -350,9 +364,10 @@ def render(metrics: dict[str, Any], labels: Any, state: dict[str, Any], *,
 
 def write_report(report_uri: str, metrics: dict[str, Any], *, labels_uri: str,
                  inference_uri: str, prototypes_uri: str, affinity_uris: list[str],
-                 image_size: int = 224) -> str:
+                 image_size: int = 224, manifest_uri: str = "") -> str:
     """Render ``report.html`` from a run's artifacts; returns ``report_uri``. The backbone (for
-    the receptive fields) is ``metrics["backbone"]``."""
+    the receptive fields) is ``metrics["backbone"]``; the manifest's ground truth, when
+    ``metrics`` has a ``cluster_to_class`` mapping, gives the coverage table."""
 
     labels = storage.read_parquet(labels_uri).sort_by("image_id")
     state = storage.read_json(inference_uri)
@@ -371,7 +386,13 @@ def write_report(report_uri: str, metrics: dict[str, Any], *, labels_uri: str,
                              sorted({p["column"] for p in chosen}))
     except Exception as error:  # noqa: BLE001 - the report degrades, it does not fail
         logger.warning("report: affinity matrix unavailable (%s)", error)
+    coverage = None
+    if manifest_uri and "cluster_to_class" in metrics:
+        truth = accepted(storage.read_parquet(manifest_uri))["label"].to_pylist()
+        coverage = coverage_curve(truth, label, labels["confidence"].to_numpy(),
+                                  cluster_classes(metrics["cluster_to_class"]))
     page = render(metrics, labels, state, view=view, prototypes=drawn,
-                  backbone=str(metrics.get("backbone", "vgg16")), image_size=image_size)
+                  backbone=str(metrics.get("backbone", "vgg16")), image_size=image_size,
+                  coverage=coverage)
     storage.write_text(page, report_uri)
     return report_uri

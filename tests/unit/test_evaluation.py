@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from goggles.report.evaluation import best_mapping, evaluate, name_clusters
+from goggles.report.evaluation import (
+    THRESHOLDS,
+    best_mapping,
+    cluster_classes,
+    coverage_curve,
+    evaluate,
+    name_clusters,
+)
 
 
 def test_permuted_clusters_score_perfectly() -> None:
@@ -118,3 +125,28 @@ def test_calibration_of_perfect_confident_and_overconfident_labels() -> None:
     honest = calibration(truth, np.array([[0.75, 0.25], [0.75, 0.25], [0.25, 0.75],
                                           [0.75, 0.25]]))
     assert honest["ece"] == pytest.approx(0.0)
+
+
+def test_coverage_curve_by_hand() -> None:
+    """Eight images, clusters matched to classes as metrics.json records it; at each threshold
+    the kept share and the accuracy of what is kept."""
+    truth = ["a", "a", "a", "a", "b", "b", "b", "b"]
+    predicted = np.array([1, 1, 1, 0, 0, 0, 0, 1])
+    confidence = np.array([0.99, 0.95, 0.6, 0.55, 0.9, 0.8, 0.7, 0.51])
+    scores = evaluate(truth, predicted, 2)
+    mapping = cluster_classes(scores["cluster_to_class"])  # type: ignore[arg-type]
+    assert mapping == {0: "b", 1: "a"}
+    curve = coverage_curve(truth, predicted, confidence, mapping, [0.0, 0.56, 0.85, 0.999])
+    assert [c["kept"] for c in curve] == [8, 6, 3, 0]
+    assert [c["coverage"] for c in curve] == [1.0, 0.75, 0.375, 0.0]
+    # kept at 0.56: a a a (right) b b b (right) -> all right; at 0: the two errors count
+    assert [c["accuracy"] for c in curve] == [0.75, 1.0, 1.0, None]
+    assert curve[0]["accuracy"] == scores["accuracy"]  # threshold 0 is the run's accuracy
+    assert [c["min_confidence"] for c in curve] == [0.0, 0.56, 0.85, 0.999]
+
+
+def test_coverage_curve_default_thresholds_and_no_images() -> None:
+    assert [c["min_confidence"] for c in coverage_curve([], np.zeros(0, int), np.zeros(0), {})] \
+        == list(THRESHOLDS)
+    assert all(c["kept"] == 0 and c["accuracy"] is None
+               for c in coverage_curve([], np.zeros(0, int), np.zeros(0), {}))

@@ -86,7 +86,7 @@ def synthetic_run(root: Path, *, num_classes: int = 2, per_class: int = 20, meth
     metrics["timings_s"] = {"ingest": 0.1, "infer": 0.2}
     write_report(paths["report"], metrics, labels_uri=paths["labels"],
                  inference_uri=paths["inference"], prototypes_uri=paths["prototypes"],
-                 affinity_uris=shard_uris)
+                 affinity_uris=shard_uris, manifest_uri=paths["manifest"])
     paths["affinity"] = json.dumps(shard_uris)
     paths["source"] = str(source)
     return paths
@@ -165,6 +165,35 @@ def test_dev_set_names_clusters_and_is_scored_apart(tmp_path: Path) -> None:
     text, _ = _parse(paths["report"])
     assert "alpha — 20 images" in text and "dev set (4 images)" in text
     assert "download-dev-labels" not in text  # the dev set already named them
+
+
+def test_coverage_table_shows_what_each_confidence_threshold_keeps(tmp_path: Path) -> None:
+    """With ground truth: per threshold, the images ``goggles export --min-confidence`` keeps,
+    their share and their accuracy, the 0 row being the run's accuracy; without
+    ``cluster_to_class`` (no ground truth) or without the manifest, no table."""
+    paths = synthetic_run(tmp_path, num_classes=3)
+    metrics = json.loads(Path(paths["metrics"]).read_text())
+    labels = storage.read_parquet(paths["labels"])
+    confidence = labels["confidence"].to_numpy()
+    text, _ = _parse(paths["report"])
+    section = re.search(r"<h2 id='coverage'>.*?</table>", text, re.S)
+    assert section is not None and "--min-confidence" in section.group(0)
+    rows = re.findall(r"<tr><td>([^<]*)</td><td>([^<]*)</td><td>([^<]*)</td><td>([^<]*)</td>",
+                      section.group(0))
+    assert [float(r[0]) for r in rows] == [0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999]
+    for threshold, kept, coverage, accuracy in rows:
+        assert int(kept) == int((confidence >= float(threshold)).sum())
+        assert float(coverage) == pytest.approx(int(kept) / len(confidence), abs=1e-4)
+        assert (accuracy == "–") if int(kept) == 0 else (0 <= float(accuracy) <= 1)
+    assert float(rows[0][3]) == pytest.approx(metrics["accuracy"], abs=1e-4)
+    for name, given, manifest in (("no-truth", {k: v for k, v in metrics.items()
+                                                if k != "cluster_to_class"}, paths["manifest"]),
+                                  ("no-manifest", metrics, "")):
+        report = str(tmp_path / f"{name}.html")
+        write_report(report, given, labels_uri=paths["labels"], inference_uri=paths["inference"],
+                     prototypes_uri=paths["prototypes"], affinity_uris=json.loads(
+                         paths["affinity"]), manifest_uri=manifest)
+        assert "id='coverage'" not in _parse(report)[0]
 
 
 @pytest.mark.slow
