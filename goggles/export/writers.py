@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from goggles.export.naming import file_name, unique_names
 from goggles.io import storage
 from goggles.io.transfer import copy_or_link_many
 from goggles.io.uris import is_local
+
+logger = logging.getLogger(__name__)
 
 COLUMNS = ("image_id", "uri", "label", "confidence", "probs")
 """The columns of the CSV and JSON Lines exports (and of ``metadata.jsonl`` beside
@@ -88,8 +91,13 @@ def place_images(rows: Selected, dest: str, paths: list[str], *, link: bool) -> 
 def write_imagefolder(rows: Selected, dest: str, folders: Mapping[str, str], *,
                       link: bool) -> list[str]:
     """``dest/<class folder>/<image>``: what ``torchvision.datasets.ImageFolder(dest)`` reads
-    (classes sorted by folder name)."""
-    place_images(rows, dest, tree_paths(rows, folders), link=link)
+    (classes sorted by folder name; it skips ``.gif`` files unless told otherwise)."""
+    paths = tree_paths(rows, folders)
+    place_images(rows, dest, paths, link=link)
+    gifs = sum(p.lower().endswith(".gif") for p in paths)
+    if gifs:
+        logger.warning("%d exported images are .gif, which torchvision's ImageFolder skips by "
+                       "default; pass it is_valid_file=lambda path: True to read them", gifs)
     return []
 
 
