@@ -56,7 +56,8 @@ class ExportSummary:
 
     Attributes
     ----------
-    format, dest : the format and the destination (redacted).
+    format, dest, source : the format, the destination and the labels read (redacted).
+    min_confidence : the threshold applied.
     written : images exported; skipped : images below ``min_confidence``, left out.
     per_class : images exported per class name (every class of the run, 0 included).
     folders : class name -> its folder (tree formats; differs where a name was not a safe
