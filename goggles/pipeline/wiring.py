@@ -176,5 +176,6 @@ def evaluate_and_report(*, manifest_uri: str, labels_uri: str, inference_uri: st
     metrics = run_evaluate(manifest_uri, labels_uri, inference_uri, metrics_uri, extra=record,
                            timings=timings)
     write_report(report_uri, metrics, labels_uri=labels_uri, inference_uri=inference_uri,
-                 prototypes_uri=prototypes_uri, affinity_uris=list(affinity_uris))
+                 prototypes_uri=prototypes_uri, affinity_uris=list(affinity_uris),
+                 manifest_uri=manifest_uri)
     return metrics

@@ -29,6 +29,10 @@ def test_cli_labels_two_species(cub_pair: Path, tmp_path: Path) -> None:
     assert metrics["num_prototypes"] > 120
     assert metrics["accuracy"] >= 0.97, metrics
     assert set(metrics["timings_s"]) >= {"ingest", "extract", "affinity", "infer"}
+    report = (out / "report.html").read_text()
+    # every runner's report has the coverage table when folders give the truth
+    assert "Coverage and accuracy by confidence" in report
+    assert f"<tr><td>0</td><td>120</td><td>1.0000</td><td>{metrics['accuracy']:.4f}</td>" in report
     labels = pq.read_table(out / "labels.parquet")
     assert labels.column_names == ["image_id", "uri", "probs", "label", "label_name",
                                    "confidence"]
