@@ -4,7 +4,9 @@
                 [--top-k 5] [--max-prototypes P] [--shards S] [--seed 0] [--dev-labels FILE]
                 [--method graph-em] [--descriptor-backbone mobilenet_v2] [--device auto]
                 [--runner local|docker|inprocess] [--pipeline-root DIR] [--cache]
-    goggles compile [--output goggles_pipeline.yaml]
+    goggles train OUT [--holdout 0.33] [--head linear|mlp] [--targets soft|hard]
+    goggles apply MODEL SOURCE --output OUT [--labeler auto|end-model|affinity] [--device auto]
+    goggles compile [--output goggles_pipeline.yaml] [--pipeline labels|apply]
     goggles submit  --host URL [--experiment NAME] [PARAM=VALUE ...]
     goggles schedule --host URL --cron "0 0 3 * * *" [PARAM=VALUE ...]
     goggles export OUT --format imagefolder|csv|jsonl|label-studio|huggingface --output DEST
@@ -61,8 +63,14 @@ def _parser() -> argparse.ArgumentParser:
                      help="local/docker runners: reuse task outputs of earlier runs with the "
                           "same inputs under --pipeline-root (kfp's local cache)")
 
+    _train_and_apply(sub)
+
     compile_ = sub.add_parser("compile", help="compile the Kubeflow pipeline to a YAML package")
     compile_.add_argument("--output", default="goggles_pipeline.yaml", help="package to write")
+    compile_.add_argument("--pipeline", default="labels", choices=("labels", "apply"),
+                          help="labels: the labeling run (default); apply: label new images "
+                               "with a trained run (for scheduled runs; parameters model_uri, "
+                               "source_uri, labeler, device, follow_symlinks)")
     compile_.add_argument("--profile", default="default", choices=("default", "dev", "prod"),
                           help="cluster settings matching k8s/overlays/<profile>")
 
@@ -103,6 +111,40 @@ def _export_arguments(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     export.add_argument("--label-studio-root", default="/", metavar="DIR",
                         help="label-studio: the LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT Label "
                              "Studio serves local images from (default: /)")
+
+
+def _train_and_apply(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from goggles.training.config import HEADS, LABELERS, TARGETS
+
+    train = sub.add_parser("train", help="train an end classifier on a finished run's labels "
+                                          "(OUT/model; metrics.json gains end_model)")
+    train.add_argument("run", metavar="OUT", help="the --output of a finished goggles run")
+    train.add_argument("--holdout", type=float, default=None, metavar="FRACTION",
+                       help="share of the images held out to score the head (default: 1/3)")
+    train.add_argument("--head", choices=HEADS, default=None,
+                       help="linear (default) or a one-hidden-layer mlp")
+    train.add_argument("--targets", choices=TARGETS, default=None,
+                       help="soft: the noise-aware loss on the probabilities (default); hard: "
+                            "their arg-max")
+    train.add_argument("--seed", type=int, default=None, help="default: the run's seed")
+
+    apply = sub.add_parser("apply", help="label new images with a trained run, without "
+                                          "refitting")
+    apply.add_argument("model", metavar="MODEL", help="a finished run's OUT, or OUT/model")
+    apply.add_argument("source", metavar="SOURCE", help="folder or bucket prefix of the new "
+                                                        "images (first-level folders: truth)")
+    apply.add_argument("--output", required=True, metavar="OUT",
+                       help="where labels.parquet, manifest.parquet and metrics.json go")
+    apply.add_argument("--labeler", choices=LABELERS, default="auto",
+                       help="end-model: the trained head (needs OUT/model); affinity: the run's "
+                            "own fit on new rows of A (needs the run's OUT); auto: the "
+                            "end model when there is one (default)")
+    apply.add_argument("--device", choices=parameters.spec("device").choices, default="auto",
+                       help="where the CNN runs (default: auto)")
+    apply.add_argument("--follow-symlinks", action="store_true",
+                       help=parameters.spec("follow_symlinks").help)
+    apply.add_argument("--break-lock", action="store_true",
+                       help="remove the lock another command left on OUT")
 
 
 def _flag(name: str) -> str:
@@ -216,7 +258,36 @@ def _run(args: argparse.Namespace) -> int:
 def _compile(args: argparse.Namespace) -> int:
     from goggles.kubeflow.cluster import compile_package
 
-    print(compile_package(args.output, args.profile))
+    print(compile_package(args.output, args.profile, pipeline=args.pipeline))
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from goggles.pipeline.train_apply import train_config_for, train_finished_run
+
+    config = train_config_for(args.run, holdout=args.holdout, head=args.head,
+                              targets=args.targets, seed=args.seed)
+    scores = train_finished_run(args.run, config)
+    print(json.dumps(scores, indent=2))
+    print(f"model: {args.run.rstrip('/')}/model")
+    return 0
+
+
+def _apply(args: argparse.Namespace) -> int:
+    from goggles.pipeline.train_apply import apply_to_source
+    from goggles.training.config import ApplyConfig
+
+    if args.break_lock:
+        from goggles.io.lock import break_lock
+
+        break_lock(args.output)
+    metrics = apply_to_source(args.model, args.source, args.output,
+                              ApplyConfig(labeler=args.labeler, device=args.device),
+                              follow_symlinks=args.follow_symlinks)
+    summary = {k: metrics[k] for k in ("n_images", "n_rejected", "num_classes", "labeler",
+                                       "accuracy", "images_per_s", "timings_s") if k in metrics}
+    print(json.dumps(summary, indent=2))
+    print(f"labels: {args.output.rstrip('/')}/labels.parquet")
     return 0
 
 
@@ -254,7 +325,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": _run, "compile": _compile, "submit": _submit, "schedule": _schedule,
-            "export": _export}
+            "train": _train, "apply": _apply, "export": _export}
 
 
 def _describe(error: BaseException) -> str:

@@ -22,7 +22,7 @@ from typing import Any
 
 from goggles.config import BACKBONES, DEVICES, check
 
-STAGES = ("ingest", "extract", "affinity", "infer")
+STAGES = ("ingest", "extract", "affinity", "infer", "train")
 MAX_SHARDS = 1024
 """Affinity shards at most: each is a pod; 1M images in 1,024 shards are ~1,000 rows each."""
 
@@ -93,7 +93,7 @@ class RunParameters:
                              stages=("infer",))
     max_iter: int = _parameter(100, "EM iterations at most", minimum=1, stages=("infer",))
     seed: int = _parameter(0, "the one seed of everything random", minimum=0,
-                           stages=("extract", "infer"))
+                           stages=("extract", "infer", "train"))
     dev_labels_uri: str = _parameter(
         "", "CSV or Parquet of uri,label for a few images; names the clusters",
         flag="--dev-labels", uri=True, metavar="FILE")
@@ -108,6 +108,9 @@ class RunParameters:
         "mobilenet_v2", "graph-em: a second network whose bilinear descriptors join the graph "
         "(+25% extract time beside VGG-16); none to skip it", choices=BACKBONES + ("none",),
         stages=("extract",))
+    train: bool = _parameter(
+        False, "also train an end classifier on the labels (a linear head on the run's "
+        "descriptors, noise-aware loss) and write it to OUT/model; see docs/training.md")
 
     def __post_init__(self) -> None:
         for name in names():

@@ -19,14 +19,24 @@ SKETCH_SEED = 20190814  # fixed: descriptors must not depend on the run's seed
 _SKETCHES: dict[int, scipy.sparse.csr_matrix] = {}
 
 
+def sketch_tables(channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """The count sketch of a [C, C] matrix's upper triangle (``np.triu_indices(C)`` order):
+    entry ``i`` goes to bucket ``bucket[i]`` (int64 in 0..SKETCH_DIM-1) with sign ``sign[i]``
+    (float32 ±1). Drawn from :data:`SKETCH_SEED`, so it is the same on every machine; the end
+    model's artifact stores it (:mod:`goggles.training.model`)."""
+    length = channels * (channels + 1) // 2
+    rng = np.random.default_rng(SKETCH_SEED)
+    bucket = rng.integers(0, SKETCH_DIM, size=length)
+    sign = rng.choice(np.array([-1.0, 1.0], dtype=np.float32), size=length)
+    return bucket, sign
+
+
 def _sketch_matrix(channels: int) -> scipy.sparse.csr_matrix:
     """Count sketch of the upper triangle of a [C, C] matrix into SKETCH_DIM buckets: every entry
     goes to one bucket with a random sign, so inner products are preserved in expectation."""
     if channels not in _SKETCHES:
-        length = channels * (channels + 1) // 2
-        rng = np.random.default_rng(SKETCH_SEED)
-        bucket = rng.integers(0, SKETCH_DIM, size=length)
-        sign = rng.choice(np.array([-1.0, 1.0], dtype=np.float32), size=length)
+        bucket, sign = sketch_tables(channels)
+        length = len(bucket)
         _SKETCHES[channels] = scipy.sparse.csr_matrix(
             (sign, (np.arange(length), bucket)), shape=(length, SKETCH_DIM), dtype=np.float32)
     return _SKETCHES[channels]

@@ -126,6 +126,38 @@ def _gather_rows(rows: RowBlocks, sample: np.ndarray) -> np.ndarray:
     return out
 
 
+def graph_sample(n: int, max_rows: int, rng: np.random.Generator) -> np.ndarray:
+    """The images graph EM builds its graph on: all ``n``, or above ``max_rows`` a sorted
+    uniform sample drawn from ``rng`` (the fit's first draw, so ``default_rng(random_state)``
+    gives it again)."""
+    if n <= max_rows:
+        return np.arange(n)
+    return np.sort(rng.choice(n, size=max_rows, replace=False))
+
+
+def reference_parts(rows: RowBlocks, described: Sequence[np.ndarray],
+                    sample: np.ndarray) -> list[np.ndarray]:
+    """The unit-length parts of the graph's images ``sample``: their rows of A (quantised and
+    normalised as in the fit) and their descriptors."""
+    return [_gather_rows(rows, sample)] + [np.asarray(d, dtype=np.float32)[sample]
+                                           for d in described]
+
+
+def nearest_references(rows: np.ndarray, described: Sequence[np.ndarray],
+                       parts: Sequence[np.ndarray], neighbours: int) -> np.ndarray:
+    """[n, k] indices into the graph's images of the ``neighbours`` most similar to each of
+    ``n`` other images, by the sum of the parts' cosines: ``rows`` [n, M] are their rows of A
+    (raw), ``described`` their descriptors, ``parts`` :func:`reference_parts`."""
+    near = np.empty((rows.shape[0], min(neighbours, len(parts[0]))), dtype=np.int64)
+    for first in range(0, rows.shape[0], EXTEND_ROWS):  # bounds the [rows, sample] sort
+        stop = first + EXTEND_ROWS
+        similarity = _unit_rows(rows[first:stop]) @ parts[0].T
+        for d, part in zip(described, parts[1:], strict=True):
+            similarity += np.asarray(d[first:stop], dtype=np.float32) @ part.T
+        near[first:first + len(similarity)] = top_k(similarity, near.shape[1])[0]
+    return near
+
+
 @dataclass
 class GraphEM(Method):
     """Graph EM (module docstring), sklearn style:
@@ -218,9 +250,8 @@ class GraphEM(Method):
                              f"most {n} classes")
         self.warnings_ = []
         rng = np.random.default_rng(self.random_state)
-        sample = np.arange(n) if n <= self.max_rows else \
-            np.sort(rng.choice(n, size=self.max_rows, replace=False))
-        parts = [_gather_rows(rows, sample)] + [d[sample] for d in described]
+        sample = graph_sample(n, self.max_rows, rng)
+        parts = reference_parts(rows, described, sample)
         # identical images become one node, so they get identical coordinates and labels
         keys: dict[bytes, int] = {}
         node = np.array([keys.setdefault(b"".join(p.tobytes() for p in row), len(keys))
@@ -295,17 +326,12 @@ class GraphEM(Method):
         full = np.empty((n, self.num_classes))
         initial = np.empty(n, dtype=np.int64)
         onehot = np.eye(self.num_classes)[labels]
-        for offset, shard in sub_blocks(rows):
-            for first in range(0, shard.shape[0], EXTEND_ROWS):  # bounds the [rows, sample] sort
-                block = shard[first:first + EXTEND_ROWS]
-                start = offset + first
-                stop = start + block.shape[0]
-                similarity = _unit_rows(block) @ parts[0].T
-                for d, part in zip(described, parts[1:], strict=True):
-                    similarity += d[start:stop] @ part.T
-                near, _ = top_k(similarity, min(self.neighbours, len(sample)))
-                full[start:stop] = posteriors[near].mean(axis=1)
-                initial[start:stop] = onehot[near].mean(axis=1).argmax(axis=1)
+        for start, shard in sub_blocks(rows):
+            stop = start + shard.shape[0]
+            near = nearest_references(shard, [d[start:stop] for d in described], parts,
+                                      self.neighbours)
+            full[start:stop] = posteriors[near].mean(axis=1)
+            initial[start:stop] = onehot[near].mean(axis=1).argmax(axis=1)
         full[sample] = posteriors
         initial[sample] = labels
         return full, initial

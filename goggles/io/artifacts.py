@@ -19,6 +19,9 @@ affinity shard          a folder per row shard (affinity): ``affinity.npy`` (row
 labels                  Parquet, :data:`LABELS_SCHEMA` (infer).
 inference               JSON: the fit's trace, start, warnings, cluster names, dev set and
                         the report's prototypes (infer; :mod:`goggles.inference.summary`).
+model                   a folder (train): ``model.safetensors`` (the end classifier's
+                        tensors) and ``model.json`` (classes, head, input, preprocessing,
+                        training, evaluation); :mod:`goggles.training.model` documents both.
 ======================  =====================================================================
 
 A run's output folder holds them as :func:`output_paths` lays out.
@@ -310,6 +313,48 @@ def labels_table(rows: pa.Table, probs: np.ndarray, names: Sequence[str]) -> pa.
     }, schema=LABELS_SCHEMA)
 
 
+# -- model ---------------------------------------------------------------------------------------
+
+MODEL_TENSORS = "model.safetensors"
+MODEL_META = "model.json"
+MODEL_FORMAT = "goggles-end-model"
+
+
+def write_model(uri: str, tensors: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+    """A model folder: ``tensors`` as safetensors (``format`` in its header) and ``meta`` as
+    ``model.json`` (``format`` and ``goggles_version`` added)."""
+    from safetensors.numpy import save
+
+    data = save({name: np.ascontiguousarray(t) for name, t in tensors.items()},
+                metadata={"format": MODEL_FORMAT})
+    storage.write_bytes(storage.join(uri, MODEL_TENSORS), data)
+    storage.write_json({"format": MODEL_FORMAT, "goggles_version": __version__, **meta},
+                       storage.join(uri, MODEL_META))
+
+
+def model_folder(uri: str) -> str:
+    """The model folder ``uri`` names: itself when it holds ``model.json``, else a run's output
+    folder's ``model/``; raises FileNotFoundError naming both when neither exists."""
+    for candidate in (uri, storage.join(uri, "model")):
+        if storage.exists(storage.join(candidate, MODEL_META)):
+            return candidate
+    raise FileNotFoundError(f"no model at {uri}: neither {MODEL_META} nor model/{MODEL_META} "
+                            "is there; train one with `goggles run ... --train` or `goggles "
+                            "train OUT`")
+
+
+def read_model(uri: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The tensors and ``model.json`` of the model folder ``uri`` names (:func:`model_folder`)."""
+    from safetensors.numpy import load
+
+    folder = model_folder(uri)
+    meta = storage.read_json(storage.join(folder, MODEL_META))
+    if meta.get("format") != MODEL_FORMAT:
+        raise ValueError(f"{folder}/{MODEL_META} is not a goggles end model (format "
+                         f"{meta.get('format')!r})")
+    return load(storage.read_bytes(storage.join(folder, MODEL_TENSORS))), meta
+
+
 # -- a run's output folder -------------------------------------------------------------------------
 
 def output_paths(output_uri: str) -> dict[str, str]:
@@ -324,4 +369,5 @@ def output_paths(output_uri: str) -> dict[str, str]:
         "prototypes": storage.join(art, "prototypes.parquet"),
         "affinity": storage.join(art, "affinity"),
         "inference": storage.join(art, "inference.json"),
+        "model": storage.join(output_uri, "model"),
     }

@@ -332,6 +332,20 @@ def is_file(uri: str) -> bool:
     return info.get("type") == "file"
 
 
+def list_dir(uri: str) -> list[str]:
+    """The names of the entries directly under the folder ``uri``, sorted (none: ``[]``)."""
+    if is_local(uri):
+        path = local_path(uri)
+        return sorted(os.listdir(path)) if os.path.isdir(path) else []
+    fs, path = filesystem(uri)
+    fs.invalidate_cache(path)
+    try:
+        found = retrying("list", uri, lambda: fs.ls(path, detail=False))
+    except MissingObjectError:
+        return []
+    return sorted({str(entry).rstrip("/").rsplit("/", 1)[-1] for entry in found} - {""})
+
+
 def remove(uri: str) -> None:
     """Delete one object (a missing one is not an error)."""
     if is_local(uri):

@@ -34,11 +34,18 @@ class SubmitError(ValueError):
     """Parameters or a schedule that cannot work; the message says how to fix them."""
 
 
-def compile_package(package_path: str = "", profile: str = "default") -> str:
-    """Compile the pipeline with a cluster ``profile`` (``default``, ``dev``, ``prod``: see
-    k8s/overlays) to ``package_path`` (default: a temporary file); returns the path."""
-    from goggles.kubeflow.pipeline import compile_pipeline
-
+def compile_package(package_path: str = "", profile: str = "default",
+                    pipeline: str = "labels") -> str:
+    """Compile the pipeline (``labels``: the labeling run; ``apply``: labeling new images with
+    a trained run, :mod:`goggles.kubeflow.apply_pipeline`) with a cluster ``profile``
+    (``default``, ``dev``, ``prod``: see k8s/overlays) to ``package_path`` (default: a
+    temporary file); returns the path."""
+    if pipeline == "apply":
+        from goggles.kubeflow.apply_pipeline import compile_apply_pipeline as compile_pipeline
+    elif pipeline == "labels":
+        from goggles.kubeflow.pipeline import compile_pipeline
+    else:
+        raise SubmitError(f"unknown pipeline {pipeline!r}; choose labels or apply")
     if not package_path:
         handle, package_path = tempfile.mkstemp(prefix="goggles-pipeline-", suffix=".yaml")
         os.close(handle)

@@ -1,5 +1,6 @@
 """The goggles Kubeflow pipeline: ingest → extract → affinity (fan-out over shards) → infer →
-evaluate/report, with the task settings a cluster needs chained here, not in the components.
+[train, when ``train``] → evaluate/report, with the task settings a cluster needs chained here,
+not in the components.
 
 ``python pipeline.py [--output goggles_pipeline.yaml] [--profile dev|prod]`` compiles it for a
 Kubeflow Pipelines cluster (the repository's ``pipeline.py`` is this file, as is its
@@ -29,8 +30,10 @@ from goggles.kubeflow.components import (
     extract,
     infer,
     ingest,
+    no_train,
     plan_shards,
 )
+from goggles.kubeflow.components import train as train_end_model
 
 PIPELINE_NAME = "goggles"
 __all__ = ["IMAGES", "PIPELINE_NAME", "PROFILES", "compile_pipeline", "goggles_pipeline",
@@ -79,6 +82,7 @@ RESOURCES = {
     "extract": ("4", "16Gi", "24Gi"),
     "affinity": ("2", "8Gi", "12Gi"),
     "infer": ("2", "8Gi", "16Gi"),
+    "train": ("2", "4Gi", "8Gi"),
     "evaluate": ("1", "4Gi", "8Gi"),
 }
 
@@ -93,6 +97,8 @@ class Outputs(NamedTuple):
     inference: Artifact
     metrics: Artifact
     report: HTML
+    model_uri: str
+    """Where the train task wrote the end model (``""`` when the run trains none)."""
 
 
 def _resources(task: dsl.PipelineTask, stage: str) -> dsl.PipelineTask:
@@ -137,6 +143,7 @@ def goggles_pipeline(
     device: str = "auto",
     follow_symlinks: bool = False,
     descriptor_backbone: str = "mobilenet_v2",
+    train: bool = False,
 ) -> Outputs:
     """Probabilistic labels for the images under ``source_uri`` (README, "Labeling your images").
 
@@ -155,6 +162,7 @@ def goggles_pipeline(
     device : ``auto`` uses the GPU where the task has one.
     follow_symlinks : read what symlinks in a local source lead to outside it.
     descriptor_backbone : graph EM's second network (``none`` to skip it).
+    train : also train an end classifier on the labels (the train task's ``model``).
     """
     ingest_task = _bucket_access(_resources(ingest(source_uri=source_uri,
                                                    follow_symlinks=follow_symlinks), "ingest"))
@@ -198,13 +206,26 @@ def goggles_pipeline(
                             "infer")
     _bucket_access(infer_task).set_display_name("infer: labels by EM")
 
+    with dsl.If(train == True, name="train an end model"):  # noqa: E712 - a kfp condition
+        train_task = _resources(train_end_model(manifest=ingest_task.outputs["manifest"],
+                                                features=extract_task.outputs["features"],
+                                                labels=infer_task.outputs["labels"],
+                                                inference=infer_task.outputs["inference"],
+                                                seed=seed), "train")
+        train_task.set_display_name("train: end classifier on the labels")
+    with dsl.Else(name="no end model"):
+        skip_task = _resources(no_train(), "plan").set_display_name("no end model")
+    end_model = dsl.OneOf(train_task.outputs["end_model"], skip_task.outputs["end_model"])
+    model_uri = dsl.OneOf(train_task.outputs["model_uri"], skip_task.outputs["model_uri"])
+
     evaluate_task = _resources(evaluate(manifest=ingest_task.outputs["manifest"],
                                         prototypes=extract_task.outputs["prototypes"],
                                         affinity_shards=dsl.Collected(shard_task.outputs["affinity"]),
                                         labels=infer_task.outputs["labels"],
                                         inference=infer_task.outputs["inference"],
                                         source_uri=source_uri, backbone=backbone, top_k=top_k,
-                                        num_shards=num_shards, seed=seed), "evaluate")
+                                        num_shards=num_shards, seed=seed, end_model=end_model),
+                               "evaluate")
     _bucket_access(evaluate_task).set_display_name("evaluate and report")
 
     return Outputs(manifest=ingest_task.outputs["manifest"],
@@ -213,7 +234,8 @@ def goggles_pipeline(
                    labels=infer_task.outputs["labels"],
                    inference=infer_task.outputs["inference"],
                    metrics=evaluate_task.outputs["metrics_json"],
-                   report=evaluate_task.outputs["report"])
+                   report=evaluate_task.outputs["report"],
+                   model_uri=model_uri)
 
 
 def pipeline_for(profile: str = "default") -> dsl.base_component.BaseComponent:

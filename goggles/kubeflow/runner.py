@@ -16,7 +16,8 @@ ParallelFor fan-out and ``dsl.Collected`` fan-in — through ``kfp.local``:
 
 Afterwards the run's artifacts are copied out of kfp's ``pipeline_root`` into the output URI
 (any fsspec URI) in the same layout :func:`goggles.pipeline.inprocess.run_inprocess` writes:
-``manifest.parquet``, ``labels.parquet``, ``metrics.json``, ``report.html`` and ``artifacts/``.
+``manifest.parquet``, ``labels.parquet``, ``metrics.json``, ``report.html``, ``artifacts/`` and,
+when the run trains one, ``model/``.
 """
 
 from __future__ import annotations
@@ -289,7 +290,8 @@ def assemble_outputs(outputs: dict[str, Any], output_uri: str, *, runner: str,
     (:func:`goggles.io.artifacts.output_paths`).
 
     ``outputs`` maps the pipeline's outputs (``manifest``, ``features``, ``prototypes``,
-    ``labels``, ``inference``, ``metrics``, ``report``) to kfp artifacts with local paths; the
+    ``labels``, ``inference``, ``metrics``, ``report``) to kfp artifacts with local paths, and
+    ``model_uri`` to the train task's model folder (``""``: the run trained none); the
     affinity shards are found through the ``affinity_uris`` the infer task recorded.
     """
     paths = output_paths(output_uri)
@@ -300,6 +302,8 @@ def assemble_outputs(outputs: dict[str, Any], output_uri: str, *, runner: str,
     for uri in outputs["inference"].metadata.get("affinity_uris", []):
         meta = storage.read_json(storage.join(uri, "meta.json"))
         _copy(uri, storage.join(paths["affinity"], f"shard-{int(meta['shard_id']):05d}"))
+    if outputs.get("model_uri"):
+        _copy(str(outputs["model_uri"]), paths["model"])
     metrics: dict[str, Any] = storage.read_json(outputs["metrics"].path)
     metrics["runner"] = runner
     metrics["pipeline_seconds"] = pipeline_seconds

@@ -3,8 +3,8 @@ inprocess``), with crash-resume.
 
 The Kubeflow runners (:mod:`goggles.kubeflow.runner`) run the same stages as pipeline tasks.
 Every runner leaves the same files in the output (:func:`goggles.io.artifacts.output_paths`):
-``manifest.parquet``, ``labels.parquet``, ``metrics.json``, ``report.html`` and the
-intermediate artifacts under ``artifacts/``.
+``manifest.parquet``, ``labels.parquet``, ``metrics.json``, ``report.html``, the
+intermediate artifacts under ``artifacts/`` and, with ``train``, the end model in ``model/``.
 
 Each stage's outputs are keyed by its inputs and parameters (:mod:`goggles.io.resume`): a rerun
 into the same output reuses the stages that finished with the same key and redoes the rest.
@@ -94,6 +94,16 @@ def _run_stages(params: RunParameters, configs: dict[str, Any]) -> dict[str, Any
             infer_cfg, paths["manifest"], paths["prototypes"], shard_uris, paths["labels"],
             paths["inference"], params.dev_labels_uri, features_uri=paths["features"]),
             [paths["labels"], paths["inference"]])
+    end_model = None
+    if params.train:
+        train_cfg = configs["train"]
+        train_key = stage_key("train", infer_key, extract_key, train_cfg.to_dict())
+        with timed(timings, "train"):
+            end_model = records.run("train", train_key, lambda: stages.run_train(
+                train_cfg, paths["manifest"], paths["features"], paths["labels"],
+                paths["inference"], paths["model"]),
+                [storage.join(paths["model"], "model.json"),
+                 storage.join(paths["model"], "model.safetensors")])
     record = run_record(dataclasses.asdict(params), runner="inprocess",
                         weights_source=extracted["weights_source"],
                         num_prototypes=inferred["num_prototypes"])
@@ -101,4 +111,4 @@ def _run_stages(params: RunParameters, configs: dict[str, Any]) -> dict[str, Any
         manifest_uri=paths["manifest"], labels_uri=paths["labels"],
         inference_uri=paths["inference"], prototypes_uri=paths["prototypes"],
         affinity_uris=shard_uris, metrics_uri=paths["metrics"], report_uri=paths["report"],
-        record=record, timings=timings)
+        record=record, timings=timings, end_model=end_model)

@@ -22,6 +22,7 @@ from goggles.inference.config import InferConfig
 from goggles.ingest.config import IngestConfig
 from goggles.io import artifacts, storage
 from goggles.io.dev_labels import read_dev_labels
+from goggles.training.config import ApplyConfig, TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -160,12 +161,83 @@ def run_infer(config: InferConfig, manifest_uri: str, prototypes_uri: str,
             "converged": state["converged"], "num_classes": config.num_classes}
 
 
+def run_train(config: TrainConfig, manifest_uri: str, features_uri: str, labels_uri: str,
+              inference_uri: str, model_uri: str) -> dict[str, Any]:
+    """Train the end classifier on the run's labels and the descriptors its extract stage wrote
+    (:mod:`goggles.training.train`); write it as a model folder at ``model_uri``
+    (:mod:`goggles.training.model`). Returns its held-out scores, ``metrics.json``'s
+    ``end_model``."""
+    from goggles.features.descriptors import descriptors_of
+    from goggles.training.model import describe, network_entry, save_model
+    from goggles.training.train import train_end_model
+
+    rows = artifacts.accepted(storage.read_parquet(manifest_uri))
+    labels = storage.read_parquet(labels_uri).sort_by("image_id")
+    if labels["image_id"].to_pylist() != rows["image_id"].to_pylist():
+        raise StageError("the labels and the manifest list different images; rerun infer")
+    probs = np.asarray(labels["probs"].to_pylist(), dtype=np.float64)
+    state = storage.read_json(inference_uri)
+    meta = artifacts.read_features_meta(features_uri)
+    descriptors = artifacts.stored_descriptors(features_uri, meta=meta)
+    networks = list(meta.get("descriptors", []))
+    if descriptors is None:  # a features folder from before descriptors: from its maps
+        descriptors = [descriptors_of(artifacts.stored_filter_maps(features_uri,
+                                                                   meta=meta).blocks())]
+        networks = [str(meta["backbone"])]
+    head, scores = train_end_model(descriptors, probs, rows["label"].to_pylist(), config)
+    training = {"loss": "expected cross-entropy under the probabilistic labels (GOGGLES eq. 1)"
+                if config.targets == "soft" else "cross-entropy on the arg-max labels",
+                **config.to_dict(), "optimizer": "L-BFGS, full batch, float64",
+                "n_images": rows.num_rows, "labeling_method": state["method"]}
+    save_model(model_uri, head, describe(
+        classes=state["cluster_names"], head=config.head, hidden=config.hidden,
+        networks=[network_entry(name, str(meta.get("weights", "")) if name == meta["backbone"]
+                                else "") for name in networks],
+        image_size=int(meta.get("image_size", 224)), training=training, evaluation=scores))
+    return scores
+
+
+def run_apply(config: ApplyConfig, model_uri: str, manifest_uri: str, labels_uri: str,
+              metrics_uri: str) -> dict[str, Any]:
+    """Label the accepted images of a new source's manifest with a trained run or model
+    (:mod:`goggles.training.apply`), without refitting; write ``labels.parquet`` and
+    ``metrics.json`` as a run does (accuracy when folders give ground truth). Returns the
+    metrics."""
+    from goggles import __version__
+    from goggles.io.uris import redact
+    from goggles.report.evaluation import calibration, evaluate
+    from goggles.training.apply import label_new_images
+
+    started = time.perf_counter()
+    manifest = storage.read_parquet(manifest_uri)
+    rows = artifacts.accepted(manifest)
+    applied = label_new_images(model_uri, rows["uri"].to_pylist(), config)
+    storage.write_parquet(artifacts.labels_table(rows, applied.probs, applied.classes),
+                          labels_uri)
+    metrics: dict[str, Any] = {
+        "n_images": rows.num_rows, "n_rejected": manifest.num_rows - rows.num_rows,
+        "num_classes": len(applied.classes), "labeler": applied.labeler,
+        "networks": applied.networks, "model_uri": redact(model_uri),
+        "goggles_version": __version__}
+    truth = rows["label"].to_pylist()
+    if truth and all(t is not None for t in truth) and len(set(truth)) > 1:
+        metrics.update(evaluate(truth, applied.probs.argmax(axis=1), len(applied.classes)))
+        metrics.update(calibration(truth, applied.probs))
+    seconds = time.perf_counter() - started
+    metrics["timings_s"] = {**applied.seconds, "apply": round(seconds, 3)}
+    metrics["images_per_s"] = round(rows.num_rows / seconds, 3) if seconds > 0 else 0.0
+    storage.write_json(metrics, metrics_uri)
+    return metrics
+
+
 def run_evaluate(manifest_uri: str, labels_uri: str, inference_uri: str, metrics_uri: str,
                  *, extra: dict[str, Any] | None = None,
-                 timings: dict[str, float] | None = None) -> dict[str, Any]:
+                 timings: dict[str, float] | None = None,
+                 end_model: dict[str, Any] | None = None) -> dict[str, Any]:
     """The run's ``metrics.json`` (README, "Labeling your images"): counts, the method's
     iterations and warnings, ``extra`` (the run's record), the stages' ``timings`` with this
-    one's added, and, when ground truth exists, accuracy and calibration."""
+    one's added, the end model's held-out scores (``end_model``, when the run trained one)
+    and, when ground truth exists, accuracy and calibration."""
     from goggles import __version__
     from goggles.report.evaluation import calibration, dev_set_metrics, evaluate
 
@@ -192,6 +264,8 @@ def run_evaluate(manifest_uri: str, labels_uri: str, inference_uri: str, metrics
         metrics["dev_set"] = dev_set_metrics(state["dev"]["rows"], state["dev"]["labels"],
                                              labels["label_name"].to_pylist(),
                                              truth if all(t is not None for t in truth) else None)
+    if end_model:
+        metrics["end_model"] = end_model
     if timings is not None:
         metrics["timings_s"] = {**timings, "evaluate": round(time.perf_counter() - started, 3)}
     storage.write_json(metrics, metrics_uri)

@@ -9,7 +9,8 @@ The in-process runner (:mod:`goggles.pipeline.inprocess`) and the Kubeflow compo
   that were accepted (the pipeline's plan task);
 * :func:`stage_config` — a stage's config from the run's parameters (:mod:`goggles.parameters`);
 * :func:`run_record` — the parameters ``metrics.json`` records beside the metrics;
-* :func:`evaluate_and_report` — ``metrics.json`` and ``report.html``.
+* :func:`evaluate_and_report` — ``metrics.json`` (with the end model's scores when the run
+  trained one) and ``report.html``.
 """
 
 from __future__ import annotations
@@ -38,13 +39,17 @@ def _config_class(stage: str) -> type[Config]:
     if stage == "infer":
         from goggles.inference.config import InferConfig
         return InferConfig
-    raise ValueError(f"unknown stage {stage!r}; choose ingest, extract, affinity or infer")
+    if stage == "train":
+        from goggles.training.config import TrainConfig
+        return TrainConfig
+    raise ValueError(f"unknown stage {stage!r}; choose ingest, extract, affinity, infer or "
+                     "train")
 
 
 def stage_config(stage: str, values: Mapping[str, Any]) -> Any:
-    """The config of ``stage`` (``ingest``, ``extract``, ``affinity``, ``infer``) from run
-    parameter values: those that set this stage (``goggles.parameters.Spec.stages``) and are
-    given; the others keep their defaults."""
+    """The config of ``stage`` (``ingest``, ``extract``, ``affinity``, ``infer``, ``train``)
+    from run parameter values: those that set this stage (``goggles.parameters.Spec.stages``)
+    and are given; the others keep their defaults."""
     return _config_class(stage)(**{name: values[name] for name in names(stage=stage)
                                    if name in values})
 
@@ -166,15 +171,16 @@ def run_record(values: Mapping[str, Any], *, runner: str, weights_source: str,
 
 def evaluate_and_report(*, manifest_uri: str, labels_uri: str, inference_uri: str,
                         prototypes_uri: str, affinity_uris: Sequence[str], metrics_uri: str,
-                        report_uri: str, record: dict[str, Any],
-                        timings: dict[str, float]) -> dict[str, Any]:
-    """Write ``metrics.json`` (with ``record`` and the stages' ``timings``) and
-    ``report.html``; returns the metrics."""
+                        report_uri: str, record: dict[str, Any], timings: dict[str, float],
+                        end_model: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write ``metrics.json`` (with ``record``, the stages' ``timings`` and, when the run
+    trained one, the end model's held-out scores ``end_model``) and ``report.html``; returns
+    the metrics. Every runner trains before it evaluates, so ``metrics.json`` is written once."""
     from goggles.pipeline.stages import run_evaluate
     from goggles.report.page import write_report
 
     metrics = run_evaluate(manifest_uri, labels_uri, inference_uri, metrics_uri, extra=record,
-                           timings=timings)
+                           timings=timings, end_model=end_model)
     write_report(report_uri, metrics, labels_uri=labels_uri, inference_uri=inference_uri,
                  prototypes_uri=prototypes_uri, affinity_uris=list(affinity_uris),
                  manifest_uri=manifest_uri)

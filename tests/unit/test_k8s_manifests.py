@@ -286,7 +286,8 @@ def test_the_profile_refers_to_what_the_overlay_provides(overlay: str, compiled)
     users = re.findall(r"^USER (\d+):(\d+)$", dockerfile, re.MULTILINE)
     assert users == [(str(module.IMAGE_USER), str(module.IMAGE_USER))]
     assert set(executors) == {"exec-ingest", "exec-plan-shards", "exec-extract",
-                              "exec-affinity-shard", "exec-infer", "exec-evaluate"}
+                              "exec-affinity-shard", "exec-infer", "exec-train",
+                              "exec-no-train", "exec-evaluate"}
     for name, settings in executors.items():
         assert settings["securityContext"] == {"runAsUser": str(module.IMAGE_USER),
                                                "runAsGroup": str(module.IMAGE_USER),

@@ -16,6 +16,7 @@ LAYERS: list[set[str]] = [
      "goggles.export"},                                     # export of labels (peers)
     {"goggles.inference"},                                  # class inference (reads features)
     {"goggles.report"},                                     # evaluation and the report
+    {"goggles.training"},                                   # end model, apply to new images
     {"goggles.pipeline"},                                   # the stages and their wiring
     {"goggles.kubeflow"},                                   # the Kubeflow DAG and runners
     {"goggles.cli", "goggles.demo"},                        # commands

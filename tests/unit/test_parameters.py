@@ -18,6 +18,7 @@ from goggles.kubeflow import components
 from goggles.kubeflow.pipeline import goggles_pipeline
 from goggles.parameters import RunParameters, default, names, spec, types
 from goggles.pipeline.wiring import stage_config, stage_configs
+from goggles.training.config import TrainConfig
 
 
 def test_the_pipeline_function_spells_out_the_declared_names_types_and_defaults() -> None:
@@ -32,7 +33,8 @@ def test_the_pipeline_function_spells_out_the_declared_names_types_and_defaults(
 
 @pytest.mark.parametrize("component", [components.ingest, components.plan_shards,
                                        components.extract, components.affinity_shard,
-                                       components.infer, components.evaluate])
+                                       components.infer, components.train,
+                                       components.evaluate])
 def test_every_component_parameter_is_a_declared_run_parameter(component) -> None:  # type: ignore[no-untyped-def]
     kinds = {"String": str, "Integer": int, "Boolean": bool}
     parameters_of = {name: kinds[i.type] for name, i in component.component_spec.inputs.items()
@@ -47,7 +49,8 @@ def test_every_component_parameter_is_a_declared_run_parameter(component) -> Non
 def test_every_stage_parameter_reaches_its_stage_config() -> None:
     """Each parameter that sets a stage is a field of that stage's config, with the declared
     default: --device reaches inference too."""
-    configs = {"extract": ExtractConfig, "affinity": AffinityConfig, "infer": InferConfig}
+    configs = {"extract": ExtractConfig, "affinity": AffinityConfig, "infer": InferConfig,
+               "train": TrainConfig}
     for stage, config in configs.items():
         field_defaults = {f.name: f.default for f in fields(config)}
         for name in names(stage=stage):

@@ -21,7 +21,7 @@ from tests.conftest import ROOT
 
 ParameterType = pipeline_spec_pb2.ParameterType
 STAGES = {"ingest": "comp-ingest", "extract": "comp-extract", "affinity": "comp-affinity-shard",
-          "infer": "comp-infer", "evaluate": "comp-evaluate"}
+          "infer": "comp-infer", "train": "comp-train", "evaluate": "comp-evaluate"}
 
 
 @pytest.fixture(scope="module")
@@ -70,14 +70,14 @@ def _all_tasks(spec: pipeline_spec_pb2.PipelineSpec,
     return tasks
 
 
-def test_five_stage_components_and_the_shard_plan(compiled) -> None:
+def test_six_stage_components_the_shard_plan_and_the_no_train_branch(compiled) -> None:
     spec, _, _ = compiled
     for stage, component in STAGES.items():
         assert component in spec.components, f"{stage}: no {component}"
         assert spec.components[component].WhichOneof("implementation") == "executor_label"
     leaves = {name for name, c in spec.components.items()
               if c.WhichOneof("implementation") == "executor_label"}
-    assert leaves == set(STAGES.values()) | {"comp-plan-shards"}
+    assert leaves == set(STAGES.values()) | {"comp-plan-shards", "comp-no-train"}
     assert spec.pipeline_info.name == "goggles"
 
 
@@ -122,6 +122,40 @@ def test_infer_and_evaluate_consume_the_collected_shards(compiled) -> None:
         assert "affinity_shards" in inputs and inputs["affinity_shards"].is_artifact_list
 
 
+def test_train_is_an_if_branch_after_infer_whose_scores_evaluate_records(compiled) -> None:
+    """``dsl.If(train == True)`` runs the train task on infer's labels, ``dsl.Else`` the
+    no-train task; a ``dsl.OneOf`` of their outputs feeds evaluate's ``end_model`` and the
+    pipeline's ``model_uri``."""
+    spec, _, _ = compiled
+    groups = [name for name, task in spec.root.dag.tasks.items()
+              if spec.components[task.component_ref.name].WhichOneof("implementation") == "dag"
+              and name.startswith("condition-branches")]
+    assert len(groups) == 1, groups
+    group = spec.root.dag.tasks[groups[0]]
+    assert "infer" in group.dependent_tasks
+    branches = spec.components[group.component_ref.name].dag.tasks
+    conditions = {}
+    for branch in branches.values():
+        inner = spec.components[branch.component_ref.name].dag.tasks
+        assert len(inner) == 1
+        conditions[next(iter(inner))] = branch.trigger_policy.condition
+    assert conditions["train"] == "inputs.parameter_values['pipelinechannel--train'] == true"
+    assert conditions["no-train"].startswith("!(")
+    train = next(t for b in branches.values()
+                 for n, t in spec.components[b.component_ref.name].dag.tasks.items()
+                 if n == "train")
+    for artifact in ("manifest", "features", "labels", "inference"):
+        assert artifact in train.inputs.artifacts, artifact
+    assert spec.components[STAGES["train"]].output_definitions.artifacts["model"] \
+        .artifact_type.schema_title == "system.Model"
+    evaluate = _task(spec.root.dag, "evaluate")
+    assert groups[0] in evaluate.dependent_tasks
+    source = evaluate.inputs.parameters["end_model"].task_output_parameter
+    assert source.producer_task == groups[0]
+    output = spec.root.dag.outputs.parameters["model_uri"].value_from_parameter
+    assert output.producer_subtask == groups[0]
+
+
 def test_only_extract_asks_for_a_gpu_with_node_selector_and_toleration(compiled) -> None:
     spec, platform, _ = compiled
     for stage, component in STAGES.items():
@@ -158,17 +192,22 @@ def test_retries_with_backoff_on_extract_and_shards_only(compiled) -> None:
 def test_every_task_has_a_display_name_and_caching(compiled) -> None:
     spec, _, _ = compiled
     tasks = _all_tasks(spec)
-    assert len(tasks) == 7  # ingest, plan, extract, the loop, its shard task, infer, evaluate
+    # ingest, plan, extract, the loop, its shard task, infer, the If/Else group, its two
+    # branches, train, no-train, evaluate
+    assert len(tasks) == 12
     for name, task in tasks.items():
+        if name.startswith("condition-branches-"):
+            continue  # the If/Else pair's group, which kfp makes and names itself
         assert task.task_info.name and task.task_info.name != name, \
             f"task {name!r} has no display name"
-        if task.WhichOneof("iterator") is None:
+        component = spec.components[task.component_ref.name]
+        if component.WhichOneof("implementation") == "executor_label":  # not a loop or branch
             assert task.caching_options.enable_cache, f"task {name!r} is not cached"
 
 
 def test_every_stage_requests_cpu_and_memory_and_runs_the_project_image(compiled) -> None:
     spec, _, text = compiled
-    for component in [*STAGES.values(), "comp-plan-shards"]:
+    for component in [*STAGES.values(), "comp-plan-shards", "comp-no-train"]:
         container = _executor(spec, component)
         resources = container.get("resources", {})
         assert resources.get("resourceCpuRequest"), component
@@ -209,6 +248,7 @@ def test_the_pipeline_outputs_the_design_artifacts(compiled) -> None:
     outputs = spec.root.output_definitions.artifacts
     assert set(outputs) == {"manifest", "features", "prototypes", "labels", "inference",
                             "metrics", "report"}
+    assert set(spec.root.output_definitions.parameters) == {"model_uri"}
     assert outputs["report"].artifact_type.schema_title == "system.HTML"
     evaluate_outputs = spec.components[STAGES["evaluate"]].output_definitions.artifacts
     kinds = {name: a.artifact_type.schema_title for name, a in evaluate_outputs.items()}

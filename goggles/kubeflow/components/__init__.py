@@ -15,10 +15,12 @@ from goggles.kubeflow.components.image import BASE_IMAGE, GPU_IMAGE, IMAGES
 from goggles.kubeflow.components.infer import infer
 from goggles.kubeflow.components.ingest import ingest
 from goggles.kubeflow.components.plan import plan_shards
+from goggles.kubeflow.components.train import no_train, train
 
 STAGES = {"ingest": ingest, "extract": extract, "affinity": affinity_shard, "infer": infer,
-          "evaluate": evaluate}
-"""The five stage components by stage name (``plan_shards`` is the fan-out's helper)."""
+          "train": train, "evaluate": evaluate}
+"""The stage components by stage name (``plan_shards`` is the fan-out's helper, ``no_train``
+the train branch's ``dsl.Else``)."""
 
 __all__ = ["BASE_IMAGE", "GPU_IMAGE", "IMAGES", "STAGES", "affinity_shard", "evaluate", "extract",
-           "infer", "ingest", "plan_shards"]
+           "infer", "ingest", "no_train", "plan_shards", "train"]

@@ -19,7 +19,8 @@ from goggles.kubeflow.components.image import BASE_IMAGE
 def evaluate(manifest: Input[Dataset], prototypes: Input[Dataset],
              affinity_shards: Input[list[Dataset]], labels: Input[Dataset],
              inference: Input[Artifact], source_uri: str, backbone: str, top_k: int,
-             num_shards: int, seed: int, metrics_json: Output[Artifact], report: Output[HTML],
+             num_shards: int, seed: int, end_model: dict, metrics_json: Output[Artifact],
+             report: Output[HTML],
              metrics: Output[Metrics], confusion: Output[ClassificationMetrics],
              summary: Output[Markdown]) -> None:
     """Metrics and the report (:func:`goggles.pipeline.wiring.evaluate_and_report`, as the
@@ -30,6 +31,7 @@ def evaluate(manifest: Input[Dataset], prototypes: Input[Dataset],
     manifest, prototypes, affinity_shards, labels, inference : upstream outputs; their metadata
         carry each stage's ``seconds`` (collected as ``timings_s``).
     source_uri, backbone, top_k, num_shards, seed : recorded in ``metrics.json``.
+    end_model : the train branch's held-out scores (``{}`` when the run trains no model).
     metrics_json : the run's ``metrics.json``.
     report : the self-contained ``report.html``.
     metrics : scalar metrics for the run page (n_images, n_rejected, num_prototypes,
@@ -54,7 +56,8 @@ def evaluate(manifest: Input[Dataset], prototypes: Input[Dataset],
     result = evaluate_and_report(
         manifest_uri=manifest.path, labels_uri=labels.path, inference_uri=inference.path,
         prototypes_uri=prototypes.path, affinity_uris=[shard.path for shard in affinity_shards],
-        metrics_uri=metrics_json.path, report_uri=report.path, record=record, timings=timings)
+        metrics_uri=metrics_json.path, report_uri=report.path, record=record, timings=timings,
+        end_model=end_model or None)
     metrics_json.metadata.update({"format": "json", "n_images": result["n_images"]})
 
     scalars = {"n_images": result["n_images"], "n_rejected": result["n_rejected"],

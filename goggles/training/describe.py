@@ -1,0 +1,74 @@
+"""The features of new images, computed as the extract stage computes a run's.
+
+One pass of each network over the images (:func:`goggles.features.extraction.
+extract_filter_maps`, the same preprocessing): each batch of filter maps becomes bilinear
+descriptors (:mod:`goggles.features.descriptors`) and, for the first network when the run's
+prototypes are given, rows of A against them (:func:`goggles.features.affinity.affinity_block`).
+Filter maps are never kept.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class Described:
+    """New images' descriptors (one [n, 2048] per network, in the order asked), their rows of A
+    ([n, M], or ``None``), and the seconds each part took (``load``: the networks' weights;
+    ``extract``: their forward passes with decoding)."""
+
+    descriptors: list[np.ndarray]
+    affinity: np.ndarray | None
+    seconds: dict[str, float]
+
+
+def describe_images(uris: Sequence[str], networks: Sequence[tuple[str, str]], *,
+                    prototypes: np.ndarray | None = None, image_size: int = 224,
+                    device: str = "auto", batch_size: int = 32,
+                    num_workers: int = -1) -> Described:
+    """Descriptors of the images at ``uris`` for each (backbone, weights URI) of ``networks``
+    and, with ``prototypes`` [M, C] of the first network, their rows of A."""
+    from goggles.features.affinity import affinity_block
+    from goggles.features.backbones import load_backbone
+    from goggles.features.descriptors import SKETCH_DIM, bilinear_descriptors
+    from goggles.features.device import resolve_device
+    from goggles.features.extraction import extract_filter_maps
+
+    resolved = resolve_device(device)
+    descriptors: list[np.ndarray] = []
+    rows: list[np.ndarray] = []
+    seconds = {"load": 0.0, "extract": 0.0, "describe": 0.0, "affinity": 0.0}
+    for index, (backbone, weights) in enumerate(networks):
+        began = time.perf_counter()
+        model, _ = load_backbone(backbone, weights)
+        seconds["load"] += time.perf_counter() - began
+        parts: list[np.ndarray] = []
+
+        def on_batch(_start: int, maps: np.ndarray, first: bool = index == 0,
+                     parts: list[np.ndarray] = parts) -> None:
+            began = time.perf_counter()
+            parts.append(bilinear_descriptors(maps))
+            seconds["describe"] += time.perf_counter() - began
+            if first and prototypes is not None:
+                began = time.perf_counter()
+                rows.append(affinity_block(maps, prototypes, device=resolved))
+                seconds["affinity"] += time.perf_counter() - began
+
+        began = time.perf_counter()
+        if len(uris):
+            extract_filter_maps(uris, model, image_size=image_size, batch_size=batch_size,
+                                num_workers=num_workers, device=resolved, on_batch=on_batch)
+        seconds["extract"] += time.perf_counter() - began
+        descriptors.append(np.concatenate(parts) if parts else
+                           np.zeros((0, SKETCH_DIM), np.float32))
+    seconds["extract"] -= seconds["describe"] + seconds["affinity"]
+    affinity = None
+    if prototypes is not None:
+        affinity = np.concatenate(rows) if rows else np.zeros((0, len(prototypes)), np.float32)
+    return Described(descriptors, affinity,
+                     {name: round(value, 3) for name, value in seconds.items()})
