@@ -74,10 +74,14 @@ def apply_to_source(model_uri: str, source_uri: str, output_uri: str,
     params = RunParameters(source_uri=source_uri, output_uri=output_uri,
                            follow_symlinks=follow_symlinks, device=config.device)
     check_run(params)
-    if uris.is_inside(model_uri, output_uri):
-        raise ConfigError(f"the model {uris.redact(model_uri)} lies in the output "
-                          f"{uris.redact(output_uri)}: the new labels would overwrite the run's; "
-                          "write them elsewhere", "output_uri")
+    from goggles.training.apply import locate
+
+    for folder in {model_uri, *locate(model_uri)} - {""}:
+        if uris.is_inside(folder, output_uri) or uris.is_inside(output_uri, folder):
+            raise ConfigError(f"the output {uris.redact(output_uri)} and the trained run or "
+                              f"model {uris.redact(folder)} overlap: the new labels would "
+                              "overwrite the run's or mix with them; write them elsewhere",
+                              "output_uri")
     paths = output_paths(output_uri)
     with output_lock(output_uri, owner_note=f"goggles apply to {uris.redact(source_uri)}"):
         started = time.perf_counter()

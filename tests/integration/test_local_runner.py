@@ -73,7 +73,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     metrics1 = run_pipeline(RunParameters(output_uri=memory_out, num_shards=1, **common),
                             pipeline_root=str(root), enable_caching=True)
     out4 = tmp / "out-4"
-    metrics4 = run_pipeline(RunParameters(output_uri=str(out4), num_shards=4, **common),
+    metrics4 = run_pipeline(RunParameters(output_uri=str(out4), num_shards=4, train=True,
+                                          **common),
                             pipeline_root=str(root), enable_caching=True)
     reference = tmp / "inprocess"
     reference_metrics = run_inprocess(RunParameters(output_uri=str(reference), num_shards=3,
@@ -171,6 +172,32 @@ def test_kubeflow_ui_outputs(runs) -> None:
     assert features["backbone"] == BACKBONE and features["n_images"] == 120
     assert features["filter_map_shape"] == [1280, 7, 7]
     assert features["goggles_version"] and features["torch_version"]
+
+
+@pytest.mark.slow
+@pytest.mark.data
+def test_train_branch_runs_only_when_asked_and_its_model_reaches_out(runs) -> None:
+    """``train=True`` takes the ``dsl.If`` branch: the train task's Model artifact is copied to
+    OUT/model and its held-out scores reach metrics.json; the 3-shard run (``train`` false)
+    took the ``dsl.Else`` branch and has neither."""
+    from goggles.training import load_model
+
+    assert not (runs["out3"] / "model").exists()
+    assert "end_model" not in json.loads((runs["out3"] / "metrics.json").read_text())
+    end_model = runs["metrics4"]["end_model"]
+    assert end_model == json.loads((runs["out4"] / "metrics.json").read_text())["end_model"]
+    assert end_model["n_images"] == 120 and end_model["head"] == "linear"
+    assert end_model["supervised_accuracy"] >= 0.9
+    assert end_model["accuracy"] >= 0.9 and end_model["hard_label_accuracy"] >= 0.9
+    model = load_model(str(runs["out4"]))
+    assert model.classes == ["cluster_0", "cluster_1"]
+    assert [n["backbone"] for n in model.networks] == [BACKBONE]
+    meta = json.loads((runs["out4"] / "model" / "model.json").read_text())
+    assert meta["evaluation"] == end_model
+    train = _executor_output(runs["root"], "train")["artifacts"]
+    assert train["model"]["artifacts"][0]["metadata"]["format"] == "goggles-end-model"
+    ui = train["scores"]["artifacts"][0]["metadata"]
+    assert ui["end_model_accuracy"] == pytest.approx(end_model["accuracy"], abs=1e-6)
 
 
 @pytest.mark.data
