@@ -102,7 +102,7 @@ def run_task(task: Task, vgg: dict[str, np.ndarray], mob: dict[str, np.ndarray],
     labeler = timed(run_s, "labeler", lambda: AffinityLabeler.from_fit(
         method="graph-em", classes=[f"cluster_{i}" for i in range(k)],
         prototypes=prototypes.vectors, source_index=prototypes.image_id, affinity=affinity,
-        posteriors=posteriors, descriptors=descriptors[1:],
+        posteriors=posteriors, descriptors=descriptors,
         networks=[("vgg16", ""), ("mobilenet_v2", "")], seed=seed))
     # applying both to the new images (after the CNN passes)
     end_s: dict[str, float] = {}

@@ -94,8 +94,8 @@ class AffinityLabeler:
                  networks: Sequence[tuple[str, str]], image_size: int = 224,
                  seed: int = 0) -> AffinityLabeler:
         """The labeler of a fit: its ``method``, prototypes [M, C] with their source rows [M],
-        A [N, M], posteriors [N, K], descriptors (one [N, D] per network after the first of
-        ``networks``, the run's backbone) and the run's ``seed``."""
+        A [N, M], posteriors [N, K], the descriptors graph EM read (one [N, D] per network of
+        ``networks``, in order: the run's backbone first) and the run's ``seed``."""
         from goggles.inference.graph_em import GraphEM, graph_sample, reference_parts
         from goggles.inference.paper_em import AffinityEM
         from goggles.inference.summary import fit_gaussians
