@@ -101,6 +101,8 @@ def parse_arguments(assignments: Sequence[str], package_path: str) -> dict[str, 
     if not merged.get("source_uri"):
         raise SubmitError("source_uri is required: pass source_uri=gs://bucket/images (a URI "
                           "the cluster's pods can read)")
+    if "model_uri" in parameters:  # the apply pipeline (goggles compile --pipeline apply)
+        _check_apply(merged)
     known = names()
     try:
         check_parameters(RunParameters(**{k: v for k, v in merged.items() if k in known}),
@@ -108,6 +110,23 @@ def parse_arguments(assignments: Sequence[str], package_path: str) -> dict[str, 
     except (ConfigError, TypeError) as error:
         raise SubmitError(str(error)) from error
     return arguments
+
+
+def _check_apply(merged: dict[str, Any]) -> None:
+    """The apply pipeline's own parameters: a model URI the pods may open, a known labeler."""
+    from goggles.io import uris
+    from goggles.training.config import LABELERS
+
+    model = str(merged.get("model_uri") or "")
+    if not model:
+        raise SubmitError("model_uri is required: pass model_uri=gs://bucket/run (a finished "
+                          "run's output, or its model/ folder, that the pods can read)")
+    reason = uris.refusal(model)
+    if reason is not None:
+        raise SubmitError(f"model_uri {uris.redact(model)!r}: {reason}")
+    if merged.get("labeler", "auto") not in LABELERS:
+        raise SubmitError(f"labeler={merged.get('labeler')!r}: choose one of "
+                          f"{', '.join(LABELERS)}")
 
 
 def check_cron(cron: str) -> str:

@@ -125,3 +125,29 @@ def test_compile_with_a_profile_mounts_what_the_overlay_provides(tmp_path: Path)
     prod = Path(cluster.compile_package(str(tmp_path / "prod.yaml"), "prod")).read_text()
     assert "goggles-bucket-credentials" in prod
     assert "goggles-bucket-credentials" not in default
+
+
+def test_the_apply_pipeline_compiles_and_schedules_with_its_own_checks(client, tmp_path: Path,
+                                                                       capsys) -> None:
+    package = tmp_path / "apply.yaml"
+    assert main(["compile", "--pipeline", "apply", "--output", str(package)]) == 0
+    parameters = cluster.package_parameters(str(package))
+    assert set(parameters) == {"model_uri", "source_uri", "labeler", "device",
+                               "follow_symlinks"}
+    assert main(["schedule", "--host", HOST, "--cron", "0 0 4 * * *", "--package", str(package),
+                 "model_uri=gs://bucket/run", "source_uri=gs://bucket/incoming"]) == 0
+    _, calls = _only_call(client)
+    kinds = [kind for kind, _ in calls]
+    recurring = calls[kinds.index("recurring")][1]
+    assert recurring["params"] == {"model_uri": "gs://bucket/run",
+                                   "source_uri": "gs://bucket/incoming"}
+    spec = recurring["package"]["spec"]
+    assert spec["pipelineInfo"]["name"] == "goggles-apply"
+    assert {"comp-ingest", "comp-apply-model"} <= set(spec["components"])
+    capsys.readouterr()
+    for argv, message in ((["source_uri=gs://b/new"], "model_uri is required"),
+                          (["model_uri=ftp://h/run", "source_uri=gs://b/new"], "model_uri"),
+                          (["model_uri=gs://b/run", "source_uri=gs://b/new", "labeler=magic"],
+                           "choose one of auto, end-model, affinity")):
+        assert main(["submit", "--host", HOST, "--package", str(package), *argv]) == 2
+        assert message in capsys.readouterr().err
