@@ -175,6 +175,10 @@ def summarise(rows: list[dict[str, object]], cnn_s: float) -> None:
               f"{new / (total('end-model') + cnn_s * new):.2f}, affinity labeler "
               f"{new / (total('affinity') + cnn_s * new):.2f}, full rerun "
               f"{every / (total('rerun') + cnn_s * every):.2f}")
+        apply_s = total('end-model') + cnn_s * new
+        rerun_s = total('rerun') + cnn_s * every
+        print(f"  wall time for the new images: apply {apply_s:.1f} s (end model), full rerun "
+              f"over all {every} images {rerun_s:.1f} s: apply {rerun_s / apply_s:.1f}x faster")
         print(f"  images/s after the CNN passes: end model {new / total('end-model'):.1f}, "
               f"affinity labeler {new / total('affinity'):.1f}, full rerun "
               f"{every / total('rerun'):.1f}; once per run: training the end model "

@@ -137,8 +137,9 @@ def _train_and_apply(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
                        help="where labels.parquet, manifest.parquet and metrics.json go")
     apply.add_argument("--labeler", choices=LABELERS, default="auto",
                        help="end-model: the trained head (needs OUT/model); affinity: the run's "
-                            "own fit on new rows of A (needs the run's OUT); auto: the "
-                            "end model when there is one (default)")
+                            "own fit on new rows of A (needs the run's OUT); auto "
+                            "(default): affinity when MODEL is a run's OUT, else the end "
+                            "model")
     apply.add_argument("--device", choices=parameters.spec("device").choices, default="auto",
                        help="where the CNN runs (default: auto)")
     apply.add_argument("--follow-symlinks", action="store_true",

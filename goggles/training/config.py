@@ -10,10 +10,13 @@ from goggles.parameters import check_parameter, default
 HEADS = ("linear", "mlp")
 TARGETS = ("soft", "hard")
 LABELERS = ("auto", "end-model", "affinity")
-DEFAULT_LABELER = "end-model"
-"""What ``goggles apply`` uses when told ``auto`` and both are available: measured on cub-dev
-pairs (``benchmarks/apply.py``, docs/training.md), the end model and the fitted affinity
-labeler were equally accurate on new images, and the end model needs only ``OUT/model``."""
+DEFAULT_LABELER = "affinity"
+"""What ``goggles apply`` uses when told ``auto`` and both are available: the run's own fitted
+labeler, which assigns a new image as the fitted method assigns the images beyond its sample, so
+its labels are the ones a rerun would most nearly give. Measured on cub-dev
+(``benchmarks/apply.py``, docs/training.md), both labelers were equally accurate on pairs and
+multi-class tasks, and the affinity labeler nearer a full rerun on the same-family pairs. With
+only a model folder (e.g. a cluster run's Model artifact), ``auto`` takes the end model."""
 
 
 @dataclass(frozen=True)

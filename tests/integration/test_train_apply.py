@@ -149,7 +149,7 @@ def test_apply_pipeline_through_kfps_local_runner(trained: dict[str, Path]) -> N
     finally:
         builtins.print = original_print  # kfp.local swaps it per task
     metrics = json.loads(Path(task.outputs["metrics"].path).read_text())
-    assert metrics["labeler"] == "end-model" and metrics["n_images"] == 30
+    assert metrics["labeler"] == "affinity" and metrics["n_images"] == 30  # auto, a run's OUT
     assert metrics["accuracy"] >= 0.9
     labels = pq.read_table(task.outputs["labels"].path)
     assert labels.num_rows == 30
