@@ -19,7 +19,7 @@ Layout
 Loading it without goggles (torch, torchvision, safetensors, Pillow)::
 
     import json, numpy as np, torch, torchvision
-    from PIL import Image
+    from PIL import Image, ImageOps
     from safetensors.torch import load_file
 
     meta = json.load(open("model/model.json"))
@@ -37,7 +37,7 @@ Loading it without goggles (torch, torchvision, safetensors, Pillow)::
             1, bucket.long(), v * sign.float())   # count sketch
         return out / out.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
-    image = Image.open(path).convert("RGB").resize(
+    image = ImageOps.exif_transpose(Image.open(path)).convert("RGB").resize(
         (pre["image_size"],) * 2, Image.Resampling.BILINEAR)
     x = (torch.from_numpy(np.asarray(image, np.float32) / 255)
          - torch.tensor(pre["mean"])) / torch.tensor(pre["std"])
