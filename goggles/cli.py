@@ -4,9 +4,10 @@
                 [--top-k 5] [--max-prototypes P] [--shards S] [--seed 0] [--dev-labels FILE]
                 [--method graph-em] [--descriptor-backbone mobilenet_v2] [--device auto]
                 [--runner local|docker|inprocess] [--pipeline-root DIR] [--cache]
-    goggles compile [--output goggles_pipeline.yaml]
-    goggles submit  --host URL [--experiment NAME] [PARAM=VALUE ...]
+    goggles compile [--output goggles_pipeline.yaml] [--image-repository R --image-tag T] ...
+    goggles submit  --host URL [--experiment NAME] [--no-cache] [PARAM=VALUE ...]
     goggles schedule --host URL --cron "0 0 3 * * *" [PARAM=VALUE ...]
+    goggles upload  --host URL [--pipeline-name goggles] [--version NAME]
     goggles export OUT --format imagefolder|csv|jsonl|label-studio|huggingface --output DEST
                    [--min-confidence P] [--copy] [--label-studio-root DIR]
 
@@ -28,6 +29,7 @@ from typing import Any
 from goggles import __version__, parameters
 from goggles.config import ConfigError, StageError
 from goggles.io.uris import scrub
+from goggles.kubeflow import settings as cluster_settings
 from goggles.parameters import RunParameters
 
 logger = logging.getLogger("goggles")
@@ -65,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     compile_.add_argument("--output", default="goggles_pipeline.yaml", help="package to write")
     compile_.add_argument("--profile", default="default", choices=("default", "dev", "prod"),
                           help="cluster settings matching k8s/overlays/<profile>")
+    cluster_settings.add_arguments(compile_)
 
     submit = sub.add_parser("submit", help="start one run on a Kubeflow Pipelines cluster")
     _cluster_arguments(submit)
@@ -77,8 +80,21 @@ def _parser() -> argparse.ArgumentParser:
                                "every day")
     schedule.add_argument("--job-name", default="goggles-recurring",
                           help="name of the recurring run")
+    _upload_arguments(sub)
     _export_arguments(sub)
     return parser
+
+
+def _upload_arguments(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    upload = sub.add_parser("upload", help="store the pipeline on a KFP cluster as a pipeline "
+                                           "and a version of it")
+    _connection_arguments(upload)
+    upload.add_argument("--pipeline-name", default="goggles",
+                        help="the pipeline to add a version to (created when new)")
+    upload.add_argument("--version", default="", metavar="NAME",
+                        help="the version's name (default: goggles' version and the package's "
+                             "digest; an existing version of that name is kept, not replaced)")
+    upload.add_argument("--description", default="", help="the version's description")
 
 
 def _export_arguments(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -149,16 +165,32 @@ def _methods_help() -> str:
     return "\n".join(lines)
 
 
-def _cluster_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", required=True,
-                        help="URL of the Kubeflow Pipelines API, e.g. http://localhost:8080")
-    parser.add_argument("--experiment", default="goggles", help="experiment to run in")
+def _connection_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where the KFP API is, how to sign in, and the package to send."""
+    parser.add_argument("--host", default="",
+                        help="URL of the Kubeflow Pipelines API, e.g. http://localhost:8080 "
+                             "(default: $KF_PIPELINES_ENDPOINT)")
     parser.add_argument("--namespace", default="", help="KFP namespace (multi-user clusters)")
+    parser.add_argument("--existing-token", default="", metavar="TOKEN",
+                        help="bearer token for a multi-user install (default: "
+                             "$KF_PIPELINES_TOKEN; prefer the variable: arguments are visible "
+                             "to other users of this machine)")
+    parser.add_argument("--cookies", default="", metavar="NAME=VALUE",
+                        help="session cookie(s), e.g. authservice_session=... of a Dex login "
+                             "(default: $KF_PIPELINES_COOKIES)")
     parser.add_argument("--package", default="",
                         help="a compiled package to send (default: compile the pipeline now)")
     parser.add_argument("--profile", default="default", choices=("default", "dev", "prod"),
                         help="k8s/overlays/<profile>: with no --package, compile with its "
                              "cluster settings; dev and prod run as goggles-runner")
+    cluster_settings.add_arguments(parser)
+
+
+def _cluster_arguments(parser: argparse.ArgumentParser) -> None:
+    _connection_arguments(parser)
+    parser.add_argument("--experiment", default="goggles", help="experiment to run in")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="run every task afresh, reusing no earlier run's outputs")
     parser.add_argument("--service-account", default="", metavar="NAME",
                         help="run the pods as this ServiceAccount (default: goggles-runner "
                              "with --profile dev|prod, else the namespace's default)")
@@ -216,7 +248,7 @@ def _run(args: argparse.Namespace) -> int:
 def _compile(args: argparse.Namespace) -> int:
     from goggles.kubeflow.cluster import compile_package
 
-    print(compile_package(args.output, args.profile))
+    print(compile_package(args.output, args.profile, cluster_settings.from_arguments(args)))
     return 0
 
 
@@ -225,7 +257,8 @@ def _submit(args: argparse.Namespace) -> int:
 
     run_id = submit(args.host, args.parameters, experiment=args.experiment,
                     run_name=args.run_name, package_path=args.package, namespace=args.namespace,
-                    profile=args.profile, service_account=args.service_account)
+                    profile=args.profile, service_account=args.service_account,
+                    **_cluster_options(args))
     print(f"run: {run_id}")
     print(f"see: {args.host.rstrip('/')}/#/runs/details/{run_id}")
     return 0
@@ -237,9 +270,28 @@ def _schedule(args: argparse.Namespace) -> int:
     recurring_id = schedule(args.host, args.cron, args.parameters, experiment=args.experiment,
                             job_name=args.job_name, package_path=args.package,
                             namespace=args.namespace, profile=args.profile,
-                            service_account=args.service_account)
+                            service_account=args.service_account, **_cluster_options(args))
     print(f"recurring run: {recurring_id} ({args.cron})")
     print(f"see: {args.host.rstrip('/')}/#/recurringruns/details/{recurring_id}")
+    return 0
+
+
+def _cluster_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options submit and schedule share: caching, cluster settings, sign-in."""
+    return {"no_cache": args.no_cache, "settings": cluster_settings.from_arguments(args),
+            "existing_token": args.existing_token, "cookies": args.cookies}
+
+
+def _upload(args: argparse.Namespace) -> int:
+    from goggles.kubeflow.cluster import upload
+
+    pipeline_id, version_id, created = upload(
+        args.host, pipeline_name=args.pipeline_name, version=args.version,
+        package_path=args.package, namespace=args.namespace, profile=args.profile,
+        settings=cluster_settings.from_arguments(args), description=args.description,
+        existing_token=args.existing_token, cookies=args.cookies)
+    print(f"pipeline: {pipeline_id} version: {version_id}"
+          + ("" if created else " (already uploaded)"))
     return 0
 
 
@@ -254,7 +306,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": _run, "compile": _compile, "submit": _submit, "schedule": _schedule,
-            "export": _export}
+            "upload": _upload, "export": _export}
 
 
 def _describe(error: BaseException) -> str:
