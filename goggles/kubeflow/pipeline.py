@@ -30,6 +30,7 @@ from goggles.kubeflow.components import (
     extract,
     infer,
     ingest,
+    list_source,
     plan_shards,
 )
 from goggles.kubeflow.settings import (
@@ -185,8 +186,16 @@ def goggles_pipeline(
     follow_symlinks : read what symlinks in a local source lead to outside it.
     descriptor_backbone : graph EM's second network (``none`` to skip it).
     """
+    # never cached: its digest of the source keys ingest's cache entry (a grown bucket is new)
+    listing_task = _bucket_access(_resources(list_source(source_uri=source_uri,
+                                                         follow_symlinks=follow_symlinks),
+                                             "ingest"))
+    (listing_task.set_caching_options(enable_caching=False)
+     .set_display_name("list the source (uncached)"))
     ingest_task = _bucket_access(_resources(ingest(source_uri=source_uri,
-                                                   follow_symlinks=follow_symlinks), "ingest"))
+                                                   follow_symlinks=follow_symlinks,
+                                                   source_fingerprint=listing_task.output),
+                                            "ingest"))
     ingest_task.set_display_name("ingest: list and validate images")
 
     plan_task = _resources(plan_shards(manifest=ingest_task.outputs["manifest"],

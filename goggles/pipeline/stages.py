@@ -26,6 +26,25 @@ from goggles.io.dev_labels import read_dev_labels
 logger = logging.getLogger(__name__)
 
 
+def source_fingerprint(config: IngestConfig, source_uri: str) -> dict[str, Any]:
+    """A digest of what ingest would list under ``source_uri``: each image file's path, size
+    and version (a local file's modification time, an object's generation or ETag), with the
+    ingest config. It changes when a file is added, removed or rewritten; the same listing
+    gives the same digest. On a cluster it is what ingest's cache key holds besides the URI,
+    so a grown bucket is never answered from the cache.
+
+    Returns ``{"fingerprint": "sha256:...", "n_files": ...}``.
+    """
+    from goggles.io import listing
+    from goggles.io.resume import stage_key
+
+    files = [(f.relative, f.size, f.version)
+             for f in listing.list_files(source_uri, config.extensions,
+                                         follow_symlinks=config.follow_symlinks)]
+    return {"fingerprint": "sha256:" + stage_key("source", config.to_dict(), files),
+            "n_files": len(files)}
+
+
 def run_ingest(config: IngestConfig, source_uri: str, manifest_uri: str) -> dict[str, Any]:
     """List, decode and validate the images under ``source_uri``; write the manifest."""
     from goggles.ingest.manifest import build_manifest

@@ -271,7 +271,8 @@ def test_the_profile_refers_to_what_the_overlay_provides(overlay: str, compiled)
     # every key the namespace sets reaches the tasks (an unmapped key would be ignored silently)
     assert set(secret.get("data", {})) <= set(module.BUCKET_SECRET_ENV)
     assert set(config_map["data"]) <= set(module.DEFAULTS_ENV), set(config_map["data"])
-    bucket_tasks = {"exec-ingest", "exec-extract", "exec-infer", "exec-evaluate"}
+    bucket_tasks = {"exec-list-source", "exec-ingest", "exec-extract", "exec-infer",
+                    "exec-evaluate"}
     for name in bucket_tasks:
         settings = executors[name]
         assert [s["secretName"] for s in settings["secretAsEnv"]] == [module.BUCKET_SECRET]
@@ -286,8 +287,9 @@ def test_the_profile_refers_to_what_the_overlay_provides(overlay: str, compiled)
     dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
     users = re.findall(r"^USER (\d+):(\d+)$", dockerfile, re.MULTILINE)
     assert users == [(str(module.IMAGE_USER), str(module.IMAGE_USER))]
-    assert set(executors) == {"exec-ingest", "exec-plan-shards", "exec-extract",
-                              "exec-affinity-shard", "exec-infer", "exec-evaluate"}
+    assert set(executors) == {"exec-list-source", "exec-ingest", "exec-plan-shards",
+                              "exec-extract", "exec-affinity-shard", "exec-infer",
+                              "exec-evaluate"}
     for name, settings in executors.items():
         assert settings["securityContext"] == {"runAsUser": str(module.IMAGE_USER),
                                                "runAsGroup": str(module.IMAGE_USER),

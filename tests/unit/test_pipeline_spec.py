@@ -90,7 +90,7 @@ def test_five_stage_components_and_the_shard_plan(compiled) -> None:
         assert spec.components[component].WhichOneof("implementation") == "executor_label"
     leaves = {name for name, c in spec.components.items()
               if c.WhichOneof("implementation") == "executor_label"}
-    assert leaves == set(STAGES.values()) | {"comp-plan-shards"}
+    assert leaves == set(STAGES.values()) | {"comp-plan-shards", "comp-list-source"}
     assert spec.pipeline_info.name == "goggles"
 
 
@@ -223,12 +223,47 @@ def test_retries_with_backoff_on_extract_and_shards_only(compiled) -> None:
 def test_every_task_has_a_display_name_and_caching(compiled) -> None:
     spec, _, _ = compiled
     tasks = _all_tasks(spec)
-    assert len(tasks) == 7  # ingest, plan, extract, the loop, its shard task, infer, evaluate
+    # list, ingest, plan, extract, the loop, its shard task, infer, evaluate
+    assert len(tasks) == 8
     for name, task in tasks.items():
         assert task.task_info.name and task.task_info.name != name, \
             f"task {name!r} has no display name"
-        if task.WhichOneof("iterator") is None:
+        if task.WhichOneof("iterator") is None and name != "list-source":
             assert task.caching_options.enable_cache, f"task {name!r} is not cached"
+
+
+def _upstream(tasks: dict[str, pipeline_spec_pb2.PipelineTaskSpec], name: str) -> set[str]:
+    """Every task ``name`` depends on, directly or not."""
+    seen: set[str] = set()
+    todo = list(tasks[name].dependent_tasks)
+    while todo:
+        upstream = todo.pop()
+        if upstream not in seen:
+            seen.add(upstream)
+            todo += list(tasks[upstream].dependent_tasks) if upstream in tasks else []
+    return seen
+
+
+def test_no_task_reading_the_source_is_cached_without_an_uncached_listing_first(compiled):
+    """KFP caches a task by its inputs: a task given only ``source_uri`` would answer a grown
+    bucket from the cache. The listing task runs every time, uncached, and its digest of the
+    source is an input of ingest; every cached task that takes the source comes after it."""
+    spec, _, _ = compiled
+    tasks = _all_tasks(spec)
+    listing = _task(spec.root.dag, "list-source")
+    assert not listing.caching_options.enable_cache
+    assert listing.inputs.parameters["source_uri"].component_input_parameter == "source_uri"
+    ingest = _task(spec.root.dag, "ingest")
+    fingerprint = ingest.inputs.parameters["source_fingerprint"].task_output_parameter
+    assert (fingerprint.producer_task, fingerprint.output_parameter_key) == ("list-source",
+                                                                             "Output")
+    readers = [name for name, task in tasks.items()
+               if any(p.component_input_parameter == "source_uri"
+                      for p in task.inputs.parameters.values())]
+    assert {"list-source", "ingest", "evaluate"} <= set(readers)
+    for name in readers:
+        if tasks[name].caching_options.enable_cache:
+            assert "list-source" in _upstream(tasks, name), f"{name} is cached on the URI alone"
 
 
 def test_every_stage_requests_cpu_and_memory_and_runs_the_project_image(compiled) -> None:

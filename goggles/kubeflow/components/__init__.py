@@ -11,6 +11,7 @@ chains the task settings.
 from goggles.kubeflow.components.affinity import affinity_shard
 from goggles.kubeflow.components.evaluate import evaluate
 from goggles.kubeflow.components.extract import extract
+from goggles.kubeflow.components.fingerprint import list_source
 from goggles.kubeflow.components.image import BASE_IMAGE, GPU_IMAGE, IMAGES
 from goggles.kubeflow.components.infer import infer
 from goggles.kubeflow.components.ingest import ingest
@@ -18,7 +19,8 @@ from goggles.kubeflow.components.plan import plan_shards
 
 STAGES = {"ingest": ingest, "extract": extract, "affinity": affinity_shard, "infer": infer,
           "evaluate": evaluate}
-"""The five stage components by stage name (``plan_shards`` is the fan-out's helper)."""
+"""The five stage components by stage name (``plan_shards`` is the fan-out's helper,
+``list_source`` the uncached listing that keys ingest's cache)."""
 
 __all__ = ["BASE_IMAGE", "GPU_IMAGE", "IMAGES", "STAGES", "affinity_shard", "evaluate", "extract",
-           "infer", "ingest", "plan_shards"]
+           "infer", "ingest", "list_source", "plan_shards"]
