@@ -166,6 +166,7 @@ def goggles_pipeline(
     dev_labels_uri: str = "",
     device: str = "auto",
     follow_symlinks: bool = False,
+    feature_cache_uri: str = "",
     descriptor_backbone: str = "mobilenet_v2",
 ) -> Outputs:
     """Probabilistic labels for the images under ``source_uri`` (README, "Labeling your images").
@@ -184,6 +185,8 @@ def goggles_pipeline(
     dev_labels_uri : optional CSV/Parquet of ``uri,label`` naming the clusters.
     device : ``auto`` uses the GPU where the task has one.
     follow_symlinks : read what symlinks in a local source lead to outside it.
+    feature_cache_uri : keep each image's features here and extract only images not seen
+        before (``""``: no cache).
     descriptor_backbone : graph EM's second network (``none`` to skip it).
     """
     # never cached: its digest of the source keys ingest's cache entry (a grown bucket is new)
@@ -205,7 +208,8 @@ def goggles_pipeline(
     extract_task = _resources(extract(manifest=ingest_task.outputs["manifest"],
                                       backbone=backbone, weights_uri=weights_uri, top_k=top_k,
                                       max_prototypes=max_prototypes, seed=seed, device=device,
-                                      descriptor_backbone=descriptor_backbone), "extract")
+                                      descriptor_backbone=descriptor_backbone,
+                                      feature_cache_uri=feature_cache_uri), "extract")
     # after the plan, so parameters that cannot work fail before the expensive extraction
     (_bucket_access(extract_task).after(plan_task)
      .set_display_name("extract: CNN filter maps and prototypes")

@@ -233,3 +233,29 @@ def test_a_grown_source_is_never_answered_from_the_cache(tmp_path: Path) -> None
     assert (executed("list-source"), executed("ingest"), executed("extract")) == (3, 2, 2)
     assert (tmp_path / "again" / "labels.parquet").read_bytes() == \
         (tmp_path / "grown" / "labels.parquet").read_bytes()
+
+
+@pytest.mark.slow
+@pytest.mark.data
+def test_labels_are_byte_identical_with_a_cold_and_a_warm_feature_cache(runs,
+                                                                        tmp_path: Path) -> None:
+    """Through the local runner (kfp's cache off, so extract runs each time): a cold feature
+    cache computes every image, a warm one none, and both give the labels of the run without a
+    cache, byte for byte; metrics.json and the Kubeflow UI metrics count them."""
+    cache = tmp_path / "feature-cache"
+    common = {"source_uri": str(runs["source"]), "num_classes": 2, "seed": SEED,
+              "backbone": BACKBONE, "follow_symlinks": True, "num_shards": 4,
+              "feature_cache_uri": str(cache)}
+    root = tmp_path / "root"
+    cold = run_pipeline(RunParameters(output_uri=str(tmp_path / "cold"), **common),
+                        pipeline_root=str(root), keep_pipeline_root=True)
+    warm = run_pipeline(RunParameters(output_uri=str(tmp_path / "warm"), **common))
+    assert (cold["features_computed"], cold["features_reused"]) == (120, 0)
+    assert (warm["features_computed"], warm["features_reused"]) == (0, 120)
+    reference = (runs["out4"] / "labels.parquet").read_bytes()
+    assert (tmp_path / "cold" / "labels.parquet").read_bytes() == reference
+    assert (tmp_path / "warm" / "labels.parquet").read_bytes() == reference
+    ui = _executor_output(root, "evaluate")["artifacts"]["metrics"]["artifacts"][0]["metadata"]
+    assert (ui["features_computed"], ui["features_reused"]) == (120, 0)
+    without = json.loads((runs["out4"] / "metrics.json").read_text())
+    assert (without["features_computed"], without["features_reused"]) == (120, 0)
