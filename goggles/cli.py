@@ -260,7 +260,7 @@ def _submit(args: argparse.Namespace) -> int:
                     profile=args.profile, service_account=args.service_account,
                     **_cluster_options(args))
     print(f"run: {run_id}")
-    print(f"see: {args.host.rstrip('/')}/#/runs/details/{run_id}")
+    print(f"see: {_host(args)}/#/runs/details/{run_id}")
     return 0
 
 
@@ -272,8 +272,15 @@ def _schedule(args: argparse.Namespace) -> int:
                             namespace=args.namespace, profile=args.profile,
                             service_account=args.service_account, **_cluster_options(args))
     print(f"recurring run: {recurring_id} ({args.cron})")
-    print(f"see: {args.host.rstrip('/')}/#/recurringruns/details/{recurring_id}")
+    print(f"see: {_host(args)}/#/recurringruns/details/{recurring_id}")
     return 0
+
+
+def _host(args: argparse.Namespace) -> str:
+    """The KFP host a command talked to: ``--host`` or ``$KF_PIPELINES_ENDPOINT``."""
+    import os
+
+    return str(args.host or os.environ.get("KF_PIPELINES_ENDPOINT", "")).rstrip("/")
 
 
 def _cluster_options(args: argparse.Namespace) -> dict[str, Any]:

@@ -168,3 +168,4 @@ def test_two_runs_sharing_a_cache_at_once_agree(tmp_path: Path) -> None:
     assert not errors, errors
     assert _files(tmp_path / "one") == _files(tmp_path / "two")
     assert not [p for p in cache.rglob("*") if storage.is_temporary(p.name)]
+

@@ -232,8 +232,9 @@ def test_no_host_names_the_variable(monkeypatch: pytest.MonkeyPatch, capsys) -> 
     assert "KF_PIPELINES_ENDPOINT" in capsys.readouterr().err
 
 
-def test_the_host_may_come_from_the_environment(kfp_server: KfpServer,
+def test_the_host_may_come_from_the_environment(kfp_server: KfpServer, capsys,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KF_PIPELINES_ENDPOINT", kfp_server.host)
     assert main(["submit", "source_uri=gs://bucket/birds"]) == 0
     assert kfp_server.calls("POST", f"{API}/runs")
+    assert f"see: {kfp_server.host}/#/runs/details/run-123" in capsys.readouterr().out
