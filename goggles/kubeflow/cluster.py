@@ -149,6 +149,14 @@ def make_client(host: str, namespace: str = "", *, existing_token: str = "",
                       existing_token=token or None, cookies=cookie or None)
 
 
+def _check_settings(package_path: str, settings: ClusterSettings | None) -> None:
+    """Cluster settings are compiled in: with a ready package they would be ignored."""
+    if package_path and settings is not None and settings != ClusterSettings():
+        raise SubmitError("image, pull secret and GPU options are compiled into the package: "
+                          f"recompile {package_path} with them (goggles compile ...), or drop "
+                          "--package to compile now")
+
+
 def _caching(no_cache: bool) -> bool | None:
     """kfp's ``enable_caching``: ``False`` runs every task afresh; ``None`` keeps the
     package's per-task settings (the source listing is never cached either way)."""
@@ -159,6 +167,7 @@ def _package(package_path: str, profile: str, settings: ClusterSettings | None,
              no_cache: bool) -> tuple[str, list[str]]:
     """The package to send and the temporary files to remove after: ``package_path`` or a
     fresh compilation; with ``no_cache``, a copy with caching off in every task."""
+    _check_settings(package_path, settings)
     package = package_path or compile_package(profile=profile, settings=settings)
     temporary = [] if package_path else [package]
     if no_cache:
@@ -242,6 +251,7 @@ def upload(host: str, *, pipeline_name: str = DEFAULT_PIPELINE, version: str = "
     and for runs started from it; returns ``(pipeline_id, version_id, created)``. A version of
     that name that exists already is returned as it is (``created`` false): a version is never
     replaced, so runs that name it keep what they ran."""
+    _check_settings(package_path, settings)
     package = package_path or compile_package(profile=profile, settings=settings)
     try:
         version = version or package_version(package)

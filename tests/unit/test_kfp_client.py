@@ -238,3 +238,14 @@ def test_the_host_may_come_from_the_environment(kfp_server: KfpServer, capsys,
     assert main(["submit", "source_uri=gs://bucket/birds"]) == 0
     assert kfp_server.calls("POST", f"{API}/runs")
     assert f"see: {kfp_server.host}/#/runs/details/run-123" in capsys.readouterr().out
+
+
+def test_cluster_settings_with_a_ready_package_are_refused(kfp_server: KfpServer, tmp_path: Path,
+                                                           capsys) -> None:
+    package = tmp_path / "p.yaml"
+    assert main(["compile", "--output", str(package)]) == 0
+    for command in (["submit", "source_uri=gs://b/i"], ["upload"]):
+        assert main([*command, "--host", kfp_server.host, "--package", str(package),
+                     "--image-tag", "9.9"]) == 2
+        assert "compiled into the package" in capsys.readouterr().err
+    assert not kfp_server.requests
