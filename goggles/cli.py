@@ -7,8 +7,10 @@
     goggles train OUT [--holdout 0.33] [--head linear|mlp] [--targets soft|hard]
     goggles apply MODEL SOURCE --output OUT [--labeler auto|end-model|affinity] [--device auto]
     goggles compile [--output goggles_pipeline.yaml] [--pipeline labels|apply]
-    goggles submit  --host URL [--experiment NAME] [PARAM=VALUE ...]
+                    [--image-repository R --image-tag T] ...
+    goggles submit  --host URL [--experiment NAME] [--no-cache] [PARAM=VALUE ...]
     goggles schedule --host URL --cron "0 0 3 * * *" [PARAM=VALUE ...]
+    goggles upload  --host URL [--pipeline-name goggles] [--version NAME]
     goggles export OUT --format imagefolder|csv|jsonl|label-studio|huggingface --output DEST
                    [--min-confidence P] [--copy] [--label-studio-root DIR]
 
@@ -28,8 +30,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from goggles import __version__, parameters
+from goggles import commands as run_commands
 from goggles.config import ConfigError, StageError
 from goggles.io.uris import scrub
+from goggles.kubeflow import settings as cluster_settings
 from goggles.parameters import RunParameters
 
 logger = logging.getLogger("goggles")
@@ -63,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="local/docker runners: reuse task outputs of earlier runs with the "
                           "same inputs under --pipeline-root (kfp's local cache)")
 
-    _train_and_apply(sub)
+    run_commands.add_train_and_apply(sub)
 
     compile_ = sub.add_parser("compile", help="compile the Kubeflow pipeline to a YAML package")
     compile_.add_argument("--output", default="goggles_pipeline.yaml", help="package to write")
@@ -73,6 +77,7 @@ def _parser() -> argparse.ArgumentParser:
                                "source_uri, labeler, device, follow_symlinks)")
     compile_.add_argument("--profile", default="default", choices=("default", "dev", "prod"),
                           help="cluster settings matching k8s/overlays/<profile>")
+    cluster_settings.add_arguments(compile_)
 
     submit = sub.add_parser("submit", help="start one run on a Kubeflow Pipelines cluster")
     _cluster_arguments(submit)
@@ -85,67 +90,21 @@ def _parser() -> argparse.ArgumentParser:
                                "every day")
     schedule.add_argument("--job-name", default="goggles-recurring",
                           help="name of the recurring run")
-    _export_arguments(sub)
+    _upload_arguments(sub)
+    run_commands.add_export(sub)
     return parser
 
 
-def _export_arguments(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from goggles.export import FORMATS
-
-    export = sub.add_parser("export", help="write a run's labels for another tool "
-                                           "(docs/export.md)")
-    export.add_argument("out", metavar="OUT",
-                        help="the --output of a finished run (or its labels Parquet file)")
-    export.add_argument("--format", required=True, choices=FORMATS,
-                        help="imagefolder: DEST/<class>/<image> (torchvision); csv, jsonl: "
-                             "image_id, uri, label, confidence, probs; label-studio: tasks with "
-                             "predictions and the labeling config; huggingface: datasets' "
-                             "imagefolder layout with metadata.jsonl")
-    export.add_argument("--output", required=True, metavar="DEST",
-                        help="an empty or new folder, local or gs://, s3:// (never overwritten)")
-    export.add_argument("--min-confidence", type=float, default=0.0, metavar="P",
-                        help="export only labels with confidence >= P (default: 0, all)")
-    export.add_argument("--copy", action="store_true",
-                        help="imagefolder, huggingface: copy local images instead of "
-                             "symlinking them (buckets always get copies)")
-    export.add_argument("--label-studio-root", default="/", metavar="DIR",
-                        help="label-studio: the LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT Label "
-                             "Studio serves local images from (default: /)")
-
-
-def _train_and_apply(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from goggles.training.config import HEADS, LABELERS, TARGETS
-
-    train = sub.add_parser("train", help="train an end classifier on a finished run's labels "
-                                          "(OUT/model; metrics.json gains end_model)")
-    train.add_argument("run", metavar="OUT", help="the --output of a finished goggles run")
-    train.add_argument("--holdout", type=float, default=None, metavar="FRACTION",
-                       help="share of the images held out to score the head (default: 1/3)")
-    train.add_argument("--head", choices=HEADS, default=None,
-                       help="linear (default) or a one-hidden-layer mlp")
-    train.add_argument("--targets", choices=TARGETS, default=None,
-                       help="soft: the noise-aware loss on the probabilities (default); hard: "
-                            "their arg-max")
-    train.add_argument("--seed", type=int, default=None, help="default: the run's seed")
-
-    apply = sub.add_parser("apply", help="label new images with a trained run, without "
-                                          "refitting")
-    apply.add_argument("model", metavar="MODEL", help="a finished run's OUT, or OUT/model")
-    apply.add_argument("source", metavar="SOURCE", help="folder or bucket prefix of the new "
-                                                        "images (first-level folders: truth)")
-    apply.add_argument("--output", required=True, metavar="OUT",
-                       help="where labels.parquet, manifest.parquet and metrics.json go")
-    apply.add_argument("--labeler", choices=LABELERS, default="auto",
-                       help="end-model: the trained head (needs OUT/model); affinity: the run's "
-                            "own fit on new rows of A (needs the run's OUT); auto "
-                            "(default): affinity when MODEL is a run's OUT, else the end "
-                            "model")
-    apply.add_argument("--device", choices=parameters.spec("device").choices, default="auto",
-                       help="where the CNN runs (default: auto)")
-    apply.add_argument("--follow-symlinks", action="store_true",
-                       help=parameters.spec("follow_symlinks").help)
-    apply.add_argument("--break-lock", action="store_true",
-                       help="remove the lock another command left on OUT")
+def _upload_arguments(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    upload = sub.add_parser("upload", help="store the pipeline on a KFP cluster as a pipeline "
+                                           "and a version of it")
+    _connection_arguments(upload)
+    upload.add_argument("--pipeline-name", default="goggles",
+                        help="the pipeline to add a version to (created when new)")
+    upload.add_argument("--version", default="", metavar="NAME",
+                        help="the version's name (default: goggles' version and the package's "
+                             "digest; an existing version of that name is kept, not replaced)")
+    upload.add_argument("--description", default="", help="the version's description")
 
 
 def _flag(name: str) -> str:
@@ -192,16 +151,32 @@ def _methods_help() -> str:
     return "\n".join(lines)
 
 
-def _cluster_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", required=True,
-                        help="URL of the Kubeflow Pipelines API, e.g. http://localhost:8080")
-    parser.add_argument("--experiment", default="goggles", help="experiment to run in")
+def _connection_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where the KFP API is, how to sign in, and the package to send."""
+    parser.add_argument("--host", default="",
+                        help="URL of the Kubeflow Pipelines API, e.g. http://localhost:8080 "
+                             "(default: $KF_PIPELINES_ENDPOINT)")
     parser.add_argument("--namespace", default="", help="KFP namespace (multi-user clusters)")
+    parser.add_argument("--existing-token", default="", metavar="TOKEN",
+                        help="bearer token for a multi-user install (default: "
+                             "$KF_PIPELINES_TOKEN; prefer the variable: arguments are visible "
+                             "to other users of this machine)")
+    parser.add_argument("--cookies", default="", metavar="NAME=VALUE",
+                        help="session cookie(s), e.g. authservice_session=... of a Dex login "
+                             "(default: $KF_PIPELINES_COOKIES)")
     parser.add_argument("--package", default="",
                         help="a compiled package to send (default: compile the pipeline now)")
     parser.add_argument("--profile", default="default", choices=("default", "dev", "prod"),
                         help="k8s/overlays/<profile>: with no --package, compile with its "
                              "cluster settings; dev and prod run as goggles-runner")
+    cluster_settings.add_arguments(parser)
+
+
+def _cluster_arguments(parser: argparse.ArgumentParser) -> None:
+    _connection_arguments(parser)
+    parser.add_argument("--experiment", default="goggles", help="experiment to run in")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="run every task afresh, reusing no earlier run's outputs")
     parser.add_argument("--service-account", default="", metavar="NAME",
                         help="run the pods as this ServiceAccount (default: goggles-runner "
                              "with --profile dev|prod, else the namespace's default)")
@@ -259,36 +234,8 @@ def _run(args: argparse.Namespace) -> int:
 def _compile(args: argparse.Namespace) -> int:
     from goggles.kubeflow.cluster import compile_package
 
-    print(compile_package(args.output, args.profile, pipeline=args.pipeline))
-    return 0
-
-
-def _train(args: argparse.Namespace) -> int:
-    from goggles.pipeline.train_apply import train_config_for, train_finished_run
-
-    config = train_config_for(args.run, holdout=args.holdout, head=args.head,
-                              targets=args.targets, seed=args.seed)
-    scores = train_finished_run(args.run, config)
-    print(json.dumps(scores, indent=2))
-    print(f"model: {args.run.rstrip('/')}/model")
-    return 0
-
-
-def _apply(args: argparse.Namespace) -> int:
-    from goggles.pipeline.train_apply import apply_to_source
-    from goggles.training.config import ApplyConfig
-
-    if args.break_lock:
-        from goggles.io.lock import break_lock
-
-        break_lock(args.output)
-    metrics = apply_to_source(args.model, args.source, args.output,
-                              ApplyConfig(labeler=args.labeler, device=args.device),
-                              follow_symlinks=args.follow_symlinks)
-    summary = {k: metrics[k] for k in ("n_images", "n_rejected", "num_classes", "labeler",
-                                       "accuracy", "images_per_s", "timings_s") if k in metrics}
-    print(json.dumps(summary, indent=2))
-    print(f"labels: {args.output.rstrip('/')}/labels.parquet")
+    print(compile_package(args.output, args.profile, cluster_settings.from_arguments(args),
+                          pipeline=args.pipeline))
     return 0
 
 
@@ -297,9 +244,10 @@ def _submit(args: argparse.Namespace) -> int:
 
     run_id = submit(args.host, args.parameters, experiment=args.experiment,
                     run_name=args.run_name, package_path=args.package, namespace=args.namespace,
-                    profile=args.profile, service_account=args.service_account)
+                    profile=args.profile, service_account=args.service_account,
+                    **_cluster_options(args))
     print(f"run: {run_id}")
-    print(f"see: {args.host.rstrip('/')}/#/runs/details/{run_id}")
+    print(f"see: {_host(args)}/#/runs/details/{run_id}")
     return 0
 
 
@@ -309,24 +257,40 @@ def _schedule(args: argparse.Namespace) -> int:
     recurring_id = schedule(args.host, args.cron, args.parameters, experiment=args.experiment,
                             job_name=args.job_name, package_path=args.package,
                             namespace=args.namespace, profile=args.profile,
-                            service_account=args.service_account)
+                            service_account=args.service_account, **_cluster_options(args))
     print(f"recurring run: {recurring_id} ({args.cron})")
-    print(f"see: {args.host.rstrip('/')}/#/recurringruns/details/{recurring_id}")
+    print(f"see: {_host(args)}/#/recurringruns/details/{recurring_id}")
     return 0
 
 
-def _export(args: argparse.Namespace) -> int:
-    from goggles.export import export_labels
+def _host(args: argparse.Namespace) -> str:
+    """The KFP host a command talked to: ``--host`` or ``$KF_PIPELINES_ENDPOINT``."""
+    import os
 
-    summary = export_labels(args.out, args.output, args.format,
-                            min_confidence=args.min_confidence, link=not args.copy,
-                            label_studio_root=args.label_studio_root)
-    print(summary.line())
+    return str(args.host or os.environ.get("KF_PIPELINES_ENDPOINT", "")).rstrip("/")
+
+
+def _cluster_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options submit and schedule share: caching, cluster settings, sign-in."""
+    return {"no_cache": args.no_cache, "settings": cluster_settings.from_arguments(args),
+            "existing_token": args.existing_token, "cookies": args.cookies}
+
+
+def _upload(args: argparse.Namespace) -> int:
+    from goggles.kubeflow.cluster import upload
+
+    pipeline_id, version_id, created = upload(
+        args.host, pipeline_name=args.pipeline_name, version=args.version,
+        package_path=args.package, namespace=args.namespace, profile=args.profile,
+        settings=cluster_settings.from_arguments(args), description=args.description,
+        existing_token=args.existing_token, cookies=args.cookies)
+    print(f"pipeline: {pipeline_id} version: {version_id}"
+          + ("" if created else " (already uploaded)"))
     return 0
 
 
 COMMANDS = {"run": _run, "compile": _compile, "submit": _submit, "schedule": _schedule,
-            "train": _train, "apply": _apply, "export": _export}
+            "upload": _upload, **run_commands.COMMANDS}
 
 
 def _describe(error: BaseException) -> str:

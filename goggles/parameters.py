@@ -104,6 +104,10 @@ class RunParameters:
         False, "follow symlinks that lead outside the source (off: such files are rejected "
         "and such folders skipped, so a source cannot expose other files)",
         stages=("ingest",))
+    feature_cache_uri: str = _parameter(
+        "", "keep each image's features here (a folder or bucket prefix) and reuse them on "
+        "later runs: only images not seen before are extracted", flag="--feature-cache",
+        stages=("extract",), uri=True, metavar="URI")
     descriptor_backbone: str = _parameter(
         "mobilenet_v2", "graph-em: a second network whose bilinear descriptors join the graph "
         "(+25% extract time beside VGG-16); none to skip it", choices=BACKBONES + ("none",),

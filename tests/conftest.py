@@ -321,3 +321,135 @@ def kfp_client(monkeypatch: pytest.MonkeyPatch) -> type[RecordingClient]:
     monkeypatch.setattr(kfp, "Client", RecordingClient)
     return RecordingClient
 
+
+
+@dataclass
+class Request:
+    """One HTTP request the :class:`KfpServer` received."""
+
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        import json
+
+        return json.loads(self.body or b"{}")
+
+    def package(self) -> dict[str, Any]:
+        """The pipeline spec of a multipart upload (the ``uploadfile`` part)."""
+        import email.parser
+
+        message = email.parser.BytesParser().parsebytes(
+            b"Content-Type: " + self.headers["content-type"].encode() + b"\r\n\r\n" + self.body)
+        for part in message.walk():
+            if part.get_param("name", header="content-disposition") == "uploadfile":
+                return next(iter(yaml.safe_load_all(part.get_payload(decode=True))))
+        raise AssertionError("no uploadfile part in the upload")
+
+
+class KfpServer:
+    """A Kubeflow Pipelines API (v2beta1) on 127.0.0.1 that records every request and answers
+    as KFP's server does for the calls goggles makes: healthz, experiments, runs, recurring
+    runs, pipelines, their versions and uploads. The real :class:`kfp.Client` talks to it."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        self.requests: list[Request] = []
+        self.pipelines: dict[str, str] = {}  # display name -> id
+        self.versions: dict[str, list[tuple[str, str]]] = {}  # pipeline id -> (name, id)
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _handle(self) -> None:
+                from urllib.parse import parse_qs, urlsplit
+
+                length = int(self.headers.get("content-length") or 0)
+                url = urlsplit(self.path)
+                request = Request(self.command, url.path, parse_qs(url.query),
+                                  {k.lower(): v for k, v in self.headers.items()},
+                                  self.rfile.read(length))
+                server.requests.append(request)
+                status, answer = server.answer(request)
+                import json
+
+                body = json.dumps(answer).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = do_DELETE = _handle
+
+        self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.host = f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    def calls(self, method: str, path: str) -> list[Request]:
+        """The requests of ``method`` to ``path`` (exactly), in order."""
+        return [r for r in self.requests if r.method == method and r.path == path]
+
+    def answer(self, request: Request) -> tuple[int, Any]:
+        import json
+
+        api = "/apis/v2beta1"
+        path, method = request.path, request.method
+        if path == f"{api}/healthz":
+            return 200, {"multi_user": False}
+        if path == f"{api}/experiments" and method == "GET":
+            return 200, {}
+        if path == f"{api}/experiments" and method == "POST":
+            name = request.json()["display_name"]
+            return 200, {"experiment_id": f"exp-{name}", "display_name": name}
+        if path == f"{api}/runs" and method == "POST":
+            return 200, {"run_id": "run-123", "display_name": request.json()["display_name"]}
+        if path == f"{api}/recurringruns" and method == "POST":
+            return 200, {"recurring_run_id": "rr-456"}
+        if path == f"{api}/pipelines" and method == "GET":
+            predicate = (json.loads(request.query["filter"][0])["predicates"][0]
+                         if "filter" in request.query else {})
+            wanted = predicate.get("stringValue", predicate.get("string_value"))
+            found = [{"pipeline_id": pid, "display_name": name}
+                     for name, pid in self.pipelines.items() if wanted in (None, name)]
+            return 200, {"pipelines": found, "total_size": len(found)} if found else {}
+        if path == f"{api}/pipelines/upload":
+            name = request.query["name"][0]
+            pid = self.pipelines.setdefault(name, f"pl-{len(self.pipelines) + 1}")
+            self.versions.setdefault(pid, []).append((name, f"pv-{pid}-1"))
+            return 200, {"pipeline_id": pid, "display_name": name}
+        if path == f"{api}/pipelines/upload_version":
+            pid, name = request.query["pipelineid"][0], request.query["name"][0]
+            if any(n == name for n, _ in self.versions.get(pid, [])):
+                return 409, {"error": f"version {name} exists", "code": 6}
+            vid = f"pv-{pid}-{len(self.versions.setdefault(pid, [])) + 1}"
+            self.versions[pid].append((name, vid))
+            return 200, {"pipeline_id": pid, "pipeline_version_id": vid, "display_name": name}
+        if path.startswith(f"{api}/pipelines/") and path.endswith("/versions"):
+            pid = path.split("/")[-2]
+            found = [{"pipeline_id": pid, "pipeline_version_id": vid, "display_name": name}
+                     for name, vid in self.versions.get(pid, [])]
+            return 200, {"pipeline_versions": found, "total_size": len(found)}
+        return 404, {"error": f"not found: {method} {path}", "code": 5}
+
+
+@pytest.fixture
+def kfp_server() -> Iterator[KfpServer]:
+    """A recording KFP API server on 127.0.0.1 (:class:`KfpServer`), closed after the test."""
+    server = KfpServer()
+    try:
+        yield server
+    finally:
+        server.close()

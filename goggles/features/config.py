@@ -43,6 +43,8 @@ class ExtractConfig(Config):
     descriptor_backbone : a second network whose bilinear descriptors graph EM adds to its
         graph (:mod:`goggles.features.descriptors`); ``none`` for none. Ignored when equal to
         ``backbone``.
+    feature_cache_uri : where each image's features are kept across runs
+        (:mod:`goggles.features.cache`); ``""``: no cache, every image is extracted.
     """
 
     backbone: str = default("backbone")
@@ -57,6 +59,7 @@ class ExtractConfig(Config):
     max_prototypes: int = default("max_prototypes")
     seed: int = default("seed")
     descriptor_backbone: str = default("descriptor_backbone")
+    feature_cache_uri: str = default("feature_cache_uri")
 
     def __post_init__(self) -> None:
         for name in names(stage="extract"):

@@ -1,20 +1,21 @@
-"""The apply pipeline: ingest → apply, labeling new images with a trained run (no refit), for
-scheduled runs over images that keep arriving.
+"""The apply pipeline: list → ingest → apply, labeling new images with a trained run (no
+refit), for scheduled runs over images that keep arriving.
 
 ``goggles compile --pipeline apply`` writes it; ``goggles schedule --package FILE`` (or
 ``submit``) runs it with ``model_uri=gs://bucket/run source_uri=gs://bucket/new``. The labels,
 manifest and metrics follow the labeling run's contract (goggles.io.artifacts); the apply task
-runs the CNN, so it gets extract's GPU settings under the ``default`` and ``prod`` profiles.
+runs the CNN, so it gets extract's GPU settings (``goggles.kubeflow.pipeline._gpu``).
 """
 
 from typing import NamedTuple
 
-from kfp import compiler, dsl, kubernetes
+from kfp import compiler, dsl
 from kfp.dsl import Artifact, Dataset
 
 from goggles.kubeflow import pipeline as labels_pipeline
-from goggles.kubeflow.components import ingest
+from goggles.kubeflow.components import ingest, list_source
 from goggles.kubeflow.components.apply import apply_model
+from goggles.kubeflow.settings import ClusterSettings, describe_parameters
 
 APPLY_PIPELINE_NAME = "goggles-apply"
 APPLY_INFO = {"name": APPLY_PIPELINE_NAME,
@@ -49,33 +50,50 @@ def goggles_apply_pipeline(
     device : ``auto`` uses the GPU where the task has one.
     follow_symlinks : read what symlinks in a local source lead to outside it.
     """
-    build = labels_pipeline._build
+    # as in the labeling pipeline: an uncached listing keys ingest's cache entry, so new images
+    # in the bucket are never answered from an earlier run
+    listing_task = labels_pipeline._bucket_access(labels_pipeline._resources(
+        list_source(source_uri=source_uri, follow_symlinks=follow_symlinks), "ingest"))
+    (listing_task.set_caching_options(enable_caching=False)
+     .set_display_name("list the new images (uncached)"))
     ingest_task = labels_pipeline._bucket_access(labels_pipeline._resources(
-        ingest(source_uri=source_uri, follow_symlinks=follow_symlinks), "ingest"))
+        ingest(source_uri=source_uri, follow_symlinks=follow_symlinks,
+               source_fingerprint=listing_task.output), "ingest"))
     ingest_task.set_display_name("ingest: list and validate the new images")
     apply_task = labels_pipeline._bucket_access(labels_pipeline._resources(
         apply_model(manifest=ingest_task.outputs["manifest"], model_uri=model_uri,
                     labeler=labeler, device=device), "extract"))
-    apply_task.set_display_name("apply: label with the trained run")
-    if build["gpu"]:
-        apply_task.set_accelerator_type(labels_pipeline.GPU_RESOURCE).set_accelerator_limit(1)
-        kubernetes.add_node_selector(apply_task, *labels_pipeline.GPU_NODE_SELECTOR)
-        kubernetes.add_toleration(apply_task, **labels_pipeline.GPU_TOLERATION)
+    # uncached: the model at model_uri may have been retrained since (same URI, new weights)
+    (apply_task.set_caching_options(enable_caching=False)
+     .set_display_name("apply: label with the trained run"))
+    labels_pipeline._gpu(apply_task)
     return ApplyOutputs(manifest=ingest_task.outputs["manifest"],
                         labels=apply_task.outputs["labels"],
                         metrics=apply_task.outputs["metrics_json"])
 
 
+APPLY_HELP = {
+    "model_uri": "a finished run's output folder (either labeler) or its model/ folder (the end "
+                 "model), readable by the pods",
+    "labeler": "auto (the run's own fit when model_uri is a run's output, else the end model), "
+               "end-model or affinity; see docs/training.md",
+}
+
+
 def compile_apply_pipeline(package_path: str = "goggles_apply_pipeline.yaml",
-                           profile: str = "default") -> str:
-    """Compile :func:`goggles_apply_pipeline` with a profile's cluster settings."""
+                           profile: str = "default",
+                           settings: ClusterSettings | None = None) -> str:
+    """Compile :func:`goggles_apply_pipeline` with a profile's cluster settings and ``settings``
+    (images, pull secret, GPU), the parameters described as the labeling pipeline's are."""
     if profile not in labels_pipeline.PROFILES:
         raise ValueError(f"unknown profile {profile!r}; choose one of "
                          f"{', '.join(labels_pipeline.PROFILES)}")
-    labels_pipeline._build.update(labels_pipeline.PROFILES[profile])
+    settings = labels_pipeline._profile_settings(profile, settings or ClusterSettings())
+    labels_pipeline._build.update(labels_pipeline.PROFILES[profile], settings=settings)
     try:
         built = dsl.pipeline(**APPLY_INFO)(goggles_apply_pipeline.pipeline_func)
         compiler.Compiler().compile(built, package_path=package_path)
     finally:
-        labels_pipeline._build.update(labels_pipeline.PROFILES["default"])
-    return package_path
+        labels_pipeline._build.update(labels_pipeline.PROFILES["default"],
+                                      settings=ClusterSettings())
+    return describe_parameters(package_path, extra=APPLY_HELP)

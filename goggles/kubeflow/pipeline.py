@@ -18,6 +18,7 @@ pipeline runner already reaches the buckets.
 """
 
 import argparse
+import dataclasses
 from typing import NamedTuple
 
 from kfp import compiler, dsl, kubernetes
@@ -30,10 +31,16 @@ from goggles.kubeflow.components import (
     extract,
     infer,
     ingest,
+    list_source,
     no_train,
     plan_shards,
 )
 from goggles.kubeflow.components import train as train_end_model
+from goggles.kubeflow.settings import (
+    DEFAULT_GPU_NODE_SELECTOR,
+    ClusterSettings,
+    describe_parameters,
+)
 
 PIPELINE_NAME = "goggles"
 __all__ = ["IMAGES", "PIPELINE_NAME", "PROFILES", "compile_pipeline", "goggles_pipeline",
@@ -43,8 +50,6 @@ SHARD_PARALLELISM = 8
 """At most this many affinity shard pods at once (kfp's local runner caps it at 2)."""
 
 GPU_RESOURCE = "nvidia.com/gpu"
-GPU_NODE_SELECTOR = ("nvidia.com/gpu.present", "true")
-"""Node label set by NVIDIA's GPU feature discovery / GPU operator."""
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 """GPU node pools are commonly tainted so that only GPU pods land there."""
 
@@ -64,16 +69,22 @@ DEFAULTS_ENV = ("GOOGLE_APPLICATION_CREDENTIALS", "AWS_ENDPOINT_URL", "AWS_DEFAU
                 "GOGGLES_OFFLINE", "TQDM_MININTERVAL")
 SERVICE_ACCOUNT = "goggles-runner"
 """k8s/base's ServiceAccount, bound to the Role that names what KFP's pods may read."""
-PROFILES = {"default": {"gpu": True, "namespace": False, "service_account": ""},
-            "dev": {"gpu": False, "namespace": True, "service_account": SERVICE_ACCOUNT},
-            "prod": {"gpu": True, "namespace": True, "service_account": SERVICE_ACCOUNT}}
-"""Compile profiles: extract on the GPU node pool; the namespace's Secret/ConfigMap, non-root
-security context and the task pod label its NetworkPolicy selects (k8s/). Secret and ConfigMap
-are optional: with workload identity, neither is needed. ``service_account`` is who runs submit
-and schedule use unless told otherwise (``""``: the namespace's default for pipelines, e.g.
-``default-editor``); a run's service account is not part of the compiled pipeline."""
-_build = dict(PROFILES["default"])
-"""The profile being built: kfp runs the pipeline body once, when it is decorated."""
+PROFILES = {"default": {"gpu": True, "namespace": False, "service_account": "",
+                        "gpu_pool": False},
+            "dev": {"gpu": False, "namespace": True, "service_account": SERVICE_ACCOUNT,
+                    "gpu_pool": False},
+            "prod": {"gpu": True, "namespace": True, "service_account": SERVICE_ACCOUNT,
+                     "gpu_pool": True}}
+"""Compile profiles: extract on a GPU (``gpu``; ``gpu_pool``: with the GPU operator's node
+selector and the ``nvidia.com/gpu`` toleration, as k8s/overlays/prod's pool needs); the
+namespace's Secret/ConfigMap, non-root security context and the task pod label its
+NetworkPolicy selects (k8s/). Secret and ConfigMap are optional: with workload identity, neither
+is needed. ``service_account`` is who runs submit and schedule use unless told otherwise
+(``""``: the namespace's default for pipelines, e.g. ``default-editor``); a run's service
+account is not part of the compiled pipeline."""
+_build: dict = {**PROFILES["default"], "settings": ClusterSettings()}
+"""The profile and cluster settings being built: kfp runs the pipeline body once, when it is
+decorated."""
 
 RESOURCES = {
     # stage: (cpu request, memory request, memory limit)
@@ -103,6 +114,11 @@ class Outputs(NamedTuple):
 
 def _resources(task: dsl.PipelineTask, stage: str) -> dsl.PipelineTask:
     cpu, memory, memory_limit = RESOURCES[stage]
+    settings: ClusterSettings = _build["settings"]
+    if task.container_spec is not None:  # the image of --image-repository/--image-tag
+        task.set_container_image(settings.image_for(task.container_spec.image))
+    if settings.image_pull_secret:
+        kubernetes.set_image_pull_secrets(task, [settings.image_pull_secret])
     if _build["namespace"]:
         kubernetes.set_security_context(task, run_as_user=IMAGE_USER, run_as_group=IMAGE_USER,
                                         run_as_non_root=True)
@@ -119,6 +135,20 @@ def _bucket_access(task: dsl.PipelineTask) -> dsl.PipelineTask:
         kubernetes.use_config_map_as_env(task, DEFAULTS_CONFIG_MAP,
                                          {key: key for key in DEFAULTS_ENV}, optional=True)
     return task
+
+
+def _gpu(task: dsl.PipelineTask) -> None:
+    """Extract on a GPU unless the settings say CPU; node selector and toleration only when
+    asked (a stock GKE or EKS node has no ``nvidia.com/gpu.present`` label)."""
+    settings: ClusterSettings = _build["settings"]
+    if settings.extract_device != "gpu":
+        return
+    task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(1)
+    selector = settings.node_selector()
+    if selector:
+        kubernetes.add_node_selector(task, *selector)
+    if settings.gpu_toleration:
+        kubernetes.add_toleration(task, **GPU_TOLERATION)
 
 
 PIPELINE_INFO = {"name": PIPELINE_NAME,
@@ -142,6 +172,7 @@ def goggles_pipeline(
     dev_labels_uri: str = "",
     device: str = "auto",
     follow_symlinks: bool = False,
+    feature_cache_uri: str = "",
     descriptor_backbone: str = "mobilenet_v2",
     train: bool = False,
 ) -> Outputs:
@@ -161,11 +192,21 @@ def goggles_pipeline(
     dev_labels_uri : optional CSV/Parquet of ``uri,label`` naming the clusters.
     device : ``auto`` uses the GPU where the task has one.
     follow_symlinks : read what symlinks in a local source lead to outside it.
+    feature_cache_uri : keep each image's features here and extract only images not seen
+        before (``""``: no cache).
     descriptor_backbone : graph EM's second network (``none`` to skip it).
     train : also train an end classifier on the labels (the train task's ``model``).
     """
+    # never cached: its digest of the source keys ingest's cache entry (a grown bucket is new)
+    listing_task = _bucket_access(_resources(list_source(source_uri=source_uri,
+                                                         follow_symlinks=follow_symlinks),
+                                             "ingest"))
+    (listing_task.set_caching_options(enable_caching=False)
+     .set_display_name("list the source (uncached)"))
     ingest_task = _bucket_access(_resources(ingest(source_uri=source_uri,
-                                                   follow_symlinks=follow_symlinks), "ingest"))
+                                                   follow_symlinks=follow_symlinks,
+                                                   source_fingerprint=listing_task.output),
+                                            "ingest"))
     ingest_task.set_display_name("ingest: list and validate images")
 
     plan_task = _resources(plan_shards(manifest=ingest_task.outputs["manifest"],
@@ -175,16 +216,14 @@ def goggles_pipeline(
     extract_task = _resources(extract(manifest=ingest_task.outputs["manifest"],
                                       backbone=backbone, weights_uri=weights_uri, top_k=top_k,
                                       max_prototypes=max_prototypes, seed=seed, device=device,
-                                      descriptor_backbone=descriptor_backbone), "extract")
+                                      descriptor_backbone=descriptor_backbone,
+                                      feature_cache_uri=feature_cache_uri), "extract")
     # after the plan, so parameters that cannot work fail before the expensive extraction
     (_bucket_access(extract_task).after(plan_task)
      .set_display_name("extract: CNN filter maps and prototypes")
      .set_retry(num_retries=2, backoff_duration="30s", backoff_factor=2,
                 backoff_max_duration="600s"))
-    if _build["gpu"]:
-        extract_task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(1)
-        kubernetes.add_node_selector(extract_task, *GPU_NODE_SELECTOR)
-        kubernetes.add_toleration(extract_task, **GPU_TOLERATION)
+    _gpu(extract_task)
 
     with dsl.ParallelFor(items=plan_task.outputs["Output"], name="affinity shards (fan-out)",
                          parallelism=SHARD_PARALLELISM) as shard_id:
@@ -238,23 +277,41 @@ def goggles_pipeline(
                    model_uri=model_uri)
 
 
-def pipeline_for(profile: str = "default") -> dsl.base_component.BaseComponent:
-    """:func:`goggles_pipeline` built with a profile's cluster settings (see :data:`PROFILES`)."""
+def pipeline_for(profile: str = "default", settings: ClusterSettings | None = None,
+                 ) -> dsl.base_component.BaseComponent:
+    """:func:`goggles_pipeline` built with a profile's cluster settings (see :data:`PROFILES`)
+    and ``settings`` (images, pull secret, GPU; :class:`ClusterSettings`)."""
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
-    if profile == "default":
+    settings = _profile_settings(profile, settings or ClusterSettings())
+    if profile == "default" and settings == ClusterSettings():
         return goggles_pipeline
-    _build.update(PROFILES[profile])
+    _build.update(PROFILES[profile], settings=settings)
     try:
         return dsl.pipeline(**PIPELINE_INFO)(goggles_pipeline.pipeline_func)
     finally:
-        _build.update(PROFILES["default"])
+        _build.update(PROFILES["default"], settings=ClusterSettings())
 
 
-def compile_pipeline(package_path: str = DEFAULT_PACKAGE, profile: str = "default") -> str:
-    """Compile :func:`goggles_pipeline` to a KFP IR YAML at ``package_path``; returns it."""
-    compiler.Compiler().compile(pipeline_for(profile), package_path=package_path)
-    return package_path
+def _profile_settings(profile: str, settings: ClusterSettings) -> ClusterSettings:
+    """``settings`` with what the profile's node pools need: CPU extraction without GPUs
+    (``dev``), the GPU pool's node selector and toleration (``prod``)."""
+    if not PROFILES[profile]["gpu"]:
+        return dataclasses.replace(settings, extract_device="cpu", gpu_node_selector="",
+                                   gpu_toleration=False)
+    if PROFILES[profile]["gpu_pool"] and settings.extract_device == "gpu":
+        return dataclasses.replace(
+            settings, gpu_node_selector=settings.gpu_node_selector or DEFAULT_GPU_NODE_SELECTOR,
+            gpu_toleration=True)
+    return settings
+
+
+def compile_pipeline(package_path: str = DEFAULT_PACKAGE, profile: str = "default",
+                     settings: ClusterSettings | None = None) -> str:
+    """Compile :func:`goggles_pipeline` to a KFP IR YAML at ``package_path``, with every run
+    parameter's description (:func:`describe_parameters`); returns the path."""
+    compiler.Compiler().compile(pipeline_for(profile, settings), package_path=package_path)
+    return describe_parameters(package_path)
 
 
 def main(argv: list[str] | None = None) -> None:

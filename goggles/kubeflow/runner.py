@@ -170,8 +170,13 @@ def _docker_runner(params: RunParameters, images: tuple[str, ...], pipeline_root
         mounts += [docker.types.Mount(target=named, source=real, type="bind", read_only=True)
                    for real, named in _symlink_aliases(_absolute(params.source_uri))
                    if named not in paths]
+    cache = params.feature_cache_uri
+    if cache and storage.is_local(cache):  # the feature cache is written: mounted read-write
+        os.makedirs(_absolute(cache), exist_ok=True)
+        mounts.append(docker.types.Mount(target=_absolute(cache), source=_absolute(cache),
+                                         type="bind", read_only=False))
     arguments: dict[str, Any] = {"mounts": mounts, "user": user}
-    if all(storage.is_local(uri) for uri in inputs):
+    if all(storage.is_local(uri) for uri in [*inputs, *([cache] if cache else [])]):
         # the tasks read only mounted files and kfp's pipeline_root: they need no network
         arguments["network_mode"] = "none"
     if params.device == "cuda":

@@ -69,6 +69,7 @@ def _run_stages(params: RunParameters, configs: dict[str, Any]) -> dict[str, Any
     extract_params = extract_cfg.to_dict()
     if not extract_cfg.max_prototypes:
         extract_params.pop("seed")  # the seed only drives the prototype budget's sample
+    extract_params.pop("feature_cache_uri")  # where features are kept changes no result
     if extract_cfg.weights_uri:  # the weights' content, not their name
         extract_params["weights_uri"] = storage.fingerprint(extract_cfg.weights_uri)
     extract_key = stage_key("extract", ingest_key, extract_params)
@@ -106,7 +107,7 @@ def _run_stages(params: RunParameters, configs: dict[str, Any]) -> dict[str, Any
                  storage.join(paths["model"], "model.safetensors")])
     record = run_record(dataclasses.asdict(params), runner="inprocess",
                         weights_source=extracted["weights_source"],
-                        num_prototypes=inferred["num_prototypes"])
+                        num_prototypes=inferred["num_prototypes"], extracted=extracted)
     return evaluate_and_report(
         manifest_uri=paths["manifest"], labels_uri=paths["labels"],
         inference_uri=paths["inference"], prototypes_uri=paths["prototypes"],

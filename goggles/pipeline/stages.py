@@ -27,6 +27,25 @@ from goggles.training.config import ApplyConfig, TrainConfig
 logger = logging.getLogger(__name__)
 
 
+def source_fingerprint(config: IngestConfig, source_uri: str) -> dict[str, Any]:
+    """A digest of what ingest would list under ``source_uri``: each image file's path, size
+    and version (a local file's modification time, an object's generation or ETag), with the
+    ingest config. It changes when a file is added, removed or rewritten; the same listing
+    gives the same digest. On a cluster it is what ingest's cache key holds besides the URI,
+    so a grown bucket is never answered from the cache.
+
+    Returns ``{"fingerprint": "sha256:...", "n_files": ...}``.
+    """
+    from goggles.io import listing
+    from goggles.io.resume import stage_key
+
+    files = [(f.relative, f.size, f.version)
+             for f in listing.list_files(source_uri, config.extensions,
+                                         follow_symlinks=config.follow_symlinks)]
+    return {"fingerprint": "sha256:" + stage_key("source", config.to_dict(), files),
+            "n_files": len(files)}
+
+
 def run_ingest(config: IngestConfig, source_uri: str, manifest_uri: str) -> dict[str, Any]:
     """List, decode and validate the images under ``source_uri``; write the manifest."""
     from goggles.ingest.manifest import build_manifest
@@ -42,7 +61,12 @@ def run_extract(config: ExtractConfig, manifest_uri: str, features_uri: str,
                 prototypes_uri: str) -> dict[str, Any]:
     """Filter maps of every accepted image (sharded) and their prototypes (paper §3.1), and
     the images' bilinear descriptors for graph EM: of these maps and, when
-    ``config.descriptor_backbone`` names another network, of its maps (one more pass)."""
+    ``config.descriptor_backbone`` names another network, of its maps (one more pass).
+
+    With ``config.feature_cache_uri``, each image's maps (and second descriptor) come from the
+    feature cache (:mod:`goggles.features.cache`) when it holds them, keyed by the image's
+    SHA-256; only the misses are computed. The result counts them: ``features_computed``,
+    ``features_reused``."""
     from goggles.features.backbones import load_backbone
     from goggles.features.budget import select_within_budget
     from goggles.features.descriptors import bilinear_descriptors
@@ -55,12 +79,17 @@ def run_extract(config: ExtractConfig, manifest_uri: str, features_uri: str,
         raise StageError("the manifest has no accepted images; every file was rejected — see "
                          "the manifest's error column")
     uris = rows["uri"].to_pylist()
+    hashes = rows["sha256"].to_pylist()
     image_ids = rows["image_id"].to_numpy()
     model, weights_source = load_backbone(config.backbone, config.weights_uri)
     device = resolve_device(config.device)
     writer = artifacts.FeaturesWriter(features_uri, config.shard_size)
     prototype_parts: list[artifacts.Prototypes] = []
     descriptors: list[np.ndarray] = []
+    options: dict[str, Any] = {"image_size": config.image_size,
+                               "batch_size": config.batch_size,
+                               "num_workers": config.num_workers, "device": device,
+                               "precision": config.precision}
 
     def on_batch(start: int, maps: np.ndarray) -> None:
         ids = image_ids[start:start + len(maps)]
@@ -68,31 +97,47 @@ def run_extract(config: ExtractConfig, manifest_uri: str, features_uri: str,
         writer.add_maps(ids, maps)
         descriptors.append(bilinear_descriptors(maps))
 
-    extract_filter_maps(uris, model, image_size=config.image_size, batch_size=config.batch_size,
-                        num_workers=config.num_workers, device=device,
-                        precision=config.precision, on_batch=on_batch)
+    counts = {"features_computed": len(uris), "features_reused": 0}
+    if config.feature_cache_uri:
+        from goggles.features import incremental
+
+        cache = incremental.open_cache(config.feature_cache_uri, "maps", config.backbone, model,
+                                       image_size=config.image_size, device=device,
+                                       precision=config.precision)
+        found = incremental.cached_features(cache, uris, hashes, model, options,
+                                            batch_size=config.batch_size, on_batch=on_batch)
+        counts = {"features_computed": found.computed, "features_reused": found.reused}
+    else:
+        extract_filter_maps(uris, model, on_batch=on_batch, **options)
     writer.add_descriptors(config.backbone, np.concatenate(descriptors))
     second = config.descriptor_backbone
     if second not in ("none", config.backbone):
         other, _ = load_backbone(second)
-        extra: list[np.ndarray] = []
-        extract_filter_maps(uris, other, image_size=config.image_size,
-                            batch_size=config.batch_size, num_workers=config.num_workers,
-                            device=device, precision=config.precision,
-                            on_batch=lambda _start, maps: extra.append(bilinear_descriptors(maps)))
-        writer.add_descriptors(second, np.concatenate(extra))
+        if config.feature_cache_uri:
+            cache = incremental.open_cache(config.feature_cache_uri, "descriptor", second, other,
+                                           image_size=config.image_size, device=device,
+                                           precision=config.precision)
+            described, _ = incremental.cached_descriptors(cache, uris, hashes, other, options,
+                                                          batch_size=config.batch_size)
+        else:
+            extra: list[np.ndarray] = []
+            extract_filter_maps(uris, other, **options,
+                                on_batch=lambda _s, maps: extra.append(bilinear_descriptors(maps)))
+            described = np.concatenate(extra)
+        writer.add_descriptors(second, described)
     meta = writer.finish(backbone=config.backbone, weights=weights_source,
                          image_size=config.image_size)
     shape = meta["shape"]
     prototypes = artifacts.Prototypes.concatenate(prototype_parts, shape[0])
-    found = len(prototypes)
+    found_prototypes = len(prototypes)
     if config.max_prototypes:
         prototypes = prototypes.take(select_within_budget(len(prototypes), config.max_prototypes,
                                                           seed=config.seed))
     storage.write_parquet(prototypes.to_table(), prototypes_uri)
-    return {"n_images": len(uris), "num_prototypes": len(prototypes), "prototypes_found": found,
-            "filter_map_shape": shape, "backbone": config.backbone,
-            "weights_source": weights_source, "device": str(device)}
+    return {"n_images": len(uris), "num_prototypes": len(prototypes),
+            "prototypes_found": found_prototypes, "filter_map_shape": shape,
+            "backbone": config.backbone, "weights_source": weights_source,
+            "device": str(device), **counts}
 
 
 def run_affinity(config: AffinityConfig, features_uri: str, prototypes_uri: str, shard_id: int,

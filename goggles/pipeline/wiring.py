@@ -160,13 +160,24 @@ def check_counts(n_images: int, num_classes: int, num_shards: int, manifest_uri:
                          f"at most {n_images} shards")
 
 
+FEATURE_COUNTS = ("features_computed", "features_reused")
+"""What the extract stage reports about the feature cache (all computed without one)."""
+
+
 def run_record(values: Mapping[str, Any], *, runner: str, weights_source: str,
-               num_prototypes: int) -> dict[str, Any]:
-    """The parameters and provenance ``metrics.json`` records beside the metrics."""
-    return {"num_prototypes": num_prototypes, "backbone": values["backbone"],
-            "weights_source": uris.redact(weights_source), "runner": runner,
-            "seed": values["seed"], "top_k": values["top_k"], "num_shards": values["num_shards"],
-            "source_uri": uris.redact(values["source_uri"])}
+               num_prototypes: int, extracted: Mapping[str, Any] | None = None,
+               ) -> dict[str, Any]:
+    """The parameters and provenance ``metrics.json`` records beside the metrics; with the
+    extract stage's result (``extracted``), how many images' features it computed and how many
+    it read from the feature cache."""
+    record = {"num_prototypes": num_prototypes, "backbone": values["backbone"],
+              "weights_source": uris.redact(weights_source), "runner": runner,
+              "seed": values["seed"], "top_k": values["top_k"],
+              "num_shards": values["num_shards"], "source_uri": uris.redact(values["source_uri"])}
+    for key in FEATURE_COUNTS:
+        if extracted is not None and key in extracted:
+            record[key] = int(extracted[key])
+    return record
 
 
 def evaluate_and_report(*, manifest_uri: str, labels_uri: str, inference_uri: str,

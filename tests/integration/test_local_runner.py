@@ -23,7 +23,7 @@ from goggles.kubeflow.components.image import IMAGES
 from goggles.kubeflow.runner import PipelineRunError, run_pipeline
 from goggles.parameters import RunParameters
 from goggles.pipeline.inprocess import run_inprocess
-from tests.conftest import cub_task
+from tests.conftest import CUB_DEV, cub_task
 
 pytestmark = [pytest.mark.integration]
 
@@ -226,3 +226,63 @@ def test_docker_runner_says_what_is_missing(tmp_path: Path) -> None:
                        match=r"goggles\[docker\]|Docker daemon|not found in the local Docker"):
         run_pipeline(params, runner="docker")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.data
+def test_a_grown_source_is_never_answered_from_the_cache(tmp_path: Path) -> None:
+    """kfp caches a task by its inputs. With the uncached listing's digest as an input of
+    ingest, a rerun over a source that gained images ingests (and labels) them all, and a
+    rerun over an unchanged source reuses every cached task."""
+    source = cub_task(tmp_path, "001", "014", limit=5)
+    root = tmp_path / "root"
+    common = {"source_uri": str(source), "num_classes": 2, "seed": SEED, "backbone": BACKBONE,
+              "follow_symlinks": True, "descriptor_backbone": "none"}
+
+    def run(name: str) -> dict:
+        return run_pipeline(RunParameters(output_uri=str(tmp_path / name), **common),
+                            pipeline_root=str(root), enable_caching=True)
+
+    def executed(task: str) -> int:
+        return len(list(root.glob(f"goggles-*/{task}/executor_output.json")))
+
+    assert run("first")["n_images"] == 10
+    for folder in source.iterdir():  # two more images of each species
+        species = CUB_DEV / folder.name
+        for image in sorted(species.iterdir())[5:7]:
+            (folder / image.name).symlink_to(image)
+    grown = run("grown")
+    assert grown["n_images"] == 14, "the grown source was answered from the cache"
+    assert pq.read_table(tmp_path / "grown" / "labels.parquet").num_rows == 14
+    assert (executed("list-source"), executed("ingest"), executed("extract")) == (2, 2, 2)
+    again = run("again")
+    assert again["n_images"] == 14
+    assert (executed("list-source"), executed("ingest"), executed("extract")) == (3, 2, 2)
+    assert (tmp_path / "again" / "labels.parquet").read_bytes() == \
+        (tmp_path / "grown" / "labels.parquet").read_bytes()
+
+
+@pytest.mark.slow
+@pytest.mark.data
+def test_labels_are_byte_identical_with_a_cold_and_a_warm_feature_cache(runs,
+                                                                        tmp_path: Path) -> None:
+    """Through the local runner (kfp's cache off, so extract runs each time): a cold feature
+    cache computes every image, a warm one none, and both give the labels of the run without a
+    cache, byte for byte; metrics.json and the Kubeflow UI metrics count them."""
+    cache = tmp_path / "feature-cache"
+    common = {"source_uri": str(runs["source"]), "num_classes": 2, "seed": SEED,
+              "backbone": BACKBONE, "follow_symlinks": True, "num_shards": 4,
+              "feature_cache_uri": str(cache)}
+    root = tmp_path / "root"
+    cold = run_pipeline(RunParameters(output_uri=str(tmp_path / "cold"), **common),
+                        pipeline_root=str(root), keep_pipeline_root=True)
+    warm = run_pipeline(RunParameters(output_uri=str(tmp_path / "warm"), **common))
+    assert (cold["features_computed"], cold["features_reused"]) == (120, 0)
+    assert (warm["features_computed"], warm["features_reused"]) == (0, 120)
+    reference = (runs["out4"] / "labels.parquet").read_bytes()
+    assert (tmp_path / "cold" / "labels.parquet").read_bytes() == reference
+    assert (tmp_path / "warm" / "labels.parquet").read_bytes() == reference
+    ui = _executor_output(root, "evaluate")["artifacts"]["metrics"]["artifacts"][0]["metadata"]
+    assert (ui["features_computed"], ui["features_reused"]) == (120, 0)
+    without = json.loads((runs["out4"] / "metrics.json").read_text())
+    assert (without["features_computed"], without["features_reused"]) == (120, 0)

@@ -252,8 +252,9 @@ def compiled(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
     result = {}
     for profile in ("default", *OVERLAYS):
         package = module.compile_pipeline(str(folder / f"{profile}.yaml"), profile)
-        spec, platform = yaml.safe_load_all(Path(package).read_text())
-        executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+        spec, *platform = yaml.safe_load_all(Path(package).read_text())
+        executors = (platform[0]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+                     if platform else {})
         accelerators = {name: e["container"].get("resources", {}).get("accelerator")
                         for name, e in spec["deploymentSpec"]["executors"].items()}
         result[profile] = {"executors": executors, "accelerators": accelerators}
@@ -270,7 +271,8 @@ def test_the_profile_refers_to_what_the_overlay_provides(overlay: str, compiled)
     # every key the namespace sets reaches the tasks (an unmapped key would be ignored silently)
     assert set(secret.get("data", {})) <= set(module.BUCKET_SECRET_ENV)
     assert set(config_map["data"]) <= set(module.DEFAULTS_ENV), set(config_map["data"])
-    bucket_tasks = {"exec-ingest", "exec-extract", "exec-infer", "exec-evaluate"}
+    bucket_tasks = {"exec-list-source", "exec-ingest", "exec-extract", "exec-infer",
+                    "exec-evaluate"}
     for name in bucket_tasks:
         settings = executors[name]
         assert [s["secretName"] for s in settings["secretAsEnv"]] == [module.BUCKET_SECRET]
@@ -285,9 +287,9 @@ def test_the_profile_refers_to_what_the_overlay_provides(overlay: str, compiled)
     dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
     users = re.findall(r"^USER (\d+):(\d+)$", dockerfile, re.MULTILINE)
     assert users == [(str(module.IMAGE_USER), str(module.IMAGE_USER))]
-    assert set(executors) == {"exec-ingest", "exec-plan-shards", "exec-extract",
-                              "exec-affinity-shard", "exec-infer", "exec-train",
-                              "exec-no-train", "exec-evaluate"}
+    assert set(executors) == {"exec-list-source", "exec-ingest", "exec-plan-shards",
+                              "exec-extract", "exec-affinity-shard", "exec-infer",
+                              "exec-train", "exec-no-train", "exec-evaluate"}
     for name, settings in executors.items():
         assert settings["securityContext"] == {"runAsUser": str(module.IMAGE_USER),
                                                "runAsGroup": str(module.IMAGE_USER),
@@ -313,10 +315,11 @@ def test_gpus_only_where_the_overlay_allows_them(compiled) -> None:
 
 
 def test_the_default_profile_leaves_the_namespace_alone(compiled) -> None:
-    """``python pipeline.py`` without --profile: GPU pool settings only, as before k8s/."""
-    executors = compiled["default"]["executors"]
-    assert set(executors) == {"exec-extract"}
-    assert set(executors["exec-extract"]) == {"nodeSelector", "tolerations"}
+    """``python pipeline.py`` without --profile: no Kubernetes settings at all — extract asks
+    for a GPU, but no node selector or toleration ties it to the GPU operator's labels."""
+    assert compiled["default"]["executors"] == {}
+    accelerators = {k: v for k, v in compiled["default"]["accelerators"].items() if v}
+    assert set(accelerators) == {"exec-extract"}
 
 
 def test_an_unknown_profile_names_the_choices() -> None:

@@ -19,6 +19,7 @@ LAYERS: list[set[str]] = [
     {"goggles.training"},                                   # end model, apply to new images
     {"goggles.pipeline"},                                   # the stages and their wiring
     {"goggles.kubeflow"},                                   # the Kubeflow DAG and runners
+    {"goggles.commands"},                                   # train, apply, export commands
     {"goggles.cli", "goggles.demo"},                        # commands
 ]
 """Lowest first. A unit is a package (``goggles.io``) or a top-level module (``goggles.cli``)."""

@@ -31,7 +31,8 @@ def test_the_pipeline_function_spells_out_the_declared_names_types_and_defaults(
     assert "output_uri" not in signature.parameters  # a cluster's outputs go to its root
 
 
-@pytest.mark.parametrize("component", [components.ingest, components.plan_shards,
+@pytest.mark.parametrize("component", [components.list_source, components.ingest,
+                                       components.plan_shards,
                                        components.extract, components.affinity_shard,
                                        components.infer, components.train,
                                        components.evaluate])
@@ -40,7 +41,9 @@ def test_every_component_parameter_is_a_declared_run_parameter(component) -> Non
     parameters_of = {name: kinds[i.type] for name, i in component.component_spec.inputs.items()
                      if i.type in ("String", "Integer", "Float", "Boolean")}
     for name, kind in parameters_of.items():
-        if name == "shard_id":  # the fan-out's loop variable
+        if name in ("shard_id", "source_fingerprint"):  # the fan-out's item; the listing's
+            continue                                   # digest that keys ingest's cache
+        if name == "shard_id":
             continue
         assert name in names(), f"{component.name}: {name} is not a run parameter"
         assert kind is types()[name], f"{component.name}: {name}"

@@ -5,6 +5,7 @@ Protobuf maps read a missing key as an empty message, so every lookup checks ``i
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
 import goggles
+from goggles import parameters
 from goggles.kubeflow import pipeline as kubeflow_pipeline
 from goggles.parameters import default, names
 from tests.conftest import ROOT
@@ -34,10 +36,21 @@ def compiled(tmp_path_factory: pytest.TempPathFactory,
     assert done.returncode == 0, done.stderr
     text = package.read_text()
     documents = list(yaml.safe_load_all(text))
-    assert len(documents) == 2, "expected the pipeline spec and a platform spec"
+    assert len(documents) == 1, "the default compile has no Kubernetes platform settings"
     spec = json_format.ParseDict(documents[0], pipeline_spec_pb2.PipelineSpec())
-    platform = json_format.ParseDict(documents[1], pipeline_spec_pb2.PlatformSpec())
-    return spec, platform, text
+    return spec, pipeline_spec_pb2.PlatformSpec(), text
+
+
+def _compile(tmp_path: Path, *options: str) -> tuple[pipeline_spec_pb2.PipelineSpec, dict]:
+    """``goggles compile OPTIONS``: the pipeline spec and the Kubernetes executors."""
+    from goggles.cli import main
+
+    package = tmp_path / "p.yaml"
+    assert main(["compile", "--output", str(package), *options]) == 0
+    spec, *platform = yaml.safe_load_all(package.read_text())
+    executors = (platform[0]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+                 if platform else {})
+    return json_format.ParseDict(spec, pipeline_spec_pb2.PipelineSpec()), executors
 
 
 def _task(dag: pipeline_spec_pb2.DagSpec, name: str) -> pipeline_spec_pb2.PipelineTaskSpec:
@@ -77,7 +90,8 @@ def test_six_stage_components_the_shard_plan_and_the_no_train_branch(compiled) -
         assert spec.components[component].WhichOneof("implementation") == "executor_label"
     leaves = {name for name, c in spec.components.items()
               if c.WhichOneof("implementation") == "executor_label"}
-    assert leaves == set(STAGES.values()) | {"comp-plan-shards", "comp-no-train"}
+    assert leaves == set(STAGES.values()) | {"comp-plan-shards", "comp-list-source",
+                                             "comp-no-train"}
     assert spec.pipeline_info.name == "goggles"
 
 
@@ -156,8 +170,10 @@ def test_train_is_an_if_branch_after_infer_whose_scores_evaluate_records(compile
     assert output.producer_subtask == groups[0]
 
 
-def test_only_extract_asks_for_a_gpu_with_node_selector_and_toleration(compiled) -> None:
-    spec, platform, _ = compiled
+def test_only_extract_asks_for_a_gpu_and_no_node_selector_by_default(compiled) -> None:
+    """A stock GKE/EKS GPU node has no ``nvidia.com/gpu.present`` label: the default compile
+    asks for the GPU only, with no node selector or toleration (no platform spec at all)."""
+    spec, platform, text = compiled
     for stage, component in STAGES.items():
         resources = _executor(spec, component).get("resources", {})
         accelerator = resources.get("accelerator", {})
@@ -166,14 +182,64 @@ def test_only_extract_asks_for_a_gpu_with_node_selector_and_toleration(compiled)
             assert accelerator.get("resourceCount") == "1"
         else:
             assert not accelerator, f"{stage} should not ask for an accelerator"
-    assert "kubernetes" in platform.platforms
-    kubernetes = json_format.MessageToDict(platform.platforms["kubernetes"].deployment_spec)
-    executors = kubernetes["executors"]
+    assert "kubernetes" not in platform.platforms
+    assert "nodeSelector" not in text and "gpu.present" not in text
+
+
+def test_gpu_node_selector_and_toleration_when_asked(tmp_path: Path) -> None:
+    _, executors = _compile(tmp_path, "--gpu-node-selector", "cloud.google.com/gke-accelerator"
+                            "=nvidia-l4", "--gpu-toleration")
     assert set(executors) == {"exec-extract"}
     extract = executors["exec-extract"]
-    assert extract["nodeSelector"]["labels"] == {"nvidia.com/gpu.present": "true"}
+    assert extract["nodeSelector"]["labels"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
     assert extract["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists",
                                        "effect": "NoSchedule"}]
+
+
+def test_cpu_extraction_asks_for_no_gpu_and_runs_the_cpu_image(tmp_path: Path) -> None:
+    spec, executors = _compile(tmp_path, "--extract-device", "cpu")
+    assert executors == {}
+    for component in STAGES.values():
+        container = _executor(spec, component)
+        assert "accelerator" not in container.get("resources", {}), component
+        assert not container["image"].endswith("-gpu"), component
+
+
+def test_image_repository_and_tag_reach_every_executor(tmp_path: Path) -> None:
+    """``--image-repository R --image-tag T``: every task runs R:T, extract R:T-gpu, and every
+    pod pulls with the pull secret; the code's ghcr.io names appear nowhere."""
+    spec, executors = _compile(tmp_path, "--image-repository", "registry.example.com/ml/gg",
+                               "--image-tag", "2024.1", "--image-pull-secret", "regcred")
+    images = {label: e["container"]["image"]
+              for label, e in json_format.MessageToDict(spec.deployment_spec)["executors"].items()}
+    assert images.pop("exec-extract") == "registry.example.com/ml/gg:2024.1-gpu"
+    assert images and set(images.values()) == {"registry.example.com/ml/gg:2024.1"}
+    assert set(executors) == {"exec-extract", *images}
+    for label, settings in executors.items():
+        assert [s["secretName"] for s in settings["imagePullSecret"]] == ["regcred"], label
+    assert "ghcr.io" not in json_format.MessageToJson(spec)
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--image-repository", "ghcr.io/x/goggles:1.0"], "without a tag"),
+    (["--image-tag", "a tag"], "is not a Docker tag"),
+    (["--gpu-node-selector", "nvidia"], "is not KEY=VALUE"),
+    (["--extract-device", "cpu", "--gpu-toleration"], "would put a CPU task on GPU nodes"),
+    (["--image-pull-secret", "Reg_Cred"], "is not a Kubernetes Secret name"),
+])
+def test_bad_cluster_settings_are_refused(tmp_path: Path, capsys, options, message) -> None:
+    from goggles.cli import main
+
+    assert main(["compile", "--output", str(tmp_path / "p.yaml"), *options]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "p.yaml").exists()
+
+
+def test_every_parameter_has_its_declared_description(compiled) -> None:
+    """The Kubeflow UI's run form shows each parameter's description: the declared help."""
+    spec, _, _ = compiled
+    for name, definition in spec.root.input_definitions.parameters.items():
+        assert definition.description == parameters.spec(name).help, name
 
 
 def test_retries_with_backoff_on_extract_and_shards_only(compiled) -> None:
@@ -192,17 +258,52 @@ def test_retries_with_backoff_on_extract_and_shards_only(compiled) -> None:
 def test_every_task_has_a_display_name_and_caching(compiled) -> None:
     spec, _, _ = compiled
     tasks = _all_tasks(spec)
-    # ingest, plan, extract, the loop, its shard task, infer, the If/Else group, its two
+    # list, ingest, plan, extract, the loop, its shard task, infer, the If/Else group, its two
     # branches, train, no-train, evaluate
-    assert len(tasks) == 12
+    assert len(tasks) == 13
     for name, task in tasks.items():
         if name.startswith("condition-branches-"):
             continue  # the If/Else pair's group, which kfp makes and names itself
         assert task.task_info.name and task.task_info.name != name, \
             f"task {name!r} has no display name"
         component = spec.components[task.component_ref.name]
-        if component.WhichOneof("implementation") == "executor_label":  # not a loop or branch
+        # not a loop or branch, nor the listing (never cached)
+        if component.WhichOneof("implementation") == "executor_label" and name != "list-source":
             assert task.caching_options.enable_cache, f"task {name!r} is not cached"
+
+
+def _upstream(tasks: dict[str, pipeline_spec_pb2.PipelineTaskSpec], name: str) -> set[str]:
+    """Every task ``name`` depends on, directly or not."""
+    seen: set[str] = set()
+    todo = list(tasks[name].dependent_tasks)
+    while todo:
+        upstream = todo.pop()
+        if upstream not in seen:
+            seen.add(upstream)
+            todo += list(tasks[upstream].dependent_tasks) if upstream in tasks else []
+    return seen
+
+
+def test_no_task_reading_the_source_is_cached_without_an_uncached_listing_first(compiled):
+    """KFP caches a task by its inputs: a task given only ``source_uri`` would answer a grown
+    bucket from the cache. The listing task runs every time, uncached, and its digest of the
+    source is an input of ingest; every cached task that takes the source comes after it."""
+    spec, _, _ = compiled
+    tasks = _all_tasks(spec)
+    listing = _task(spec.root.dag, "list-source")
+    assert not listing.caching_options.enable_cache
+    assert listing.inputs.parameters["source_uri"].component_input_parameter == "source_uri"
+    ingest = _task(spec.root.dag, "ingest")
+    fingerprint = ingest.inputs.parameters["source_fingerprint"].task_output_parameter
+    assert (fingerprint.producer_task, fingerprint.output_parameter_key) == ("list-source",
+                                                                             "Output")
+    readers = [name for name, task in tasks.items()
+               if any(p.component_input_parameter == "source_uri"
+                      for p in task.inputs.parameters.values())]
+    assert {"list-source", "ingest", "evaluate"} <= set(readers)
+    for name in readers:
+        if tasks[name].caching_options.enable_cache:
+            assert "list-source" in _upstream(tasks, name), f"{name} is cached on the URI alone"
 
 
 def test_every_stage_requests_cpu_and_memory_and_runs_the_project_image(compiled) -> None:
@@ -263,6 +364,8 @@ def test_compiling_reads_nothing_from_the_environment(tmp_path: Path) -> None:
     for index, env in enumerate(({"PATH": "/usr/bin:/bin"},
                                  {"PATH": "/usr/bin:/bin", "GOGGLES_BACKBONE": "mobilenet_v2",
                                   "KF_PIPELINES_ENDPOINT": "http://elsewhere"})):
+        if "PYTHONPATH" in os.environ:  # a checkout that is not the installed one
+            env["PYTHONPATH"] = os.environ["PYTHONPATH"]
         target = tmp_path / f"p{index}.yaml"
         done = subprocess.run([sys.executable, "pipeline.py", "--output", str(target)],
                               cwd=ROOT, env=env, capture_output=True, text=True,

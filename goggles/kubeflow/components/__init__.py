@@ -11,6 +11,7 @@ chains the task settings.
 from goggles.kubeflow.components.affinity import affinity_shard
 from goggles.kubeflow.components.evaluate import evaluate
 from goggles.kubeflow.components.extract import extract
+from goggles.kubeflow.components.fingerprint import list_source
 from goggles.kubeflow.components.image import BASE_IMAGE, GPU_IMAGE, IMAGES
 from goggles.kubeflow.components.infer import infer
 from goggles.kubeflow.components.ingest import ingest
@@ -19,8 +20,9 @@ from goggles.kubeflow.components.train import no_train, train
 
 STAGES = {"ingest": ingest, "extract": extract, "affinity": affinity_shard, "infer": infer,
           "train": train, "evaluate": evaluate}
-"""The stage components by stage name (``plan_shards`` is the fan-out's helper, ``no_train``
-the train branch's ``dsl.Else``)."""
+"""The stage components by stage name (``plan_shards`` is the fan-out's helper,
+``list_source`` the uncached listing that keys ingest's cache, ``no_train`` the train branch's
+``dsl.Else``)."""
 
 __all__ = ["BASE_IMAGE", "GPU_IMAGE", "IMAGES", "STAGES", "affinity_shard", "evaluate", "extract",
-           "infer", "ingest", "no_train", "plan_shards", "train"]
+           "infer", "ingest", "list_source", "no_train", "plan_shards", "train"]

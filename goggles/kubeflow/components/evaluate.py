@@ -35,7 +35,8 @@ def evaluate(manifest: Input[Dataset], prototypes: Input[Dataset],
     metrics_json : the run's ``metrics.json``.
     report : the self-contained ``report.html``.
     metrics : scalar metrics for the run page (n_images, n_rejected, num_prototypes,
-        em_iterations, accuracy ... when ground truth exists).
+        em_iterations, features_computed, features_reused, accuracy ... when ground truth
+        exists).
     confusion : confusion matrix (truth x predicted, after the best cluster→class mapping),
         logged only when ground truth exists.
     summary : a Markdown table of the same figures.
@@ -46,7 +47,8 @@ def evaluate(manifest: Input[Dataset], prototypes: Input[Dataset],
     record = run_record({"backbone": backbone, "seed": seed, "top_k": top_k,
                          "num_shards": num_shards, "source_uri": source_uri}, runner="kfp",
                         weights_source=prototypes.metadata.get("weights_source", ""),
-                        num_prototypes=int(prototypes.metadata["num_prototypes"]))
+                        num_prototypes=int(prototypes.metadata["num_prototypes"]),
+                        extracted=prototypes.metadata)
     timings = {
         "ingest": float(manifest.metadata.get("seconds", 0.0)),
         "extract": float(prototypes.metadata.get("seconds", 0.0)),
@@ -63,6 +65,9 @@ def evaluate(manifest: Input[Dataset], prototypes: Input[Dataset],
     scalars = {"n_images": result["n_images"], "n_rejected": result["n_rejected"],
                "num_classes": result["num_classes"], "num_prototypes": result["num_prototypes"],
                "em_iterations": result["em_iterations"], "converged": int(result["converged"])}
+    for key in ("features_computed", "features_reused"):
+        if key in result:
+            scalars[key] = int(result[key])
     for key in ("accuracy", "accuracy_kmeans"):
         if key in result:
             scalars[key] = round(float(result[key]), 6)

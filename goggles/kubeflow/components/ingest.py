@@ -9,7 +9,8 @@ from goggles.kubeflow.components.image import BASE_IMAGE
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
-def ingest(source_uri: str, follow_symlinks: bool, manifest: Output[Dataset]) -> None:
+def ingest(source_uri: str, follow_symlinks: bool, source_fingerprint: str,
+           manifest: Output[Dataset]) -> None:
     """Write the manifest of the images under ``source_uri``
     (:func:`goggles.pipeline.stages.run_ingest`).
 
@@ -18,6 +19,9 @@ def ingest(source_uri: str, follow_symlinks: bool, manifest: Output[Dataset]) ->
     source_uri : folder or bucket prefix of images (path, file://, gs://, s3://); first-level
         folders are read as ground-truth labels.
     follow_symlinks : read what symlinks in a local source lead to outside it.
+    source_fingerprint : the uncached ``list_source`` task's digest of the source; it is part of
+        this task's cache key (and recorded in the metadata), so a changed source is ingested
+        again.
     manifest : Parquet, one row per listed file (:mod:`goggles.io.artifacts`); its metadata
         holds ``n_listed``, ``n_images``, ``n_rejected`` and the stage's ``seconds``.
     """
@@ -36,5 +40,6 @@ def ingest(source_uri: str, follow_symlinks: bool, manifest: Output[Dataset]) ->
                                source_uri, manifest.path)
     manifest.metadata.update(counts)
     manifest.metadata.update({"format": "parquet", "source_uri": redact(source_uri),
+                              "source_fingerprint": source_fingerprint,
                               "goggles_version": goggles.__version__,
                               "seconds": round(time.perf_counter() - start, 3)})

@@ -1,0 +1,111 @@
+"""The commands on a finished run: ``goggles train``, ``goggles apply`` and ``goggles export``
+(their options and what they do; :mod:`goggles.cli` parses and dispatches)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from goggles import parameters
+
+
+def add_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from goggles.export import FORMATS
+
+    export = sub.add_parser("export", help="write a run's labels for another tool "
+                                           "(docs/export.md)")
+    export.add_argument("out", metavar="OUT",
+                        help="the --output of a finished run (or its labels Parquet file)")
+    export.add_argument("--format", required=True, choices=FORMATS,
+                        help="imagefolder: DEST/<class>/<image> (torchvision); csv, jsonl: "
+                             "image_id, uri, label, confidence, probs; label-studio: tasks with "
+                             "predictions and the labeling config; huggingface: datasets' "
+                             "imagefolder layout with metadata.jsonl")
+    export.add_argument("--output", required=True, metavar="DEST",
+                        help="an empty or new folder, local or gs://, s3:// (never overwritten)")
+    export.add_argument("--min-confidence", type=float, default=0.0, metavar="P",
+                        help="export only labels with confidence >= P (default: 0, all)")
+    export.add_argument("--copy", action="store_true",
+                        help="imagefolder, huggingface: copy local images instead of "
+                             "symlinking them (buckets always get copies)")
+    export.add_argument("--label-studio-root", default="/", metavar="DIR",
+                        help="label-studio: the LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT Label "
+                             "Studio serves local images from (default: /)")
+
+
+def add_train_and_apply(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from goggles.training.config import HEADS, LABELERS, TARGETS
+
+    train = sub.add_parser("train", help="train an end classifier on a finished run's labels "
+                                          "(OUT/model; metrics.json gains end_model)")
+    train.add_argument("run", metavar="OUT", help="the --output of a finished goggles run")
+    train.add_argument("--holdout", type=float, default=None, metavar="FRACTION",
+                       help="share of the images held out to score the head (default: 1/3)")
+    train.add_argument("--head", choices=HEADS, default=None,
+                       help="linear (default) or a one-hidden-layer mlp")
+    train.add_argument("--targets", choices=TARGETS, default=None,
+                       help="soft: the noise-aware loss on the probabilities (default); hard: "
+                            "their arg-max")
+    train.add_argument("--seed", type=int, default=None, help="default: the run's seed")
+
+    apply = sub.add_parser("apply", help="label new images with a trained run, without "
+                                          "refitting")
+    apply.add_argument("model", metavar="MODEL", help="a finished run's OUT, or OUT/model")
+    apply.add_argument("source", metavar="SOURCE", help="folder or bucket prefix of the new "
+                                                        "images (first-level folders: truth)")
+    apply.add_argument("--output", required=True, metavar="OUT",
+                       help="where labels.parquet, manifest.parquet and metrics.json go")
+    apply.add_argument("--labeler", choices=LABELERS, default="auto",
+                       help="end-model: the trained head (needs OUT/model); affinity: the run's "
+                            "own fit on new rows of A (needs the run's OUT); auto "
+                            "(default): affinity when MODEL is a run's OUT, else the end "
+                            "model")
+    apply.add_argument("--device", choices=parameters.spec("device").choices, default="auto",
+                       help="where the CNN runs (default: auto)")
+    apply.add_argument("--follow-symlinks", action="store_true",
+                       help=parameters.spec("follow_symlinks").help)
+    apply.add_argument("--break-lock", action="store_true",
+                       help="remove the lock another command left on OUT")
+
+
+def _train(args: argparse.Namespace) -> int:
+    from goggles.pipeline.train_apply import train_config_for, train_finished_run
+
+    config = train_config_for(args.run, holdout=args.holdout, head=args.head,
+                              targets=args.targets, seed=args.seed)
+    scores = train_finished_run(args.run, config)
+    print(json.dumps(scores, indent=2))
+    print(f"model: {args.run.rstrip('/')}/model")
+    return 0
+
+
+def _apply(args: argparse.Namespace) -> int:
+    from goggles.pipeline.train_apply import apply_to_source
+    from goggles.training.config import ApplyConfig
+
+    if args.break_lock:
+        from goggles.io.lock import break_lock
+
+        break_lock(args.output)
+    metrics = apply_to_source(args.model, args.source, args.output,
+                              ApplyConfig(labeler=args.labeler, device=args.device),
+                              follow_symlinks=args.follow_symlinks)
+    summary = {k: metrics[k] for k in ("n_images", "n_rejected", "num_classes", "labeler",
+                                       "accuracy", "images_per_s", "timings_s") if k in metrics}
+    print(json.dumps(summary, indent=2))
+    print(f"labels: {args.output.rstrip('/')}/labels.parquet")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from goggles.export import export_labels
+
+    summary = export_labels(args.out, args.output, args.format,
+                            min_confidence=args.min_confidence, link=not args.copy,
+                            label_studio_root=args.label_studio_root)
+    print(summary.line())
+    return 0
+
+
+COMMANDS = {"train": _train, "apply": _apply, "export": _export}
+"""Handlers by command name: each takes the parsed arguments and returns the exit status."""

@@ -1,0 +1,106 @@
+"""Extraction through the feature cache (:mod:`goggles.features.cache`): compute the images the
+cache lacks, then hand every image's filter maps to the caller in image order, as
+:func:`goggles.features.extraction.extract_filter_maps` does.
+
+Two passes, so memory stays one batch whatever the number of images: the misses are extracted
+and written to the cache, then the batches are read back from it in order. What the caller gets
+is therefore always the cache's copy, bit for bit the same on a cold and a warm run.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from goggles.config import BACKBONE_CHANNELS
+from goggles.features.cache import FeatureCache, weights_digest
+from goggles.features.descriptors import SKETCH_DIM, bilinear_descriptors
+from goggles.features.device import autocast_dtype
+from goggles.features.extraction import extract_filter_maps
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class CacheCounts:
+    """Images whose features were computed on this run, and those read from the cache."""
+
+    computed: int = 0
+    reused: int = 0
+
+
+def _arithmetic(device: Any, precision: str) -> str:
+    dtype = autocast_dtype(device, precision)
+    return "float32" if dtype is None else str(dtype).removeprefix("torch.")
+
+
+def open_cache(uri: str, kind: str, network: str, model: Any, *, image_size: int,
+               device: Any, precision: str) -> FeatureCache:
+    """The cache of ``kind`` (``maps`` or ``descriptor``) entries of ``model`` at ``uri``."""
+    side = image_size // 32  # both backbones downsample by 32
+    shape = (BACKBONE_CHANNELS[network], side, side) if kind == "maps" else (SKETCH_DIM,)
+    return FeatureCache(uri, kind, network, weights_digest(model), image_size,
+                        _arithmetic(device, precision), shape)
+
+
+def _fill(cache: FeatureCache, uris: Sequence[str], hashes: Sequence[str],
+          indices: Sequence[int], model: Any, options: dict[str, Any],
+          transform: Callable[[np.ndarray], np.ndarray]) -> None:
+    """Extract the images at ``indices`` and put ``transform(maps)`` into the cache."""
+    if not indices:
+        return
+
+    def on_batch(start: int, maps: np.ndarray) -> None:
+        values = transform(maps)
+        for offset, value in enumerate(values):
+            cache.put(hashes[indices[start + offset]], value)
+
+    extract_filter_maps([uris[i] for i in indices], model, on_batch=on_batch, **options)
+
+
+def cached_features(cache: FeatureCache, uris: Sequence[str], hashes: Sequence[str],
+                    model: Any, options: dict[str, Any], *, batch_size: int,
+                    on_batch: Callable[[int, np.ndarray], None],
+                    transform: Callable[[np.ndarray], np.ndarray] | None = None,
+                    ) -> CacheCounts:
+    """Every image's cached value (filter maps, or ``transform`` of them: a descriptor), in
+    image order, ``batch_size`` images per ``on_batch(start, values)`` call; computes and stores
+    the misses first. ``options`` are :func:`extract_filter_maps`' keyword arguments."""
+    transform = transform or (lambda maps: maps)
+    misses = cache.misses(list(hashes))
+    counts = CacheCounts(computed=len(misses), reused=len(hashes) - len(misses))
+    logger.info("feature cache %s: %d of %d images to compute, %d reused", cache.namespace,
+                counts.computed, len(hashes), counts.reused)
+    _fill(cache, uris, hashes, misses, model, options, transform)
+    for start in range(0, len(hashes), batch_size):
+        stop = min(len(hashes), start + batch_size)
+        values = [cache.get(hashes[i]) for i in range(start, stop)]
+        gone = [start + j for j, value in enumerate(values) if value is None]
+        if gone:  # deleted or damaged since the first pass: compute them again
+            logger.warning("%d feature cache entries vanished during the run; recomputing",
+                           len(gone))
+            _fill(cache, uris, hashes, gone, model, options, transform)
+            counts.computed += len(gone)
+            counts.reused -= len([i for i in gone if i not in set(misses)])
+            values = [cache.get(hashes[i]) for i in range(start, stop)]
+            if any(value is None for value in values):
+                raise OSError(f"the feature cache at {cache.uri} does not keep what is written "
+                              "to it; check its permissions and free space, or run without "
+                              "--feature-cache")
+        on_batch(start, np.stack(values))  # type: ignore[arg-type]
+    return counts
+
+
+def cached_descriptors(cache: FeatureCache, uris: Sequence[str], hashes: Sequence[str],
+                       model: Any, options: dict[str, Any], *, batch_size: int,
+                       ) -> tuple[np.ndarray, CacheCounts]:
+    """[N, D] bilinear descriptors of ``model``'s maps, through the cache."""
+    parts: list[np.ndarray] = []
+    counts = cached_features(cache, uris, hashes, model, options, batch_size=batch_size,
+                             on_batch=lambda _start, values: parts.append(values),
+                             transform=bilinear_descriptors)
+    return np.concatenate(parts), counts

@@ -1,0 +1,171 @@
+"""The feature cache (goggles.features.cache): entries keyed by image content and network,
+atomic, a bad entry recomputed; and the extract stage through it — only the images the cache
+lacks are computed, and what it writes is the same on a cold and a warm run."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from goggles.features.cache import FeatureCache
+from goggles.features.config import ExtractConfig
+from goggles.ingest.config import IngestConfig
+from goggles.io import storage
+from goggles.pipeline import stages
+from tests.conftest import small_source
+
+SHA = "ab" + "0" * 62
+SHAPE = (4, 2, 2)
+
+
+def _cache(root: Path, **changes: object) -> FeatureCache:
+    fields = {"uri": str(root), "kind": "maps", "network": "mobilenet_v2", "weights": "w1",
+              "image_size": 224, "arithmetic": "float32", "shape": SHAPE, **changes}
+    return FeatureCache(**fields)  # type: ignore[arg-type]
+
+
+def test_an_entry_round_trips_bit_for_bit_under_its_content_hash(tmp_path: Path) -> None:
+    cache = _cache(tmp_path)
+    value = np.random.default_rng(0).random(SHAPE, dtype=np.float32)
+    assert cache.get(SHA) is None
+    cache.put(SHA, value)
+    assert cache.get(SHA).tobytes() == value.tobytes()
+    assert cache.path(SHA).startswith(str(tmp_path / "v1" / cache.namespace / "ab"))
+    assert [p.name for p in Path(cache.path(SHA)).parent.iterdir()] == [f"{SHA}.npy"], \
+        "a temporary was left beside the entry"
+    assert cache.misses([SHA, "cd" + "1" * 62]) == [1]
+
+
+@pytest.mark.parametrize("change", [{"weights": "w2"}, {"arithmetic": "bfloat16"},
+                                    {"image_size": 256}, {"network": "vgg16"},
+                                    {"kind": "descriptor"}])
+def test_other_weights_arithmetic_size_or_network_never_see_the_entry(tmp_path: Path,
+                                                                      change: dict) -> None:
+    _cache(tmp_path).put(SHA, np.ones(SHAPE, np.float32))
+    assert _cache(tmp_path, **change).get(SHA) is None
+
+
+@pytest.mark.parametrize("damage", [b"", b"\x93NUMPY garbage", "nan", "shape"])
+def test_a_partial_or_corrupt_entry_is_a_miss(tmp_path: Path, damage: object) -> None:
+    cache = _cache(tmp_path)
+    cache.put(SHA, np.ones(SHAPE, np.float32))
+    path = Path(cache.path(SHA))
+    if damage == "nan":
+        storage.write_npy(np.full(SHAPE, np.nan, np.float32), str(path))
+    elif damage == "shape":
+        storage.write_npy(np.ones((4, 3, 3), np.float32), str(path))
+    else:
+        path.write_bytes(damage)  # type: ignore[arg-type]
+    assert cache.get(SHA) is None
+    cache.put(SHA, np.ones(SHAPE, np.float32))
+    assert cache.get(SHA) is not None
+
+
+def test_a_key_that_is_not_a_content_hash_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="manifest's sha256"):
+        _cache(tmp_path).path("../../etc/passwd")
+
+
+# -- the extract stage through the cache --------------------------------------------------------
+
+def _extract(source: Path, out: Path, cache: Path | None) -> dict:
+    manifest = str(out / "manifest.parquet")
+    stages.run_ingest(IngestConfig(), str(source), manifest)
+    config = ExtractConfig(backbone="mobilenet_v2", descriptor_backbone="vgg16", num_workers=0,
+                           batch_size=3, feature_cache_uri=str(cache) if cache else "")
+    return stages.run_extract(config, manifest, str(out / "features"),
+                              str(out / "prototypes.parquet"))
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != "meta.json"}
+
+
+@pytest.fixture(scope="module")
+def grown(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Extraction of 5 images without a cache, cold and warm with one, and after 2 more."""
+    tmp = tmp_path_factory.mktemp("feature-cache")
+    source = small_source(tmp / "source", 5, size=40, bad=False)
+    cache = tmp / "cache"
+    results = {"none": _extract(source, tmp / "none", None),
+               "cold": _extract(source, tmp / "cold", cache),
+               "warm": _extract(source, tmp / "warm", cache)}
+    small_source(tmp / "more", 7, size=40, bad=False)  # the same 5 and 2 new ones
+    for image in (tmp / "more").rglob("*.png"):
+        target = source / image.relative_to(tmp / "more")
+        if not target.exists():
+            target.write_bytes(image.read_bytes())
+    results["grown"] = _extract(source, tmp / "grown", cache)
+    results["grown-cold"] = _extract(source, tmp / "grown-cold", None)
+    return {"tmp": tmp, "cache": cache, "source": source, **results}
+
+
+def test_a_warm_cache_computes_nothing_and_writes_the_same_features(grown: dict) -> None:
+    assert (grown["cold"]["features_computed"], grown["cold"]["features_reused"]) == (5, 0)
+    assert (grown["warm"]["features_computed"], grown["warm"]["features_reused"]) == (0, 5)
+    assert (grown["none"]["features_computed"], grown["none"]["features_reused"]) == (5, 0)
+    tmp = grown["tmp"]
+    none, cold, warm = (_files(tmp / name) for name in ("none", "cold", "warm"))
+    assert set(none) == {"features/shard-00000.npy", "features/index.parquet",
+                         "features/descriptors-mobilenet_v2.npy",
+                         "features/descriptors-vgg16.npy", "prototypes.parquet",
+                         "manifest.parquet"}
+    assert cold == warm == none, "the cache changed what extract writes"
+
+
+def test_a_grown_source_computes_only_the_new_images(grown: dict) -> None:
+    assert (grown["grown"]["features_computed"], grown["grown"]["features_reused"]) == (2, 5)
+    entries = list((grown["cache"] / "v1").glob("maps-mobilenet_v2-*/*/*.npy"))
+    descriptors = list((grown["cache"] / "v1").glob("descriptor-vgg16-*/*/*.npy"))
+    assert len(entries) == len(descriptors) == 7
+    _assert_close(grown["tmp"] / "grown", grown["tmp"] / "grown-cold")
+
+
+def _assert_close(one: Path, other: Path) -> None:
+    """The same features up to the CPU convolution's rounding, which depends on which images
+    share a batch (an incremental run batches only the new images): the same prototypes at the
+    same positions, values equal to a few ulps."""
+    assert (one / "features" / "index.parquet").read_bytes() == \
+        (other / "features" / "index.parquet").read_bytes()
+    for name in ("shard-00000.npy", "descriptors-mobilenet_v2.npy", "descriptors-vgg16.npy"):
+        np.testing.assert_allclose(np.load(one / "features" / name),
+                                   np.load(other / "features" / name), rtol=1e-4, atol=1e-5)
+    mine = storage.read_parquet(str(one / "prototypes.parquet"))
+    theirs = storage.read_parquet(str(other / "prototypes.parquet"))
+    for column in ("prototype_id", "image_id", "h", "w", "channel"):
+        assert mine[column].equals(theirs[column]), column
+
+
+def test_a_damaged_entry_is_recomputed(grown: dict, tmp_path: Path) -> None:
+    entry = sorted((grown["cache"] / "v1").glob("maps-mobilenet_v2-*/*/*.npy"))[0]
+    entry.write_bytes(entry.read_bytes()[:100])  # cut short, as by a full disk
+    again = _extract(grown["source"], tmp_path / "again", grown["cache"])
+    assert (again["features_computed"], again["features_reused"]) == (1, 6)
+    _assert_close(tmp_path / "again", grown["tmp"] / "grown")
+
+
+def test_two_runs_sharing_a_cache_at_once_agree(tmp_path: Path) -> None:
+    source = small_source(tmp_path / "source", 4, size=40, bad=False)
+    cache = tmp_path / "cache"
+    results: dict[str, dict] = {}
+    errors: list[BaseException] = []
+
+    def run(name: str) -> None:
+        try:
+            results[name] = _extract(source, tmp_path / name, cache)
+        except BaseException as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(name,)) for name in ("one", "two")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    assert _files(tmp_path / "one") == _files(tmp_path / "two")
+    assert not [p for p in cache.rglob("*") if storage.is_temporary(p.name)]
+
