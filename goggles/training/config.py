@@ -25,8 +25,8 @@ class TrainConfig(Config):
 
     Attributes
     ----------
-    head : ``linear`` (default) or ``mlp`` (one hidden ReLU layer of ``hidden`` units); on
-        cub-dev the MLP was no more accurate and 8x slower (docs/training.md).
+    head : ``linear`` (default: its loss is convex, so the fit depends on no start or seed)
+        or ``mlp`` (one hidden ReLU layer of ``hidden`` units, started from ``seed``).
     hidden : units of the MLP's hidden layer.
     weight_decay : L2 penalty on the weights, per sample.
     max_iter : L-BFGS iterations at most.
