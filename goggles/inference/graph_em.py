@@ -41,7 +41,14 @@ from scipy.special import logsumexp
 
 from goggles.features.descriptors import descriptors_of
 from goggles.inference.base import Method, MethodParameters
-from goggles.inference.graph import connected_knn_graph, spectral_coordinates, top_k
+from goggles.inference.confidence import drifted, neighbour_confidence
+from goggles.inference.graph import (
+    MAX_NEIGHBOUR_GROWTH,
+    connected_knn_graph,
+    neighbour_lists,
+    spectral_coordinates,
+    top_k,
+)
 from goggles.inference.likelihood import EXACT_SCALE, kmeans_rows
 from goggles.inference.summary import fit_gaussians
 from goggles.io.blocks import RowBlocks, as_rows, sub_blocks
@@ -145,12 +152,16 @@ class GraphEM(Method):
     random_state : the one seed.
     variance_floor, exclude_self : of the per-prototype Gaussians fitted on the final labels
         for the report (:func:`goggles.inference.summary.fit_gaussians`).
+    guard : keep the k-means start when EM moved labels against the graph
+        (:func:`goggles.inference.confidence.drifted`; ``guarded_`` says it did).
 
     Fitted attributes, those of :class:`goggles.inference.base.FitRecord`: ``initial_labels_``
-    (the k-means labels the chosen EM started from), ``posteriors_``, ``params_`` and
+    (the k-means labels the chosen EM started from), ``posteriors_``, ``confidence_`` (the
+    mixture's posterior of the label pooled with its ``neighbours`` nearest images',
+    :func:`goggles.inference.confidence.neighbour_confidence`), ``params_`` and
     ``prototype_class_``, ``n_iter_``, ``converged_``, ``log_likelihood_trace_``,
     ``change_trace_``, ``warnings_``; plus ``embedding_``, ``sample_``,
-    ``restart_log_likelihoods_``, ``neighbours_used_`` and ``bridges_``.
+    ``restart_log_likelihoods_``, ``neighbours_used_``, ``bridges_`` and ``guarded_``.
     """
 
     num_classes: int
@@ -164,11 +175,13 @@ class GraphEM(Method):
     random_state: int = 0
     variance_floor: float = 1e-3
     exclude_self: bool = False
+    guard: bool = True
     embedding_: np.ndarray | None = field(default=None, init=False, repr=False)
     sample_: np.ndarray | None = field(default=None, init=False, repr=False)
     restart_log_likelihoods_: list[float] = field(default_factory=list, init=False, repr=False)
     neighbours_used_: int = field(default=0, init=False)
     bridges_: int = field(default=0, init=False)
+    guarded_: bool = field(default=False, init=False)
 
     name: ClassVar[str] = "graph-em"
     summary: ClassVar[str] = ("the default: affinity rows + bilinear descriptors on a kNN graph, "
@@ -232,11 +245,14 @@ class GraphEM(Method):
                        "images are identical as far as their affinities and filter maps go; "
                        "lower num_classes or check the source for duplicates")
         seed = int(rng.integers(2 ** 31 - 1))
+        cols = None
         if distinct <= self.num_classes + 1:  # too few nodes for a graph: one axis per image
             embedding = np.eye(distinct, self.num_classes)[node]
         else:
-            graph, used, bridges = connected_knn_graph([p[first] for p in parts],
-                                                       self.neighbours, self.num_classes)
+            nodes = [p[first] for p in parts]
+            cols = neighbour_lists(nodes, min(distinct, self.neighbours * MAX_NEIGHBOUR_GROWTH))
+            graph, used, bridges = connected_knn_graph(nodes, self.neighbours, self.num_classes,
+                                                       cols=cols)
             self.neighbours_used_, self.bridges_ = used, bridges
             if used != self.neighbours or bridges:
                 logger.info("the %d-nearest-neighbour graph had more components than the %d "
@@ -268,14 +284,26 @@ class GraphEM(Method):
         assert best is not None
         fit, labels = best
         posteriors = fit.posteriors
+        self.guarded_ = False
+        near = None if cols is None else cols[:, 1:1 + min(self.neighbours, distinct - 1)]
+        if self.guard and near is not None:
+            drift, p = drifted(labels[first], posteriors.argmax(axis=1)[first], near)
+            if drift:
+                logger.info("EM moved labels against the graph (sign test p = %.3g): keeping "
+                            "its k-means start", p)
+                posteriors, self.guarded_ = np.eye(self.num_classes)[labels], True
+        confidence = posteriors.max(axis=1)
+        if near is not None:  # each node's nearest other nodes; identical images share a node
+            confidence = neighbour_confidence(posteriors[first], near)[node]
         initial = labels
         if len(sample) < n:
-            posteriors, initial = self._extend(rows, described, sample, parts, posteriors,
-                                               labels)
+            posteriors, initial, confidence = self._extend(rows, described, sample, parts,
+                                                           posteriors, labels, confidence)
         self.sample_ = sample
         self.embedding_ = embedding
         self.initial_labels_ = initial
         self.posteriors_ = posteriors
+        self.confidence_ = confidence
         self.n_iter_ = fit.n_iter
         self.converged_ = fit.converged
         self.log_likelihood_trace_ = fit.log_likelihood_trace
@@ -287,10 +315,11 @@ class GraphEM(Method):
                        "images")
 
     def _extend(self, rows: RowBlocks, described: list[np.ndarray], sample: np.ndarray,
-                parts: list[np.ndarray], posteriors: np.ndarray,
-                labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Posteriors (and initial labels) of every image: sampled images keep theirs, the
-        others take the mean over their nearest sampled neighbours."""
+                parts: list[np.ndarray], posteriors: np.ndarray, labels: np.ndarray,
+                confidence: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Posteriors, initial labels and confidence of every image: sampled images keep
+        theirs, the others take the mean posterior over their nearest sampled neighbours (which
+        is already a neighbour vote: its top entry is their confidence)."""
         n = rows.shape[0]
         full = np.empty((n, self.num_classes))
         initial = np.empty(n, dtype=np.int64)
@@ -308,7 +337,9 @@ class GraphEM(Method):
                 initial[start:stop] = onehot[near].mean(axis=1).argmax(axis=1)
         full[sample] = posteriors
         initial[sample] = labels
-        return full, initial
+        sure = full.max(axis=1)
+        sure[sample] = confidence
+        return full, initial, sure
 
 
 def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:

@@ -120,6 +120,7 @@ def run_infer(config: InferConfig, manifest_uri: str, prototypes_uri: str,
     """Probabilistic labels by ``config.method`` (:mod:`goggles.inference.registry`) on the
     stored affinity shards, streamed; methods that read the extract stage's filter maps or
     descriptors find them under ``features_uri``."""
+    from goggles.inference.base import label_confidence
     from goggles.inference.registry import create
     from goggles.inference.summary import inference_state
     from goggles.report.evaluation import name_clusters
@@ -153,7 +154,8 @@ def run_infer(config: InferConfig, manifest_uri: str, prototypes_uri: str,
         dev_rows, dev_names = read_dev_labels(dev_labels_uri, rows)
         names = name_clusters(dev_names, probs.argmax(axis=1)[dev_rows], config.num_classes)
         dev = {"rows": dev_rows.tolist(), "labels": dev_names}
-    storage.write_parquet(artifacts.labels_table(rows, probs, names), labels_uri)
+    storage.write_parquet(artifacts.labels_table(rows, probs, names, label_confidence(model)),
+                          labels_uri)
     state = inference_state(model, config.method, names, dev)
     storage.write_json(state, inference_uri)
     return {"num_prototypes": int(len(source_index)), "em_iterations": state["em_iterations"],
