@@ -46,9 +46,16 @@ from goggles.features.prototypes import select_prototypes  # noqa: E402
 from goggles.inference.base import label_confidence  # noqa: E402
 from goggles.inference.config import InferConfig  # noqa: E402
 from goggles.inference.registry import create, fit_method  # noqa: E402
+from goggles.inference.seeds import Seeds  # noqa: E402
 from goggles.io.artifacts import FilterMaps  # noqa: E402
 from goggles.parameters import default  # noqa: E402
-from goggles.report.evaluation import calibration, confidence_quality, evaluate  # noqa: E402
+from goggles.report.evaluation import (  # noqa: E402
+    calibration,
+    confidence_quality,
+    dev_set_metrics,
+    evaluate,
+    name_clusters,
+)
 
 PAPER = {"binary": 0.9809, "multi": 0.9293}
 # the paper's CUB averages per column (Tables 1 and 2); VGG-16 was scored on 1 of the 10 pairs
@@ -82,7 +89,7 @@ def task_descriptors(task: Task, maps: np.ndarray,
 def run_task(task: Task, maps_by_class: dict[str, np.ndarray], extract_s_per_image: float, *,
              seeds: list[int], top_k: int, infer_overrides: dict[str, object],
              backbone: str = "vgg16", second: dict[str, np.ndarray] | None = None,
-             guard: bool = True) -> dict[str, object]:
+             guard: bool = True, dev_per_class: int = 0) -> dict[str, object]:
     maps = np.concatenate([maps_by_class[c] for c in task.classes])
     truth = [c for c in task.classes for _ in range(len(maps_by_class[c]))]
     n = len(maps)
@@ -103,8 +110,12 @@ def run_task(task: Task, maps_by_class: dict[str, np.ndarray], extract_s_per_ima
         model = create(config)
         if hasattr(model, "guard"):
             model.guard = guard
+        dev_rows = dev_sample(truth, dev_per_class, seed)
+        dev_names = [truth[i] for i in dev_rows]
+        seeds_ = Seeds.from_names(dev_rows, dev_names, len(task.classes)) if len(dev_rows) \
+            else None
         model.fit(affinity, prototypes.image_id, filter_maps=filter_maps,
-                  descriptors=descriptors)
+                  descriptors=descriptors, seeds=seeds_)
         probs = model.posteriors_
         assert probs is not None
         timings["infer"] += (time.perf_counter() - start) / len(seeds)
@@ -112,7 +123,7 @@ def run_task(task: Task, maps_by_class: dict[str, np.ndarray], extract_s_per_ima
             raise RuntimeError(f"non-finite affinity or probabilities on task {task_id(task)}")
         if seed == seeds[0]:
             again = fit_method(config, affinity, prototypes.image_id, filter_maps=filter_maps,
-                               descriptors=descriptors).posteriors_
+                               descriptors=descriptors, seeds=seeds_).posteriors_
             if not np.array_equal(again, probs):
                 raise RuntimeError(f"the same seed gave different labels on task "
                                    f"{task_id(task)}")
@@ -121,6 +132,14 @@ def run_task(task: Task, maps_by_class: dict[str, np.ndarray], extract_s_per_ima
         scores.update(calibration(truth, probs))
         scores.update(confidence_quality(truth, probs.argmax(axis=1), label_confidence(model),
                                          len(task.classes)))
+        if len(dev_rows):  # named by the dev images, scored on the others (as metrics.json)
+            names = name_clusters(dev_names, probs.argmax(axis=1)[dev_rows], len(task.classes))
+            dev = dev_set_metrics(dev_rows, dev_names,
+                                  [names[k] for k in probs.argmax(axis=1)], truth)
+            scores["dev_agreement"], scores["accuracy_others"] = (dev["accuracy"],
+                                                                  dev["accuracy_unlabeled"])
+        else:
+            scores["dev_agreement"] = scores["accuracy_others"] = scores["accuracy"]
         scores["iterations"] = model.n_iter_
         scores["guarded"] = bool(getattr(model, "guarded_", False))
         per_seed.append(scores)
@@ -140,7 +159,18 @@ def run_task(task: Task, maps_by_class: dict[str, np.ndarray], extract_s_per_ima
             "sel90": float(np.mean([s["selective_accuracy"]["0.9"] for s in per_seed])),  # type: ignore[index]
             "sel80": float(np.mean([s["selective_accuracy"]["0.8"] for s in per_seed])),  # type: ignore[index]
             "guarded": sum(bool(s["guarded"]) for s in per_seed),
+            "accuracy_others": mean("accuracy_others"), "dev_agreement": mean("dev_agreement"),
             "iterations": mean("iterations"), "timings": timings, "probs": probs}
+
+
+def dev_sample(truth: list[str], per_class: int, seed: int) -> np.ndarray:
+    """Rows of ``per_class`` images of each class drawn with ``seed`` (the dev set a person
+    would label), sorted; all of a class when it has fewer."""
+    rng = np.random.default_rng([seed, 17])
+    names = np.asarray(truth)
+    picks = [rng.choice(np.flatnonzero(names == c), min(per_class, int((names == c).sum())),
+                        replace=False) for c in sorted(set(truth))] if per_class else []
+    return np.sort(np.concatenate(picks)).astype(np.int64) if picks else np.zeros(0, np.int64)
 
 
 def print_table(rows: list[dict[str, object]]) -> None:
@@ -188,6 +218,10 @@ def summarise(rows: list[dict[str, object]]) -> None:
         aurocs = [a for r in group for a in r["aurocs"]]  # type: ignore[attr-defined]
         shown = f"{np.mean(aurocs):.3f} over {len(aurocs)} task-seeds with >= 3 wrong" \
             if aurocs else "- (no task with >= 3 wrong labels)"
+        others = float(np.mean([r["accuracy_others"] for r in group]))
+        dev = float(np.mean([r["dev_agreement"] for r in group]))
+        print(f"    with the dev set: accuracy on the other images {others:.4f} (named by the "
+              f"dev set, no oracle mapping), dev-set agreement {dev:.4f}")
         print(f"    confidence: ECE {np.mean([r['conf_ece'] for r in group]):.4f}, Brier "
               f"{np.mean([r['conf_brier'] for r in group]):.4f}, error AUROC {shown}, "
               f"selective accuracy 90% {np.mean([r['sel90'] for r in group]):.4f} / 80% "
@@ -364,6 +398,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --methods: backbone whose ImageNet head is the backbone "
                              "column (auto, vgg16, mobilenet_v2)")
     parser.add_argument("--pgm-tasks", default="binary", choices=("binary", "all"))
+    parser.add_argument("--dev-per-class", type=int, default=0, metavar="N",
+                        help="N images per class (drawn per inference seed) are dev labels: "
+                             "seeds of inference; accuracy is then also scored on the others")
     parser.add_argument("--no-guard", action="store_true",
                         help="graph-em without its guard (to measure what the guard changes)")
     args = parser.parse_args(argv)
@@ -400,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
     seeds = list(range(args.seed, args.seed + (args.seeds or 1)))
     rows = [run_task(t, maps, seconds_per_image, seeds=seeds, top_k=args.top_k,
                      infer_overrides=overrides, backbone=args.backbone, second=second,
-                     guard=not args.no_guard)
+                     guard=not args.no_guard, dev_per_class=args.dev_per_class)
             for t in tasks]
     print(f"backbone {args.backbone}, top_k {args.top_k}, task seed {args.seed}, inference "
           f"seeds {seeds[0]}..{seeds[-1]}, {overrides}, descriptor backbone "

@@ -18,6 +18,7 @@ import numpy as np
 from goggles.inference.likelihood import GaussianParameters
 
 if TYPE_CHECKING:
+    from goggles.inference.seeds import Seeds
     from goggles.io.artifacts import FilterMaps
     from goggles.io.blocks import RowBlocks
 
@@ -118,10 +119,13 @@ class Method(FitRecord):
 
     def fit(self, affinity: np.ndarray | RowBlocks, source_index: np.ndarray, *,
             filter_maps: FilterMaps | None = None,
-            descriptors: list[np.ndarray] | None = None) -> Method:
+            descriptors: list[np.ndarray] | None = None, seeds: Seeds | None = None) -> Method:
         """Fit on A [N, M] (an array or row blocks, e.g. the stored shards, streamed) and set
         every fitted attribute. ``source_index`` [M] is the row of each prototype's source
-        image; ``filter_maps`` and ``descriptors`` are given to the methods that read them."""
+        image; ``filter_maps`` and ``descriptors`` are given to the methods that read them;
+        ``seeds`` (dev labels, :class:`goggles.inference.seeds.Seeds`) are kept at their class
+        by the methods that refine a start (graph EM, the paper's EM, k-means), whose cluster k
+        is then seed class k; the others ignore them."""
         raise NotImplementedError
 
 

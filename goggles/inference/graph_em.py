@@ -54,6 +54,7 @@ from goggles.inference.summary import fit_gaussians
 from goggles.io.blocks import RowBlocks, as_rows, sub_blocks
 
 if TYPE_CHECKING:
+    from goggles.inference.seeds import Seeds
     from goggles.io.artifacts import FilterMaps
 
 logger = logging.getLogger(__name__)
@@ -92,10 +93,11 @@ def _log_densities(x: np.ndarray, means: np.ndarray, covariances: np.ndarray) ->
 
 
 def gaussian_mixture_em(x: np.ndarray, labels: np.ndarray, num_classes: int, *, max_iter: int,
-                        tol: float, min_mass: float, reg: float = 1e-3) -> MixtureFit:
+                        tol: float, min_mass: float, reg: float = 1e-3,
+                        seeds: Seeds | None = None) -> MixtureFit:
     """EM for a full-covariance Gaussian mixture on ``x`` [n, d] started from hard ``labels``;
     stops when no posterior changes by more than ``tol``, or keeps the last iterate before a
-    class's expected count falls below ``min_mass``."""
+    class's expected count falls below ``min_mass``. ``seeds`` keep their class throughout."""
     n, d = x.shape
     posteriors = np.eye(num_classes)[labels]
     trace: list[float] = []
@@ -112,6 +114,8 @@ def gaussian_mixture_em(x: np.ndarray, labels: np.ndarray, num_classes: int, *, 
         weighted = _log_densities(x, means, covariances) + np.log(np.maximum(mass / n, 1e-300))
         norm = logsumexp(weighted, axis=1, keepdims=True)
         new = np.exp(weighted - norm)
+        if seeds is not None:
+            seeds.clamp(new)
         if new.sum(axis=0).min() < min_mass:
             return MixtureFit(posteriors, total, iteration - 1, False, trace, changes, True)
         total = float(norm.sum())
@@ -196,18 +200,21 @@ class GraphEM(Method):
 
     def fit(self, affinity: np.ndarray | RowBlocks, source_index: np.ndarray, *,
             filter_maps: FilterMaps | None = None,
-            descriptors: np.ndarray | Sequence[np.ndarray] | None = None) -> GraphEM:
+            descriptors: np.ndarray | Sequence[np.ndarray] | None = None,
+            seeds: Seeds | None = None) -> GraphEM:
         """Fit on A [N, M] (array or row blocks) and the images' unit-length descriptors: one
         [N, D] array or a list of them, e.g. one per network
         (:func:`goggles.features.descriptors.bilinear_descriptors`); without descriptors they
         are computed from ``filter_maps``. ``source_index`` [M] places the prototypes for the
-        report's per-prototype Gaussians."""
+        report's per-prototype Gaussians. ``seeds`` (images of known class) number the clusters
+        as their classes and keep their class: every start is matched to them, one more starts
+        from their class means in the embedding, and EM clamps them."""
         if descriptors is None:
             if filter_maps is None:
                 raise ValueError("graph EM needs the images' descriptors or their filter maps "
                                  "(the extract stage's features)")
             descriptors = [descriptors_of(filter_maps.blocks())]
-        self._fit_graph(affinity, descriptors)
+        self._fit_graph(affinity, descriptors, seeds)
         assert self.posteriors_ is not None
         self.params_, self.prototype_class_ = fit_gaussians(
             affinity, self.posteriors_.argmax(axis=1), source_index, self.num_classes,
@@ -215,7 +222,8 @@ class GraphEM(Method):
         return self
 
     def _fit_graph(self, affinity: np.ndarray | RowBlocks,
-                   descriptors: np.ndarray | Sequence[np.ndarray]) -> None:
+                   descriptors: np.ndarray | Sequence[np.ndarray],
+                   seeds: Seeds | None = None) -> None:
         from sklearn.cluster import KMeans
 
         rows = as_rows(affinity)
@@ -233,6 +241,9 @@ class GraphEM(Method):
         rng = np.random.default_rng(self.random_state)
         sample = np.arange(n) if n <= self.max_rows else \
             np.sort(rng.choice(n, size=self.max_rows, replace=False))
+        if seeds is not None:  # the seeds are always in the graph
+            sample = np.union1d(sample, seeds.rows)
+        local = None if seeds is None else seeds.within(sample)
         parts = [_gather_rows(rows, sample)] + [d[sample] for d in described]
         # identical images become one node, so they get identical coordinates and labels
         keys: dict[bytes, int] = {}
@@ -263,17 +274,22 @@ class GraphEM(Method):
         best: tuple[MixtureFit, np.ndarray] | None = None
         seen: list[np.ndarray] = []
         self.restart_log_likelihoods_ = []
+        starts: list[np.ndarray | None] = []
         for _ in range(self.restarts):
             with warnings.catch_warnings():  # fewer distinct points than classes: warned above
                 warnings.filterwarnings("ignore", message="Number of distinct clusters")
                 labels = KMeans(self.num_classes, n_init=self.n_init,
                                 random_state=int(rng.integers(2 ** 31 - 1))).fit_predict(
                                     embedding)
-            if any(_same_partition(labels, other) for other in seen):
+            starts.append(labels if local is None else local.align(labels, self.num_classes))
+        if local is not None:
+            starts.append(local.centroid_labels(embedding, self.num_classes))
+        for labels in starts:
+            if labels is None or any(_same_partition(labels, other) for other in seen):
                 continue
             seen.append(labels)
-            fit = gaussian_mixture_em(embedding, labels, self.num_classes,
-                                      max_iter=self.max_iter, tol=self.tol, min_mass=min_mass)
+            fit = gaussian_mixture_em(embedding, labels, self.num_classes, max_iter=self.max_iter,
+                                      tol=self.tol, min_mass=min_mass, seeds=local)
             self.restart_log_likelihoods_.append(fit.log_likelihood)
             if fit.stopped_on_mass:
                 self._warn("a class fell below min_class_fraction of the images during EM; "

@@ -122,6 +122,7 @@ def run_infer(config: InferConfig, manifest_uri: str, prototypes_uri: str,
     descriptors find them under ``features_uri``."""
     from goggles.inference.base import label_confidence
     from goggles.inference.registry import create
+    from goggles.inference.seeds import Seeds
     from goggles.inference.summary import inference_state
     from goggles.report.evaluation import name_clusters
 
@@ -145,15 +146,18 @@ def run_infer(config: InferConfig, manifest_uri: str, prototypes_uri: str,
         filter_maps = artifacts.stored_filter_maps(features_uri, meta=meta)
         if "descriptors" in model.reads:
             descriptors = artifacts.stored_descriptors(features_uri, meta=meta)
-    model.fit(affinity, source_index, filter_maps=filter_maps, descriptors=descriptors)
+    seeds = dev = None  # dev labels seed inference (Seeds), then name the clusters
+    if dev_labels_uri:
+        dev_rows, dev_names = read_dev_labels(dev_labels_uri, rows)
+        seeds = Seeds.from_names(dev_rows, dev_names, config.num_classes)
+        dev = {"rows": dev_rows.tolist(), "labels": dev_names, "seeded": seeds is not None}
+    model.fit(affinity, source_index, filter_maps=filter_maps, descriptors=descriptors,
+              seeds=seeds)
     assert model.posteriors_ is not None
     probs = model.posteriors_
     names = list(model.cluster_names_ or [f"cluster_{k}" for k in range(config.num_classes)])
-    dev: dict[str, Any] | None = None
-    if dev_labels_uri:
-        dev_rows, dev_names = read_dev_labels(dev_labels_uri, rows)
+    if dev is not None:
         names = name_clusters(dev_names, probs.argmax(axis=1)[dev_rows], config.num_classes)
-        dev = {"rows": dev_rows.tolist(), "labels": dev_names}
     storage.write_parquet(artifacts.labels_table(rows, probs, names, label_confidence(model)),
                           labels_uri)
     state = inference_state(model, config.method, names, dev)
