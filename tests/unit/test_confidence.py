@@ -112,3 +112,14 @@ def test_confidence_quality_by_hand() -> None:
     flipped = confidence_quality(truth, predicted, 1 - confidence, 2)
     assert flipped["error_auroc"] == 0.0
     assert flipped["selective_accuracy"]["0.8"] == pytest.approx(6 / 8)
+
+
+def test_review_lists_the_least_confident_unlabeled_images_of_each_cluster() -> None:
+    from goggles.report.review import review_rows
+
+    label = np.array([0, 0, 0, 0, 1, 1, 1])
+    confidence = np.array([0.9, 0.2, 0.5, 0.2, 0.99, 0.4, 0.7])
+    assert review_rows(label, confidence, 3, per_cluster=2) == {0: [1, 3], 1: [5, 6], 2: []}
+    # an image that already has a dev label is not asked for again
+    assert review_rows(label, confidence, 2, labeled=[1, 5], per_cluster=2) == {
+        0: [3, 2], 1: [6, 4]}

@@ -164,7 +164,14 @@ def test_dev_set_names_clusters_and_is_scored_apart(tmp_path: Path) -> None:
                                   "accuracy_unlabeled": 1.0}
     text, _ = _parse(paths["report"])
     assert "alpha — 20 images" in text and "dev set (4 images)" in text
-    assert "download-dev-labels" not in text  # the dev set already named them
+    assert "No dev set named these clusters" not in text  # the dev set already named them
+    # the review loop goes on: images to check, and the dev labels carried into the next CSV
+    page = Path(paths["report"]).read_text()
+    assert "Images to check" in text and page.count("class='image-label'") == 10
+    given = json.loads(re.search(r"var GOGGLES_DEV=(.*?);\n", page).group(1))  # type: ignore[union-attr]
+    assert sorted(map(tuple, given)) == sorted((u.replace(str(tmp_path / "a"),
+                                                          str(tmp_path / "b")), n)
+                                               for u, n in dev.items())
 
 
 def test_coverage_table_shows_what_each_confidence_threshold_keeps(tmp_path: Path) -> None:
