@@ -232,7 +232,8 @@ def render(metrics: dict[str, Any], labels: Any, state: dict[str, Any], *,
               list(order[k][:PER_CLUSTER]) + list(order[k][::-1][:PER_CLUSTER])}
     needed |= {uris[prototypes[p["column"]][0]] for p in chosen if p["column"] in prototypes}
     dev = state.get("dev") or {"rows": [], "labels": []}
-    to_check = review_rows(label, confidence, len(names), labeled=dev["rows"])
+    to_check = review_rows(label, confidence, len(names), labeled=list(dev["rows"]) + [
+        i for k in order for i in order[k][:NAMING_EXEMPLARS]])  # exemplars: the CSV has them
     needed |= {uris[i] for rows in to_check.values() for i in rows}
     images = _load_images(needed)
     field = FIELDS.get(backbone)

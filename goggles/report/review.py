@@ -42,8 +42,9 @@ document.body.appendChild(a);a.click();a.remove();}"""
 def review_rows(label: np.ndarray, confidence: np.ndarray, num_classes: int, *,
                 labeled: Sequence[int] = (),
                 per_cluster: int = REVIEW_PER_CLUSTER) -> dict[int, list[int]]:
-    """Per cluster, the rows of its ``per_cluster`` least confident images that carry no dev
-    label yet (``labeled``), least confident first (ties by row)."""
+    """Per cluster, the rows of its ``per_cluster`` least confident images that carry no label
+    yet (``labeled``: the dev set, the exemplars a cluster name labels), least confident first
+    (ties by row)."""
     label = np.asarray(label)
     confidence = np.asarray(confidence, dtype=np.float64)
     done = np.zeros(len(label), dtype=bool)
