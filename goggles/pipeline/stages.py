@@ -173,7 +173,12 @@ def run_evaluate(manifest_uri: str, labels_uri: str, inference_uri: str, metrics
     iterations and warnings, ``extra`` (the run's record), the stages' ``timings`` with this
     one's added, and, when ground truth exists, accuracy and calibration."""
     from goggles import __version__
-    from goggles.report.evaluation import calibration, dev_set_metrics, evaluate
+    from goggles.report.evaluation import (
+        calibration,
+        confidence_quality,
+        dev_set_metrics,
+        evaluate,
+    )
 
     started = time.perf_counter()
     manifest = storage.read_parquet(manifest_uri)
@@ -194,6 +199,8 @@ def run_evaluate(manifest_uri: str, labels_uri: str, inference_uri: str, metrics
         metrics.update(evaluate(truth, labels["label"].to_numpy(), num_classes,
                                 initial=None if initial is None else np.asarray(initial)))
         metrics.update(calibration(truth, np.asarray(labels["probs"].to_pylist())))
+        metrics["confidence_quality"] = confidence_quality(
+            truth, labels["label"].to_numpy(), labels["confidence"].to_numpy(), num_classes)
     if state.get("dev"):
         metrics["dev_set"] = dev_set_metrics(state["dev"]["rows"], state["dev"]["labels"],
                                              labels["label_name"].to_pylist(),
