@@ -160,6 +160,7 @@ def run_task(task: Task, maps_by_class: dict[str, np.ndarray], extract_s_per_ima
             "sel80": float(np.mean([s["selective_accuracy"]["0.8"] for s in per_seed])),  # type: ignore[index]
             "guarded": sum(bool(s["guarded"]) for s in per_seed),
             "accuracy_others": mean("accuracy_others"), "dev_agreement": mean("dev_agreement"),
+            "dev_per_class": dev_per_class,
             "iterations": mean("iterations"), "timings": timings, "probs": probs}
 
 
@@ -220,8 +221,9 @@ def summarise(rows: list[dict[str, object]]) -> None:
             if aurocs else "- (no task with >= 3 wrong labels)"
         others = float(np.mean([r["accuracy_others"] for r in group]))
         dev = float(np.mean([r["dev_agreement"] for r in group]))
-        print(f"    with the dev set: accuracy on the other images {others:.4f} (named by the "
-              f"dev set, no oracle mapping), dev-set agreement {dev:.4f}")
+        if any(r["dev_per_class"] for r in group):
+            print(f"    with the dev set: accuracy on the other images {others:.4f} (named by "
+                  f"the dev set, no oracle mapping), dev-set agreement {dev:.4f}")
         print(f"    confidence: ECE {np.mean([r['conf_ece'] for r in group]):.4f}, Brier "
               f"{np.mean([r['conf_brier'] for r in group]):.4f}, error AUROC {shown}, "
               f"selective accuracy 90% {np.mean([r['sel90'] for r in group]):.4f} / 80% "
