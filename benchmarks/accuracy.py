@@ -43,11 +43,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.cub import Task, cached_maps, draw_tasks, hard_tasks, task_id  # noqa: E402
 from goggles.features.affinity import affinity_block  # noqa: E402
 from goggles.features.prototypes import select_prototypes  # noqa: E402
+from goggles.inference.base import label_confidence  # noqa: E402
 from goggles.inference.config import InferConfig  # noqa: E402
-from goggles.inference.registry import fit_method  # noqa: E402
+from goggles.inference.registry import create, fit_method  # noqa: E402
+from goggles.inference.seeds import Seeds  # noqa: E402
 from goggles.io.artifacts import FilterMaps  # noqa: E402
 from goggles.parameters import default  # noqa: E402
-from goggles.report.evaluation import calibration, evaluate  # noqa: E402
+from goggles.report.evaluation import (  # noqa: E402
+    calibration,
+    confidence_quality,
+    dev_set_metrics,
+    evaluate,
+    name_clusters,
+)
 
 PAPER = {"binary": 0.9809, "multi": 0.9293}
 # the paper's CUB averages per column (Tables 1 and 2); VGG-16 was scored on 1 of the 10 pairs
@@ -80,8 +88,8 @@ def task_descriptors(task: Task, maps: np.ndarray,
 
 def run_task(task: Task, maps_by_class: dict[str, np.ndarray], extract_s_per_image: float, *,
              seeds: list[int], top_k: int, infer_overrides: dict[str, object],
-             backbone: str = "vgg16",
-             second: dict[str, np.ndarray] | None = None) -> dict[str, object]:
+             backbone: str = "vgg16", second: dict[str, np.ndarray] | None = None,
+             guard: bool = True, dev_per_class: int = 0) -> dict[str, object]:
     maps = np.concatenate([maps_by_class[c] for c in task.classes])
     truth = [c for c in task.classes for _ in range(len(maps_by_class[c]))]
     n = len(maps)
@@ -99,22 +107,41 @@ def run_task(task: Task, maps_by_class: dict[str, np.ndarray], extract_s_per_ima
     for seed in seeds:
         config = InferConfig(num_classes=len(task.classes), seed=seed, **infer_overrides)  # type: ignore[arg-type]
         start = time.perf_counter()
-        model = fit_method(config, affinity, prototypes.image_id, filter_maps=filter_maps,
-                           descriptors=descriptors)
+        model = create(config)
+        if hasattr(model, "guard"):
+            model.guard = guard
+        dev_rows = dev_sample(truth, dev_per_class, seed)
+        dev_names = [truth[i] for i in dev_rows]
+        seeds_ = Seeds.from_names(dev_rows, dev_names, len(task.classes)) if len(dev_rows) \
+            else None
+        model.fit(affinity, prototypes.image_id, filter_maps=filter_maps,
+                  descriptors=descriptors, seeds=seeds_)
         probs = model.posteriors_
+        assert probs is not None
         timings["infer"] += (time.perf_counter() - start) / len(seeds)
         if not (np.isfinite(probs).all() and np.isfinite(affinity).all()):
             raise RuntimeError(f"non-finite affinity or probabilities on task {task_id(task)}")
         if seed == seeds[0]:
             again = fit_method(config, affinity, prototypes.image_id, filter_maps=filter_maps,
-                               descriptors=descriptors).posteriors_
+                               descriptors=descriptors, seeds=seeds_).posteriors_
             if not np.array_equal(again, probs):
                 raise RuntimeError(f"the same seed gave different labels on task "
                                    f"{task_id(task)}")
         scores = evaluate(truth, probs.argmax(axis=1), len(task.classes),
                           initial=model.initial_labels_)
         scores.update(calibration(truth, probs))
+        scores.update(confidence_quality(truth, probs.argmax(axis=1), label_confidence(model),
+                                         len(task.classes)))
+        if len(dev_rows):  # named by the dev images, scored on the others (as metrics.json)
+            names = name_clusters(dev_names, probs.argmax(axis=1)[dev_rows], len(task.classes))
+            dev = dev_set_metrics(dev_rows, dev_names,
+                                  [names[k] for k in probs.argmax(axis=1)], truth)
+            scores["dev_agreement"], scores["accuracy_others"] = (dev["accuracy"],
+                                                                  dev["accuracy_unlabeled"])
+        else:
+            scores["dev_agreement"] = scores["accuracy_others"] = scores["accuracy"]
         scores["iterations"] = model.n_iter_
+        scores["guarded"] = bool(getattr(model, "guarded_", False))
         per_seed.append(scores)
 
     def mean(key: str) -> float:
@@ -122,15 +149,35 @@ def run_task(task: Task, maps_by_class: dict[str, np.ndarray], extract_s_per_ima
 
     # how far the method falls below its own k-means start, in images (worst seed)
     below = max(round((s["accuracy_kmeans"] - s["accuracy"]) * n) for s in per_seed)
+    # error detection: per seed, only where there are >= 3 wrong labels to find
+    aurocs = [float(s["error_auroc"]) for s in per_seed if int(s["n_wrong"]) >= 3]  # type: ignore[call-overload]
     return {"task": task.name, "classes": task_id(task), "n": n, "m": len(prototypes),
             "accuracy_kmeans": mean("accuracy_kmeans"), "accuracy": mean("accuracy"),
             "ece": mean("ece"), "brier": mean("brier"), "worst_below_start": below,
+            "conf_ece": mean("confidence_ece"), "conf_brier": mean("confidence_brier"),
+            "aurocs": aurocs, "n_wrong": mean("n_wrong"),
+            "sel90": float(np.mean([s["selective_accuracy"]["0.9"] for s in per_seed])),  # type: ignore[index]
+            "sel80": float(np.mean([s["selective_accuracy"]["0.8"] for s in per_seed])),  # type: ignore[index]
+            "guarded": sum(bool(s["guarded"]) for s in per_seed),
+            "accuracy_others": mean("accuracy_others"), "dev_agreement": mean("dev_agreement"),
+            "dev_per_class": dev_per_class,
             "iterations": mean("iterations"), "timings": timings, "probs": probs}
+
+
+def dev_sample(truth: list[str], per_class: int, seed: int) -> np.ndarray:
+    """Rows of ``per_class`` images of each class drawn with ``seed`` (the dev set a person
+    would label), sorted; all of a class when it has fewer."""
+    rng = np.random.default_rng([seed, 17])
+    names = np.asarray(truth)
+    picks = [rng.choice(np.flatnonzero(names == c), min(per_class, int((names == c).sum())),
+                        replace=False) for c in sorted(set(truth))] if per_class else []
+    return np.sort(np.concatenate(picks)).astype(np.int64) if picks else np.zeros(0, np.int64)
 
 
 def print_table(rows: list[dict[str, object]]) -> None:
     header = (f"{'task':<8} {'classes':<20} {'N':>4} {'M':>5} {'acc_km':>7} {'acc':>7} "
-              f"{'below':>5} {'ECE':>6} {'Brier':>6} "
+              f"{'below':>5} {'ECE':>6} {'Brier':>6} {'wrong':>5} {'cECE':>6} {'cBrier':>6} "
+              f"{'AUROC':>5} {'sel90':>6} {'sel80':>6} {'guard':>5} "
               f"{'iter':>5} {'extract_s':>9} {'affin_s':>7} {'infer_s':>7}")
     print(header)
     print("-" * len(header))
@@ -140,8 +187,16 @@ def print_table(rows: list[dict[str, object]]) -> None:
         print(f"{r['task']:<8} {r['classes']:<20} {r['n']:>4} {r['m']:>5} "
               f"{r['accuracy_kmeans']:>7.4f} {r['accuracy']:>7.4f} "
               f"{r['worst_below_start']:>5} {r['ece']:>6.4f} {r['brier']:>6.4f} "
+              f"{r['n_wrong']:>5.1f} {r['conf_ece']:>6.4f} {r['conf_brier']:>6.4f} "
+              f"{_auroc(r):>5} {r['sel90']:>6.4f} {r['sel80']:>6.4f} {r['guarded']:>5} "
               f"{r['iterations']:>5.1f} "
               f"{t['extract']:>9.1f} {t['affinity']:>7.2f} {t['infer']:>7.2f}")
+
+
+def _auroc(row: dict[str, object]) -> str:
+    aurocs = row["aurocs"]
+    assert isinstance(aurocs, list)
+    return f"{np.mean(aurocs):.3f}" if aurocs else "-"
 
 
 def summarise(rows: list[dict[str, object]]) -> None:
@@ -161,6 +216,19 @@ def summarise(rows: list[dict[str, object]]) -> None:
         print(f"mean {name:<6} ({len(group):>2} tasks): accuracy {acc:.4f}, "
               f"k-means start {km:.4f}, ECE {ece:.4f}, Brier {brier:.4f}, at most {below} "
               f"image(s) below the start{paper}")
+        aurocs = [a for r in group for a in r["aurocs"]]  # type: ignore[attr-defined]
+        shown = f"{np.mean(aurocs):.3f} over {len(aurocs)} task-seeds with >= 3 wrong" \
+            if aurocs else "- (no task with >= 3 wrong labels)"
+        others = float(np.mean([r["accuracy_others"] for r in group]))
+        dev = float(np.mean([r["dev_agreement"] for r in group]))
+        if any(r["dev_per_class"] for r in group):
+            print(f"    with the dev set: accuracy on the other images {others:.4f} (named by "
+                  f"the dev set, no oracle mapping), dev-set agreement {dev:.4f}")
+        print(f"    confidence: ECE {np.mean([r['conf_ece'] for r in group]):.4f}, Brier "
+              f"{np.mean([r['conf_brier'] for r in group]):.4f}, error AUROC {shown}, "
+              f"selective accuracy 90% {np.mean([r['sel90'] for r in group]):.4f} / 80% "
+              f"{np.mean([r['sel80'] for r in group]):.4f}; guard kept the start in "
+              f"{sum(int(r['guarded']) for r in group)} fit(s)")  # type: ignore[call-overload]
     core = groups["binary"] + groups["multi"]
     if core:
         print(f"core tasks (binary + multi-class, {len(core)}): mean ECE "
@@ -332,6 +400,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --methods: backbone whose ImageNet head is the backbone "
                              "column (auto, vgg16, mobilenet_v2)")
     parser.add_argument("--pgm-tasks", default="binary", choices=("binary", "all"))
+    parser.add_argument("--dev-per-class", type=int, default=0, metavar="N",
+                        help="N images per class (drawn per inference seed) are dev labels: "
+                             "seeds of inference; accuracy is then also scored on the others")
+    parser.add_argument("--no-guard", action="store_true",
+                        help="graph-em without its guard (to measure what the guard changes)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     maps, seconds_per_image = cached_maps(args.backbone)
@@ -365,7 +438,8 @@ def main(argv: list[str] | None = None) -> int:
                  "exclude_self": args.exclude_self}
     seeds = list(range(args.seed, args.seed + (args.seeds or 1)))
     rows = [run_task(t, maps, seconds_per_image, seeds=seeds, top_k=args.top_k,
-                     infer_overrides=overrides, backbone=args.backbone, second=second)
+                     infer_overrides=overrides, backbone=args.backbone, second=second,
+                     guard=not args.no_guard, dev_per_class=args.dev_per_class)
             for t in tasks]
     print(f"backbone {args.backbone}, top_k {args.top_k}, task seed {args.seed}, inference "
           f"seeds {seeds[0]}..{seeds[-1]}, {overrides}, descriptor backbone "

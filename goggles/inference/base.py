@@ -18,10 +18,12 @@ import numpy as np
 from goggles.inference.likelihood import GaussianParameters
 
 if TYPE_CHECKING:
+    from goggles.inference.seeds import Seeds
     from goggles.io.artifacts import FilterMaps
     from goggles.io.blocks import RowBlocks
 
-__all__ = ["DegenerateDataWarning", "FitRecord", "Method", "MethodParameters"]
+__all__ = ["DegenerateDataWarning", "FitRecord", "Method", "MethodParameters",
+           "label_confidence"]
 
 
 class MethodParameters(Protocol):
@@ -71,7 +73,10 @@ class FitRecord:
     method refined; ``None`` without one); ``params_`` [M, K] per-prototype Gaussians with
     ``prototype_class_`` [M] (what the report draws); ``n_iter_``, ``converged_``,
     ``log_likelihood_trace_``, ``change_trace_``, ``warnings_`` (each message once);
-    ``cluster_names_`` where the method knows the clusters' names (``None``: ``cluster_k``).
+    ``cluster_names_`` where the method knows the clusters' names (``None``: ``cluster_k``);
+    ``confidence_`` [N], the method's estimate of the chance each label (the arg-max of
+    ``posteriors_``) is right, where it has one better than the top posterior (``None``: the top
+    posterior; :func:`label_confidence` reads either).
     """
 
     initial_labels_: np.ndarray | None = field(default=None, init=False, repr=False)
@@ -84,6 +89,7 @@ class FitRecord:
     change_trace_: list[float] = field(default_factory=list, init=False, repr=False)
     warnings_: list[str] = field(default_factory=list, init=False, repr=False)
     cluster_names_: list[str] | None = field(default=None, init=False, repr=False)
+    confidence_: np.ndarray | None = field(default=None, init=False, repr=False)
 
     def _warn(self, message: str) -> None:
         """Record ``message`` once and raise it as a :class:`DegenerateDataWarning`."""
@@ -113,8 +119,20 @@ class Method(FitRecord):
 
     def fit(self, affinity: np.ndarray | RowBlocks, source_index: np.ndarray, *,
             filter_maps: FilterMaps | None = None,
-            descriptors: list[np.ndarray] | None = None) -> Method:
+            descriptors: list[np.ndarray] | None = None, seeds: Seeds | None = None) -> Method:
         """Fit on A [N, M] (an array or row blocks, e.g. the stored shards, streamed) and set
         every fitted attribute. ``source_index`` [M] is the row of each prototype's source
-        image; ``filter_maps`` and ``descriptors`` are given to the methods that read them."""
+        image; ``filter_maps`` and ``descriptors`` are given to the methods that read them;
+        ``seeds`` (dev labels, :class:`goggles.inference.seeds.Seeds`) are kept at their class
+        by the methods that refine a start (graph EM, the paper's EM, k-means), whose cluster k
+        is then seed class k; the others ignore them."""
         raise NotImplementedError
+
+
+def label_confidence(model: FitRecord) -> np.ndarray:
+    """[N] the confidence of each label of a fitted method: its ``confidence_`` when it has one,
+    else the top posterior."""
+    assert model.posteriors_ is not None, "fit the method first"
+    if model.confidence_ is not None:
+        return np.asarray(model.confidence_, dtype=np.float64)
+    return np.asarray(model.posteriors_, dtype=np.float64).max(axis=1)

@@ -24,7 +24,7 @@ def _similarity(parts: list[np.ndarray], start: int, stop: int) -> np.ndarray:
     return sum(p[start:stop] @ p.T for p in parts)  # type: ignore[return-value]
 
 
-def _neighbour_lists(parts: list[np.ndarray], k: int, block_rows: int) -> np.ndarray:
+def neighbour_lists(parts: list[np.ndarray], k: int, block_rows: int = 2048) -> np.ndarray:
     """[n, k] indices of each row's k most similar rows, itself first."""
     n = parts[0].shape[0]
     cols = np.empty((n, k), dtype=np.int64)
@@ -49,14 +49,15 @@ def knn_graph(parts: list[np.ndarray], neighbours: int,
     concatenated unit-length ``parts`` (each image counts as its own neighbour), as sklearn's
     ``SpectralClustering(affinity="nearest_neighbors")`` builds it."""
     k = min(neighbours, parts[0].shape[0])
-    return _connectivity(_neighbour_lists(parts, k, block_rows))
+    return _connectivity(neighbour_lists(parts, k, block_rows))
 
 
 MAX_NEIGHBOUR_GROWTH = 8
 
 
 def connected_knn_graph(parts: list[np.ndarray], neighbours: int, max_components: int,
-                        block_rows: int = 2048) -> tuple[scipy.sparse.csr_matrix, int, int]:
+                        block_rows: int = 2048, *, cols: np.ndarray | None = None
+                        ) -> tuple[scipy.sparse.csr_matrix, int, int]:
     """:func:`knn_graph` with at most ``max_components`` connected components →
     (graph, neighbours used, bridging edges added).
 
@@ -66,10 +67,13 @@ def connected_knn_graph(parts: list[np.ndarray], neighbours: int, max_components
     doubles, up to :data:`MAX_NEIGHBOUR_GROWTH` times the asked ``neighbours``, while there are
     too many components; any still left are joined by their most similar pair of images (single
     linkage over components), the strongest bridges first. A graph that is connected enough at
-    ``neighbours`` is exactly :func:`knn_graph`'s."""
+    ``neighbours`` is exactly :func:`knn_graph`'s. ``cols``: the rows'
+    :func:`neighbour_lists` at ``min(n, neighbours * MAX_NEIGHBOUR_GROWTH)`` when the caller
+    has them already."""
     n = parts[0].shape[0]
     k_max = min(n, neighbours * MAX_NEIGHBOUR_GROWTH)
-    cols = _neighbour_lists(parts, k_max, block_rows)  # the sort costs the same for any k
+    if cols is None:  # the sort costs the same for any k
+        cols = neighbour_lists(parts, k_max, block_rows)
     k = min(neighbours, n)
     while True:
         graph = _connectivity(cols[:, :k])

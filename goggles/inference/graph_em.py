@@ -41,12 +41,20 @@ from scipy.special import logsumexp
 
 from goggles.features.descriptors import descriptors_of
 from goggles.inference.base import Method, MethodParameters
-from goggles.inference.graph import connected_knn_graph, spectral_coordinates, top_k
+from goggles.inference.confidence import drifted, neighbour_confidence
+from goggles.inference.graph import (
+    MAX_NEIGHBOUR_GROWTH,
+    connected_knn_graph,
+    neighbour_lists,
+    spectral_coordinates,
+    top_k,
+)
 from goggles.inference.likelihood import EXACT_SCALE, kmeans_rows
 from goggles.inference.summary import fit_gaussians
 from goggles.io.blocks import RowBlocks, as_rows, sub_blocks
 
 if TYPE_CHECKING:
+    from goggles.inference.seeds import Seeds
     from goggles.io.artifacts import FilterMaps
 
 logger = logging.getLogger(__name__)
@@ -85,10 +93,11 @@ def _log_densities(x: np.ndarray, means: np.ndarray, covariances: np.ndarray) ->
 
 
 def gaussian_mixture_em(x: np.ndarray, labels: np.ndarray, num_classes: int, *, max_iter: int,
-                        tol: float, min_mass: float, reg: float = 1e-3) -> MixtureFit:
+                        tol: float, min_mass: float, reg: float = 1e-3,
+                        seeds: Seeds | None = None) -> MixtureFit:
     """EM for a full-covariance Gaussian mixture on ``x`` [n, d] started from hard ``labels``;
     stops when no posterior changes by more than ``tol``, or keeps the last iterate before a
-    class's expected count falls below ``min_mass``."""
+    class's expected count falls below ``min_mass``. ``seeds`` keep their class throughout."""
     n, d = x.shape
     posteriors = np.eye(num_classes)[labels]
     trace: list[float] = []
@@ -105,6 +114,8 @@ def gaussian_mixture_em(x: np.ndarray, labels: np.ndarray, num_classes: int, *, 
         weighted = _log_densities(x, means, covariances) + np.log(np.maximum(mass / n, 1e-300))
         norm = logsumexp(weighted, axis=1, keepdims=True)
         new = np.exp(weighted - norm)
+        if seeds is not None:
+            seeds.clamp(new)
         if new.sum(axis=0).min() < min_mass:
             return MixtureFit(posteriors, total, iteration - 1, False, trace, changes, True)
         total = float(norm.sum())
@@ -177,12 +188,16 @@ class GraphEM(Method):
     random_state : the one seed.
     variance_floor, exclude_self : of the per-prototype Gaussians fitted on the final labels
         for the report (:func:`goggles.inference.summary.fit_gaussians`).
+    guard : keep the k-means start when EM moved labels against the graph
+        (:func:`goggles.inference.confidence.drifted`; ``guarded_`` says it did).
 
     Fitted attributes, those of :class:`goggles.inference.base.FitRecord`: ``initial_labels_``
-    (the k-means labels the chosen EM started from), ``posteriors_``, ``params_`` and
+    (the k-means labels the chosen EM started from), ``posteriors_``, ``confidence_`` (the
+    mixture's posterior of the label pooled with its ``neighbours`` nearest images',
+    :func:`goggles.inference.confidence.neighbour_confidence`), ``params_`` and
     ``prototype_class_``, ``n_iter_``, ``converged_``, ``log_likelihood_trace_``,
     ``change_trace_``, ``warnings_``; plus ``embedding_``, ``sample_``,
-    ``restart_log_likelihoods_``, ``neighbours_used_`` and ``bridges_``.
+    ``restart_log_likelihoods_``, ``neighbours_used_``, ``bridges_`` and ``guarded_``.
     """
 
     num_classes: int
@@ -196,11 +211,13 @@ class GraphEM(Method):
     random_state: int = 0
     variance_floor: float = 1e-3
     exclude_self: bool = False
+    guard: bool = True
     embedding_: np.ndarray | None = field(default=None, init=False, repr=False)
     sample_: np.ndarray | None = field(default=None, init=False, repr=False)
     restart_log_likelihoods_: list[float] = field(default_factory=list, init=False, repr=False)
     neighbours_used_: int = field(default=0, init=False)
     bridges_: int = field(default=0, init=False)
+    guarded_: bool = field(default=False, init=False)
 
     name: ClassVar[str] = "graph-em"
     summary: ClassVar[str] = ("the default: affinity rows + bilinear descriptors on a kNN graph, "
@@ -215,18 +232,21 @@ class GraphEM(Method):
 
     def fit(self, affinity: np.ndarray | RowBlocks, source_index: np.ndarray, *,
             filter_maps: FilterMaps | None = None,
-            descriptors: np.ndarray | Sequence[np.ndarray] | None = None) -> GraphEM:
+            descriptors: np.ndarray | Sequence[np.ndarray] | None = None,
+            seeds: Seeds | None = None) -> GraphEM:
         """Fit on A [N, M] (array or row blocks) and the images' unit-length descriptors: one
         [N, D] array or a list of them, e.g. one per network
         (:func:`goggles.features.descriptors.bilinear_descriptors`); without descriptors they
         are computed from ``filter_maps``. ``source_index`` [M] places the prototypes for the
-        report's per-prototype Gaussians."""
+        report's per-prototype Gaussians. ``seeds`` (images of known class) number the clusters
+        as their classes and keep their class: every start is matched to them, one more starts
+        from their class means in the embedding, and EM clamps them."""
         if descriptors is None:
             if filter_maps is None:
                 raise ValueError("graph EM needs the images' descriptors or their filter maps "
                                  "(the extract stage's features)")
             descriptors = [descriptors_of(filter_maps.blocks())]
-        self._fit_graph(affinity, descriptors)
+        self._fit_graph(affinity, descriptors, seeds)
         assert self.posteriors_ is not None
         self.params_, self.prototype_class_ = fit_gaussians(
             affinity, self.posteriors_.argmax(axis=1), source_index, self.num_classes,
@@ -234,7 +254,8 @@ class GraphEM(Method):
         return self
 
     def _fit_graph(self, affinity: np.ndarray | RowBlocks,
-                   descriptors: np.ndarray | Sequence[np.ndarray]) -> None:
+                   descriptors: np.ndarray | Sequence[np.ndarray],
+                   seeds: Seeds | None = None) -> None:
         from sklearn.cluster import KMeans
 
         rows = as_rows(affinity)
@@ -251,6 +272,9 @@ class GraphEM(Method):
         self.warnings_ = []
         rng = np.random.default_rng(self.random_state)
         sample = graph_sample(n, self.max_rows, rng)
+        if seeds is not None:  # the seeds are always in the graph
+            sample = np.union1d(sample, seeds.rows)
+        local = None if seeds is None else seeds.within(sample)
         parts = reference_parts(rows, described, sample)
         # identical images become one node, so they get identical coordinates and labels
         keys: dict[bytes, int] = {}
@@ -263,11 +287,14 @@ class GraphEM(Method):
                        "images are identical as far as their affinities and filter maps go; "
                        "lower num_classes or check the source for duplicates")
         seed = int(rng.integers(2 ** 31 - 1))
+        cols = None
         if distinct <= self.num_classes + 1:  # too few nodes for a graph: one axis per image
             embedding = np.eye(distinct, self.num_classes)[node]
         else:
-            graph, used, bridges = connected_knn_graph([p[first] for p in parts],
-                                                       self.neighbours, self.num_classes)
+            nodes = [p[first] for p in parts]
+            cols = neighbour_lists(nodes, min(distinct, self.neighbours * MAX_NEIGHBOUR_GROWTH))
+            graph, used, bridges = connected_knn_graph(nodes, self.neighbours, self.num_classes,
+                                                       cols=cols)
             self.neighbours_used_, self.bridges_ = used, bridges
             if used != self.neighbours or bridges:
                 logger.info("the %d-nearest-neighbour graph had more components than the %d "
@@ -278,17 +305,22 @@ class GraphEM(Method):
         best: tuple[MixtureFit, np.ndarray] | None = None
         seen: list[np.ndarray] = []
         self.restart_log_likelihoods_ = []
+        starts: list[np.ndarray | None] = []
         for _ in range(self.restarts):
             with warnings.catch_warnings():  # fewer distinct points than classes: warned above
                 warnings.filterwarnings("ignore", message="Number of distinct clusters")
                 labels = KMeans(self.num_classes, n_init=self.n_init,
                                 random_state=int(rng.integers(2 ** 31 - 1))).fit_predict(
                                     embedding)
-            if any(_same_partition(labels, other) for other in seen):
+            starts.append(labels if local is None else local.align(labels, self.num_classes))
+        if local is not None:
+            starts.append(local.centroid_labels(embedding, self.num_classes))
+        for labels in starts:
+            if labels is None or any(_same_partition(labels, other) for other in seen):
                 continue
             seen.append(labels)
-            fit = gaussian_mixture_em(embedding, labels, self.num_classes,
-                                      max_iter=self.max_iter, tol=self.tol, min_mass=min_mass)
+            fit = gaussian_mixture_em(embedding, labels, self.num_classes, max_iter=self.max_iter,
+                                      tol=self.tol, min_mass=min_mass, seeds=local)
             self.restart_log_likelihoods_.append(fit.log_likelihood)
             if fit.stopped_on_mass:
                 self._warn("a class fell below min_class_fraction of the images during EM; "
@@ -299,14 +331,26 @@ class GraphEM(Method):
         assert best is not None
         fit, labels = best
         posteriors = fit.posteriors
+        self.guarded_ = False
+        near = None if cols is None else cols[:, 1:1 + min(self.neighbours, distinct - 1)]
+        if self.guard and near is not None:
+            drift, p = drifted(labels[first], posteriors.argmax(axis=1)[first], near)
+            if drift:
+                logger.info("EM moved labels against the graph (sign test p = %.3g): keeping "
+                            "its k-means start", p)
+                posteriors, self.guarded_ = np.eye(self.num_classes)[labels], True
+        confidence = posteriors.max(axis=1)
+        if near is not None:  # each node's nearest other nodes; identical images share a node
+            confidence = neighbour_confidence(posteriors[first], near)[node]
         initial = labels
         if len(sample) < n:
-            posteriors, initial = self._extend(rows, described, sample, parts, posteriors,
-                                               labels)
+            posteriors, initial, confidence = self._extend(rows, described, sample, parts,
+                                                           posteriors, labels, confidence)
         self.sample_ = sample
         self.embedding_ = embedding
         self.initial_labels_ = initial
         self.posteriors_ = posteriors
+        self.confidence_ = confidence
         self.n_iter_ = fit.n_iter
         self.converged_ = fit.converged
         self.log_likelihood_trace_ = fit.log_likelihood_trace
@@ -318,10 +362,11 @@ class GraphEM(Method):
                        "images")
 
     def _extend(self, rows: RowBlocks, described: list[np.ndarray], sample: np.ndarray,
-                parts: list[np.ndarray], posteriors: np.ndarray,
-                labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Posteriors (and initial labels) of every image: sampled images keep theirs, the
-        others take the mean over their nearest sampled neighbours."""
+                parts: list[np.ndarray], posteriors: np.ndarray, labels: np.ndarray,
+                confidence: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Posteriors, initial labels and confidence of every image: sampled images keep
+        theirs, the others take the mean posterior over their nearest sampled neighbours (which
+        is already a neighbour vote: its top entry is their confidence)."""
         n = rows.shape[0]
         full = np.empty((n, self.num_classes))
         initial = np.empty(n, dtype=np.int64)
@@ -334,7 +379,9 @@ class GraphEM(Method):
             initial[start:stop] = onehot[near].mean(axis=1).argmax(axis=1)
         full[sample] = posteriors
         initial[sample] = labels
-        return full, initial
+        sure = full.max(axis=1)
+        sure[sample] = confidence
+        return full, initial, sure
 
 
 def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:

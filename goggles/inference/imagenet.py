@@ -23,6 +23,7 @@ from goggles.inference.base import Method, MethodParameters
 from goggles.inference.summary import finish_labeler
 
 if TYPE_CHECKING:
+    from goggles.inference.seeds import Seeds
     from goggles.io.artifacts import FilterMaps
     from goggles.io.blocks import RowBlocks
 
@@ -128,7 +129,8 @@ class ImageNetLabeler(Method):
 
     def fit(self, affinity: np.ndarray | RowBlocks, source_index: np.ndarray, *,
             filter_maps: FilterMaps | None = None,
-            descriptors: list[np.ndarray] | None = None) -> ImageNetLabeler:
+            descriptors: list[np.ndarray] | None = None,
+            seeds: Seeds | None = None) -> ImageNetLabeler:
         if filter_maps is None:
             raise ValueError("method 'backbone' needs the filter maps (the extract stage's "
                              "features)")

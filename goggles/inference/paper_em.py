@@ -52,6 +52,7 @@ from goggles.inference.likelihood import (
 from goggles.io.blocks import RowBlocks, as_rows, sub_blocks
 
 if TYPE_CHECKING:
+    from goggles.inference.seeds import Seeds
     from goggles.io.artifacts import FilterMaps
 
 __all__ = ["AffinityEM", "DegenerateDataWarning", "KMeansStart", "RandomStartEM",
@@ -240,11 +241,13 @@ class AffinityEM(Method):
 
     # -- fit / predict ----------------------------------------------------------------------------
 
-    def _start(self, affinity: np.ndarray | RowBlocks,
-               source_index: np.ndarray) -> tuple[RowBlocks, np.ndarray, np.random.Generator]:
-        """Check the inputs, find the start (``initial_labels_``) and fit the Gaussians on it:
-        everything before the first E-step. Returns the rows, the source index and the one
-        random generator the rest of the fit draws from."""
+    def _start(self, affinity: np.ndarray | RowBlocks, source_index: np.ndarray,
+               seeds: Seeds | None = None
+               ) -> tuple[RowBlocks, np.ndarray, np.random.Generator]:
+        """Check the inputs, find the start (``initial_labels_``; matched to the ``seeds``, which
+        take their classes) and fit the Gaussians on it: everything before the first E-step.
+        Returns the rows, the source index and the one random generator the rest of the fit
+        draws from."""
         rows = as_rows(affinity)
         n, m = rows.shape
         source_index = np.asarray(source_index, dtype=np.int64)
@@ -258,6 +261,8 @@ class AffinityEM(Method):
         self.warnings_ = []
         scan = _scan(rows, source_index)
         labels = self._initial_labels(rows, source_index, scan, rng)
+        if seeds is not None:
+            labels = seeds.align(labels, self.num_classes)
         if len(scan.constant):
             shown = ", ".join(str(c) for c in scan.constant[:10]) + (
                 " ..." if len(scan.constant) > 10 else "")
@@ -271,18 +276,20 @@ class AffinityEM(Method):
 
     def fit(self, affinity: np.ndarray | RowBlocks, source_index: np.ndarray, *,
             filter_maps: FilterMaps | None = None,
-            descriptors: list[np.ndarray] | None = None) -> AffinityEM:
+            descriptors: list[np.ndarray] | None = None, seeds: Seeds | None = None) -> AffinityEM:
         """Fit on A [N, M] (an array or a :class:`goggles.io.blocks.RowBlocks`);
         ``source_index`` [M] is the row of each prototype's source image (the class of
         prototype j is the current label of row ``source_index[j]``). The filter maps and
-        descriptors are not read."""
-        rows, source_index, rng = self._start(affinity, source_index)
+        descriptors are not read. ``seeds`` keep their classes in every E-step."""
+        rows, source_index, rng = self._start(affinity, source_index, seeds)
         n = rows.shape[0]
         posteriors = np.eye(self.num_classes)[self.initial_labels_]
         self.log_likelihood_trace_, self.change_trace_ = [], []
         self.converged_ = False
         for iteration in range(1, self.max_iter + 1):
             new, loglik = self._e_step(rows, source_index)
+            if seeds is not None:
+                seeds.clamp(new)
             change = float(np.abs(new - posteriors).max())
             self.log_likelihood_trace_.append(loglik)
             self.change_trace_.append(change)
@@ -338,8 +345,8 @@ class KMeansStart(AffinityEM):
 
     def fit(self, affinity: np.ndarray | RowBlocks, source_index: np.ndarray, *,
             filter_maps: FilterMaps | None = None,
-            descriptors: list[np.ndarray] | None = None) -> KMeansStart:
-        self._start(affinity, source_index)
+            descriptors: list[np.ndarray] | None = None, seeds: Seeds | None = None) -> KMeansStart:
+        self._start(affinity, source_index, seeds)
         assert self.initial_labels_ is not None
         self.posteriors_ = np.eye(self.num_classes)[self.initial_labels_]
         self.n_iter_, self.converged_ = 0, True

@@ -24,6 +24,7 @@ from goggles.inference.summary import finish_labeler
 from goggles.io.blocks import RowBlocks, as_rows
 
 if TYPE_CHECKING:
+    from goggles.inference.seeds import Seeds
     from goggles.io.artifacts import FilterMaps
 
 logger = logging.getLogger(__name__)
@@ -186,7 +187,7 @@ class PGMLabeler(Method):
 
     def fit(self, affinity: np.ndarray | RowBlocks, source_index: np.ndarray, *,
             filter_maps: FilterMaps | None = None,
-            descriptors: list[np.ndarray] | None = None) -> PGMLabeler:
+            descriptors: list[np.ndarray] | None = None, seeds: Seeds | None = None) -> PGMLabeler:
         self.warnings_ = []
         probs, _ = fit_pgm(affinity, self.num_classes, seed=self.seed)
         finish_labeler(self, affinity, source_index, probs)

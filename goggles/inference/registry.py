@@ -20,6 +20,7 @@ from goggles.inference.paper_em import AffinityEM, KMeansStart, RandomStartEM
 from goggles.inference.pgm import PGMLabeler
 
 if TYPE_CHECKING:
+    from goggles.inference.seeds import Seeds
     from goggles.io.artifacts import FilterMaps
     from goggles.io.blocks import RowBlocks
 
@@ -37,8 +38,10 @@ def create(config: MethodParameters) -> Method:
 
 def fit_method(config: MethodParameters, affinity: np.ndarray | RowBlocks, source_index: np.ndarray,
                *, filter_maps: FilterMaps | None = None,
-               descriptors: list[np.ndarray] | None = None) -> Method:
+               descriptors: list[np.ndarray] | None = None,
+               seeds: Seeds | None = None) -> Method:
     """Fit ``config.method`` on A [N, M] (an array or row blocks) with ``source_index`` [M];
-    the fitted method's ``posteriors_`` [N, K] are the labels' probabilities."""
+    the fitted method's ``posteriors_`` [N, K] are the labels' probabilities; ``seeds``:
+    images of known class (:meth:`goggles.inference.base.Method.fit`)."""
     return create(config).fit(affinity, source_index, filter_maps=filter_maps,
-                              descriptors=descriptors)
+                              descriptors=descriptors, seeds=seeds)

@@ -300,16 +300,20 @@ LABELS_SCHEMA = pa.schema([
 ])
 
 
-def labels_table(rows: pa.Table, probs: np.ndarray, names: Sequence[str]) -> pa.Table:
+def labels_table(rows: pa.Table, probs: np.ndarray, names: Sequence[str],
+                 confidence: np.ndarray | None = None) -> pa.Table:
     """The labels of the accepted images ``rows`` from their posteriors ``probs`` [N, K] and
-    the cluster names [K]: the label is the arg-max, its probability the confidence."""
+    the cluster names [K]: the label is the arg-max; ``confidence`` [N] the method's estimate of
+    the chance it is right (default: its probability)."""
     labels = probs.argmax(axis=1)
+    if confidence is None:
+        confidence = probs.max(axis=1)
     return pa.table({
         "image_id": rows["image_id"], "uri": rows["uri"],
         "probs": pa.array(probs.tolist(), pa.list_(pa.float64())),
         "label": pa.array(labels, pa.int64()),
         "label_name": pa.array([names[k] for k in labels], pa.string()),
-        "confidence": pa.array(probs.max(axis=1), pa.float64()),
+        "confidence": pa.array(np.asarray(confidence, dtype=np.float64), pa.float64()),
     }, schema=LABELS_SCHEMA)
 
 

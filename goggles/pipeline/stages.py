@@ -166,7 +166,9 @@ def run_infer(config: InferConfig, manifest_uri: str, prototypes_uri: str,
     """Probabilistic labels by ``config.method`` (:mod:`goggles.inference.registry`) on the
     stored affinity shards, streamed; methods that read the extract stage's filter maps or
     descriptors find them under ``features_uri``."""
+    from goggles.inference.base import label_confidence
     from goggles.inference.registry import create
+    from goggles.inference.seeds import Seeds
     from goggles.inference.summary import inference_state
     from goggles.report.evaluation import name_clusters
 
@@ -190,16 +192,20 @@ def run_infer(config: InferConfig, manifest_uri: str, prototypes_uri: str,
         filter_maps = artifacts.stored_filter_maps(features_uri, meta=meta)
         if "descriptors" in model.reads:
             descriptors = artifacts.stored_descriptors(features_uri, meta=meta)
-    model.fit(affinity, source_index, filter_maps=filter_maps, descriptors=descriptors)
+    seeds = dev = None  # dev labels seed inference (Seeds), then name the clusters
+    if dev_labels_uri:
+        dev_rows, dev_names = read_dev_labels(dev_labels_uri, rows)
+        seeds = Seeds.from_names(dev_rows, dev_names, config.num_classes)
+        dev = {"rows": dev_rows.tolist(), "labels": dev_names, "seeded": seeds is not None}
+    model.fit(affinity, source_index, filter_maps=filter_maps, descriptors=descriptors,
+              seeds=seeds)
     assert model.posteriors_ is not None
     probs = model.posteriors_
     names = list(model.cluster_names_ or [f"cluster_{k}" for k in range(config.num_classes)])
-    dev: dict[str, Any] | None = None
-    if dev_labels_uri:
-        dev_rows, dev_names = read_dev_labels(dev_labels_uri, rows)
+    if dev is not None:
         names = name_clusters(dev_names, probs.argmax(axis=1)[dev_rows], config.num_classes)
-        dev = {"rows": dev_rows.tolist(), "labels": dev_names}
-    storage.write_parquet(artifacts.labels_table(rows, probs, names), labels_uri)
+    storage.write_parquet(artifacts.labels_table(rows, probs, names, label_confidence(model)),
+                          labels_uri)
     state = inference_state(model, config.method, names, dev)
     storage.write_json(state, inference_uri)
     return {"num_prototypes": int(len(source_index)), "em_iterations": state["em_iterations"],
@@ -284,7 +290,12 @@ def run_evaluate(manifest_uri: str, labels_uri: str, inference_uri: str, metrics
     one's added, the end model's held-out scores (``end_model``, when the run trained one)
     and, when ground truth exists, accuracy and calibration."""
     from goggles import __version__
-    from goggles.report.evaluation import calibration, dev_set_metrics, evaluate
+    from goggles.report.evaluation import (
+        calibration,
+        confidence_quality,
+        dev_set_metrics,
+        evaluate,
+    )
 
     started = time.perf_counter()
     manifest = storage.read_parquet(manifest_uri)
@@ -305,6 +316,8 @@ def run_evaluate(manifest_uri: str, labels_uri: str, inference_uri: str, metrics
         metrics.update(evaluate(truth, labels["label"].to_numpy(), num_classes,
                                 initial=None if initial is None else np.asarray(initial)))
         metrics.update(calibration(truth, np.asarray(labels["probs"].to_pylist())))
+        metrics["confidence_quality"] = confidence_quality(
+            truth, labels["label"].to_numpy(), labels["confidence"].to_numpy(), num_classes)
     if state.get("dev"):
         metrics["dev_set"] = dev_set_metrics(state["dev"]["rows"], state["dev"]["labels"],
                                              labels["label_name"].to_pylist(),

@@ -64,6 +64,69 @@ def calibration(truth_names: Sequence[str], probs: np.ndarray, *,
     return {"ece": float(ece), "brier": brier}
 
 
+def _mapped_correct(truth_names: Sequence[str], predicted: np.ndarray,
+                    num_classes: int) -> np.ndarray:
+    """[N] whether each label is right after the best cluster→class mapping."""
+    names = sorted(set(truth_names))
+    index = {name: i for i, name in enumerate(names)}
+    truth = np.asarray([index[n] for n in truth_names], dtype=np.int64)
+    predicted = np.asarray(predicted, dtype=np.int64)
+    mapping = best_mapping(truth, predicted, len(names), num_classes)
+    return np.asarray([mapping[int(p)] for p in predicted], dtype=np.int64) == truth
+
+
+def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Area under the ROC curve of ``scores`` for the ``positive`` [N] bools: the chance that a
+    random positive scores above a random negative, ties counting half (Mann–Whitney U); 0.5
+    when either group is empty."""
+    scores = np.asarray(scores, dtype=np.float64)
+    positive = np.asarray(positive, dtype=bool)
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if not n_pos or not n_neg:
+        return 0.5
+    from scipy.stats import rankdata
+
+    ranks = rankdata(scores)
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+SELECTIVE_COVERAGES = (0.9, 0.8)
+"""Shares of the most confident images whose accuracy :func:`confidence_quality` reports."""
+
+
+def confidence_quality(truth_names: Sequence[str], predicted: np.ndarray, confidence: np.ndarray,
+                       num_classes: int, *, bins: int = 15,
+                       coverages: Sequence[float] = SELECTIVE_COVERAGES) -> dict[str, Any]:
+    """How well ``confidence`` [N] (the chance each label is right) flags the wrong labels.
+
+    Returns
+    -------
+    ``n_wrong``; ``confidence_ece`` (15-bin expected calibration error of ``confidence`` against
+    whether the label is right, after the best cluster→class mapping); ``confidence_brier``
+    (mean squared error of ``confidence`` against that 0/1); ``error_auroc`` (how well low
+    confidence finds the wrong labels: 1 perfect, 0.5 chance); ``selective_accuracy``: for each
+    coverage c, the accuracy of the ``ceil(c·N)`` most confident images (ties by order).
+    """
+    correct = _mapped_correct(truth_names, predicted, num_classes)
+    confidence = np.asarray(confidence, dtype=np.float64)
+    n = len(correct)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        inside = which == b
+        if inside.any():
+            ece += inside.mean() * abs(confidence[inside].mean() - correct[inside].mean())
+    order = np.argsort(-confidence, kind="stable")
+    selective = {}
+    for coverage in coverages:
+        kept = order[:max(1, int(np.ceil(coverage * n)))] if n else order
+        selective[f"{coverage:g}"] = float(correct[kept].mean()) if n else 0.0
+    return {"n_wrong": int(n - correct.sum()), "confidence_ece": float(ece),
+            "confidence_brier": float(((confidence - correct) ** 2).mean()) if n else 0.0,
+            "error_auroc": auroc(-confidence, ~correct), "selective_accuracy": selective}
+
+
 def evaluate(truth_names: Sequence[str], predicted: np.ndarray, num_classes: int,
              *, initial: np.ndarray | None = None) -> dict[str, object]:
     """Accuracy after the best cluster→class mapping, per-class recall and the confusion matrix.

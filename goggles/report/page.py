@@ -6,10 +6,10 @@ pooled to at most :data:`MAX_HEATMAP` rows and columns); the confusion matrix an
 and accuracy by confidence threshold when ground truth exists; the EM convergence trace; for the
 most informative prototypes, the class-conditional score histograms with the fitted Gaussians
 and the image patch each comes from (its receptive field, :mod:`goggles.report.patches`); per
-cluster, the most and least confident images and the strongest prototypes. Clusters carry the
-dev set's class names when one was given; otherwise each cluster has a name field, and the page
-writes the names a person types into a dev-labels CSV (``uri,label`` of each cluster's most
-confident images) for ``--dev-labels`` on the next run.
+cluster, the most and least confident images and the strongest prototypes; the images to check
+(:mod:`goggles.report.review`). Clusters carry the dev set's class names when one was given;
+each cluster has a name field and each image to check a label field, and the page writes what a
+person types into a dev-labels CSV for ``--dev-labels`` on the next run.
 
 Reading A is one streamed pass over the stored shards (pooled rows plus the few columns the
 histograms need), so the report's memory and time stay small for large N.
@@ -42,6 +42,7 @@ from goggles.report.plots import (
     line_svg,
     png_uri,
 )
+from goggles.report.review import SCRIPT, review_html, review_rows
 
 logger = logging.getLogger(__name__)
 
@@ -158,16 +159,6 @@ image-rendering:pixelated}.swatch{display:inline-block;width:12px;height:12px;ma
 .cluster{border-top:3px solid;margin-top:1.5em;padding-top:.3em}.note{color:#555;font-size:13px}
 .row{display:flex;flex-wrap:wrap;gap:8px;align-items:flex-start}"""
 
-SCRIPT = """function gogglesDevLabels(){var rows=["uri,label"];
-document.querySelectorAll("input.cluster-name").forEach(function(input){
-var name=input.value.trim();if(!name)return;var uris=GOGGLES_EXEMPLARS[input.dataset.cluster]||[];
-uris.forEach(function(u){rows.push('"'+u.replace(/"/g,'""')+'","'+name.replace(/"/g,'""')+'"');});});
-return rows.join("\\n")+"\\n";}
-function gogglesDownload(){var blob=new Blob([gogglesDevLabels()],{type:"text/csv"});
-var a=document.createElement("a");a.href=URL.createObjectURL(blob);a.download="dev-labels.csv";
-document.body.appendChild(a);a.click();a.remove();}"""
-
-
 def _table(rows: list[tuple[str, Any]]) -> str:
     body = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
                    for k, v in rows)
@@ -240,6 +231,10 @@ def render(metrics: dict[str, Any], labels: Any, state: dict[str, Any], *,
     needed = {uris[i] for k in order for i in
               list(order[k][:PER_CLUSTER]) + list(order[k][::-1][:PER_CLUSTER])}
     needed |= {uris[prototypes[p["column"]][0]] for p in chosen if p["column"] in prototypes}
+    dev = state.get("dev") or {"rows": [], "labels": []}
+    to_check = review_rows(label, confidence, len(names), labeled=list(dev["rows"]) + [
+        i for k in order for i in order[k][:NAMING_EXEMPLARS]])  # exemplars: the CSV has them
+    needed |= {uris[i] for rows in to_check.values() for i in rows}
     images = _load_images(needed)
     field = FIELDS.get(backbone)
 
@@ -330,11 +325,11 @@ def render(metrics: dict[str, Any], labels: Any, state: dict[str, Any], *,
     parts.append("<h2 id='clusters'>Clusters</h2>")
     if not state.get("dev"):
         parts.append("<p class='note'>No dev set named these clusters. Type a name for each "
-                     "cluster below and download a dev-labels CSV (each cluster's most confident "
-                     "images with your names); rerun with <code>--dev-labels dev-labels.csv</code> "
-                     "and the same seed to get named labels.</p><button type='button' "
-                     "id='download-dev-labels' onclick='gogglesDownload()'>Download "
-                     "dev-labels.csv</button>")
+                     "cluster below (and label the images to check) and download a dev-labels "
+                     "CSV (each cluster's most confident images with your names); rerun with "
+                     "<code>--dev-labels dev-labels.csv</code> to get named labels.</p>")
+    parts.append("<button type='button' id='download-dev-labels' onclick='gogglesDownload()'>"
+                 "Download dev-labels.csv</button>")
     for k, name in enumerate(names):
         members = order[k]
         parts.append(f"<div class='cluster' style='border-color:{colors[k]}'><h3>"
@@ -356,9 +351,14 @@ def render(metrics: dict[str, Any], labels: Any, state: dict[str, Any], *,
             parts.append(f"<div><b>strongest prototypes</b> (receptive field, cell boxed)<br>"
                          f"{strongest}</div>")
         parts.append("</div>")
+    parts.append(review_html(to_check, uris, names, confidence,
+                             {u: _thumbnail(image) for u, image in images.items()}))
     exemplars = {k: [uris[i] for i in order[k][:NAMING_EXEMPLARS]] for k in order}
     data = json.dumps(exemplars).replace("<", "\\u003c")
-    parts.append(f"<script>var GOGGLES_EXEMPLARS={data};\n{SCRIPT}</script></body></html>")
+    given = json.dumps([[uris[i], name] for i, name in zip(dev["rows"], dev["labels"],
+                                                           strict=True)]).replace("<", "\\u003c")
+    parts.append(f"<script>var GOGGLES_EXEMPLARS={data};\nvar GOGGLES_DEV={given};\n{SCRIPT}"
+                 "</script></body></html>")
     return "".join(parts)
 
 

@@ -1,7 +1,8 @@
 """report.html in a real browser: headless Chromium (Debian's ``chromium``) driven over the
 DevTools protocol opens the report of a real run, finds every plot rendered, sees no console
-error, saves a full-page screenshot, and turns names typed into the page into a dev-labels CSV
-that names the clusters on the next run.
+error, saves a full-page screenshot, and turns names typed into the page (the clusters' names,
+the labels of the images it lists to check) into a dev-labels CSV that seeds and names the next
+run.
 
 Set ``GOGGLES_SCREENSHOT_DIR`` to keep the screenshot and the report.
 """
@@ -201,6 +202,20 @@ def test_report_opens_in_chromium_with_every_plot(tmp_path: Path) -> None:
         # a person names the clusters in the page; the CSV it writes names them on the next run
         browser.evaluate("""document.querySelectorAll('input.cluster-name').forEach(
             (input, k) => { input.value = 'species "' + k + '"'; })""")
+        # ... and labels the images the page lists to check with their true class (the name of
+        # the cluster that holds most of their folder)
+        first = pq.read_table(out / "labels.parquet")
+        folder = [u.rsplit("/", 2)[-2] for u in first["uri"].to_pylist()]
+        majority = {f: max(range(2), key=lambda k, f=f: sum(
+            1 for g, label in zip(folder, first["label"].to_pylist(), strict=True)
+            if g == f and label == k)) for f in set(folder)}
+        truth = {u: f'species "{majority[f]}"' for u, f in zip(first["uri"].to_pylist(), folder,
+                                                                strict=True)}
+        listed = browser.evaluate("""Array.from(document.querySelectorAll('input.image-label'))
+            .map(i => i.dataset.uri)""")
+        assert len(listed) == 10 and len(set(listed)) == 10, listed
+        browser.evaluate(f"""(function(truth){{document.querySelectorAll('input.image-label')
+            .forEach(i => {{ i.value = truth[i.dataset.uri]; }});}})({json.dumps(truth)})""")
         csv = browser.evaluate("gogglesDevLabels()")
         shot = screenshot(browser, tmp_path / "report.png")
         assert browser.errors() == []
@@ -216,7 +231,8 @@ def test_report_opens_in_chromium_with_every_plot(tmp_path: Path) -> None:
         shutil.copy(report, Path(keep) / "report.html")
 
     lines = csv.strip().split("\n")
-    assert lines[0] == "uri,label" and len(lines) == 1 + 2 * min(10, 24)
+    # each cluster's 10 most confident images, and the 5 least confident it listed to check
+    assert lines[0] == "uri,label" and len(lines) == 1 + 2 * min(10, 24) + 10
     (tmp_path / "dev-labels.csv").write_text(csv)
     labels = pq.read_table(out / "labels.parquet")
     rerun = run_inprocess(RunParameters(
@@ -229,7 +245,22 @@ def test_report_opens_in_chromium_with_every_plot(tmp_path: Path) -> None:
         names = {n for n, label in zip(named["label_name"].to_pylist(),
                                        named["label"].to_pylist(), strict=True) if label == k}
         assert names == {f'species "{k}"'}
-    assert rerun["dev_set"]["n_images"] == 20 and rerun["dev_set"]["accuracy"] == 1.0
+    assert rerun["dev_set"]["n_images"] == 30 and rerun["dev_set"]["accuracy"] == 1.0
+    # the checked images are seeds of the rerun: each now carries the class it was given
+    given = dict(zip(named["uri"].to_pylist(), named["label_name"].to_pylist(), strict=True))
+    assert all(given[u] == truth[u] for u in listed)
+    assert "accuracy_unlabeled" in rerun["dev_set"] and rerun["dev_set"]["n_unlabeled"] == 18
+    # the rerun's page lists other images to check, and keeps the dev labels in its CSV
+    browser = DevTools(executable, tmp_path / "profile-2")
+    try:
+        open_page(browser, out / "report.html")
+        again = browser.evaluate("""Array.from(document.querySelectorAll('input.image-label'))
+            .map(i => i.dataset.uri)""")
+        rows = browser.evaluate("gogglesDevLabels()").strip().split("\n")
+        assert browser.errors() == []
+    finally:
+        browser.close()
+    assert not set(again) & set(listed) and len(rows) >= 31
 
 
 def test_the_browser_check_sees_errors_and_broken_images(tmp_path: Path) -> None:

@@ -164,7 +164,14 @@ def test_dev_set_names_clusters_and_is_scored_apart(tmp_path: Path) -> None:
                                   "accuracy_unlabeled": 1.0}
     text, _ = _parse(paths["report"])
     assert "alpha — 20 images" in text and "dev set (4 images)" in text
-    assert "download-dev-labels" not in text  # the dev set already named them
+    assert "No dev set named these clusters" not in text  # the dev set already named them
+    # the review loop goes on: images to check, and the dev labels carried into the next CSV
+    page = Path(paths["report"]).read_text()
+    assert "Images to check" in text and page.count("class='image-label'") == 10
+    given = json.loads(re.search(r"var GOGGLES_DEV=(.*?);\n", page).group(1))  # type: ignore[union-attr]
+    assert sorted(map(tuple, given)) == sorted((u.replace(str(tmp_path / "a"),
+                                                          str(tmp_path / "b")), n)
+                                               for u, n in dev.items())
 
 
 def test_coverage_table_shows_what_each_confidence_threshold_keeps(tmp_path: Path) -> None:
@@ -186,6 +193,11 @@ def test_coverage_table_shows_what_each_confidence_threshold_keeps(tmp_path: Pat
         assert float(coverage) == pytest.approx(int(kept) / len(confidence), abs=1e-4)
         assert (accuracy == "–") if int(kept) == 0 else (0 <= float(accuracy) <= 1)
     assert float(rows[0][3]) == pytest.approx(metrics["accuracy"], abs=1e-4)
+    # metrics.json says how well the confidence flags the wrong labels
+    quality = metrics["confidence_quality"]
+    assert quality["n_wrong"] == round((1 - metrics["accuracy"]) * len(confidence))
+    assert set(quality) == {"n_wrong", "confidence_ece", "confidence_brier", "error_auroc",
+                            "selective_accuracy"}
     for name, given, manifest in (("no-truth", {k: v for k, v in metrics.items()
                                                 if k != "cluster_to_class"}, paths["manifest"]),
                                   ("no-manifest", metrics, "")):
