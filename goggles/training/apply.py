@@ -7,8 +7,9 @@ Two labelers (:data:`goggles.training.config.LABELERS`):
 * ``affinity``: the run's own fit (:mod:`goggles.training.labeler`): new rows of A against the
   stored prototypes, then the fitted method's assignment; needs the run's ``artifacts/``.
 
-``auto`` takes :data:`goggles.training.config.DEFAULT_LABELER` when it is available, else the
-other. Both run the run's networks over the new images once (:mod:`goggles.training.describe`).
+``auto`` takes the end model when given a model folder itself, else
+:data:`goggles.training.config.DEFAULT_LABELER` when it is available, else the other. Both run
+the run's networks over the new images once (:mod:`goggles.training.describe`).
 """
 
 from __future__ import annotations
@@ -62,6 +63,8 @@ def choose_labeler(requested: str, model: str, run: str, where: str) -> str:
         raise FileNotFoundError(f"{where} holds neither a model (model.json) nor a finished "
                                 "run (artifacts/inference.json): give a run's OUT or OUT/model")
     if requested == "auto":
+        if model and model.rstrip("/") == where.rstrip("/"):
+            return "end-model"  # pointed at the model folder itself: the user means the model
         return DEFAULT_LABELER if DEFAULT_LABELER in available else available[0]
     if requested not in available:
         need = "model/model.json (train with --train or `goggles train OUT`)" \

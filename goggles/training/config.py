@@ -16,7 +16,8 @@ labeler, which assigns a new image as the fitted method assigns the images beyon
 its labels are the ones a rerun would most nearly give. Measured on cub-dev
 (``benchmarks/apply.py``, docs/training.md), both labelers were equally accurate on pairs and
 multi-class tasks, and the affinity labeler nearer a full rerun on the same-family pairs. With
-only a model folder (e.g. a cluster run's Model artifact), ``auto`` takes the end model."""
+a model folder (``OUT/model``, or a cluster run's Model artifact), ``auto`` takes the end
+model."""
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,8 @@ class ApplyConfig(Config):
     ----------
     labeler : ``end-model`` (the trained head on the new images' descriptors), ``affinity``
         (new rows of A against the run's prototypes, then the fitted method's assignment; needs
-        the run's ``artifacts/``) or ``auto`` (:data:`DEFAULT_LABELER`, or the one available).
+        the run's ``artifacts/``) or ``auto`` (the end model when given a model folder, else
+        :data:`DEFAULT_LABELER`, or the one available).
     device : where the CNN and the affinity GEMM run.
     batch_size : images per forward pass.
     num_workers : image-decoding worker processes; -1 picks one per spare core.

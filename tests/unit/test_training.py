@@ -218,6 +218,7 @@ def test_fitted_labeler_relabels_the_runs_own_images(method: str) -> None:
 def test_choosing_the_labeler_names_what_is_missing(tmp_path: Path) -> None:
     assert choose_labeler("auto", "m", "r", "x") == "affinity"   # the run's own fit
     assert choose_labeler("auto", "m", "", "x") == "end-model"   # a model folder alone
+    assert choose_labeler("auto", "x/model", "x", "x/model/") == "end-model"  # named itself
     assert choose_labeler("auto", "", "r", "x") == "affinity"
     with pytest.raises(FileNotFoundError, match="goggles train OUT"):
         choose_labeler("end-model", "", "r", "x")
