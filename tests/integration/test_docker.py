@@ -218,7 +218,8 @@ def test_pipeline_in_containers_gives_the_local_runners_labels(
     local_seconds = time.perf_counter() - start
 
     # every task ran in a container: networking off, non-root, the images
-    tasks = {"ingest", "plan-shards", "extract", "affinity-shard", "infer", "evaluate"}
+    tasks = {"list-source", "ingest", "plan-shards", "extract", "affinity-shard", "infer",
+             "no-train", "evaluate"}
     assert len(containers) == len(tasks) + 1  # two affinity shards
     for call in containers:
         assert call["network_mode"] == "none"
