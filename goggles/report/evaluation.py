@@ -34,6 +34,22 @@ def best_mapping(truth: np.ndarray, predicted: np.ndarray, num_truth: int,
     return mapping
 
 
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray,
+                               bins: int = 15) -> float:
+    """ECE: over ``bins`` equal-width confidence bins, the share of the images in each times
+    the gap between their mean confidence and their accuracy (``correct``: 0/1 per image)."""
+    confidence = np.asarray(confidence, dtype=np.float64)
+    correct = np.asarray(correct, dtype=np.float64)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        inside = which == b
+        if inside.any():
+            ece += inside.mean() * abs(confidence[inside].mean() - correct[inside].mean())
+    return float(ece)
+
+
 def calibration(truth_names: Sequence[str], probs: np.ndarray, *,
                 bins: int = 15) -> dict[str, float]:
     """Do the probabilities mean what they say? ``ece``: expected calibration error of the
@@ -53,13 +69,7 @@ def calibration(truth_names: Sequence[str], probs: np.ndarray, *,
         by_class[:, klass] += probs[:, cluster]
     confidence = by_class.max(axis=1)
     correct = by_class.argmax(axis=1) == truth
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    which = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, bins - 1)
-    ece = 0.0
-    for b in range(bins):
-        inside = which == b
-        if inside.any():
-            ece += inside.mean() * abs(confidence[inside].mean() - correct[inside].mean())
+    ece = expected_calibration_error(confidence, correct, bins)
     brier = float(((by_class - np.eye(by_class.shape[1])[truth]) ** 2).sum(axis=1).mean())
     return {"ece": float(ece), "brier": brier}
 
@@ -110,13 +120,7 @@ def confidence_quality(truth_names: Sequence[str], predicted: np.ndarray, confid
     correct = _mapped_correct(truth_names, predicted, num_classes)
     confidence = np.asarray(confidence, dtype=np.float64)
     n = len(correct)
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    which = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, bins - 1)
-    ece = 0.0
-    for b in range(bins):
-        inside = which == b
-        if inside.any():
-            ece += inside.mean() * abs(confidence[inside].mean() - correct[inside].mean())
+    ece = expected_calibration_error(confidence, correct, bins)
     order = np.argsort(-confidence, kind="stable")
     selective = {}
     for coverage in coverages:
