@@ -46,6 +46,7 @@ TARGETS: list[tuple[str, str, list[str]]] = [
     ("goggles/report/evaluation.py", "confusion_matrix", EVALUATION_TESTS),
     ("goggles/report/evaluation.py", "best_mapping", EVALUATION_TESTS),
     ("goggles/report/evaluation.py", "calibration", EVALUATION_TESTS),
+    ("goggles/report/evaluation.py", "expected_calibration_error", EVALUATION_TESTS),
     ("goggles/report/evaluation.py", "evaluate", EVALUATION_TESTS),
     ("goggles/inference/paper_em.py", "AffinityEM._e_step", EM_TESTS),
     ("goggles/inference/paper_em.py", "AffinityEM._m_step", EM_TESTS),
