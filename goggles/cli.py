@@ -22,11 +22,12 @@ error is one line on stderr naming the problem and the fix (with ``-v``, its tra
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from goggles import __version__, parameters
@@ -289,8 +290,16 @@ def _upload(args: argparse.Namespace) -> int:
     return 0
 
 
+def _say_after(work: Callable[[argparse.Namespace], str], args: argparse.Namespace) -> int:
+    """Run a command of :mod:`goggles.commands` and print what it returns; exit status 0."""
+    print(work(args))
+    return 0
+
+
 COMMANDS = {"run": _run, "compile": _compile, "submit": _submit, "schedule": _schedule,
-            "upload": _upload, **run_commands.COMMANDS}
+            "upload": _upload}
+COMMANDS.update({name: functools.partial(_say_after, work)
+                 for name, work in run_commands.COMMANDS.items()})
 
 
 def _describe(error: BaseException) -> str:

@@ -1,5 +1,5 @@
 """The commands on a finished run: ``goggles train``, ``goggles apply`` and ``goggles export``
-(their options and what they do; :mod:`goggles.cli` parses and dispatches)."""
+(their options and what they do; :mod:`goggles.cli` parses, dispatches and prints)."""
 
 from __future__ import annotations
 
@@ -68,18 +68,16 @@ def add_train_and_apply(sub: argparse._SubParsersAction[argparse.ArgumentParser]
                        help="remove the lock another command left on OUT")
 
 
-def _train(args: argparse.Namespace) -> int:
+def _train(args: argparse.Namespace) -> str:
     from goggles.pipeline.train_apply import train_config_for, train_finished_run
 
     config = train_config_for(args.run, holdout=args.holdout, head=args.head,
                               targets=args.targets, seed=args.seed)
     scores = train_finished_run(args.run, config)
-    print(json.dumps(scores, indent=2))
-    print(f"model: {args.run.rstrip('/')}/model")
-    return 0
+    return f"{json.dumps(scores, indent=2)}\nmodel: {args.run.rstrip('/')}/model"
 
 
-def _apply(args: argparse.Namespace) -> int:
+def _apply(args: argparse.Namespace) -> str:
     from goggles.pipeline.train_apply import apply_to_source
     from goggles.training.config import ApplyConfig
 
@@ -92,20 +90,18 @@ def _apply(args: argparse.Namespace) -> int:
                               follow_symlinks=args.follow_symlinks)
     summary = {k: metrics[k] for k in ("n_images", "n_rejected", "num_classes", "labeler",
                                        "accuracy", "images_per_s", "timings_s") if k in metrics}
-    print(json.dumps(summary, indent=2))
-    print(f"labels: {args.output.rstrip('/')}/labels.parquet")
-    return 0
+    return f"{json.dumps(summary, indent=2)}\nlabels: {args.output.rstrip('/')}/labels.parquet"
 
 
-def _export(args: argparse.Namespace) -> int:
+def _export(args: argparse.Namespace) -> str:
     from goggles.export import export_labels
 
     summary = export_labels(args.out, args.output, args.format,
                             min_confidence=args.min_confidence, link=not args.copy,
                             label_studio_root=args.label_studio_root)
-    print(summary.line())
-    return 0
+    return summary.line()
 
 
 COMMANDS = {"train": _train, "apply": _apply, "export": _export}
-"""Handlers by command name: each takes the parsed arguments and returns the exit status."""
+"""Handlers by command name: each takes the parsed arguments, does the work and returns what
+the command prints on success (the CLI prints it; errors are raised)."""
