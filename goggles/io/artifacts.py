@@ -142,13 +142,18 @@ class FilterMaps:
     weights_uri: str = ""
 
 
+def reusable_weights(source: str) -> str:
+    """The weights to load again for a network whose features record weights ``source``: the
+    file or URI itself, or ``""`` when it was resolved (a package, baked weights, torchvision's
+    cache: resolved again the same way)."""
+    return source if "://" in source or source.startswith("/") else ""
+
+
 def stored_filter_maps(features_uri: str, rows_per_block: int = 1024,
                        meta: dict[str, Any] | None = None) -> FilterMaps:
     """A features folder's filter maps as :class:`FilterMaps`, read a block of rows at a time."""
     meta = meta if meta is not None else read_features_meta(features_uri)
-    weights = str(meta.get("weights", ""))
-    # a source that is a file or URI is reused; "package ..." and the like resolve again
-    weights_uri = weights if "://" in weights or weights.startswith("/") else ""
+    weights_uri = reusable_weights(str(meta.get("weights", "")))
     total = int(meta["num_images"])
 
     def blocks() -> Iterator[np.ndarray]:
@@ -360,6 +365,12 @@ def read_model(uri: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
 
 
 # -- a run's output folder -------------------------------------------------------------------------
+
+def run_seed(output_uri: str) -> int:
+    """The seed a finished run used (its ``metrics.json``); 0 when it records none."""
+    metrics = storage.join(output_uri, "metrics.json")
+    return int(storage.read_json(metrics).get("seed", 0)) if storage.exists(metrics) else 0
+
 
 def output_paths(output_uri: str) -> dict[str, str]:
     """Where each artifact of a run lies under its output URI (every runner writes this)."""

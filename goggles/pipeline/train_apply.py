@@ -17,7 +17,7 @@ from typing import Any
 
 from goggles.config import ConfigError, check
 from goggles.io import storage, uris
-from goggles.io.artifacts import output_paths
+from goggles.io.artifacts import output_paths, run_seed
 from goggles.io.lock import output_lock
 from goggles.parameters import RunParameters
 from goggles.pipeline import stages
@@ -29,9 +29,7 @@ logger = logging.getLogger(__name__)
 
 def train_config_for(run_uri: str, **overrides: Any) -> TrainConfig:
     """The train config of a finished run: its own seed (``metrics.json``), ``overrides``."""
-    metrics = storage.join(run_uri, "metrics.json")
-    seed = int(storage.read_json(metrics).get("seed", 0)) if storage.exists(metrics) else 0
-    values = stage_config("train", {"seed": seed}).to_dict()
+    values = stage_config("train", {"seed": run_seed(run_uri)}).to_dict()
     values.update({k: v for k, v in overrides.items() if v is not None})
     return TrainConfig(**values)
 

@@ -36,12 +36,6 @@ class Applied:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def weights_uri(source: str) -> str:
-    """The weights to load for a network recorded with weights ``source``: the file or URI
-    itself, or ``""`` (resolved again: packaged, baked or torchvision's cache)."""
-    return source if "://" in source or source.startswith("/") else ""
-
-
 def locate(uri: str) -> tuple[str, str]:
     """(model folder, run folder) that ``uri`` gives: a run's output folder gives both (each
     ``""`` when absent), a model folder itself and its run when it lies in one."""
@@ -86,7 +80,7 @@ def label_new_images(uri: str, uris: Sequence[str], config: ApplyConfig) -> Appl
         from goggles.training.model import load_model
 
         model = load_model(model_uri)
-        networks = [(n["backbone"], weights_uri(str(n.get("weights", ""))))
+        networks = [(n["backbone"], artifacts.reusable_weights(str(n.get("weights", ""))))
                     for n in model.networks]
         described = describe_images(uris, networks, image_size=model.image_size, **options)
         began = time.perf_counter()

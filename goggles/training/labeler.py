@@ -31,9 +31,8 @@ def run_networks(features_meta: dict[str, Any]) -> list[tuple[str, str]]:
     """(backbone, weights URI) of the networks a run's features came from: its backbone first
     (weights reused when they were a file or URI, ``""``: resolved again), then the other
     networks whose descriptors it stored."""
-    weights = str(features_meta.get("weights", ""))
-    reused = weights if "://" in weights or weights.startswith("/") else ""
     backbone = str(features_meta["backbone"])
+    reused = artifacts.reusable_weights(str(features_meta.get("weights", "")))
     return [(backbone, reused)] + [(name, "") for name in features_meta.get("descriptors", [])
                                    if name != backbone]
 
@@ -85,7 +84,7 @@ class AffinityLabeler:
             affinity=artifacts.StoredShards(shard_uris(paths["affinity"])),
             posteriors=np.asarray(labels["probs"].to_pylist(), dtype=np.float64),
             descriptors=descriptors, networks=run_networks(meta),
-            image_size=int(meta.get("image_size", 224)), seed=_run_seed(run_uri))
+            image_size=int(meta.get("image_size", 224)), seed=artifacts.run_seed(run_uri))
 
     @classmethod
     def from_fit(cls, *, method: str, classes: list[str], prototypes: np.ndarray,
@@ -137,11 +136,3 @@ class AffinityLabeler:
                                       self.neighbours)
             return self.posteriors[self.reference][near].mean(axis=1)  # type: ignore[no-any-return]
         return self.gaussians.predict_proba(rows, self.source_index)  # type: ignore[no-any-return]
-
-
-def _run_seed(run_uri: str) -> int:
-    """The run's seed (``metrics.json``), which drew graph EM's sample; 0 when unknown."""
-    metrics = storage.join(run_uri, "metrics.json")
-    if storage.exists(metrics):
-        return int(storage.read_json(metrics).get("seed", 0))
-    return 0
