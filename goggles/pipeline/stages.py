@@ -256,7 +256,7 @@ def run_apply(config: ApplyConfig, model_uri: str, manifest_uri: str, labels_uri
     metrics."""
     from goggles import __version__
     from goggles.io.uris import redact
-    from goggles.report.evaluation import calibration, evaluate
+    from goggles.report.evaluation import calibration, evaluate, scorable
     from goggles.training.apply import label_new_images
 
     started = time.perf_counter()
@@ -271,7 +271,7 @@ def run_apply(config: ApplyConfig, model_uri: str, manifest_uri: str, labels_uri
         "networks": applied.networks, "model_uri": redact(model_uri),
         "goggles_version": __version__}
     truth = rows["label"].to_pylist()
-    if truth and all(t is not None for t in truth) and len(set(truth)) > 1:
+    if scorable(truth):
         metrics.update(evaluate(truth, applied.probs.argmax(axis=1), len(applied.classes)))
         metrics.update(calibration(truth, applied.probs))
     seconds = time.perf_counter() - started
@@ -295,6 +295,7 @@ def run_evaluate(manifest_uri: str, labels_uri: str, inference_uri: str, metrics
         confidence_quality,
         dev_set_metrics,
         evaluate,
+        scorable,
     )
 
     started = time.perf_counter()
@@ -312,7 +313,7 @@ def run_evaluate(manifest_uri: str, labels_uri: str, inference_uri: str, metrics
     })
     truth = rows["label"].to_pylist()
     initial = state.get("initial_labels")
-    if truth and all(t is not None for t in truth) and len(set(truth)) > 1:
+    if scorable(truth):
         metrics.update(evaluate(truth, labels["label"].to_numpy(), num_classes,
                                 initial=None if initial is None else np.asarray(initial)))
         metrics.update(calibration(truth, np.asarray(labels["probs"].to_pylist())))

@@ -34,6 +34,14 @@ def best_mapping(truth: np.ndarray, predicted: np.ndarray, num_truth: int,
     return mapping
 
 
+def scorable(truth: Sequence[str | None] | None) -> bool:
+    """Whether ``truth`` can score labels: every image has a class (folders gave ground truth)
+    and there are at least two classes."""
+    if not truth:
+        return False
+    return all(t is not None for t in truth) and len(set(truth)) > 1
+
+
 def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray,
                                bins: int = 15) -> float:
     """ECE: over ``bins`` equal-width confidence bins, the share of the images in each times

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from goggles.report.evaluation import evaluate, scorable
 from goggles.training.config import TrainConfig
 from goggles.training.head import Head, holdout_split, predict_proba, train_head
 
@@ -35,8 +36,6 @@ def _fit(features: np.ndarray, targets: np.ndarray, config: TrainConfig) -> Head
 
 
 def _accuracy(truth: Sequence[str], predicted: np.ndarray, num_classes: int) -> float:
-    from goggles.report.evaluation import evaluate
-
     return float(evaluate(list(truth), predicted, num_classes)["accuracy"])  # type: ignore[arg-type]
 
 
@@ -58,10 +57,8 @@ def score_heads(features: np.ndarray, probs: np.ndarray, truth: Sequence[str] | 
     hard = predict_proba(_fit(features[train], onehot[train], config), features[held])
     scores["agreement"] = float((soft.argmax(axis=1) == labels[held]).mean())
     scores["hard_label_agreement"] = float((hard.argmax(axis=1) == labels[held]).mean())
-    usable = truth is not None and all(t is not None for t in truth) and len(set(truth)) > 1
-    if not usable:
+    if truth is None or not scorable(truth):
         return scores
-    assert truth is not None
     names = sorted(set(truth))
     index = np.asarray([names.index(t) for t in truth])
     true_held = [truth[int(i)] for i in np.flatnonzero(held)]
