@@ -13,7 +13,6 @@ from kfp import compiler, dsl
 from kfp.dsl import Artifact, Dataset
 
 from goggles.kubeflow import pipeline as labels_pipeline
-from goggles.kubeflow.components import ingest, list_source
 from goggles.kubeflow.components.apply import apply_model
 from goggles.kubeflow.settings import ClusterSettings, describe_parameters
 
@@ -50,16 +49,8 @@ def goggles_apply_pipeline(
     device : ``auto`` uses the GPU where the task has one.
     follow_symlinks : read what symlinks in a local source lead to outside it.
     """
-    # as in the labeling pipeline: an uncached listing keys ingest's cache entry, so new images
-    # in the bucket are never answered from an earlier run
-    listing_task = labels_pipeline._bucket_access(labels_pipeline._resources(
-        list_source(source_uri=source_uri, follow_symlinks=follow_symlinks), "ingest"))
-    (listing_task.set_caching_options(enable_caching=False)
-     .set_display_name("list the new images (uncached)"))
-    ingest_task = labels_pipeline._bucket_access(labels_pipeline._resources(
-        ingest(source_uri=source_uri, follow_symlinks=follow_symlinks,
-               source_fingerprint=listing_task.output), "ingest"))
-    ingest_task.set_display_name("ingest: list and validate the new images")
+    # new images in the bucket are never answered from an earlier run's cache
+    ingest_task = labels_pipeline.listed_ingest(source_uri, follow_symlinks)
     apply_task = labels_pipeline._bucket_access(labels_pipeline._resources(
         apply_model(manifest=ingest_task.outputs["manifest"], model_uri=model_uri,
                     labeler=labeler, device=device), "extract"))

@@ -151,6 +151,23 @@ def _gpu(task: dsl.PipelineTask) -> None:
         kubernetes.add_toleration(task, **GPU_TOLERATION)
 
 
+def listed_ingest(source_uri: str, follow_symlinks: bool) -> dsl.PipelineTask:
+    """The ingest task, after an uncached listing task whose digest of the source (each image's
+    path, size and version) is one of ingest's inputs: a changed source is ingested again (and
+    every later task recomputed), an unchanged one reuses KFP's cache. Every pipeline that reads
+    a source starts with it."""
+    listing_task = _bucket_access(_resources(list_source(source_uri=source_uri,
+                                                         follow_symlinks=follow_symlinks),
+                                             "ingest"))
+    (listing_task.set_caching_options(enable_caching=False)
+     .set_display_name("list the source (uncached)"))
+    ingest_task = _bucket_access(_resources(ingest(source_uri=source_uri,
+                                                   follow_symlinks=follow_symlinks,
+                                                   source_fingerprint=listing_task.output),
+                                            "ingest"))
+    return ingest_task.set_display_name("ingest: list and validate images")
+
+
 PIPELINE_INFO = {"name": PIPELINE_NAME,
                  "display_name": "goggles: label images by affinity coding",
                  "description": "Label an image dataset automatically with affinity coding "
@@ -197,17 +214,7 @@ def goggles_pipeline(
     descriptor_backbone : graph EM's second network (``none`` to skip it).
     train : also train an end classifier on the labels (the train task's ``model``).
     """
-    # never cached: its digest of the source keys ingest's cache entry (a grown bucket is new)
-    listing_task = _bucket_access(_resources(list_source(source_uri=source_uri,
-                                                         follow_symlinks=follow_symlinks),
-                                             "ingest"))
-    (listing_task.set_caching_options(enable_caching=False)
-     .set_display_name("list the source (uncached)"))
-    ingest_task = _bucket_access(_resources(ingest(source_uri=source_uri,
-                                                   follow_symlinks=follow_symlinks,
-                                                   source_fingerprint=listing_task.output),
-                                            "ingest"))
-    ingest_task.set_display_name("ingest: list and validate images")
+    ingest_task = listed_ingest(source_uri, follow_symlinks)
 
     plan_task = _resources(plan_shards(manifest=ingest_task.outputs["manifest"],
                                        num_shards=num_shards, num_classes=num_classes), "plan")
