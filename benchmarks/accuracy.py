@@ -47,7 +47,7 @@ from goggles.inference.base import label_confidence  # noqa: E402
 from goggles.inference.config import InferConfig  # noqa: E402
 from goggles.inference.registry import create, fit_method  # noqa: E402
 from goggles.inference.seeds import Seeds  # noqa: E402
-from goggles.io.artifacts import FilterMaps  # noqa: E402
+from goggles.io.features_folder import FilterMaps  # noqa: E402
 from goggles.parameters import default  # noqa: E402
 from goggles.report.evaluation import (  # noqa: E402
     calibration,

@@ -53,6 +53,7 @@ from goggles.ingest.config import IngestConfig  # noqa: E402
 from goggles.io import storage  # noqa: E402
 from goggles.io.artifacts import output_paths  # noqa: E402
 from goggles.pipeline import stages  # noqa: E402
+from goggles.pipeline.extract import part_uri, run_extract  # noqa: E402
 
 STAGES = ("ingest", "extract", "affinity", "infer", "evaluate", "report")
 
@@ -132,14 +133,15 @@ def run_size(count: int, args: argparse.Namespace, rate: float,
             for first in range(0, len(uris), batch_size):
                 on_batch(first, np.stack([lookup(u) for u in uris[first:first + batch_size]]))
 
-        real_forward = goggles.features.extract_filter_maps
-        goggles.features.extract_filter_maps = cached_forward  # type: ignore[assignment]
+        real_forward = goggles.features.extraction.extract_filter_maps
+        goggles.features.extraction.extract_filter_maps = cached_forward  # type: ignore[assignment]
         try:
             extract_config = ExtractConfig(max_prototypes=args.max_prototypes)
-            extracted = timed("extract", lambda: stages.run_extract(
-                extract_config, paths["manifest"], paths["features"], paths["prototypes"]))
+            extracted = timed("extract", lambda: run_extract(
+                extract_config, paths["manifest"], paths["features"], paths["prototypes"],
+                num_parts=args.shards))
         finally:
-            goggles.features.extract_filter_maps = real_forward
+            goggles.features.extraction.extract_filter_maps = real_forward
         # the forward pass itself, projected from the measured end-to-end rate
         seconds["extract"] += count / rate
 
@@ -148,8 +150,8 @@ def run_size(count: int, args: argparse.Namespace, rate: float,
                       for s in range(args.shards)]
         for shard_id, uri in enumerate(shard_uris):
             timed("affinity", functools.partial(
-                stages.run_affinity, affinity_config, paths["features"], paths["prototypes"],
-                shard_id, uri))
+                stages.run_affinity, affinity_config, part_uri(paths["features"], shard_id),
+                paths["prototypes"], uri))
         infer_config = InferConfig(num_classes=args.num_classes, max_iter=args.max_iter)
         inferred = timed("infer", lambda: stages.run_infer(
             infer_config, paths["manifest"], paths["prototypes"], shard_uris, paths["labels"],

@@ -1,15 +1,19 @@
 """Bytes each pod of a cluster run reads, at 10k, 100k and 1M images, from the sizes of the
-artifacts the code writes.
+artifacts the code writes: before and after extraction was fanned out.
 
     python benchmarks/pod_reads.py [--sample 32] [--backbone vgg16] [--max-prototypes 20000]
 
-Writes the real artifacts of ``--sample`` cub-dev images (ingest and extract through
-:mod:`goggles.pipeline.stages`, images read in place) and one affinity shard, measures bytes per
-image (image file, manifest row, filter maps, descriptors), per prototype and per affinity
-entry, and scales them. KFP's launcher downloads every input artifact of a task into its pod
-before the task starts, so a pod reads all of each artifact it takes, not just the part it
-uses: every affinity shard pod downloads every image's filter maps. With ``--feature-cache``
-the extract pod of a +10% rerun reads the new images and the cached entries of the others.
+Writes the real artifacts of ``--sample`` cub-dev images (ingest, the extract parts and their
+gather through :mod:`goggles.pipeline`, images read in place) and one affinity shard, measures
+bytes per image (image file, manifest row, filter maps, descriptors, the part's prototype
+candidates), per prototype and per affinity entry, and scales them. KFP's launcher downloads
+every input artifact of a task into its pod before the task starts, so a pod reads all of each
+artifact it takes. **Before**: one extract task; every affinity shard, infer and evaluate took
+the whole features artifact (every image's filter maps). **After** (this code): one extract
+task per row shard, a gather task that reads the parts' summaries (prototype candidates,
+descriptors), affinity shard ``s`` takes part ``s``'s maps alone, infer the gathered
+descriptors. A +10% rerun with the feature cache reads the new images and the cached entries
+of the others.
 
 Shards per run: 8 at 10k, 32 at 100k, 128 at 1M images; the prototypes are capped at
 ``--max-prototypes`` (docs/scale.md's 1M projection uses 20,000).
@@ -31,6 +35,7 @@ from benchmarks.cub import require_cub, species  # noqa: E402
 from goggles.features.config import AffinityConfig, ExtractConfig  # noqa: E402
 from goggles.ingest.config import IngestConfig  # noqa: E402
 from goggles.pipeline import stages  # noqa: E402
+from goggles.pipeline.extract import part_uri, run_extract  # noqa: E402
 
 SCALES = {10_000: 8, 100_000: 32, 1_000_000: 128}
 
@@ -64,21 +69,52 @@ def measure(sample: int, backbone: str) -> dict[str, float]:
         ingested = stages.run_ingest(IngestConfig(follow_symlinks=True), str(source),
                                      str(manifest))
         n = ingested["n_images"]
-        extracted = stages.run_extract(
+        extracted = run_extract(
             ExtractConfig(backbone=backbone, num_workers=0), str(manifest),
             str(tmp / "features"), str(tmp / "prototypes.parquet"))
-        stages.run_affinity(AffinityConfig(num_shards=1), str(tmp / "features"),
-                            str(tmp / "prototypes.parquet"), 0, str(tmp / "affinity"))
+        stages.run_affinity(AffinityConfig(num_shards=1), part_uri(str(tmp / "features"), 0),
+                            str(tmp / "prototypes.parquet"), str(tmp / "affinity"))
         images = sum(os.path.getsize(os.path.realpath(p)) for p in source.rglob("*.jpg"))
-        features = tmp / "features"
-        maps = sum(_size(p) for p in features.glob("shard-*.npy"))
+        features, part = tmp / "features", tmp / "features" / "part-00000"
+        maps = sum(_size(p) for p in part.glob("shard-*.npy")) + _size(part / "index.parquet")
         descriptors = sum(_size(p) for p in features.glob("descriptors-*.npy"))
+        logits = sum(_size(p) for p in features.glob("imagenet-logits.npy"))
         m = extracted["num_prototypes"]
         return {"image": images / n, "manifest": _size(manifest) / n, "maps": maps / n,
-                "descriptors": descriptors / n, "index": _size(features / "index.parquet") / n,
+                "descriptors": descriptors / n, "logits": logits / n,
+                "candidates": _size(part / "candidates.parquet") / n,
                 "prototype": _size(tmp / "prototypes.parquet") / m,
                 "affinity_entry": _size(tmp / "affinity" / "affinity.npy") / (n * m),
                 "prototypes_per_image": m / n}
+
+
+def reads(b: dict[str, float], n: int, shards: int, max_prototypes: int,
+          ) -> dict[tuple[str, str], tuple[float, float]]:
+    """(pod, what it reads) → bytes (before, after) at ``n`` images over ``shards`` shards."""
+    m = min(max_prototypes, b["prototypes_per_image"] * n)
+    manifest, prototypes = n * b["manifest"], m * b["prototype"]
+    features = n * (b["maps"] + b["descriptors"] + b["logits"])  # before: one artifact
+    gathered = n * (b["descriptors"] + b["logits"])  # after: no maps
+    affinity = n * m * b["affinity_entry"]
+    cache_entries = 0.9 * n * (b["maps"] + b["descriptors"] / 2)
+    return {
+        ("list-source", "the listing"): (0.0, 0.0),
+        ("ingest", "every image"): (n * b["image"],) * 2,
+        ("extract (before: one pod; after: each of the shards)", "manifest + its images"):
+            (manifest + n * b["image"], manifest + n / shards * b["image"]),
+        ("extract, +10% rerun with the feature cache", "manifest + new images + cached "
+         "entries"): (manifest + 0.1 * n * b["image"] + cache_entries,
+                      manifest + (0.1 * n * b["image"] + cache_entries) / shards),
+        ("gather (after only)", "every part's prototype candidates and descriptors"):
+            (0.0, n * (b["candidates"] + b["descriptors"] + b["logits"])),
+        ("each affinity shard", "before: every image's maps; after: its own rows' maps, + "
+         "prototypes"): (features + prototypes, n / shards * b["maps"] + prototypes),
+        ("infer", "manifest + features (before: maps too) + prototypes + every shard"):
+            (manifest + features + prototypes + affinity,
+             manifest + gathered + prototypes + affinity),
+        ("evaluate", "manifest + prototypes + every shard"):
+            (manifest + prototypes + affinity,) * 2,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -91,35 +127,21 @@ def main(argv: list[str] | None = None) -> None:
     warnings.filterwarnings("ignore")
     b = measure(args.sample, args.backbone)
     print(f"per image: JPEG {_human(b['image'])}, manifest row {_human(b['manifest'])}, "
-          f"filter maps {_human(b['maps'])}, descriptors {_human(b['descriptors'])}; per "
-          f"prototype {_human(b['prototype'])}; {b['prototypes_per_image']:.2f} prototypes per "
-          f"image before the cap of {args.max_prototypes:,}")
+          f"filter maps {_human(b['maps'])}, descriptors {_human(b['descriptors'])}, "
+          f"prototype candidates {_human(b['candidates'])}; per prototype "
+          f"{_human(b['prototype'])}; {b['prototypes_per_image']:.2f} prototypes per image "
+          f"before the cap of {args.max_prototypes:,}")
     print()
-    print("| pod | reads | N = 10k | N = 100k | N = 1M |")
-    print("|---|---|---|---|---|")
+    header = " | ".join(f"N = {n // 1000:,}k ({shards} shards) before | after"
+                        for n, shards in SCALES.items())
+    print(f"| pod | reads | {header} |")
+    print("|---|---|" + "---|---|" * len(SCALES))
     rows: dict[str, list[str]] = {}
     for n, shards in SCALES.items():
-        m = min(args.max_prototypes, b["prototypes_per_image"] * n)
-        features = n * (b["maps"] + b["descriptors"] + b["index"])
-        prototypes = m * b["prototype"]
-        affinity = n * m * b["affinity_entry"]
-        manifest = n * b["manifest"]
-        reads = {
-            ("list-source", "the listing only"): 0.0,
-            ("ingest", "every image"): n * b["image"],
-            ("extract", "manifest + every image"): manifest + n * b["image"],
-            ("extract, +10% rerun with the feature cache", "manifest + new images + cached "
-             "entries"): manifest + 0.1 * n * b["image"] + 0.9 * n * (b["maps"] +
-                                                                      b["descriptors"] / 2),
-            ("each affinity shard (8, 32, 128 shards)",
-             "the whole features artifact + prototypes"): features + prototypes,
-            ("", "of which its own rows' filter maps"): n / shards * b["maps"],
-            ("infer", "manifest + features (maps too) + prototypes + every shard"):
-                manifest + features + prototypes + affinity,
-            ("evaluate", "manifest + prototypes + every shard"): manifest + prototypes + affinity,
-        }
-        for (pod, what), value in reads.items():
-            rows.setdefault(f"| {pod} | {what} |", []).append(_human(value))
+        for (pod, what), (before, after) in reads(b, n, shards, args.max_prototypes).items():
+            rows.setdefault(f"| {pod} | {what} |", []).extend(
+                ["—" if before == 0 and pod.startswith("gather") else _human(before),
+                 _human(after)])
     for head, values in rows.items():
         print(head + " " + " | ".join(values) + " |")
 

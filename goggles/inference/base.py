@@ -19,8 +19,8 @@ from goggles.inference.likelihood import GaussianParameters
 
 if TYPE_CHECKING:
     from goggles.inference.seeds import Seeds
-    from goggles.io.artifacts import FilterMaps
     from goggles.io.blocks import RowBlocks
+    from goggles.io.features_folder import FilterMaps
 
 __all__ = ["DegenerateDataWarning", "FitRecord", "Method", "MethodParameters",
            "label_confidence"]
@@ -104,7 +104,8 @@ class Method(FitRecord):
     """A labeling method: posteriors [N, K] from the affinity matrix A [N, M].
 
     Class attributes: ``name`` (the ``--method`` value), ``summary`` (one line for help texts)
-    and ``reads``, what :meth:`fit` needs beside A: ``"filter_maps"`` and/or ``"descriptors"``
+    and ``reads``, what :meth:`fit` needs beside A: ``"descriptors"``, ``"imagenet_logits"``
+    (the backbone's classifier outputs, kept by the extract stage) or ``"filter_maps"``
     (the extract stage's features).
     """
 

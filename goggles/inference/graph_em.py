@@ -55,7 +55,7 @@ from goggles.io.blocks import RowBlocks, as_rows, sub_blocks
 
 if TYPE_CHECKING:
     from goggles.inference.seeds import Seeds
-    from goggles.io.artifacts import FilterMaps
+    from goggles.io.features_folder import FilterMaps
 
 logger = logging.getLogger(__name__)
 

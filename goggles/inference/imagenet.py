@@ -2,17 +2,19 @@
 ``--method backbone``).
 
 The classifier (the rest of the network after the layer the filter maps come from) is applied to
-the stored filter maps. The K ImageNet classes predicted (arg-max) most often become the
-clusters, named after them, and each image's probabilities are the softmax of its logits
-restricted to those K classes. This needs no label and no hand mapping; evaluation then maps
-clusters to the true classes with the same Hungarian matching as every method. Where the
-weights carry no classifier (the packaged VGG-16 ships conv layers only) it fails with
+the filter maps as they are extracted (:func:`imagenet_head`; the features keep the logits). The
+K ImageNet classes predicted (arg-max) most often become the clusters, named after them, and
+each image's probabilities are the softmax of its logits restricted to those K classes. This
+needs no label and no hand mapping; evaluation then maps clusters to the true classes with the
+same Hungarian matching as every method. Where the weights carry no classifier (the packaged
+VGG-16 ships conv layers only) it fails with
 :class:`BackboneHeadUnavailable`, naming the fix; a run checks that before extraction
 (:func:`goggles.pipeline.wiring.check_run`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -24,8 +26,8 @@ from goggles.inference.summary import finish_labeler
 
 if TYPE_CHECKING:
     from goggles.inference.seeds import Seeds
-    from goggles.io.artifacts import FilterMaps
     from goggles.io.blocks import RowBlocks
+    from goggles.io.features_folder import FilterMaps
 
 
 class BackboneHeadUnavailable(RuntimeError):
@@ -49,30 +51,43 @@ def classifier_weights(backbone: str, weights_uri: str = "") -> dict[str, Any]:
     return state
 
 
-def imagenet_logits(filter_maps: FilterMaps) -> np.ndarray:
-    """ImageNet logits [N, 1000] of the backbone's classifier applied to its filter maps."""
+def imagenet_head(backbone: str,
+                  weights_uri: str = "") -> Callable[[np.ndarray], np.ndarray] | None:
+    """The backbone's ImageNet classifier as a function of a block of its filter maps
+    ([n, C, H, W] → logits [n, 1000] float64), or ``None`` when its weights hold only the
+    convolutional layers. The extract stage keeps these logits beside the descriptors, so the
+    ``backbone`` method never reads the filter maps."""
     import torch
 
-    from goggles.features.backbones import SPECS
+    from goggles.features.backbones import SPECS, resolve_weights
 
-    if filter_maps.backbone not in SPECS:
-        raise ValueError(f"unknown backbone {filter_maps.backbone!r}; choose one of "
-                         f"{', '.join(SPECS)}")
-    spec = SPECS[filter_maps.backbone]
-    state = classifier_weights(filter_maps.backbone, filter_maps.weights_uri)
-    model: Any = spec.build()
+    if backbone not in SPECS:
+        raise ValueError(f"unknown backbone {backbone!r}; choose one of {', '.join(SPECS)}")
+    state, _ = resolve_weights(backbone, weights_uri)
+    if not any(key.startswith("classifier.") for key in state):
+        return None
+    model: Any = SPECS[backbone].build()
     model.load_state_dict(state, strict=True)
     model.eval()
-    parts = []
-    with torch.inference_mode():
-        for block in filter_maps.blocks():
+
+    def logits(block: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
             x = torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32))
-            if filter_maps.backbone == "vgg16":
+            if backbone == "vgg16":
                 x = torch.flatten(model.avgpool(x), 1)
             else:  # torchvision's MobileNetV2.forward after .features
                 x = torch.flatten(torch.nn.functional.adaptive_avg_pool2d(x, (1, 1)), 1)
-            parts.append(model.classifier(x).numpy().astype(np.float64))
-    return np.concatenate(parts)
+            return model.classifier(x).numpy().astype(np.float64)  # type: ignore[no-any-return]
+
+    return logits
+
+
+def logits_of(filter_maps: FilterMaps) -> np.ndarray:
+    """ImageNet logits [N, 1000] of the backbone's classifier applied to its filter maps."""
+    classifier_weights(filter_maps.backbone, filter_maps.weights_uri)  # the error says how
+    head = imagenet_head(filter_maps.backbone, filter_maps.weights_uri)
+    assert head is not None
+    return np.concatenate([head(block) for block in filter_maps.blocks()])
 
 
 def imagenet_categories() -> list[str]:
@@ -120,7 +135,7 @@ class ImageNetLabeler(Method):
 
     name: ClassVar[str] = "backbone"
     summary: ClassVar[str] = "the backbone's own ImageNet classifier (needs its weights' head)"
-    reads: ClassVar[frozenset[str]] = frozenset({"filter_maps"})
+    reads: ClassVar[frozenset[str]] = frozenset({"imagenet_logits"})
 
     @classmethod
     def from_config(cls, config: MethodParameters) -> ImageNetLabeler:
@@ -130,12 +145,17 @@ class ImageNetLabeler(Method):
     def fit(self, affinity: np.ndarray | RowBlocks, source_index: np.ndarray, *,
             filter_maps: FilterMaps | None = None,
             descriptors: list[np.ndarray] | None = None,
-            seeds: Seeds | None = None) -> ImageNetLabeler:
-        if filter_maps is None:
-            raise ValueError("method 'backbone' needs the filter maps (the extract stage's "
-                             "features)")
+            seeds: Seeds | None = None,
+            imagenet_logits: np.ndarray | None = None) -> ImageNetLabeler:
+        """Label by ``imagenet_logits`` [N, 1000] (the extract stage's), or by the classifier
+        applied to ``filter_maps``."""
+        if imagenet_logits is None:
+            if filter_maps is None:
+                raise ValueError("method 'backbone' needs the ImageNet logits the extract stage "
+                                 "keeps (or the filter maps)")
+            imagenet_logits = logits_of(filter_maps)
         self.warnings_ = []
-        probs, chosen = restrict_to_top_classes(imagenet_logits(filter_maps), self.num_classes)
+        probs, chosen = restrict_to_top_classes(imagenet_logits, self.num_classes)
         names = imagenet_categories()
         self.cluster_names_ = [names[c] for c in chosen]
         finish_labeler(self, affinity, source_index, probs)

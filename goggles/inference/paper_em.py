@@ -53,7 +53,7 @@ from goggles.io.blocks import RowBlocks, as_rows, sub_blocks
 
 if TYPE_CHECKING:
     from goggles.inference.seeds import Seeds
-    from goggles.io.artifacts import FilterMaps
+    from goggles.io.features_folder import FilterMaps
 
 __all__ = ["AffinityEM", "DegenerateDataWarning", "KMeansStart", "RandomStartEM",
            "kmeans_labels"]

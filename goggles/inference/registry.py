@@ -21,8 +21,8 @@ from goggles.inference.pgm import PGMLabeler
 
 if TYPE_CHECKING:
     from goggles.inference.seeds import Seeds
-    from goggles.io.artifacts import FilterMaps
     from goggles.io.blocks import RowBlocks
+    from goggles.io.features_folder import FilterMaps
 
 METHODS: dict[str, type[Method]] = {
     method.name: method

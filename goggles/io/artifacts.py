@@ -5,11 +5,7 @@ artifact                content
 ======================  =====================================================================
 manifest                Parquet, :data:`MANIFEST_SCHEMA`: one row per listed file, accepted
                         ones numbered ``image_id`` 0..N-1 in path order (ingest).
-features                a folder (extract): ``shard-NNNNN.npy`` ([n, C, H, W] float32 filter
-                        maps), ``index.parquet`` (``image_id``, ``shard``, ``row``),
-                        ``descriptors-<network>.npy`` ([N, D] float32 bilinear descriptors,
-                        one per network) and ``meta.json`` (``shape`` [C, H, W],
-                        ``num_images``, ``backbone``, ``weights``, ``descriptors`` ...).
+features                a folder (extract): its own module, :mod:`goggles.io.features_folder`.
 prototypes              Parquet ``prototype_id, image_id, h, w, channel, vector`` (extract);
                         in memory a :class:`Prototypes`.
 affinity shard          a folder per row shard (affinity): ``affinity.npy`` (rows
@@ -30,7 +26,7 @@ A run's output folder holds them as :func:`output_paths` lays out.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,123 +52,6 @@ def accepted(manifest: pa.Table) -> pa.Table:
     """Accepted rows, ordered by ``image_id``."""
     rows = manifest.filter(pc.equal(manifest["status"], "accepted"))
     return rows.sort_by("image_id")
-
-
-# -- features --------------------------------------------------------------------------------------
-
-class FeaturesWriter:
-    """Writes a features folder: filter maps in shards of ``shard_size`` images as they come,
-    descriptors per network, then the index and ``meta.json`` (:meth:`finish`)."""
-
-    def __init__(self, uri: str, shard_size: int):
-        self.uri, self.shard_size = uri, shard_size
-        self._pending: list[np.ndarray] = []
-        self._index: list[tuple[int, int, int]] = []
-        self._shard = 0
-        self.shape: list[int] = []
-        self.described: list[str] = []
-
-    def add_maps(self, image_ids: np.ndarray, maps: np.ndarray) -> None:
-        """Filter maps [n, C, H, W] of the images ``image_ids`` [n], in image order."""
-        self.shape = list(maps.shape[1:])
-        offset = sum(len(p) for p in self._pending)
-        self._index += [(int(i), self._shard, offset + row) for row, i in enumerate(image_ids)]
-        self._pending.append(maps)
-        if offset + len(maps) >= self.shard_size:
-            self._flush()
-
-    def _flush(self) -> None:
-        if self._pending:
-            storage.write_npy(np.concatenate(self._pending),
-                              storage.join(self.uri, f"shard-{self._shard:05d}.npy"))
-            self._pending.clear()
-            self._shard += 1
-
-    def add_descriptors(self, network: str, descriptors: np.ndarray) -> None:
-        """Descriptors [N, D] of every image, from ``network``."""
-        storage.write_npy(descriptors, storage.join(self.uri, f"descriptors-{network}.npy"))
-        self.described.append(network)
-
-    def finish(self, **meta: Any) -> dict[str, Any]:
-        """Write the last shard, ``index.parquet`` and ``meta.json`` (``meta`` plus the shape,
-        counts, descriptors and version); returns the meta."""
-        self._flush()
-        index = np.asarray(self._index, dtype=np.int64).reshape(-1, 3)
-        storage.write_parquet(pa.table({"image_id": index[:, 0], "shard": index[:, 1],
-                                        "row": index[:, 2]}),
-                              storage.join(self.uri, "index.parquet"))
-        meta = {"shape": self.shape, "num_images": len(index), "num_shards": self._shard,
-                "descriptors": self.described, "goggles_version": __version__, **meta}
-        storage.write_json(meta, storage.join(self.uri, "meta.json"))
-        return meta
-
-
-def read_features_meta(features_uri: str) -> dict[str, Any]:
-    return storage.read_json(storage.join(features_uri, "meta.json"))  # type: ignore[no-any-return]
-
-
-def read_filter_maps(features_uri: str, start: int, stop: int,
-                     meta: dict[str, Any] | None = None) -> np.ndarray:
-    """Filter maps of images ``start .. stop-1`` ([stop-start, C, H, W] float32)."""
-    index = storage.read_parquet(storage.join(features_uri, "index.parquet")).sort_by("image_id")
-    meta = meta if meta is not None else read_features_meta(features_uri)
-    ids = index["image_id"].to_numpy()
-    if stop > len(ids) or start < 0 or start > stop:
-        raise ValueError(f"rows [{start}, {stop}) are outside the {len(ids)} extracted images")
-    shards = index["shard"].to_numpy()[start:stop]
-    offsets = index["row"].to_numpy()[start:stop]
-    out = np.empty([stop - start, *meta["shape"]], dtype=np.float32)
-    for shard in np.unique(shards):
-        block = storage.read_npy(storage.join(features_uri, f"shard-{int(shard):05d}.npy"))
-        where = np.flatnonzero(shards == shard)
-        out[where] = block[offsets[where]]
-    return out
-
-
-@dataclass(frozen=True)
-class FilterMaps:
-    """Filter maps of the images in row order, for the methods that read them.
-
-    ``blocks()`` yields [n, C, H, W] float32 arrays that tile the N rows in order; ``backbone``
-    and ``weights_uri`` name the network they came from (``""``: resolved as for extraction).
-    """
-
-    backbone: str
-    blocks: Callable[[], Iterator[np.ndarray]]
-    weights_uri: str = ""
-
-
-def reusable_weights(source: str) -> str:
-    """The weights to load again for a network whose features record weights ``source``: the
-    file or URI itself, or ``""`` when it was resolved (a package, baked weights, torchvision's
-    cache: resolved again the same way)."""
-    return source if "://" in source or source.startswith("/") else ""
-
-
-def stored_filter_maps(features_uri: str, rows_per_block: int = 1024,
-                       meta: dict[str, Any] | None = None) -> FilterMaps:
-    """A features folder's filter maps as :class:`FilterMaps`, read a block of rows at a time."""
-    meta = meta if meta is not None else read_features_meta(features_uri)
-    weights_uri = reusable_weights(str(meta.get("weights", "")))
-    total = int(meta["num_images"])
-
-    def blocks() -> Iterator[np.ndarray]:
-        for start in range(0, total, rows_per_block):
-            yield read_filter_maps(features_uri, start, min(total, start + rows_per_block),
-                                   meta)
-
-    return FilterMaps(backbone=str(meta["backbone"]), blocks=blocks, weights_uri=weights_uri)
-
-
-def stored_descriptors(features_uri: str,
-                       meta: dict[str, Any] | None = None) -> list[np.ndarray] | None:
-    """The descriptors a features folder holds ([N, D] per network), or ``None`` for a folder
-    from before they existed (graph EM then computes them from the maps)."""
-    meta = meta if meta is not None else read_features_meta(features_uri)
-    if "descriptors" not in meta:
-        return None
-    return [storage.read_npy(storage.join(features_uri, f"descriptors-{name}.npy"))
-            for name in meta["descriptors"]]
 
 
 # -- prototypes ------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
-"""The goggles Kubeflow pipeline: ingest → extract → affinity (fan-out over shards) → infer →
-[train, when ``train``] → evaluate/report, with the task settings a cluster needs chained here,
-not in the components.
+"""The goggles Kubeflow pipeline: ingest → extract (fan-out over row shards) → gather →
+affinity (fan-out: shard s reads part s's filter maps alone) → infer → [train, when ``train``] →
+evaluate/report, with the task settings a cluster needs chained here, not in the components.
 
 ``python pipeline.py [--output goggles_pipeline.yaml] [--profile dev|prod]`` compiles it for a
 Kubeflow Pipelines cluster (the repository's ``pipeline.py`` is this file, as is its
@@ -19,16 +19,17 @@ pipeline runner already reaches the buckets.
 
 import argparse
 import dataclasses
-from typing import NamedTuple
+from typing import List, NamedTuple  # noqa: UP035 - kfp reads List[...] in pipeline signatures
 
 from kfp import compiler, dsl, kubernetes
-from kfp.dsl import HTML, Artifact, Dataset
+from kfp.dsl import HTML, Artifact, Dataset, Input
 
 from goggles.kubeflow.components import (
     IMAGES,
     affinity_shard,
     evaluate,
-    extract,
+    extract_part,
+    gather_features,
     infer,
     ingest,
     list_source,
@@ -47,7 +48,7 @@ __all__ = ["IMAGES", "PIPELINE_NAME", "PROFILES", "compile_pipeline", "goggles_p
            "pipeline_for"]
 DEFAULT_PACKAGE = "goggles_pipeline.yaml"
 SHARD_PARALLELISM = 8
-"""At most this many affinity shard pods at once (kfp's local runner caps it at 2)."""
+"""At most this many extract or affinity shard pods at once (kfp's local runner caps it at 2)."""
 
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
@@ -91,6 +92,7 @@ RESOURCES = {
     "ingest": ("1", "2Gi", "4Gi"),
     "plan": ("100m", "256Mi", "512Mi"),
     "extract": ("4", "16Gi", "24Gi"),
+    "gather": ("1", "4Gi", "8Gi"),
     "affinity": ("2", "8Gi", "12Gi"),
     "infer": ("2", "8Gi", "16Gi"),
     "train": ("2", "4Gi", "8Gi"),
@@ -168,6 +170,43 @@ def listed_ingest(source_uri: str, follow_symlinks: bool) -> dsl.PipelineTask:
     return ingest_task.set_display_name("ingest: list and validate images")
 
 
+class Parts(NamedTuple):
+    """The extraction parts, one per row shard, in no particular order."""
+
+    maps: List[Dataset]  # noqa: UP006
+    summaries: List[Dataset]  # noqa: UP006
+
+
+def _extract_parts(manifest: Input[Dataset], shard_ids: list, num_shards: int, backbone: str,
+                   weights_uri: str, top_k: int, device: str, descriptor_backbone: str,
+                   feature_cache_uri: str) -> Parts:
+    """Extraction fanned out over the row shards: one task (on a GPU node, unless the
+    settings say CPU) per shard. A sub-pipeline, because a ``dsl.ParallelFor`` can iterate over
+    the list of artifacts a pipeline returns: the affinity loop takes part s's maps as its
+    item."""
+    with dsl.ParallelFor(items=shard_ids, name="extract shards (fan-out)",
+                         parallelism=SHARD_PARALLELISM) as shard_id:
+        part_task = _resources(extract_part(
+            manifest=manifest, shard_id=shard_id, num_shards=num_shards, backbone=backbone,
+            weights_uri=weights_uri, top_k=top_k, device=device,
+            descriptor_backbone=descriptor_backbone, feature_cache_uri=feature_cache_uri),
+            "extract")
+        (_bucket_access(part_task).set_display_name("extract: CNN filter maps of one row shard")
+         .set_retry(num_retries=2, backoff_duration="30s", backoff_factor=2,
+                    backoff_max_duration="600s"))
+        _gpu(part_task)
+    return Parts(maps=dsl.Collected(part_task.outputs["maps"]),
+                 summaries=dsl.Collected(part_task.outputs["summary"]))
+
+
+def _parts_pipeline() -> dsl.base_component.BaseComponent:
+    """:func:`_extract_parts` built with the settings being built (``_build``)."""
+    return dsl.pipeline(name="extract-parts")(_extract_parts)
+
+
+_build["extract_parts"] = _parts_pipeline()
+
+
 PIPELINE_INFO = {"name": PIPELINE_NAME,
                  "display_name": "goggles: label images by affinity coding",
                  "description": "Label an image dataset automatically with affinity coding "
@@ -218,33 +257,31 @@ def goggles_pipeline(
 
     plan_task = _resources(plan_shards(manifest=ingest_task.outputs["manifest"],
                                        num_shards=num_shards, num_classes=num_classes), "plan")
-    plan_task.set_display_name("plan affinity shards")
+    plan_task.set_display_name("plan the row shards")
 
-    extract_task = _resources(extract(manifest=ingest_task.outputs["manifest"],
-                                      backbone=backbone, weights_uri=weights_uri, top_k=top_k,
-                                      max_prototypes=max_prototypes, seed=seed, device=device,
-                                      descriptor_backbone=descriptor_backbone,
-                                      feature_cache_uri=feature_cache_uri), "extract")
-    # after the plan, so parameters that cannot work fail before the expensive extraction
-    (_bucket_access(extract_task).after(plan_task)
-     .set_display_name("extract: CNN filter maps and prototypes")
-     .set_retry(num_retries=2, backoff_duration="30s", backoff_factor=2,
-                backoff_max_duration="600s"))
-    _gpu(extract_task)
+    parts_task = _build["extract_parts"](
+        manifest=ingest_task.outputs["manifest"], shard_ids=plan_task.output,
+        num_shards=num_shards, backbone=backbone, weights_uri=weights_uri, top_k=top_k,
+        device=device, descriptor_backbone=descriptor_backbone,
+        feature_cache_uri=feature_cache_uri).set_display_name("extract (fan-out over shards)")
+    # the plan runs first, so parameters that cannot work fail before the expensive extraction
+    gather_task = _resources(gather_features(summaries=parts_task.outputs["summaries"],
+                                             top_k=top_k, max_prototypes=max_prototypes,
+                                             seed=seed), "gather")
+    gather_task.set_display_name("gather: prototypes and descriptors")
 
-    with dsl.ParallelFor(items=plan_task.outputs["Output"], name="affinity shards (fan-out)",
-                         parallelism=SHARD_PARALLELISM) as shard_id:
-        shard_task = _resources(affinity_shard(features=extract_task.outputs["features"],
-                                               prototypes=extract_task.outputs["prototypes"],
-                                               shard_id=shard_id, num_shards=num_shards,
-                                               device=device), "affinity")
+    with dsl.ParallelFor(items=parts_task.outputs["maps"], name="affinity shards (fan-out)",
+                         parallelism=SHARD_PARALLELISM) as part_maps:
+        shard_task = _resources(affinity_shard(maps=part_maps,
+                                               prototypes=gather_task.outputs["prototypes"],
+                                               num_shards=num_shards, device=device), "affinity")
         (shard_task.set_display_name("affinity: one row shard")
          .set_retry(num_retries=3, backoff_duration="10s", backoff_factor=2,
                     backoff_max_duration="300s"))
 
     infer_task = _resources(infer(manifest=ingest_task.outputs["manifest"],
-                                  features=extract_task.outputs["features"],
-                                  prototypes=extract_task.outputs["prototypes"],
+                                  features=gather_task.outputs["features"],
+                                  prototypes=gather_task.outputs["prototypes"],
                                   affinity_shards=dsl.Collected(shard_task.outputs["affinity"]),
                                   num_classes=num_classes, method=method,
                                   max_iter=max_iter, seed=seed, device=device,
@@ -254,7 +291,7 @@ def goggles_pipeline(
 
     with dsl.If(train == True, name="train an end model"):  # noqa: E712 - a kfp condition
         train_task = _resources(train_end_model(manifest=ingest_task.outputs["manifest"],
-                                                features=extract_task.outputs["features"],
+                                                features=gather_task.outputs["features"],
                                                 labels=infer_task.outputs["labels"],
                                                 inference=infer_task.outputs["inference"],
                                                 seed=seed), "train")
@@ -265,7 +302,7 @@ def goggles_pipeline(
     model_uri = dsl.OneOf(train_task.outputs["model_uri"], skip_task.outputs["model_uri"])
 
     evaluate_task = _resources(evaluate(manifest=ingest_task.outputs["manifest"],
-                                        prototypes=extract_task.outputs["prototypes"],
+                                        prototypes=gather_task.outputs["prototypes"],
                                         affinity_shards=dsl.Collected(shard_task.outputs["affinity"]),
                                         labels=infer_task.outputs["labels"],
                                         inference=infer_task.outputs["inference"],
@@ -275,8 +312,8 @@ def goggles_pipeline(
     _bucket_access(evaluate_task).set_display_name("evaluate and report")
 
     return Outputs(manifest=ingest_task.outputs["manifest"],
-                   features=extract_task.outputs["features"],
-                   prototypes=extract_task.outputs["prototypes"],
+                   features=gather_task.outputs["features"],
+                   prototypes=gather_task.outputs["prototypes"],
                    labels=infer_task.outputs["labels"],
                    inference=infer_task.outputs["inference"],
                    metrics=evaluate_task.outputs["metrics_json"],
@@ -293,11 +330,14 @@ def pipeline_for(profile: str = "default", settings: ClusterSettings | None = No
     settings = _profile_settings(profile, settings or ClusterSettings())
     if profile == "default" and settings == ClusterSettings():
         return goggles_pipeline
+    default_parts = _build["extract_parts"]
     _build.update(PROFILES[profile], settings=settings)
     try:
+        _build["extract_parts"] = _parts_pipeline()
         return dsl.pipeline(**PIPELINE_INFO)(goggles_pipeline.pipeline_func)
     finally:
-        _build.update(PROFILES["default"], settings=ClusterSettings())
+        _build.update(PROFILES["default"], settings=ClusterSettings(),
+                      extract_parts=default_parts)
 
 
 def _profile_settings(profile: str, settings: ClusterSettings) -> ClusterSettings:

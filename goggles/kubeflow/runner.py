@@ -40,6 +40,7 @@ from goggles.io.artifacts import output_paths
 from goggles.io.lock import output_lock
 from goggles.io.uris import redact
 from goggles.parameters import RunParameters, spec
+from goggles.pipeline.extract import part_uri
 from goggles.pipeline.wiring import check_run
 
 logger = logging.getLogger(__name__)
@@ -297,13 +298,16 @@ def assemble_outputs(outputs: dict[str, Any], output_uri: str, *, runner: str,
     ``outputs`` maps the pipeline's outputs (``manifest``, ``features``, ``prototypes``,
     ``labels``, ``inference``, ``metrics``, ``report``) to kfp artifacts with local paths, and
     ``model_uri`` to the train task's model folder (``""``: the run trained none); the
-    affinity shards are found through the ``affinity_uris`` the infer task recorded.
+    extraction parts' maps through the ``maps_uris`` the gather task recorded, the affinity
+    shards through the ``affinity_uris`` the infer task recorded.
     """
     paths = output_paths(output_uri)
     for output, key in (("manifest", "manifest"), ("labels", "labels"), ("report", "report"),
                         ("features", "features"), ("prototypes", "prototypes"),
                         ("inference", "inference")):
         _copy(outputs[output].path, paths[key])
+    for shard_id, uri in enumerate(outputs["features"].metadata.get("maps_uris", [])):
+        _copy(uri, part_uri(paths["features"], shard_id))
     for uri in outputs["inference"].metadata.get("affinity_uris", []):
         meta = storage.read_json(storage.join(uri, "meta.json"))
         _copy(uri, storage.join(paths["affinity"], f"shard-{int(meta['shard_id']):05d}"))

@@ -27,6 +27,7 @@ from goggles.io.resume import StageRecords, stage_key
 from goggles.io.uris import redact
 from goggles.parameters import RunParameters
 from goggles.pipeline import stages
+from goggles.pipeline.extract import part_uri, run_extract
 from goggles.pipeline.wiring import check_counts, check_run, evaluate_and_report, run_record
 
 logger = logging.getLogger(__name__)
@@ -72,10 +73,12 @@ def _run_stages(params: RunParameters, configs: dict[str, Any]) -> dict[str, Any
     extract_params.pop("feature_cache_uri")  # where features are kept changes no result
     if extract_cfg.weights_uri:  # the weights' content, not their name
         extract_params["weights_uri"] = storage.fingerprint(extract_cfg.weights_uri)
-    extract_key = stage_key("extract", ingest_key, extract_params)
+    # one extraction part per affinity shard, as on a cluster
+    extract_key = stage_key("extract", ingest_key, extract_params, params.num_shards)
     with timed(timings, "extract"):
-        extracted = records.run("extract", extract_key, lambda: stages.run_extract(
-            extract_cfg, paths["manifest"], paths["features"], paths["prototypes"]),
+        extracted = records.run("extract", extract_key, lambda: run_extract(
+            extract_cfg, paths["manifest"], paths["features"], paths["prototypes"],
+            num_parts=params.num_shards),
             [storage.join(paths["features"], "meta.json"), paths["prototypes"]])
     shard_uris, shard_keys = [], []
     with timed(timings, "affinity"):
@@ -83,8 +86,9 @@ def _run_stages(params: RunParameters, configs: dict[str, Any]) -> dict[str, Any
             uri = storage.join(paths["affinity"], f"shard-{shard_id:05d}")
             key = stage_key("affinity", extract_key, affinity_cfg.to_dict(), shard_id)
             records.run(f"affinity-{shard_id:05d}-of-{params.num_shards:05d}", key,
-                        functools.partial(stages.run_affinity, affinity_cfg, paths["features"],
-                                          paths["prototypes"], shard_id, uri),
+                        functools.partial(stages.run_affinity, affinity_cfg,
+                                          part_uri(paths["features"], shard_id),
+                                          paths["prototypes"], uri),
                         [storage.join(uri, "affinity.npy"), storage.join(uri, "meta.json")])
             shard_uris.append(uri)
             shard_keys.append(key)

@@ -1,6 +1,7 @@
 """One function per pipeline stage, reading and writing the artifacts of
-:mod:`goggles.io.artifacts`. The in-process runner, the Kubeflow components and the tests all
-call these, so each stage's work is written once.
+:mod:`goggles.io.artifacts`; the extract stage's, in parts and a gather, are in
+:mod:`goggles.pipeline.extract`. The in-process runner, the Kubeflow components and the tests
+all call these, so each stage's work is written once.
 
 torch, torchvision and scikit-learn are imported by the stages that use them, so a task that
 needs none of them (ingest, evaluate) starts without paying for their imports.
@@ -17,10 +18,10 @@ import numpy as np
 import pyarrow.compute as pc
 
 from goggles.config import StageError
-from goggles.features.config import AffinityConfig, ExtractConfig
+from goggles.features.config import AffinityConfig
 from goggles.inference.config import InferConfig
 from goggles.ingest.config import IngestConfig
-from goggles.io import artifacts, storage
+from goggles.io import artifacts, features_folder, storage
 from goggles.io.dev_labels import read_dev_labels
 from goggles.training.config import ApplyConfig, TrainConfig
 
@@ -57,115 +58,40 @@ def run_ingest(config: IngestConfig, source_uri: str, manifest_uri: str) -> dict
             "n_rejected": manifest.num_rows - n_images}
 
 
-def run_extract(config: ExtractConfig, manifest_uri: str, features_uri: str,
-                prototypes_uri: str) -> dict[str, Any]:
-    """Filter maps of every accepted image (sharded) and their prototypes (paper §3.1), and
-    the images' bilinear descriptors for graph EM: of these maps and, when
-    ``config.descriptor_backbone`` names another network, of its maps (one more pass).
-
-    With ``config.feature_cache_uri``, each image's maps (and second descriptor) come from the
-    feature cache (:mod:`goggles.features.cache`) when it holds them, keyed by the image's
-    SHA-256; only the misses are computed. The result counts them: ``features_computed``,
-    ``features_reused``."""
-    from goggles.features.backbones import load_backbone
-    from goggles.features.budget import select_within_budget
-    from goggles.features.descriptors import bilinear_descriptors
-    from goggles.features.device import resolve_device
-    from goggles.features.extraction import extract_filter_maps
-    from goggles.features.prototypes import select_prototypes
-
-    rows = artifacts.accepted(storage.read_parquet(manifest_uri))
-    if rows.num_rows == 0:
-        raise StageError("the manifest has no accepted images; every file was rejected — see "
-                         "the manifest's error column")
-    uris = rows["uri"].to_pylist()
-    hashes = rows["sha256"].to_pylist()
-    image_ids = rows["image_id"].to_numpy()
-    model, weights_source = load_backbone(config.backbone, config.weights_uri)
-    device = resolve_device(config.device)
-    writer = artifacts.FeaturesWriter(features_uri, config.shard_size)
-    prototype_parts: list[artifacts.Prototypes] = []
-    descriptors: list[np.ndarray] = []
-    options: dict[str, Any] = {"image_size": config.image_size,
-                               "batch_size": config.batch_size,
-                               "num_workers": config.num_workers, "device": device,
-                               "precision": config.precision}
-
-    def on_batch(start: int, maps: np.ndarray) -> None:
-        ids = image_ids[start:start + len(maps)]
-        prototype_parts.append(select_prototypes(maps, ids, config.top_k))
-        writer.add_maps(ids, maps)
-        descriptors.append(bilinear_descriptors(maps))
-
-    counts = {"features_computed": len(uris), "features_reused": 0}
-    if config.feature_cache_uri:
-        from goggles.features import incremental
-
-        cache = incremental.open_cache(config.feature_cache_uri, "maps", config.backbone, model,
-                                       image_size=config.image_size, device=device,
-                                       precision=config.precision)
-        found = incremental.cached_features(cache, uris, hashes, model, options,
-                                            batch_size=config.batch_size, on_batch=on_batch)
-        counts = {"features_computed": found.computed, "features_reused": found.reused}
-    else:
-        extract_filter_maps(uris, model, on_batch=on_batch, **options)
-    writer.add_descriptors(config.backbone, np.concatenate(descriptors))
-    second = config.descriptor_backbone
-    if second not in ("none", config.backbone):
-        other, _ = load_backbone(second)
-        if config.feature_cache_uri:
-            cache = incremental.open_cache(config.feature_cache_uri, "descriptor", second, other,
-                                           image_size=config.image_size, device=device,
-                                           precision=config.precision)
-            described, _ = incremental.cached_descriptors(cache, uris, hashes, other, options,
-                                                          batch_size=config.batch_size)
-        else:
-            extra: list[np.ndarray] = []
-            extract_filter_maps(uris, other, **options,
-                                on_batch=lambda _s, maps: extra.append(bilinear_descriptors(maps)))
-            described = np.concatenate(extra)
-        writer.add_descriptors(second, described)
-    meta = writer.finish(backbone=config.backbone, weights=weights_source,
-                         image_size=config.image_size)
-    shape = meta["shape"]
-    prototypes = artifacts.Prototypes.concatenate(prototype_parts, shape[0])
-    found_prototypes = len(prototypes)
-    if config.max_prototypes:
-        prototypes = prototypes.take(select_within_budget(len(prototypes), config.max_prototypes,
-                                                          seed=config.seed))
-    storage.write_parquet(prototypes.to_table(), prototypes_uri)
-    return {"n_images": len(uris), "num_prototypes": len(prototypes),
-            "prototypes_found": found_prototypes, "filter_map_shape": shape,
-            "backbone": config.backbone, "weights_source": weights_source,
-            "device": str(device), **counts}
-
-
-def run_affinity(config: AffinityConfig, features_uri: str, prototypes_uri: str, shard_id: int,
+def run_affinity(config: AffinityConfig, maps_uri: str, prototypes_uri: str,
                  affinity_uri: str) -> dict[str, Any]:
-    """Rows of the affinity matrix for shard ``shard_id`` of ``config.num_shards`` (§3.2)."""
-    from goggles.features.affinity import affinity_block, shard_bounds
+    """Rows of the affinity matrix (§3.2) for the images of one extraction part
+    (:mod:`goggles.pipeline.extract`): its filter maps at ``maps_uri`` and every prototype. The
+    part's ``meta.json`` says which rows; ``config.num_shards`` must be its run's part count."""
+    from goggles.features.affinity import affinity_block
     from goggles.features.device import resolve_device
 
-    meta = artifacts.read_features_meta(features_uri)
-    bounds = shard_bounds(int(meta["num_images"]), config.num_shards)
-    if not 0 <= shard_id < config.num_shards:
-        raise StageError(f"shard_id {shard_id} is outside 0..{config.num_shards - 1}")
-    start, stop = bounds[shard_id]
+    meta = features_folder.read_features_meta(maps_uri)
+    part = meta.get("part")
+    if part is None:
+        raise StageError(f"{maps_uri} is not one extraction part's filter maps (its meta.json "
+                         "names no part); pass a part of the extract stage")
+    if int(part["num_parts"]) != config.num_shards:
+        raise StageError(f"the filter maps are part {part['shard_id']} of {part['num_parts']}, "
+                         f"but the run has num_shards={config.num_shards}; rerun extract")
+    start, stop = int(part["start"]), int(part["stop"])
     prototypes = artifacts.read_prototypes(prototypes_uri)
-    maps = artifacts.read_filter_maps(features_uri, start, stop, meta)
+    maps = features_folder.read_filter_maps(maps_uri, 0, stop - start, meta)
     block = affinity_block(maps, prototypes.vectors, memory_mb=config.memory_mb,
                            dtype=config.dtype, device=resolve_device(config.device))
+    shard_id = int(part["shard_id"])
     artifacts.write_affinity_shard(affinity_uri, block, start=start, shard_id=shard_id,
                                    num_shards=config.num_shards, dtype=config.dtype)
-    return {"start": start, "stop": stop, "num_prototypes": len(prototypes)}
+    return {"start": start, "stop": stop, "shard_id": shard_id,
+            "num_prototypes": len(prototypes)}
 
 
 def run_infer(config: InferConfig, manifest_uri: str, prototypes_uri: str,
               affinity_uris: Sequence[str], labels_uri: str, inference_uri: str,
               dev_labels_uri: str = "", features_uri: str = "") -> dict[str, Any]:
     """Probabilistic labels by ``config.method`` (:mod:`goggles.inference.registry`) on the
-    stored affinity shards, streamed; methods that read the extract stage's filter maps or
-    descriptors find them under ``features_uri``."""
+    stored affinity shards, streamed; methods that read the extract stage's descriptors or
+    ImageNet logits find them under ``features_uri``."""
     from goggles.inference.base import label_confidence
     from goggles.inference.registry import create
     from goggles.inference.seeds import Seeds
@@ -183,22 +109,18 @@ def run_infer(config: InferConfig, manifest_uri: str, prototypes_uri: str,
         raise StageError(f"affinity is {affinity.shape} but there are {n} images and "
                          f"{len(source_index)} prototypes; rerun the affinity stage")
     model = create(config)
-    filter_maps = descriptors = None
+    inputs: dict[str, Any] = {}
     if model.reads:
         if not features_uri:
-            raise StageError(f"method {config.method!r} reads the filter maps: pass "
-                             "features_uri (the extract stage's features)")
-        meta = artifacts.read_features_meta(features_uri)
-        filter_maps = artifacts.stored_filter_maps(features_uri, meta=meta)
-        if "descriptors" in model.reads:
-            descriptors = artifacts.stored_descriptors(features_uri, meta=meta)
+            raise StageError(f"method {config.method!r} reads the extract stage's features: "
+                             "pass features_uri")
+        inputs = features_folder.method_inputs(features_uri, model.reads)
     seeds = dev = None  # dev labels seed inference (Seeds), then name the clusters
     if dev_labels_uri:
         dev_rows, dev_names = read_dev_labels(dev_labels_uri, rows)
         seeds = Seeds.from_names(dev_rows, dev_names, config.num_classes)
         dev = {"rows": dev_rows.tolist(), "labels": dev_names, "seeded": seeds is not None}
-    model.fit(affinity, source_index, filter_maps=filter_maps, descriptors=descriptors,
-              seeds=seeds)
+    model.fit(affinity, source_index, seeds=seeds, **inputs)
     assert model.posteriors_ is not None
     probs = model.posteriors_
     names = list(model.cluster_names_ or [f"cluster_{k}" for k in range(config.num_classes)])
@@ -228,11 +150,11 @@ def run_train(config: TrainConfig, manifest_uri: str, features_uri: str, labels_
         raise StageError("the labels and the manifest list different images; rerun infer")
     probs = np.asarray(labels["probs"].to_pylist(), dtype=np.float64)
     state = storage.read_json(inference_uri)
-    meta = artifacts.read_features_meta(features_uri)
-    descriptors = artifacts.stored_descriptors(features_uri, meta=meta)
+    meta = features_folder.read_features_meta(features_uri)
+    descriptors = features_folder.stored_descriptors(features_uri, meta=meta)
     networks = list(meta.get("descriptors", []))
     if descriptors is None:  # a features folder from before descriptors: from its maps
-        descriptors = [descriptors_of(artifacts.stored_filter_maps(features_uri,
+        descriptors = [descriptors_of(features_folder.stored_filter_maps(features_uri,
                                                                    meta=meta).blocks())]
         networks = [str(meta["backbone"])]
     head, scores = train_end_model(descriptors, probs, rows["label"].to_pylist(), config)

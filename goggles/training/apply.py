@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from goggles.io import artifacts, storage
+from goggles.io import artifacts, features_folder, storage
 from goggles.training.config import DEFAULT_LABELER, ApplyConfig
 
 
@@ -80,7 +80,7 @@ def label_new_images(uri: str, uris: Sequence[str], config: ApplyConfig) -> Appl
         from goggles.training.model import load_model
 
         model = load_model(model_uri)
-        networks = [(n["backbone"], artifacts.reusable_weights(str(n.get("weights", ""))))
+        networks = [(n["backbone"], features_folder.reusable_weights(str(n.get("weights", ""))))
                     for n in model.networks]
         described = describe_images(uris, networks, image_size=model.image_size, **options)
         began = time.perf_counter()

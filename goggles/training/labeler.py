@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from goggles.io import artifacts, storage
+from goggles.io import artifacts, features_folder, storage
 from goggles.io.blocks import RowBlocks, as_rows
 
 
@@ -32,7 +32,7 @@ def run_networks(features_meta: dict[str, Any]) -> list[tuple[str, str]]:
     (weights reused when they were a file or URI, ``""``: resolved again), then the other
     networks whose descriptors it stored."""
     backbone = str(features_meta["backbone"])
-    reused = artifacts.reusable_weights(str(features_meta.get("weights", "")))
+    reused = features_folder.reusable_weights(str(features_meta.get("weights", "")))
     return [(backbone, reused)] + [(name, "") for name in features_meta.get("descriptors", [])
                                    if name != backbone]
 
@@ -75,9 +75,9 @@ class AffinityLabeler:
                     "output folder (OUT, with artifacts/), not only its model")
         state = storage.read_json(paths["inference"])
         labels = storage.read_parquet(paths["labels"]).sort_by("image_id")
-        meta = artifacts.read_features_meta(paths["features"])
+        meta = features_folder.read_features_meta(paths["features"])
         prototypes = artifacts.read_prototypes(paths["prototypes"])
-        descriptors = artifacts.stored_descriptors(paths["features"], meta=meta) or []
+        descriptors = features_folder.stored_descriptors(paths["features"], meta=meta) or []
         return cls.from_fit(
             method=str(state["method"]), classes=list(state["cluster_names"]),
             prototypes=prototypes.vectors, source_index=prototypes.image_id,

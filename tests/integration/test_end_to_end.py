@@ -49,7 +49,7 @@ def test_cli_labels_two_species(cub_pair: Path, tmp_path: Path) -> None:
     assert own.shape == other.shape == (120, 2048)
     np.testing.assert_allclose(np.linalg.norm(other, axis=1), 1.0, rtol=1e-5)
     from goggles.features.descriptors import bilinear_descriptors
-    from goggles.io.artifacts import read_filter_maps
+    from goggles.io.features_folder import read_filter_maps
 
     np.testing.assert_allclose(own, bilinear_descriptors(
         read_filter_maps(str(features), 0, 120)), rtol=1e-5, atol=1e-6)

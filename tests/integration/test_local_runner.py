@@ -167,11 +167,18 @@ def test_kubeflow_ui_outputs(runs) -> None:
     assert "| accuracy |" in summary and "| n_images | 120 |" in summary
     report = Path(output["report"]["artifacts"][0]["uri"]).read_text()
     assert report.startswith("<!doctype html>")
-    extract = _executor_output(runs["root"], "extract")["artifacts"]
-    features = extract["features"]["artifacts"][0]["metadata"]
+    gathered = _executor_output(runs["root"], "gather-features")["artifacts"]
+    features = gathered["features"]["artifacts"][0]["metadata"]
     assert features["backbone"] == BACKBONE and features["n_images"] == 120
-    assert features["filter_map_shape"] == [1280, 7, 7]
-    assert features["goggles_version"] and features["torch_version"]
+    assert features["filter_map_shape"] == [1280, 7, 7] and features["goggles_version"]
+    assert len(features["maps_uris"]) == 4  # the last run's 4 parts, in row order
+    parts = [json.loads(p.read_text())["artifacts"]["maps"]["artifacts"][0]["metadata"]
+             for p in sorted(runs["root"].glob("goggles-*/for-loop-*/extract-part/"
+                                               "executor_output.json"))]
+    # whole batches of 32: an image meets the same batch-mates whatever the shard count
+    run3 = [part for part in parts if part["num_shards"] == 3]
+    assert sorted((p["start"], p["stop"]) for p in run3) == [(0, 32), (32, 96), (96, 120)]
+    assert all(p["torch_version"] and p["filter_map_shape"] == [1280, 7, 7] for p in run3)
 
 
 @pytest.mark.slow
@@ -246,6 +253,9 @@ def test_a_grown_source_is_never_answered_from_the_cache(tmp_path: Path) -> None
     def executed(task: str) -> int:
         return len(list(root.glob(f"goggles-*/{task}/executor_output.json")))
 
+    def extracted() -> int:  # extract parts (one per run here: one shard)
+        return len(list(root.glob("goggles-*/for-loop-*/extract-part/executor_output.json")))
+
     assert run("first")["n_images"] == 10
     for folder in source.iterdir():  # two more images of each species
         species = CUB_DEV / folder.name
@@ -254,10 +264,10 @@ def test_a_grown_source_is_never_answered_from_the_cache(tmp_path: Path) -> None
     grown = run("grown")
     assert grown["n_images"] == 14, "the grown source was answered from the cache"
     assert pq.read_table(tmp_path / "grown" / "labels.parquet").num_rows == 14
-    assert (executed("list-source"), executed("ingest"), executed("extract")) == (2, 2, 2)
+    assert (executed("list-source"), executed("ingest"), extracted()) == (2, 2, 2)
     again = run("again")
     assert again["n_images"] == 14
-    assert (executed("list-source"), executed("ingest"), executed("extract")) == (3, 2, 2)
+    assert (executed("list-source"), executed("ingest"), extracted()) == (3, 2, 2)
     assert (tmp_path / "again" / "labels.parquet").read_bytes() == \
         (tmp_path / "grown" / "labels.parquet").read_bytes()
 

@@ -14,13 +14,13 @@ from goggles.inference.config import InferConfig
 from goggles.inference.imagenet import (
     BackboneHeadUnavailable,
     ImageNetLabeler,
-    imagenet_logits,
+    logits_of,
     restrict_to_top_classes,
 )
 from goggles.inference.pgm import discretise, fit_pgm, label_model_proba
 from goggles.inference.registry import METHODS, fit_method
 from goggles.inference.summary import fit_gaussians
-from goggles.io.artifacts import FilterMaps
+from goggles.io.features_folder import FilterMaps
 from goggles.report.evaluation import evaluate
 
 
@@ -177,7 +177,7 @@ def test_backbone_head_on_filter_maps_equals_the_whole_network() -> None:
     with torch.inference_mode():
         maps = model.features(images).numpy()
         expected = model(images).numpy()
-    logits = imagenet_logits(FilterMaps("mobilenet_v2", lambda: iter([maps[:2], maps[2:]])))
+    logits = logits_of(FilterMaps("mobilenet_v2", lambda: iter([maps[:2], maps[2:]])))
     np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4)
 
 
@@ -188,7 +188,7 @@ def test_backbone_without_a_classifier_names_the_ways_to_get_one() -> None:
     maps = np.zeros((2, 512, 7, 7), dtype=np.float32)
     with pytest.raises(BackboneHeadUnavailable,
                        match=r"vgg16-397923af\.pth.*--weights.*--backbone mobilenet_v2"):
-        imagenet_logits(FilterMaps("vgg16", lambda: iter([maps])))
+        logits_of(FilterMaps("vgg16", lambda: iter([maps])))
 
 
 @pytest.mark.slow
@@ -206,7 +206,7 @@ def test_backbone_method_through_the_registry_names_clusters_after_imagenet() ->
     assert probs.shape == (8, 2) and np.allclose(probs.sum(axis=1), 1)
     assert fit.cluster_names_ is not None and len(set(fit.cluster_names_)) == 2
     assert fit.params_ is not None and fit.params_.mean.shape == (a.shape[1], 2)
-    with pytest.raises(ValueError, match="needs the filter maps"):
+    with pytest.raises(ValueError, match="needs the ImageNet logits"):
         fit_method(InferConfig(num_classes=2, method="backbone"), a, source)
 
 

@@ -15,6 +15,7 @@ from goggles.features.config import ExtractConfig
 from goggles.ingest.config import IngestConfig
 from goggles.io import storage
 from goggles.pipeline import stages
+from goggles.pipeline.extract import run_extract
 from tests.conftest import small_source
 
 SHA = "ab" + "0" * 62
@@ -76,13 +77,12 @@ def _extract(source: Path, out: Path, cache: Path | None) -> dict:
     stages.run_ingest(IngestConfig(), str(source), manifest)
     config = ExtractConfig(backbone="mobilenet_v2", descriptor_backbone="vgg16", num_workers=0,
                            batch_size=3, feature_cache_uri=str(cache) if cache else "")
-    return stages.run_extract(config, manifest, str(out / "features"),
-                              str(out / "prototypes.parquet"))
+    return run_extract(config, manifest, str(out / "features"), str(out / "prototypes.parquet"))
 
 
 def _files(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file() and p.name != "meta.json"}
+            if p.is_file() and p.name not in ("meta.json", "part.json")}
 
 
 @pytest.fixture(scope="module")
@@ -110,10 +110,13 @@ def test_a_warm_cache_computes_nothing_and_writes_the_same_features(grown: dict)
     assert (grown["none"]["features_computed"], grown["none"]["features_reused"]) == (5, 0)
     tmp = grown["tmp"]
     none, cold, warm = (_files(tmp / name) for name in ("none", "cold", "warm"))
-    assert set(none) == {"features/shard-00000.npy", "features/index.parquet",
-                         "features/descriptors-mobilenet_v2.npy",
-                         "features/descriptors-vgg16.npy", "prototypes.parquet",
-                         "manifest.parquet"}
+    part = {f"features/part-00000/{name}" for name in (
+        "shard-00000.npy", "index.parquet", "candidates.parquet", "imagenet-logits.npy",
+        "descriptors-mobilenet_v2.npy", "descriptors-vgg16.npy")}
+    assert set(none) == part | {"features/descriptors-mobilenet_v2.npy",
+                                "features/descriptors-vgg16.npy",
+                                "features/imagenet-logits.npy", "prototypes.parquet",
+                                "manifest.parquet"}
     assert cold == warm == none, "the cache changed what extract writes"
 
 
@@ -129,9 +132,10 @@ def _assert_close(one: Path, other: Path) -> None:
     """The same features up to the CPU convolution's rounding, which depends on which images
     share a batch (an incremental run batches only the new images): the same prototypes at the
     same positions, values equal to a few ulps."""
-    assert (one / "features" / "index.parquet").read_bytes() == \
-        (other / "features" / "index.parquet").read_bytes()
-    for name in ("shard-00000.npy", "descriptors-mobilenet_v2.npy", "descriptors-vgg16.npy"):
+    assert (one / "features" / "part-00000" / "index.parquet").read_bytes() == \
+        (other / "features" / "part-00000" / "index.parquet").read_bytes()
+    for name in ("part-00000/shard-00000.npy", "descriptors-mobilenet_v2.npy",
+                 "descriptors-vgg16.npy"):
         np.testing.assert_allclose(np.load(one / "features" / name),
                                    np.load(other / "features" / name), rtol=1e-4, atol=1e-5)
     mine = storage.read_parquet(str(one / "prototypes.parquet"))

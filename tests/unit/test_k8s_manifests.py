@@ -271,7 +271,7 @@ def test_the_profile_refers_to_what_the_overlay_provides(overlay: str, compiled)
     # every key the namespace sets reaches the tasks (an unmapped key would be ignored silently)
     assert set(secret.get("data", {})) <= set(module.BUCKET_SECRET_ENV)
     assert set(config_map["data"]) <= set(module.DEFAULTS_ENV), set(config_map["data"])
-    bucket_tasks = {"exec-list-source", "exec-ingest", "exec-extract", "exec-infer",
+    bucket_tasks = {"exec-list-source", "exec-ingest", "exec-extract-part", "exec-infer",
                     "exec-evaluate"}
     for name in bucket_tasks:
         settings = executors[name]
@@ -288,7 +288,8 @@ def test_the_profile_refers_to_what_the_overlay_provides(overlay: str, compiled)
     users = re.findall(r"^USER (\d+):(\d+)$", dockerfile, re.MULTILINE)
     assert users == [(str(module.IMAGE_USER), str(module.IMAGE_USER))]
     assert set(executors) == {"exec-list-source", "exec-ingest", "exec-plan-shards",
-                              "exec-extract", "exec-affinity-shard", "exec-infer",
+                              "exec-extract-part", "exec-gather-features",
+                              "exec-affinity-shard", "exec-infer",
                               "exec-train", "exec-no-train", "exec-evaluate"}
     for name, settings in executors.items():
         assert settings["securityContext"] == {"runAsUser": str(module.IMAGE_USER),
@@ -301,12 +302,12 @@ def test_gpus_only_where_the_overlay_allows_them(compiled) -> None:
                           ["requests.nvidia.com/gpu"]) for overlay in OVERLAYS}
     assert quota["dev"] == 0 and quota["prod"] >= 1
     for overlay in OVERLAYS:
-        extract = compiled[overlay]["executors"]["exec-extract"]
+        extract = compiled[overlay]["executors"]["exec-extract-part"]
         accelerators = {k: v for k, v in compiled[overlay]["accelerators"].items() if v}
         if quota[overlay]:
-            assert set(accelerators) == {"exec-extract"}
-            assert accelerators["exec-extract"]["resourceType"] == "nvidia.com/gpu"
-            assert accelerators["exec-extract"]["resourceCount"] == "1"
+            assert set(accelerators) == {"exec-extract-part"}
+            assert accelerators["exec-extract-part"]["resourceType"] == "nvidia.com/gpu"
+            assert accelerators["exec-extract-part"]["resourceCount"] == "1"
             assert extract["nodeSelector"]["labels"] == {"nvidia.com/gpu.present": "true"}
             assert extract["tolerations"][0]["key"] == "nvidia.com/gpu"
         else:
@@ -319,7 +320,7 @@ def test_the_default_profile_leaves_the_namespace_alone(compiled) -> None:
     for a GPU, but no node selector or toleration ties it to the GPU operator's labels."""
     assert compiled["default"]["executors"] == {}
     accelerators = {k: v for k, v in compiled["default"]["accelerators"].items() if v}
-    assert set(accelerators) == {"exec-extract"}
+    assert set(accelerators) == {"exec-extract-part"}
 
 
 def test_an_unknown_profile_names_the_choices() -> None:

@@ -203,7 +203,7 @@ def test_submit_over_http_keeps_the_packages_caching_without_no_cache(
     assert {r.headers.get("authorization") for r in kfp_server.requests} == {"Bearer from-env"}
     (run,) = kfp_server.calls("POST", f"{API}/runs")
     tasks = _tasks(run.json()["pipeline_spec"])
-    assert tasks["extract"]["cachingOptions"]["enableCache"] is True
+    assert tasks["extract-part"]["cachingOptions"]["enableCache"] is True
 
 
 def test_schedule_over_http_with_no_cache_and_images_from_a_mirror(

@@ -33,7 +33,8 @@ def test_the_pipeline_function_spells_out_the_declared_names_types_and_defaults(
 
 @pytest.mark.parametrize("component", [components.list_source, components.ingest,
                                        components.plan_shards,
-                                       components.extract, components.affinity_shard,
+                                       components.extract_part, components.gather_features,
+                                       components.affinity_shard,
                                        components.infer, components.train,
                                        components.evaluate])
 def test_every_component_parameter_is_a_declared_run_parameter(component) -> None:  # type: ignore[no-untyped-def]
@@ -43,8 +44,6 @@ def test_every_component_parameter_is_a_declared_run_parameter(component) -> Non
     for name, kind in parameters_of.items():
         if name in ("shard_id", "source_fingerprint"):  # the fan-out's item; the listing's
             continue                                   # digest that keys ingest's cache
-        if name == "shard_id":
-            continue
         assert name in names(), f"{component.name}: {name} is not a run parameter"
         assert kind is types()[name], f"{component.name}: {name}"
 

@@ -22,7 +22,8 @@ from goggles.parameters import default, names
 from tests.conftest import ROOT
 
 ParameterType = pipeline_spec_pb2.ParameterType
-STAGES = {"ingest": "comp-ingest", "extract": "comp-extract", "affinity": "comp-affinity-shard",
+STAGES = {"ingest": "comp-ingest", "extract": "comp-extract-part",
+          "gather": "comp-gather-features", "affinity": "comp-affinity-shard",
           "infer": "comp-infer", "train": "comp-train", "evaluate": "comp-evaluate"}
 
 
@@ -58,13 +59,25 @@ def _task(dag: pipeline_spec_pb2.DagSpec, name: str) -> pipeline_spec_pb2.Pipeli
     return dag.tasks[name]
 
 
-def _loop(spec: pipeline_spec_pb2.PipelineSpec) -> tuple[str, pipeline_spec_pb2.ComponentSpec]:
-    loops = [name for name, task in spec.root.dag.tasks.items()
-             if task.WhichOneof("iterator") == "parameter_iterator"]
+def _loop(spec: pipeline_spec_pb2.PipelineSpec,
+          dag: pipeline_spec_pb2.DagSpec | None = None,
+          ) -> tuple[str, pipeline_spec_pb2.ComponentSpec]:
+    """The one ``dsl.ParallelFor`` of ``dag`` (default: the root's, the affinity shards')."""
+    dag = dag if dag is not None else spec.root.dag
+    loops = [name for name, task in dag.tasks.items() if task.WhichOneof("iterator")]
     assert len(loops) == 1, f"expected one ParallelFor, found {loops}"
-    component = spec.root.dag.tasks[loops[0]].component_ref.name
+    component = dag.tasks[loops[0]].component_ref.name
     assert component in spec.components
     return loops[0], spec.components[component]
+
+
+def _extract_loop(spec: pipeline_spec_pb2.PipelineSpec,
+                  ) -> tuple[pipeline_spec_pb2.PipelineTaskSpec, str,
+                             pipeline_spec_pb2.ComponentSpec]:
+    """The extraction sub-pipeline's task and its ParallelFor (name, body)."""
+    parts = _task(spec.root.dag, "extract-parts")
+    name, body = _loop(spec, spec.components[parts.component_ref.name].dag)
+    return parts, name, body
 
 
 def _executor(spec: pipeline_spec_pb2.PipelineSpec, component: str) -> dict:
@@ -95,25 +108,74 @@ def test_six_stage_components_the_shard_plan_and_the_no_train_branch(compiled) -
     assert spec.pipeline_info.name == "goggles"
 
 
-def test_affinity_runs_inside_a_parallel_for_over_the_planned_shard_ids(compiled) -> None:
+def test_extraction_fans_out_over_the_planned_shard_ids(compiled) -> None:
+    """One extract task per shard (a ``dsl.ParallelFor`` in the extraction sub-pipeline, fed
+    the plan's shard ids); the gather step reads the parts' summaries, never their maps."""
+    spec, _, _ = compiled
+    parts, loop_name, body = _extract_loop(spec)
+    assert {"plan-shards", "ingest"} <= set(parts.dependent_tasks)
+    shard_ids = parts.inputs.parameters["shard_ids"].task_output_parameter
+    assert (shard_ids.producer_task, shard_ids.output_parameter_key) == ("plan-shards", "Output")
+    dag = spec.components[parts.component_ref.name].dag
+    loop_task = dag.tasks[loop_name]
+    assert loop_task.parameter_iterator.items.input_parameter == "pipelinechannel--shard_ids"
+    assert loop_task.iterator_policy.parallelism_limit >= 2
+    part = _task(body.dag, "extract-part")
+    assert part.component_ref.name == STAGES["extract"]
+    assert part.inputs.parameters["shard_id"].component_input_parameter == \
+        loop_task.parameter_iterator.item_input
+    assert set(part.inputs.artifacts) == {"manifest"}
+    outputs = spec.components[parts.component_ref.name].output_definitions.artifacts
+    assert set(outputs) == {"maps", "summaries"}
+    assert all(output.is_artifact_list for output in outputs.values())
+    gather = _task(spec.root.dag, "gather-features")
+    assert set(gather.inputs.artifacts) == {"summaries"}
+    source = gather.inputs.artifacts["summaries"].task_output_artifact
+    assert (source.producer_task, source.output_artifact_key) == ("extract-parts", "summaries")
+    # the plan's shard count, which reads the ingest manifest
+    plan = _task(spec.root.dag, "plan-shards")
+    assert plan.inputs.parameters["num_shards"].component_input_parameter == "num_shards"
+
+
+def test_each_affinity_task_reads_only_its_own_parts_maps(compiled) -> None:
+    """The affinity loop iterates over the parts' maps: a shard task's inputs are one part's
+    maps (the loop item) and the gathered prototypes, nothing else."""
     spec, _, _ = compiled
     loop_name, loop = _loop(spec)
     loop_task = spec.root.dag.tasks[loop_name]
-    assert loop_task.parameter_iterator.items.input_parameter == \
-        "pipelinechannel--plan-shards-Output"
-    assert "plan-shards" in loop_task.dependent_tasks
+    assert loop_task.artifact_iterator.items.input_artifact == \
+        "pipelinechannel--extract-parts-maps"
+    assert {"extract-parts", "gather-features"} <= set(loop_task.dependent_tasks)
     assert loop_task.iterator_policy.parallelism_limit >= 2
     shard = _task(loop.dag, "affinity-shard")
     assert shard.component_ref.name == STAGES["affinity"]
-    assert "shard_id" in shard.inputs.parameters
-    assert shard.inputs.parameters["shard_id"].component_input_parameter == \
-        loop_task.parameter_iterator.item_input
-    for artifact in ("features", "prototypes"):
-        assert artifact in shard.inputs.artifacts
-    # the shard ids come from the plan, which reads the ingest manifest
-    plan = _task(spec.root.dag, "plan-shards")
-    assert "num_shards" in plan.inputs.parameters
-    assert plan.inputs.parameters["num_shards"].component_input_parameter == "num_shards"
+    assert set(shard.inputs.artifacts) == {"maps", "prototypes"}
+    assert shard.inputs.artifacts["maps"].component_input_artifact == \
+        loop_task.artifact_iterator.item_input
+    assert shard.inputs.artifacts["prototypes"].component_input_artifact == \
+        "pipelinechannel--gather-features-prototypes"
+    # no other task anywhere takes the parts' maps
+    readers = [name for name, task in _all_tasks(spec).items()
+               for artifact in task.inputs.artifacts.values()
+               if "maps" in artifact.task_output_artifact.output_artifact_key
+               or "extract-parts-maps" in artifact.component_input_artifact]
+    assert readers == ["affinity-shard"], readers
+
+
+def test_infer_evaluate_and_train_read_no_filter_maps(compiled) -> None:
+    """infer and train take the gathered features (descriptors, logits), evaluate the
+    prototypes and shards: none is given a part's maps."""
+    spec, _, _ = compiled
+    infer = _task(spec.root.dag, "infer")
+    source = infer.inputs.artifacts["features"].task_output_artifact
+    assert (source.producer_task, source.output_artifact_key) == ("gather-features",
+                                                                  "features")
+    assert "extract-parts" not in infer.dependent_tasks
+    evaluate = _task(spec.root.dag, "evaluate")
+    assert "features" not in evaluate.inputs.artifacts
+    assert "extract-parts" not in evaluate.dependent_tasks
+    gather_outputs = spec.components[STAGES["gather"]].output_definitions.artifacts
+    assert set(gather_outputs) == {"features", "prototypes"}
 
 
 def test_infer_and_evaluate_consume_the_collected_shards(compiled) -> None:
@@ -189,8 +251,8 @@ def test_only_extract_asks_for_a_gpu_and_no_node_selector_by_default(compiled) -
 def test_gpu_node_selector_and_toleration_when_asked(tmp_path: Path) -> None:
     _, executors = _compile(tmp_path, "--gpu-node-selector", "cloud.google.com/gke-accelerator"
                             "=nvidia-l4", "--gpu-toleration")
-    assert set(executors) == {"exec-extract"}
-    extract = executors["exec-extract"]
+    assert set(executors) == {"exec-extract-part"}
+    extract = executors["exec-extract-part"]
     assert extract["nodeSelector"]["labels"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
     assert extract["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists",
                                        "effect": "NoSchedule"}]
@@ -212,9 +274,9 @@ def test_image_repository_and_tag_reach_every_executor(tmp_path: Path) -> None:
                                "--image-tag", "2024.1", "--image-pull-secret", "regcred")
     images = {label: e["container"]["image"]
               for label, e in json_format.MessageToDict(spec.deployment_spec)["executors"].items()}
-    assert images.pop("exec-extract") == "registry.example.com/ml/gg:2024.1-gpu"
+    assert images.pop("exec-extract-part") == "registry.example.com/ml/gg:2024.1-gpu"
     assert images and set(images.values()) == {"registry.example.com/ml/gg:2024.1"}
-    assert set(executors) == {"exec-extract", *images}
+    assert set(executors) == {"exec-extract-part", *images}
     for label, settings in executors.items():
         assert [s["secretName"] for s in settings["imagePullSecret"]] == ["regcred"], label
     assert "ghcr.io" not in json_format.MessageToJson(spec)
@@ -245,22 +307,27 @@ def test_every_parameter_has_its_declared_description(compiled) -> None:
 def test_retries_with_backoff_on_extract_and_shards_only(compiled) -> None:
     spec, _, _ = compiled
     _, loop = _loop(spec)
-    retried = {"extract": _task(spec.root.dag, "extract"),
+    _, _, extract_body = _extract_loop(spec)
+    retried = {"extract-part": _task(extract_body.dag, "extract-part"),
                "affinity-shard": _task(loop.dag, "affinity-shard")}
     for name, task in retried.items():
         assert task.retry_policy.max_retry_count >= 2, name
         assert task.retry_policy.backoff_duration.seconds > 0, name
         assert task.retry_policy.backoff_factor > 1, name
-    for name in ("ingest", "plan-shards", "infer", "evaluate"):
+    for name in ("ingest", "plan-shards", "gather-features", "infer", "evaluate"):
         assert _task(spec.root.dag, name).retry_policy.max_retry_count == 0, name
 
 
 def test_every_task_has_a_display_name_and_caching(compiled) -> None:
     spec, _, _ = compiled
     tasks = _all_tasks(spec)
-    # list, ingest, plan, extract, the loop, its shard task, infer, the If/Else group, its two
-    # branches, train, no-train, evaluate
-    assert len(tasks) == 13
+    # list, ingest, plan, the extraction sub-pipeline, its loop, its extract task, gather, the
+    # affinity loop, its shard task, infer, the If/Else group, its two branches, train,
+    # no-train, evaluate (the two loops share kfp's name "for-loop-1", each in its own DAG)
+    dags = [spec.root.dag] + [c.dag for c in spec.components.values()
+                              if c.WhichOneof("implementation") == "dag"]
+    assert sum(len(dag.tasks) for dag in dags) == 16
+    assert len(tasks) == 15
     for name, task in tasks.items():
         if name.startswith("condition-branches-"):
             continue  # the If/Else pair's group, which kfp makes and names itself

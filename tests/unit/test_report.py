@@ -12,10 +12,10 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pytest
 from PIL import Image
 
+from goggles.features.affinity import shard_bounds
 from goggles.features.config import AffinityConfig
 from goggles.features.prototypes import select_prototypes
 from goggles.inference.config import InferConfig
@@ -25,7 +25,9 @@ from goggles.ingest.config import IngestConfig
 from goggles.io import storage
 from goggles.io.artifacts import accepted
 from goggles.io.blocks import InMemoryRows
+from goggles.io.features_folder import FeaturesWriter
 from goggles.pipeline import stages
+from goggles.pipeline.extract import part_uri
 from goggles.report.page import _groups, affinity_view, write_report
 
 CLASSES = ("alpha", "beta", "gamma")
@@ -58,19 +60,25 @@ def synthetic_run(root: Path, *, num_classes: int = 2, per_class: int = 20, meth
     for i, k in enumerate(truth):  # each class lights up its own channels somewhere
         h, w = rng.integers(0, 7, size=2)
         maps[i, 8 * k:8 * k + 8, h, w] += 1.0 + rng.random(8).astype(np.float32)
-    storage.write_npy(maps, storage.join(paths["features"], "shard-00000.npy"))
     ids = np.arange(len(truth))
-    storage.write_parquet(pa.table({"image_id": ids, "shard": np.zeros_like(ids), "row": ids}),
-                          storage.join(paths["features"], "index.parquet"))
+    bounds = shard_bounds(len(truth), num_shards)
+    for shard, (start, stop) in enumerate(bounds):  # the extract stage's parts, one per shard
+        writer = FeaturesWriter(part_uri(paths["features"], shard), shard_size=64)
+        writer.add_maps(ids[start:stop], maps[start:stop])
+        writer.finish(backbone="vgg16", weights="synthetic", image_size=224,
+                      part={"shard_id": shard, "num_parts": num_shards, "start": start,
+                            "stop": stop})
     storage.write_json({"shape": list(maps.shape[1:]), "num_images": len(truth),
-                        "num_shards": 1, "backbone": "vgg16", "weights": "synthetic",
-                        "image_size": 224}, storage.join(paths["features"], "meta.json"))
+                        "backbone": "vgg16", "weights": "synthetic", "image_size": 224,
+                        "parts": [{"shard_id": s, "start": a, "stop": b}
+                                  for s, (a, b) in enumerate(bounds)]},
+                       storage.join(paths["features"], "meta.json"))
     storage.write_parquet(select_prototypes(maps, ids, 3).to_table(), paths["prototypes"])
     shard_uris = []
     for shard in range(num_shards):
         uri = str(out / "artifacts" / "affinity" / f"shard-{shard:05d}")
         stages.run_affinity(AffinityConfig(num_shards=num_shards, device="cpu"),
-                           paths["features"], paths["prototypes"], shard, uri)
+                           part_uri(paths["features"], shard), paths["prototypes"], uri)
         shard_uris.append(uri)
     dev_uri = ""
     if dev_labels:

@@ -10,7 +10,7 @@ chains the task settings.
 
 from goggles.kubeflow.components.affinity import affinity_shard
 from goggles.kubeflow.components.evaluate import evaluate
-from goggles.kubeflow.components.extract import extract
+from goggles.kubeflow.components.extract import extract_part, gather_features
 from goggles.kubeflow.components.fingerprint import list_source
 from goggles.kubeflow.components.image import BASE_IMAGE, GPU_IMAGE, IMAGES
 from goggles.kubeflow.components.infer import infer
@@ -18,11 +18,12 @@ from goggles.kubeflow.components.ingest import ingest
 from goggles.kubeflow.components.plan import plan_shards
 from goggles.kubeflow.components.train import no_train, train
 
-STAGES = {"ingest": ingest, "extract": extract, "affinity": affinity_shard, "infer": infer,
-          "train": train, "evaluate": evaluate}
-"""The stage components by stage name (``plan_shards`` is the fan-out's helper,
+STAGES = {"ingest": ingest, "extract": extract_part, "gather": gather_features,
+          "affinity": affinity_shard, "infer": infer, "train": train, "evaluate": evaluate}
+"""The stage components by stage name (``plan_shards`` is the fan-outs' helper,
 ``list_source`` the uncached listing that keys ingest's cache, ``no_train`` the train branch's
 ``dsl.Else``)."""
 
-__all__ = ["BASE_IMAGE", "GPU_IMAGE", "IMAGES", "STAGES", "affinity_shard", "evaluate", "extract",
-           "infer", "ingest", "list_source", "no_train", "plan_shards", "train"]
+__all__ = ["BASE_IMAGE", "GPU_IMAGE", "IMAGES", "STAGES", "affinity_shard", "evaluate",
+           "extract_part", "gather_features", "infer", "ingest", "list_source", "no_train",
+           "plan_shards", "train"]

@@ -7,15 +7,17 @@ from goggles.kubeflow.components.image import BASE_IMAGE
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
-def affinity_shard(features: Input[Dataset], prototypes: Input[Dataset], shard_id: int,
-                   num_shards: int, device: str, affinity: Output[Dataset]) -> None:
+def affinity_shard(maps: Input[Dataset], prototypes: Input[Dataset], num_shards: int,
+                   device: str, affinity: Output[Dataset]) -> None:
     """Rows ``[start, stop)`` of the [N, M] affinity matrix (paper §3.2) via
-    :func:`goggles.pipeline.stages.run_affinity`.
+    :func:`goggles.pipeline.stages.run_affinity`: the rows of one extraction part.
 
     Parameters
     ----------
-    features, prototypes : the extract stage's outputs.
-    shard_id : which of the ``num_shards`` near-equal row ranges to compute.
+    maps : one extraction part's filter maps (its ``meta.json`` says which rows): the only
+        filter maps this task reads.
+    prototypes : the gathered prototypes.
+    num_shards : the run's shard count (checked against the part's).
     affinity : folder of ``affinity.npy`` ([stop-start, M] float32) and ``meta.json``;
         metadata: ``start``, ``stop``, ``shape``, ``shard_id``, ``num_shards``.
     """
@@ -27,9 +29,9 @@ def affinity_shard(features: Input[Dataset], prototypes: Input[Dataset], shard_i
 
     config = stage_config("affinity", {"num_shards": num_shards, "device": device})
     start = time.perf_counter()
-    result = stages.run_affinity(config, features.path, prototypes.path, shard_id, affinity.path)
+    result = stages.run_affinity(config, maps.path, prototypes.path, affinity.path)
     affinity.metadata.update({
-        "format": "npy", "shard_id": shard_id, "num_shards": num_shards,
+        "format": "npy", "shard_id": result["shard_id"], "num_shards": num_shards,
         "start": result["start"], "stop": result["stop"],
         "shape": [result["stop"] - result["start"], result["num_prototypes"]],
         "dtype": "float32", "goggles_version": goggles.__version__,

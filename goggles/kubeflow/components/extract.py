@@ -1,56 +1,100 @@
-"""The extract component: CNN filter maps of every accepted image and their prototypes."""
+"""The extract components: ``extract_part`` (CNN filter maps, prototypes and descriptors of one
+row shard, one task per shard) and ``gather_features`` (the prototypes within the budget, every
+image's descriptors); :mod:`goggles.pipeline.extract` is what they run."""
 
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Output
 
-from goggles.kubeflow.components.image import GPU_IMAGE
+from goggles.kubeflow.components.image import BASE_IMAGE, GPU_IMAGE
 
 
 @dsl.component(base_image=GPU_IMAGE, install_kfp_package=False)
-def extract(manifest: Input[Dataset], backbone: str, weights_uri: str, top_k: int,
-            max_prototypes: int, seed: int, device: str, descriptor_backbone: str,
-            feature_cache_uri: str, features: Output[Dataset],
-            prototypes: Output[Dataset]) -> None:
-    """Filter maps and prototypes (paper §3.1) via :func:`goggles.pipeline.stages.run_extract`.
+def extract_part(manifest: Input[Dataset], shard_id: int, num_shards: int, backbone: str,
+                 weights_uri: str, top_k: int, device: str, descriptor_backbone: str,
+                 feature_cache_uri: str, maps: Output[Dataset],
+                 summary: Output[Dataset]) -> None:
+    """One extraction part (paper §3.1) via :func:`goggles.pipeline.extract.run_extract_part`.
 
     Parameters
     ----------
     manifest : the ingest stage's manifest (Parquet).
-    backbone, weights_uri, top_k, max_prototypes, seed, device, descriptor_backbone,
-    feature_cache_uri : :class:`goggles.features.config.ExtractConfig`; with a feature cache,
-        only the images it lacks are extracted.
-    features : folder of ``shard-NNNNN.npy`` ([n, C, H, W] float32), ``index.parquet``,
-        ``descriptors-<network>.npy`` ([N, 2048] float32, for graph EM) and ``meta.json``;
-        metadata: ``n_images``, ``filter_map_shape`` [C, H, W], backbone.
-    prototypes : Parquet ``prototype_id, image_id, h, w, channel, vector``; metadata:
-        ``num_prototypes``, ``vector_dim``, backbone, weights source, ``features_computed`` and
-        ``features_reused`` (images extracted, images read from the feature cache).
+    shard_id, num_shards : which near-equal row range of the accepted images (the affinity
+        shard of the same id reads this part's maps alone).
+    backbone, weights_uri, top_k, device, descriptor_backbone, feature_cache_uri :
+        :class:`goggles.features.config.ExtractConfig`; with a feature cache, only the images
+        it lacks are extracted.
+    maps : the part's filter maps: ``shard-NNNNN.npy`` ([n, C, H, W] float32), ``index.parquet``
+        and ``meta.json`` (its ``part``: ``shard_id``, ``num_parts``, ``start``, ``stop``).
+    summary : what the gather step reads: ``part.json``, ``candidates.parquet`` (the part's
+        prototypes before the budget), ``descriptors-<network>.npy``, ImageNet logits when the
+        weights carry the classifier; its metadata names the maps' URI.
     """
     import time
 
     import torch
 
     import goggles
-    from goggles.pipeline import stages
+    from goggles.pipeline.extract import run_extract_part
     from goggles.pipeline.wiring import stage_config
 
     config = stage_config("extract", {
-        "backbone": backbone, "weights_uri": weights_uri, "top_k": top_k,
-        "max_prototypes": max_prototypes, "seed": seed, "device": device,
+        "backbone": backbone, "weights_uri": weights_uri, "top_k": top_k, "device": device,
         "descriptor_backbone": descriptor_backbone, "feature_cache_uri": feature_cache_uri})
     start = time.perf_counter()
-    result = stages.run_extract(config, manifest.path, features.path, prototypes.path)
-    seconds = round(time.perf_counter() - start, 3)
-    common = {"backbone": backbone, "weights_source": result["weights_source"],
+    result = run_extract_part(config, manifest.path, shard_id, num_shards, maps.path,
+                              summary.path)
+    common = {"shard_id": shard_id, "num_shards": num_shards, "start": result["start"],
+              "stop": result["stop"], "backbone": backbone, "device": result["device"],
+              "goggles_version": goggles.__version__, "torch_version": torch.__version__,
+              "seconds": round(time.perf_counter() - start, 3)}
+    maps.metadata.update({**common, "format": "npy-shards", "dtype": "float32",
+                          "filter_map_shape": result["shape"]})
+    summary.metadata.update({**common, "maps_uri": maps.uri,
+                             "features_computed": result["features_computed"],
+                             "features_reused": result["features_reused"]})
+
+
+@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+def gather_features(summaries: Input[list[Dataset]], top_k: int, max_prototypes: int,
+                    seed: int, features: Output[Dataset], prototypes: Output[Dataset]) -> None:
+    """Join the extraction parts (:func:`goggles.pipeline.extract.run_gather`): it reads their
+    summaries, never their filter maps.
+
+    Parameters
+    ----------
+    summaries : the fan-in (``dsl.Collected``) of every part's summary, any order.
+    top_k : prototypes per image (recorded).
+    max_prototypes, seed : the cap on the prototypes and the seed of its uniform sample.
+    features : ``meta.json`` (listing the parts), ``descriptors-<network>.npy`` ([N, D]) and
+        the ImageNet logits when there are any: what infer and train read; metadata lists the
+        parts' maps (``maps_uris``, in row order).
+    prototypes : Parquet ``prototype_id, image_id, h, w, channel, vector``; metadata:
+        ``num_prototypes``, ``vector_dim``, backbone, weights source, ``features_computed`` and
+        ``features_reused`` (images extracted, images read from the feature cache), seconds
+        (the parts' and this task's).
+    """
+    import time
+
+    import goggles
+    from goggles.pipeline.extract import run_gather
+    from goggles.pipeline.wiring import stage_config
+
+    start = time.perf_counter()
+    config = stage_config("extract", {"top_k": top_k, "max_prototypes": max_prototypes,
+                                      "seed": seed})
+    result = run_gather(config, [part.path for part in summaries], features.path,
+                        prototypes.path)
+    parts = sorted(summaries, key=lambda part: int(part.metadata["shard_id"]))
+    seconds = sum(float(part.metadata.get("seconds", 0.0)) for part in parts)
+    common = {"backbone": result["backbone"], "weights_source": result["weights_source"],
               "device": result["device"], "goggles_version": goggles.__version__,
-              "torch_version": torch.__version__, "seconds": seconds,
+              "seconds": round(seconds + time.perf_counter() - start, 3),
               "features_computed": result["features_computed"],
               "features_reused": result["features_reused"]}
-    features.metadata.update(common)
-    features.metadata.update({"format": "npy-shards", "n_images": result["n_images"],
+    features.metadata.update({**common, "format": "npy", "n_images": result["n_images"],
                               "filter_map_shape": result["filter_map_shape"],
-                              "dtype": "float32"})
-    prototypes.metadata.update(common)
-    prototypes.metadata.update({"format": "parquet", "num_prototypes": result["num_prototypes"],
+                              "maps_uris": [str(part.metadata["maps_uri"]) for part in parts]})
+    prototypes.metadata.update({**common, "format": "parquet",
+                                "num_prototypes": result["num_prototypes"],
                                 "prototypes_found": result["prototypes_found"],
                                 "top_k": top_k, "vector_dim": result["filter_map_shape"][0]})

@@ -15,8 +15,8 @@ def infer(manifest: Input[Dataset], features: Input[Dataset], prototypes: Input[
 
     Parameters
     ----------
-    features : the extract stage's filter maps and descriptors (read by the methods that need
-        them, e.g. ``graph-em``).
+    features : the gathered features: descriptors and ImageNet logits, no filter maps (read by
+        the methods that need them, e.g. ``graph-em``).
     affinity_shards : the fan-in (``dsl.Collected``) of every affinity shard, any order.
     num_classes, method, max_iter, seed, device : :class:`goggles.inference.config.InferConfig`.
     dev_labels_uri : optional CSV/Parquet of ``uri,label`` naming the clusters.

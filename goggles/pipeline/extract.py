@@ -1,0 +1,232 @@
+"""The extract stage in parts: each part extracts one row shard of the accepted images, a gather
+step selects and budgets the prototypes and joins the descriptors.
+
+On a cluster every part is its own task (``dsl.ParallelFor``, one GPU each) and each affinity
+shard task reads only its own part's filter maps; the in-process runner runs the same parts one
+after another (:func:`run_extract`). A part writes two artifacts, so that what is small travels
+apart from what is big:
+
+* its **maps** (a features folder of its rows: ``shard-NNNNN.npy``, ``index.parquet``,
+  ``meta.json`` whose ``part`` names ``shard_id``, ``num_parts``, ``start``, ``stop``), read by
+  its affinity shard alone;
+* its **summary** (``part.json``, ``candidates.parquet``: its images' prototypes before the
+  budget, ``descriptors-<network>.npy`` of its rows, and ``imagenet-logits.npy`` when the
+  backbone's weights carry an ImageNet classifier), read by the gather step.
+
+The gather step writes the run's **features** folder (``meta.json``, every network's
+descriptors [N, D] and the ImageNet logits [N, 1000] when there are any: what infer, train and
+the fitted labeler read) and its **prototypes**. In a run's output folder each part's maps lie
+in ``artifacts/features/part-NNNNN``; the features' ``meta.json`` lists the parts, so
+:func:`goggles.io.features_folder.read_filter_maps` still reads any rows.
+
+Parts are whole extraction batches (:func:`part_bounds`), so an image's filter maps are the same
+bytes however many parts there are; the prototypes are concatenated in image order before the
+seeded budget, so the labels do not depend on the number of parts (the local-runner tests check
+1 and 4).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from goggles import __version__
+from goggles.config import StageError
+from goggles.features.config import ExtractConfig
+from goggles.io import artifacts, features_folder, storage
+
+CANDIDATES = "candidates.parquet"
+PART_META = "part.json"
+
+
+def part_uri(features_uri: str, shard_id: int) -> str:
+    """Where part ``shard_id``'s maps (and, in process, its summary) lie under a features
+    folder."""
+    return storage.join(features_uri, f"part-{shard_id:05d}")
+
+
+def part_bounds(num_rows: int, num_parts: int, batch_size: int) -> list[tuple[int, int]]:
+    """Row ranges ``[start, stop)`` of the parts: whole extraction batches of ``batch_size``
+    where there are at least as many batches as parts, so every image meets the same batch-mates
+    however many parts there are (a CNN's arithmetic may depend on its batch: MobileNetV2's
+    result for a batch of one differs in the last bits on a CPU); otherwise near-equal rows
+    (:func:`goggles.features.affinity.shard_bounds`)."""
+    from goggles.features.affinity import shard_bounds
+
+    batches = -(-num_rows // batch_size)
+    if batches < num_parts:
+        return shard_bounds(num_rows, num_parts)
+    edges = [min(num_rows, batch * batch_size) for batch in
+             np.linspace(0, batches, num_parts + 1).round().astype(int)]
+    return [(int(edges[s]), int(edges[s + 1])) for s in range(num_parts)]
+
+
+def run_extract_part(config: ExtractConfig, manifest_uri: str, shard_id: int, num_parts: int,
+                     maps_uri: str, summary_uri: str) -> dict[str, Any]:
+    """Filter maps, prototypes (paper §3.1) and descriptors of row shard ``shard_id`` of
+    ``num_parts`` of the manifest's accepted images (:func:`part_bounds`). With ``config.feature_cache_uri`` only the images the cache lacks are
+    computed. Returns the part's meta (``features_computed``, ``features_reused`` ...)."""
+    from goggles.features.backbones import load_backbone
+    from goggles.features.descriptors import bilinear_descriptors
+    from goggles.features.device import resolve_device
+    from goggles.features.extraction import extract_filter_maps
+    from goggles.features.prototypes import select_prototypes
+    from goggles.inference.imagenet import imagenet_head
+
+    rows = artifacts.accepted(storage.read_parquet(manifest_uri))
+    if rows.num_rows == 0:
+        raise StageError("the manifest has no accepted images; every file was rejected — see "
+                         "the manifest's error column")
+    if not 0 <= shard_id < num_parts:
+        raise StageError(f"shard_id {shard_id} is outside 0..{num_parts - 1}")
+    start, stop = part_bounds(rows.num_rows, num_parts, config.batch_size)[shard_id]
+    rows = rows.slice(start, stop - start)
+    uris, hashes = rows["uri"].to_pylist(), rows["sha256"].to_pylist()
+    image_ids = rows["image_id"].to_numpy()
+    model, weights_source = load_backbone(config.backbone, config.weights_uri)
+    head = imagenet_head(config.backbone, config.weights_uri)
+    device = resolve_device(config.device)
+    writer = features_folder.FeaturesWriter(maps_uri, config.shard_size)
+    candidates: list[artifacts.Prototypes] = []
+    described: list[np.ndarray] = []
+    logits: list[np.ndarray] = []
+    options: dict[str, Any] = {"image_size": config.image_size, "batch_size": config.batch_size,
+                               "num_workers": config.num_workers, "device": device,
+                               "precision": config.precision}
+
+    def on_batch(first: int, maps: np.ndarray) -> None:
+        ids = image_ids[first:first + len(maps)]
+        candidates.append(select_prototypes(maps, ids, config.top_k))
+        writer.add_maps(ids, maps)
+        described.append(bilinear_descriptors(maps))
+        if head is not None:
+            logits.append(head(maps))
+
+    counts = {"features_computed": len(uris), "features_reused": 0}
+    if config.feature_cache_uri:
+        from goggles.features import incremental
+
+        cache = incremental.open_cache(config.feature_cache_uri, "maps", config.backbone, model,
+                                       image_size=config.image_size, device=device,
+                                       precision=config.precision)
+        found = incremental.cached_features(cache, uris, hashes, model, options,
+                                            batch_size=config.batch_size, on_batch=on_batch)
+        counts = {"features_computed": found.computed, "features_reused": found.reused}
+    else:
+        extract_filter_maps(uris, model, on_batch=on_batch, **options)
+    descriptors = {config.backbone: np.concatenate(described)}
+    second = config.descriptor_backbone
+    if second not in ("none", config.backbone):
+        descriptors[second] = _second_descriptors(config, second, uris, hashes, options)
+    part = {"shard_id": shard_id, "num_parts": num_parts, "start": start, "stop": stop}
+    meta = writer.finish(backbone=config.backbone, weights=weights_source,
+                         image_size=config.image_size, part=part)
+    for network, values in descriptors.items():
+        storage.write_npy(values, storage.join(summary_uri, f"descriptors-{network}.npy"))
+    if head is not None:
+        storage.write_npy(np.concatenate(logits).astype(np.float32),
+                          storage.join(summary_uri, features_folder.IMAGENET_LOGITS))
+    channels = int(meta["shape"][0])
+    storage.write_parquet(artifacts.Prototypes.concatenate(candidates, channels).to_table(),
+                          storage.join(summary_uri, CANDIDATES))
+    summary = {**part, "shape": meta["shape"], "backbone": config.backbone,
+               "weights": weights_source, "image_size": config.image_size,
+               "descriptors": list(descriptors), "imagenet_logits": head is not None,
+               "device": str(device), "goggles_version": __version__, **counts}
+    storage.write_json(summary, storage.join(summary_uri, PART_META))
+    return summary
+
+
+def _second_descriptors(config: ExtractConfig, network: str, uris: Sequence[str],
+                        hashes: Sequence[str], options: dict[str, Any]) -> np.ndarray:
+    """Graph EM's second network's descriptors of ``uris`` (one more pass, or the cache)."""
+    from goggles.features.backbones import load_backbone
+    from goggles.features.descriptors import bilinear_descriptors
+    from goggles.features.extraction import extract_filter_maps
+
+    other, _ = load_backbone(network)
+    if config.feature_cache_uri:
+        from goggles.features import incremental
+
+        cache = incremental.open_cache(config.feature_cache_uri, "descriptor", network, other,
+                                       image_size=config.image_size, device=options["device"],
+                                       precision=config.precision)
+        described, _ = incremental.cached_descriptors(cache, uris, hashes, other, options,
+                                                      batch_size=config.batch_size)
+        return described
+    extra: list[np.ndarray] = []
+    extract_filter_maps(uris, other, **options,
+                        on_batch=lambda _s, maps: extra.append(bilinear_descriptors(maps)))
+    return np.concatenate(extra)
+
+
+def read_parts(summary_uris: Sequence[str]) -> list[dict[str, Any]]:
+    """The parts' summaries in row order, each with its ``uri``; checks they are one run's
+    parts and cover every row once."""
+    parts = sorted(({**storage.read_json(storage.join(uri, PART_META)), "uri": uri}
+                    for uri in summary_uris), key=lambda p: int(p["shard_id"]))
+    if not parts:
+        raise StageError("no extraction parts to gather")
+    expected = int(parts[0]["num_parts"])
+    ids = [int(p["shard_id"]) for p in parts]
+    if ids != list(range(expected)):
+        raise StageError(f"extraction parts {ids} are not the {expected} parts 0..{expected - 1} "
+                         "of one run; rerun the extract tasks")
+    for before, after in zip(parts, parts[1:], strict=False):
+        if int(before["stop"]) != int(after["start"]):
+            raise StageError("extraction parts do not tile the images: part "
+                             f"{before['shard_id']} stops at {before['stop']} but part "
+                             f"{after['shard_id']} starts at {after['start']}")
+    return parts
+
+
+def run_gather(config: ExtractConfig, summary_uris: Sequence[str], features_uri: str,
+               prototypes_uri: str) -> dict[str, Any]:
+    """Join the parts (:func:`read_parts`): the prototypes of every image in image order, cut to
+    ``config.max_prototypes`` by a seeded uniform sample (:mod:`goggles.features.budget`); the
+    descriptors and ImageNet logits of every image. Writes the features folder's ``meta.json``,
+    descriptors and logits (not the maps: they stay in the parts) and the prototypes."""
+    from goggles.features.budget import select_within_budget
+
+    parts = read_parts(summary_uris)
+    first = parts[0]
+    candidates = [artifacts.read_prototypes(storage.join(p["uri"], CANDIDATES)) for p in parts]
+    prototypes = artifacts.Prototypes.concatenate(candidates, int(first["shape"][0]))
+    found = len(prototypes)
+    if config.max_prototypes:
+        prototypes = prototypes.take(select_within_budget(found, config.max_prototypes,
+                                                          seed=config.seed))
+    storage.write_parquet(prototypes.to_table(), prototypes_uri)
+    for network in first["descriptors"]:
+        joined = np.concatenate([storage.read_npy(storage.join(p["uri"],
+                                                               f"descriptors-{network}.npy"))
+                                 for p in parts])
+        storage.write_npy(joined, storage.join(features_uri, f"descriptors-{network}.npy"))
+    if first["imagenet_logits"]:
+        storage.write_npy(np.concatenate([storage.read_npy(storage.join(
+            p["uri"], features_folder.IMAGENET_LOGITS)) for p in parts]),
+                          storage.join(features_uri, features_folder.IMAGENET_LOGITS))
+    counts = {key: sum(int(p[key]) for p in parts)
+              for key in ("features_computed", "features_reused")}
+    n_images = int(parts[-1]["stop"])
+    meta = {"shape": first["shape"], "num_images": n_images, "backbone": first["backbone"],
+            "weights": first["weights"], "image_size": first["image_size"],
+            "descriptors": first["descriptors"], "imagenet_logits": first["imagenet_logits"],
+            "parts": [{key: p[key] for key in ("shard_id", "start", "stop")} for p in parts],
+            "goggles_version": __version__, **counts}
+    storage.write_json(meta, storage.join(features_uri, "meta.json"))
+    return {"n_images": n_images, "num_prototypes": len(prototypes), "prototypes_found": found,
+            "filter_map_shape": first["shape"], "backbone": first["backbone"],
+            "weights_source": first["weights"], "device": first["device"], **counts}
+
+
+def run_extract(config: ExtractConfig, manifest_uri: str, features_uri: str,
+                prototypes_uri: str, num_parts: int = 1) -> dict[str, Any]:
+    """The whole extract stage in this process: every part (its maps and summary in
+    :func:`part_uri`) one after another, then the gather."""
+    uris = [part_uri(features_uri, s) for s in range(num_parts)]
+    for shard_id, uri in enumerate(uris):
+        run_extract_part(config, manifest_uri, shard_id, num_parts, uri, uri)
+    return run_gather(config, uris, features_uri, prototypes_uri)
