@@ -218,9 +218,9 @@ def test_pipeline_in_containers_gives_the_local_runners_labels(
     local_seconds = time.perf_counter() - start
 
     # every task ran in a container: networking off, non-root, the images
-    tasks = {"list-source", "ingest", "plan-shards", "extract", "affinity-shard", "infer",
-             "no-train", "evaluate"}
-    assert len(containers) == len(tasks) + 1  # two affinity shards
+    tasks = {"list-source", "ingest", "plan-shards", "extract-part", "gather-features",
+             "affinity-shard", "infer", "no-train", "evaluate"}
+    assert len(containers) == len(tasks) + 2  # two extract parts, two affinity shards
     for call in containers:
         assert call["network_mode"] == "none"
         assert not call["user"].startswith("0:") and call["user"] != "0"
