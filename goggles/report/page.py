@@ -43,6 +43,7 @@ from goggles.report.plots import (
     png_uri,
 )
 from goggles.report.review import SCRIPT, review_html, review_rows
+from goggles.report.summary import summary_rows
 
 logger = logging.getLogger(__name__)
 
@@ -165,36 +166,6 @@ def _table(rows: list[tuple[str, Any]]) -> str:
     return f"<table>{body}</table>"
 
 
-def _summary(metrics: dict[str, Any], state: dict[str, Any]) -> list[tuple[str, Any]]:
-    rows: list[tuple[str, Any]] = [
-        (label, metrics[key]) for key, label in (
-            ("n_images", "images labeled"), ("n_rejected", "files rejected"),
-            ("num_classes", "classes (K)"), ("num_prototypes", "prototypes (columns of A)"),
-            ("method", "method"), ("backbone", "backbone"), ("seed", "seed"),
-            ("em_iterations", "EM iterations"), ("converged", "converged"))
-        if key in metrics]
-    if "accuracy" in metrics:
-        rows.append(("accuracy (best cluster→class mapping)", f"{metrics['accuracy']:.4f}"))
-    if "accuracy_kmeans" in metrics:
-        rows.append(("accuracy of the k-means start", f"{metrics['accuracy_kmeans']:.4f}"))
-    dev = metrics.get("dev_set")
-    if dev:
-        rows.append((f"dev set ({dev['n_images']} images): named labels agree",
-                     f"{dev['accuracy']:.4f}"))
-        if "accuracy_unlabeled" in dev:
-            rows.append((f"the other {dev['n_unlabeled']} images: named label = truth",
-                         f"{dev['accuracy_unlabeled']:.4f}"))
-    timings = metrics.get("timings_s") or {}
-    if timings:
-        stages = ["ingest", "extract", "affinity", "infer", "evaluate"]
-        ordered = [k for k in stages if k in timings] + [k for k in timings if k not in stages]
-        rows.append(("seconds per stage", ", ".join(f"{k} {float(timings[k]):.1f}"
-                                                      for k in ordered)))
-    if state.get("initial_labels") is None and state.get("method") in ("pgm", "backbone"):
-        rows.append(("note", f"method {state['method']} has no k-means start or EM trace"))
-    return rows
-
-
 def _figure(kind: str, body: str, caption: str = "", wide: bool = False) -> str:
     text = f"<figcaption>{caption}</figcaption>" if caption else ""
     css = "plot-figure wide" if wide else "plot-figure"
@@ -253,7 +224,7 @@ def render(metrics: dict[str, Any], labels: Any, state: dict[str, Any], *,
     parts = ["<!doctype html><html lang='en'><head><meta charset='utf-8'>",
              "<title>goggles report</title>", f"<style>{STYLE}</style></head><body>",
              "<h1>goggles labeling report</h1>", "<h2 id='summary'>Summary</h2>",
-             _table(_summary(metrics, state))]
+             _table(summary_rows(metrics, state))]
     if metrics.get("warnings"):
         parts.append("<h2>Warnings</h2><ul>" + "".join(
             f"<li>{html.escape(w)}</li>" for w in metrics["warnings"]) + "</ul>")

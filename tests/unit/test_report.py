@@ -290,3 +290,23 @@ def test_informative_prototypes_rank_by_separation() -> None:
     assert [(p["column"], p["class"]) for p in chosen] == [(0, 0), (1, 0), (2, 1)]
     assert chosen[0]["separation"] == pytest.approx(7.0)
     assert informative_prototypes(None, None) == []
+
+
+def test_the_summary_shows_the_end_models_scores_when_the_run_trained_one(
+        tmp_path: Path) -> None:
+    paths = synthetic_run(tmp_path, num_classes=2)
+    metrics = json.loads(Path(paths["metrics"]).read_text())
+    assert "end model" not in Path(paths["report"]).read_text()
+    metrics["end_model"] = {"head": "linear", "n_images": 40, "accuracy": 0.95,
+                            "hard_label_accuracy": 0.9, "supervised_accuracy": 1.0,
+                            "ratio_to_supervised": 0.95, "agreement": 0.975}
+    write_report(paths["report"], metrics, labels_uri=paths["labels"],
+                 inference_uri=paths["inference"], prototypes_uri=paths["prototypes"],
+                 affinity_uris=json.loads(paths["affinity"]), manifest_uri=paths["manifest"])
+    text = Path(paths["report"]).read_text()
+    assert "linear head on the labels, 40 images" in text
+    for label, value in (("accuracy on the held-out third", "0.9500"),
+                         ("trained on the arg-max labels", "0.9000"),
+                         ("(the bound)", "1.0000"), ("agrees with the labels", "0.9750")):
+        row = text[text.index(label):]
+        assert row[:row.index("</tr>")].endswith(f"<td>{value}</td>"), label
