@@ -78,23 +78,26 @@ class AffinityLabeler:
         meta = features_folder.read_features_meta(paths["features"])
         prototypes = artifacts.read_prototypes(paths["prototypes"])
         descriptors = features_folder.stored_descriptors(paths["features"], meta=meta) or []
+        dev = state.get("dev") or {}
         return cls.from_fit(
             method=str(state["method"]), classes=list(state["cluster_names"]),
             prototypes=prototypes.vectors, source_index=prototypes.image_id,
             affinity=artifacts.StoredShards(shard_uris(paths["affinity"])),
             posteriors=np.asarray(labels["probs"].to_pylist(), dtype=np.float64),
             descriptors=descriptors, networks=run_networks(meta),
-            image_size=int(meta.get("image_size", 224)), seed=artifacts.run_seed(run_uri))
+            image_size=int(meta.get("image_size", 224)), seed=artifacts.run_seed(run_uri),
+            seed_rows=dev.get("rows", []) if dev.get("seeded") else [])
 
     @classmethod
     def from_fit(cls, *, method: str, classes: list[str], prototypes: np.ndarray,
                  source_index: np.ndarray, affinity: np.ndarray | RowBlocks,
                  posteriors: np.ndarray, descriptors: Sequence[np.ndarray],
                  networks: Sequence[tuple[str, str]], image_size: int = 224,
-                 seed: int = 0) -> AffinityLabeler:
+                 seed: int = 0, seed_rows: Sequence[int] = ()) -> AffinityLabeler:
         """The labeler of a fit: its ``method``, prototypes [M, C] with their source rows [M],
         A [N, M], posteriors [N, K], the descriptors graph EM read (one [N, D] per network of
-        ``networks``, in order: the run's backbone first) and the run's ``seed``."""
+        ``networks``, in order: the run's backbone first), the run's ``seed`` and the rows its
+        dev labels seeded (``seed_rows``: graph EM keeps them in its graph's sample)."""
         from goggles.inference.graph_em import GraphEM, graph_sample, reference_parts
         from goggles.inference.paper_em import AffinityEM
         from goggles.inference.summary import fit_gaussians
@@ -110,8 +113,9 @@ class AffinityLabeler:
                       source_index=np.asarray(source_index, dtype=np.int64))
         if method == GraphEM.name:
             labeler.networks = list(networks)[:max(1, len(descriptors))]
-            labeler.reference = graph_sample(len(posteriors), GraphEM.max_rows,
-                                             np.random.default_rng(seed))
+            labeler.reference = np.union1d(  # the sample graph EM drew, seeds always in it
+                graph_sample(len(posteriors), GraphEM.max_rows, np.random.default_rng(seed)),
+                np.asarray(seed_rows, dtype=np.int64))
             labeler.parts = reference_parts(rows, descriptors, labeler.reference)
             labeler.neighbours = GraphEM.neighbours
         else:

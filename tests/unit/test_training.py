@@ -215,6 +215,27 @@ def test_fitted_labeler_relabels_the_runs_own_images(method: str) -> None:
         labeler.predict_proba(rows[:, :-1], described)
 
 
+def test_fitted_labeler_rebuilds_graph_ems_sample_with_its_dev_seeds(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above ``max_rows`` graph EM builds its graph on a seeded sample that always holds the
+    dev-labeled rows; the labeler's reference images are that sample, seeds included."""
+    from goggles.inference.graph_em import GraphEM
+    from goggles.inference.seeds import Seeds
+
+    rows, source, described, _ = affinity_fit("graph-em")
+    seeds = Seeds(np.array([0, 1, 2, 41, 42, 43]), np.array([0, 0, 0, 1, 1, 1]))
+    model = GraphEM(num_classes=2, random_state=0, max_rows=30)
+    model.fit(rows, source, descriptors=described, seeds=seeds)
+    assert model.sample_ is not None and set(seeds.rows) <= set(model.sample_)
+    monkeypatch.setattr(GraphEM, "max_rows", 30)
+    labeler = AffinityLabeler.from_fit(
+        method="graph-em", classes=["a", "b"], prototypes=np.zeros((len(source), 3)),
+        source_index=source, affinity=rows, posteriors=model.posteriors_,
+        descriptors=described, networks=[("vgg16", "")], seed=0, seed_rows=seeds.rows)
+    assert labeler.reference is not None
+    np.testing.assert_array_equal(labeler.reference, model.sample_)
+
+
 def test_choosing_the_labeler_names_what_is_missing(tmp_path: Path) -> None:
     assert choose_labeler("auto", "m", "r", "x") == "affinity"   # the run's own fit
     assert choose_labeler("auto", "m", "", "x") == "end-model"   # a model folder alone
