@@ -86,7 +86,8 @@ class RunParameters:
     max_prototypes: int = _parameter(
         0, "cap on the prototypes (columns of A) for large datasets; 0: no cap", minimum=0,
         stages=("extract",))
-    num_shards: int = _parameter(1, "row shards of the affinity matrix, one task (pod) each",
+    num_shards: int = _parameter(1, "row shards of the images: one extract and one affinity "
+                                 "task (pod) each",
                                  flag="--shards", minimum=1, maximum=MAX_SHARDS,
                                  stages=("affinity",))
     method: str = _parameter("graph-em", "class inference: one of the methods listed below",

@@ -242,7 +242,7 @@ def goggles_pipeline(
         prototypes per image.
     max_prototypes : cap on the prototypes (columns of A), 0 for none (see
         goggles.features.budget).
-    num_shards : row shards of the affinity matrix, one task each.
+    num_shards : row shards of the images: one extract and one affinity task each.
     method, max_iter, seed : class inference (``graph-em``, ``em``, ``kmeans``, ``em-random``,
         ``pgm``, ``backbone``; see goggles.inference.registry).
     dev_labels_uri : optional CSV/Parquet of ``uri,label`` naming the clusters.
@@ -259,12 +259,12 @@ def goggles_pipeline(
                                        num_shards=num_shards, num_classes=num_classes), "plan")
     plan_task.set_display_name("plan the row shards")
 
+    # the plan's shard ids start the extraction: parameters that cannot work fail before it
     parts_task = _build["extract_parts"](
         manifest=ingest_task.outputs["manifest"], shard_ids=plan_task.output,
         num_shards=num_shards, backbone=backbone, weights_uri=weights_uri, top_k=top_k,
         device=device, descriptor_backbone=descriptor_backbone,
         feature_cache_uri=feature_cache_uri).set_display_name("extract (fan-out over shards)")
-    # the plan runs first, so parameters that cannot work fail before the expensive extraction
     gather_task = _resources(gather_features(summaries=parts_task.outputs["summaries"],
                                              top_k=top_k, max_prototypes=max_prototypes,
                                              seed=seed), "gather")

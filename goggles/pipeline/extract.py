@@ -66,8 +66,9 @@ def part_bounds(num_rows: int, num_parts: int, batch_size: int) -> list[tuple[in
 def run_extract_part(config: ExtractConfig, manifest_uri: str, shard_id: int, num_parts: int,
                      maps_uri: str, summary_uri: str) -> dict[str, Any]:
     """Filter maps, prototypes (paper §3.1) and descriptors of row shard ``shard_id`` of
-    ``num_parts`` of the manifest's accepted images (:func:`part_bounds`). With ``config.feature_cache_uri`` only the images the cache lacks are
-    computed. Returns the part's meta (``features_computed``, ``features_reused`` ...)."""
+    ``num_parts`` of the manifest's accepted images (:func:`part_bounds`). With
+    ``config.feature_cache_uri`` only the images the cache lacks are computed. Returns the
+    part's meta (``features_computed``, ``features_reused`` ...)."""
     from goggles.features.backbones import load_backbone
     from goggles.features.descriptors import bilinear_descriptors
     from goggles.features.device import resolve_device
