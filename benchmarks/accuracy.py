@@ -1,13 +1,21 @@
-"""Labeling accuracy on real birds (cub-dev), drawn the way the paper does (§5.1).
+"""Labeling accuracy on real birds (cub-dev), drawn the way the paper does (§5.1), and on the
+other domains (issue 16: CIFAR-10's 32x32 images, TrashNet's photographs of rubbish).
 
     python benchmarks/accuracy.py [--seed 0] [--tasks paper|hard|all] [--backbone vgg16]
+    python benchmarks/accuracy.py --tasks cifar|trash [--image-size 224]
     python benchmarks/accuracy.py --tasks all --seeds 10 [--method graph-em]
     python benchmarks/accuracy.py --methods all [--seeds 10] [--labeler auto]
 
 10 random species pairs and 6 random 3-5-class sets (fixed seed); ``--tasks hard`` adds the
-same-family pairs. Each row gives the accuracy of ``--method`` (default: the library's default,
-graph-em) and of its k-means initialisation, and the calibration of its probabilities: ECE (15
-bins) and Brier score against the truth. With ``--seeds N`` every task is fitted with N
+same-family pairs; ``--tasks cifar`` is cifar10-dev's cat/dog, airplane/ship, automobile/truck
+and deer/horse pairs and its 10-class task, ``--tasks trash`` trash-dev's 5-class task: for
+those, a second table sets the default beside k-means on each of its views alone (the affinity
+rows, each network's descriptors) and a 5-fold logistic-regression probe on all of them, the
+supervised ceiling (:mod:`benchmarks.views`).
+
+Each row gives the accuracy of ``--method`` (default: the library's default, graph-em)
+and of its k-means initialisation, and the calibration of its probabilities: ECE (15 bins)
+and Brier score against the truth. With ``--seeds N`` every task is fitted with N
 inference seeds: the table then shows means and, per task, the worst difference between the
 method and its own k-means start, in images (issue 10: never more than one image below).
 ``--methods`` (``all`` or a comma list of em, kmeans, em-random, pgm,
@@ -40,7 +48,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.cub import Task, cached_maps, draw_tasks, hard_tasks, task_id  # noqa: E402
+from benchmarks import datasets  # noqa: E402
+from benchmarks.datasets import Task, task_id  # noqa: E402
+from benchmarks.views import print_views, unit_rows, view_scores  # noqa: E402
 from goggles.features.affinity import affinity_block  # noqa: E402
 from goggles.features.prototypes import select_prototypes  # noqa: E402
 from goggles.inference.base import label_confidence  # noqa: E402
@@ -89,7 +99,8 @@ def task_descriptors(task: Task, maps: np.ndarray,
 def run_task(task: Task, maps_by_class: dict[str, np.ndarray], extract_s_per_image: float, *,
              seeds: list[int], top_k: int, infer_overrides: dict[str, object],
              backbone: str = "vgg16", second: dict[str, np.ndarray] | None = None,
-             guard: bool = True, dev_per_class: int = 0) -> dict[str, object]:
+             guard: bool = True, dev_per_class: int = 0,
+             views: tuple[str, ...] = ()) -> dict[str, object]:
     maps = np.concatenate([maps_by_class[c] for c in task.classes])
     truth = [c for c in task.classes for _ in range(len(maps_by_class[c]))]
     n = len(maps)
@@ -102,6 +113,9 @@ def run_task(task: Task, maps_by_class: dict[str, np.ndarray], extract_s_per_ima
     timings["affinity"] = time.perf_counter() - start
     filter_maps = as_filter_maps(maps, backbone)
     descriptors = task_descriptors(task, maps, second)
+    scored_views = view_scores(dict(zip(views, [unit_rows(affinity), *descriptors],
+                                        strict=False)), truth, len(task.classes), seeds[0]) \
+        if views else {}
     per_seed = []
     timings["infer"] = 0.0
     for seed in seeds:
@@ -161,7 +175,8 @@ def run_task(task: Task, maps_by_class: dict[str, np.ndarray], extract_s_per_ima
             "guarded": sum(bool(s["guarded"]) for s in per_seed),
             "accuracy_others": mean("accuracy_others"), "dev_agreement": mean("dev_agreement"),
             "dev_per_class": dev_per_class,
-            "iterations": mean("iterations"), "timings": timings, "probs": probs}
+            "iterations": mean("iterations"), "timings": timings, "probs": probs,
+            "views": scored_views}
 
 
 def dev_sample(truth: list[str], per_class: int, seed: int) -> np.ndarray:
@@ -199,8 +214,9 @@ def _auroc(row: dict[str, object]) -> str:
     return f"{np.mean(aurocs):.3f}" if aurocs else "-"
 
 
-def summarise(rows: list[dict[str, object]]) -> None:
+def summarise(rows: list[dict[str, object]], birds: bool = True) -> None:
     groups = {"binary": [r for r in rows if r["task"] == "binary"],
+              "pair": [r for r in rows if r["task"] == "pair"],
               "multi": [r for r in rows if str(r["task"]).endswith("-class")],
               "hard": [r for r in rows if r["task"] == "hard"]}
     print()
@@ -212,7 +228,7 @@ def summarise(rows: list[dict[str, object]]) -> None:
         ece = float(np.mean([r["ece"] for r in group]))
         brier = float(np.mean([r["brier"] for r in group]))
         below = max(int(r["worst_below_start"]) for r in group)  # type: ignore[call-overload]
-        paper = f"  (paper: {PAPER[name]:.4f})" if name in PAPER else ""
+        paper = f"  (paper: {PAPER[name]:.4f})" if birds and name in PAPER else ""
         print(f"mean {name:<6} ({len(group):>2} tasks): accuracy {acc:.4f}, "
               f"k-means start {km:.4f}, ECE {ece:.4f}, Brier {brier:.4f}, at most {below} "
               f"image(s) below the start{paper}")
@@ -380,7 +396,10 @@ def _labeler(requested: str, backbone: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seed", type=int, default=0, help="task-drawing and inference seed")
-    parser.add_argument("--tasks", default="paper", choices=("paper", "hard", "all"))
+    parser.add_argument("--tasks", default="paper",
+                        choices=("paper", "hard", "all", "cifar", "trash"))
+    parser.add_argument("--image-size", type=int, default=datasets.DEFAULT_SIZE,
+                        help="the networks' input size (the extract stage's is 224)")
     parser.add_argument("--backbone", default="vgg16")
     parser.add_argument("--top-k", type=int, default=5)
     parser.add_argument("--method", default=default("method"))
@@ -407,15 +426,22 @@ def main(argv: list[str] | None = None) -> int:
                         help="graph-em without its guard (to measure what the guard changes)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    maps, seconds_per_image = cached_maps(args.backbone)
+    dataset = datasets.DATASETS.get(args.tasks, datasets.CUB)
+    maps, seconds_per_image = datasets.cached_maps(dataset, args.backbone,
+                                                   image_size=args.image_size)
     second = None
     if args.descriptor_backbone not in ("none", args.backbone):
-        second = cached_maps(args.descriptor_backbone)[0]
+        second = datasets.cached_maps(dataset, args.descriptor_backbone,
+                                      image_size=args.image_size)[0]
     tasks = []
     if args.tasks in ("paper", "all"):
-        tasks += draw_tasks(args.seed)
+        tasks += datasets.draw_tasks(dataset, args.seed)
     if args.tasks in ("hard", "all"):
-        tasks += hard_tasks()
+        tasks += datasets.hard_tasks(dataset)
+    if dataset is not datasets.CUB:
+        tasks += dataset.tasks(dataset, args.seed)
+    views = ("affinity", args.backbone) + ((args.descriptor_backbone,) if second else ()) \
+        if dataset is not datasets.CUB else ()
     if args.methods:
         methods = ALL_METHODS if args.methods == "all" else tuple(args.methods.split(","))
         unknown = set(methods) - set(ALL_METHODS)
@@ -424,7 +450,8 @@ def main(argv: list[str] | None = None) -> int:
         labeler = _labeler(args.labeler, args.backbone)
         labeler_maps = None
         if "backbone" in methods:
-            labeler_maps = maps if labeler == args.backbone else cached_maps(labeler)[0]
+            labeler_maps = maps if labeler == args.backbone else \
+                datasets.cached_maps(dataset, labeler, image_size=args.image_size)[0]
         seeds = list(range(args.seed, args.seed + (args.seeds or 10)))
         table = [compare_methods(t, maps, labeler_maps, labeler, methods=methods, seeds=seeds,
                                  top_k=args.top_k,
@@ -439,13 +466,15 @@ def main(argv: list[str] | None = None) -> int:
     seeds = list(range(args.seed, args.seed + (args.seeds or 1)))
     rows = [run_task(t, maps, seconds_per_image, seeds=seeds, top_k=args.top_k,
                      infer_overrides=overrides, backbone=args.backbone, second=second,
-                     guard=not args.no_guard, dev_per_class=args.dev_per_class)
+                     guard=not args.no_guard, dev_per_class=args.dev_per_class, views=views)
             for t in tasks]
     print(f"backbone {args.backbone}, top_k {args.top_k}, task seed {args.seed}, inference "
           f"seeds {seeds[0]}..{seeds[-1]}, {overrides}, descriptor backbone "
           f"{args.descriptor_backbone}")
     print_table(rows)
-    summarise(rows)
+    summarise(rows, birds=dataset is datasets.CUB)
+    if views:
+        print_views(rows, views)
     print("every task: finite affinities and probabilities; a second inference with the same "
           "seed gave identical probabilities")
     return 0
