@@ -79,7 +79,9 @@ def _run_stages(params: RunParameters, configs: dict[str, Any]) -> dict[str, Any
         extracted = records.run("extract", extract_key, lambda: run_extract(
             extract_cfg, paths["manifest"], paths["features"], paths["prototypes"],
             num_parts=params.num_shards),
-            [storage.join(paths["features"], "meta.json"), paths["prototypes"]])
+            [storage.join(paths["features"], "meta.json"), paths["prototypes"],
+             *(storage.join(part_uri(paths["features"], s), "meta.json")
+               for s in range(params.num_shards))])
     shard_uris, shard_keys = [], []
     with timed(timings, "affinity"):
         for shard_id in range(params.num_shards):
