@@ -19,6 +19,7 @@ pipeline runner already reaches the buckets.
 
 import argparse
 import dataclasses
+import logging
 from typing import List, NamedTuple  # noqa: UP035 - kfp reads List[...] in pipeline signatures
 
 from kfp import compiler, dsl, kubernetes
@@ -367,7 +368,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--profile", default="default", choices=PROFILES,
                         help="cluster settings matching k8s/overlays/<profile> (default: none)")
     args = parser.parse_args(argv)
-    print(compile_pipeline(args.output, args.profile))
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger(__name__).info("compiled %s", compile_pipeline(args.output, args.profile))
 
 
 if __name__ == "__main__":
