@@ -11,7 +11,12 @@ from goggles.inference import graph_em
 from goggles.inference.base import label_confidence
 from goggles.inference.confidence import drifted, neighbour_confidence
 from goggles.inference.graph_em import GraphEM, MixtureFit
-from goggles.report.evaluation import auroc, confidence_quality
+from goggles.report.evaluation import (
+    auroc,
+    calibrated_ece_floor,
+    confidence_quality,
+    expected_calibration_error,
+)
 from tests.unit.test_graph import planted_maps
 from tests.unit.test_inference import planted
 
@@ -123,3 +128,20 @@ def test_review_lists_the_least_confident_unlabeled_images_of_each_cluster() -> 
     # an image that already has a dev label is not asked for again
     assert review_rows(label, confidence, 2, labeled=[1, 5], per_cluster=2) == {
         0: [3, 2], 1: [6, 4]}
+
+
+def test_calibrated_ece_floor() -> None:
+    """The ECE a calibrated confidence scores by chance: 0 when every label is surely right,
+    shrinking like 1/sqrt(N) with more images, and what ECE measures on outcomes drawn with
+    exactly those probabilities."""
+    assert calibrated_ece_floor(np.ones(50)) == 0.0
+    assert calibrated_ece_floor(np.zeros(0)) == 0.0
+    spread = np.random.default_rng(3).uniform(0.5, 1.0, 120)
+    small = calibrated_ece_floor(spread)
+    large = calibrated_ece_floor(np.tile(spread, 100))
+    assert 0.04 < small < 0.15  # 120 images: far from 0 though calibrated by construction
+    assert large < small / 5  # 100x the images: about a tenth
+    rng = np.random.default_rng(9)
+    drawn = np.mean([expected_calibration_error(spread, rng.random(120) < spread)
+                     for _ in range(300)])
+    assert calibrated_ece_floor(spread, draws=300, seed=1) == pytest.approx(drawn, rel=0.15)

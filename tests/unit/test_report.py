@@ -204,8 +204,8 @@ def test_coverage_table_shows_what_each_confidence_threshold_keeps(tmp_path: Pat
     # metrics.json says how well the confidence flags the wrong labels
     quality = metrics["confidence_quality"]
     assert quality["n_wrong"] == round((1 - metrics["accuracy"]) * len(confidence))
-    assert set(quality) == {"n_wrong", "confidence_ece", "confidence_brier", "error_auroc",
-                            "selective_accuracy"}
+    assert set(quality) == {"n_wrong", "confidence_ece", "confidence_ece_floor",
+                            "confidence_brier", "error_auroc", "selective_accuracy"}
     for name, given, manifest in (("no-truth", {k: v for k, v in metrics.items()
                                                 if k != "cluster_to_class"}, paths["manifest"]),
                                   ("no-manifest", metrics, "")):
