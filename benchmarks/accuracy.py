@@ -159,6 +159,8 @@ def run_task(task: Task, maps_by_class: dict[str, np.ndarray], extract_s_per_ima
             scores["dev_agreement"] = scores["accuracy_others"] = scores["accuracy"]
         scores["iterations"] = model.n_iter_
         scores["guarded"] = bool(getattr(model, "guarded_", False))
+        choice = getattr(model, "dev_choice_", None)  # graph EM or a classifier of the dev set
+        scores["classifier"] = bool(choice and choice["chosen"] == "classifier")
         per_seed.append(scores)
 
     def mean(key: str) -> float:
@@ -177,6 +179,7 @@ def run_task(task: Task, maps_by_class: dict[str, np.ndarray], extract_s_per_ima
             "sel90": float(np.mean([s["selective_accuracy"]["0.9"] for s in per_seed])),  # type: ignore[index]
             "sel80": float(np.mean([s["selective_accuracy"]["0.8"] for s in per_seed])),  # type: ignore[index]
             "guarded": sum(bool(s["guarded"]) for s in per_seed),
+            "classifier": sum(bool(s["classifier"]) for s in per_seed),
             "accuracy_others": mean("accuracy_others"), "dev_agreement": mean("dev_agreement"),
             "dev_per_class": dev_per_class,
             "iterations": mean("iterations"), "timings": timings, "probs": probs,
@@ -245,7 +248,9 @@ def summarise(rows: list[dict[str, object]], birds: bool = True) -> None:
         dev = float(np.mean([r["dev_agreement"] for r in group]))
         if any(r["dev_per_class"] for r in group):
             print(f"    with the dev set: accuracy on the other images {others:.4f} (named by "
-                  f"the dev set, no oracle mapping), dev-set agreement {dev:.4f}")
+                  f"the dev set, no oracle mapping), dev-set agreement {dev:.4f}; labels from "
+                  f"a classifier of the dev images (it predicted held-out dev labels better) in "
+                  f"{sum(int(r['classifier']) for r in group)} fit(s)")  # type: ignore[call-overload]
         print(f"    confidence: ECE {np.mean([r['conf_ece'] for r in group]):.4f} (a calibrated "
               f"confidence with the same values: {np.mean([r['conf_floor'] for r in group]):.4f}), "
               f"Brier "

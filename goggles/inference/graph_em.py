@@ -34,7 +34,7 @@ import logging
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from scipy.special import logsumexp
@@ -197,7 +197,8 @@ class GraphEM(Method):
     :func:`goggles.inference.confidence.neighbour_confidence`), ``params_`` and
     ``prototype_class_``, ``n_iter_``, ``converged_``, ``log_likelihood_trace_``,
     ``change_trace_``, ``warnings_``; plus ``embedding_``, ``sample_``,
-    ``restart_log_likelihoods_``, ``neighbours_used_``, ``bridges_`` and ``guarded_``.
+    ``restart_log_likelihoods_``, ``neighbours_used_``, ``bridges_``, ``guarded_`` and, with
+    seeds, ``dev_choice_`` (:func:`goggles.inference.dev_choice.choose_for`).
     """
 
     num_classes: int
@@ -218,6 +219,7 @@ class GraphEM(Method):
     neighbours_used_: int = field(default=0, init=False)
     bridges_: int = field(default=0, init=False)
     guarded_: bool = field(default=False, init=False)
+    dev_choice_: dict[str, Any] | None = field(default=None, init=False, repr=False)
 
     name: ClassVar[str] = "graph-em"
     summary: ClassVar[str] = ("the default: affinity rows + bilinear descriptors on a kNN graph, "
@@ -240,13 +242,19 @@ class GraphEM(Method):
         are computed from ``filter_maps``. ``source_index`` [M] places the prototypes for the
         report's per-prototype Gaussians. ``seeds`` (images of known class) number the clusters
         as their classes and keep their class: every start is matched to them, one more starts
-        from their class means in the embedding, and EM clamps them."""
+        from their class means in the embedding, and EM clamps them; a classifier of the seeds
+        takes over when it predicts held-out seeds better (:mod:`.dev_choice`)."""
         if descriptors is None:
             if filter_maps is None:
                 raise ValueError("graph EM needs the images' descriptors or their filter maps "
                                  "(the extract stage's features)")
             descriptors = [descriptors_of(filter_maps.blocks())]
         self._fit_graph(affinity, descriptors, seeds)
+        self.dev_choice_ = None
+        if seeds is not None:
+            from goggles.inference.dev_choice import choose_for
+
+            choose_for(self, affinity, descriptors, seeds)
         assert self.posteriors_ is not None
         self.params_, self.prototype_class_ = fit_gaussians(
             affinity, self.posteriors_.argmax(axis=1), source_index, self.num_classes,

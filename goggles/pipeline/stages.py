@@ -121,6 +121,8 @@ def run_infer(config: InferConfig, manifest_uri: str, prototypes_uri: str,
         seeds = Seeds.from_names(dev_rows, dev_names, config.num_classes)
         dev = {"rows": dev_rows.tolist(), "labels": dev_names, "seeded": seeds is not None}
     model.fit(affinity, source_index, seeds=seeds, **inputs)
+    if dev is not None and getattr(model, "dev_choice_", None):
+        dev["choice"] = model.dev_choice_  # type: ignore[attr-defined]
     assert model.posteriors_ is not None
     probs = model.posteriors_
     names = list(model.cluster_names_ or [f"cluster_{k}" for k in range(config.num_classes)])
@@ -245,6 +247,8 @@ def run_evaluate(manifest_uri: str, labels_uri: str, inference_uri: str, metrics
         metrics["dev_set"] = dev_set_metrics(state["dev"]["rows"], state["dev"]["labels"],
                                              labels["label_name"].to_pylist(),
                                              truth if all(t is not None for t in truth) else None)
+        if state["dev"].get("choice"):  # graph EM or a classifier of the dev images
+            metrics["dev_set"]["labels_from"] = state["dev"]["choice"]
     if end_model:
         metrics["end_model"] = end_model
     if timings is not None:

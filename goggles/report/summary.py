@@ -48,6 +48,14 @@ def summary_rows(metrics: dict[str, Any], state: dict[str, Any]) -> list[tuple[s
         if "accuracy_unlabeled" in dev:
             rows.append((f"the other {dev['n_unlabeled']} images: named label = truth",
                          f"{dev['accuracy_unlabeled']:.4f}"))
+        chosen = dev.get("labels_from")
+        if chosen:
+            brier = chosen["held_out_brier"]
+            source = "a classifier of the dev images" if chosen["chosen"] == "classifier" \
+                else "graph EM seeded by the dev images"
+            rows.append(("labels from (predicts held-out dev labels better)",
+                         f"{source} (Brier per image, {chosen['folds']} folds: graph EM "
+                         f"{brier['graph-em']:.3f}, classifier {brier['classifier']:.3f})"))
     rows += end_model_rows(metrics.get("end_model") or {})
     timings = metrics.get("timings_s") or {}
     if timings:

@@ -182,6 +182,27 @@ def test_dev_set_names_clusters_and_is_scored_apart(tmp_path: Path) -> None:
                                                for u, n in dev.items())
 
 
+def test_graph_em_records_how_its_dev_labels_were_used(tmp_path: Path) -> None:
+    """With two or more dev labels per class graph EM cross-validates itself against a
+    classifier of the dev images; metrics.json and the report's summary say which one gave the
+    labels and by what held-out Brier score."""
+    first = synthetic_run(tmp_path / "a", num_classes=2, method="graph-em")
+    uris = storage.read_parquet(first["manifest"])["uri"].to_pylist()
+    dev = {u.replace(str(tmp_path / "a"), str(tmp_path / "b")): name for u, name in
+           zip(uris[:3] + uris[-3:], ["alpha"] * 3 + ["beta"] * 3, strict=True)}
+    paths = synthetic_run(tmp_path / "b", num_classes=2, method="graph-em", dev_labels=dev)
+    metrics = json.loads(Path(paths["metrics"]).read_text())
+    chosen = metrics["dev_set"]["labels_from"]
+    assert chosen["chosen"] in ("graph-em", "classifier") and chosen["folds"] == 3
+    assert set(chosen["held_out_brier"]) == {"graph-em", "classifier"}
+    assert metrics["dev_set"]["accuracy_unlabeled"] == 1.0
+    state = json.loads(Path(paths["inference"]).read_text())
+    assert state["dev"]["choice"] == chosen
+    text, _ = _parse(paths["report"])
+    assert "labels from (predicts held-out dev labels better)" in text
+    assert f"{chosen['held_out_brier']['classifier']:.3f}" in text
+
+
 def test_coverage_table_shows_what_each_confidence_threshold_keeps(tmp_path: Path) -> None:
     """With ground truth: per threshold, the images ``goggles export --min-confidence`` keeps,
     their share and their accuracy, the 0 row being the run's accuracy; without

@@ -1,0 +1,163 @@
+"""Dev labels: semi-supervised graph EM, or a classifier of the labeled images, whichever
+predicts held-out dev labels better.
+
+Semi-supervised graph EM (:mod:`goggles.inference.seeds`) keeps the clusters of its graph: the
+seeds name them and pull their neighbours along. Where the clusters follow the classes (birds:
+same-family pairs 0.946 → 0.957 with 5 labels per class) that is the better use of a handful of
+labels. Where they follow something else (on CIFAR-10 and TrashNet photos an image's nearest
+neighbours share its class only 65–72% of the time), the seeds cannot move them; a linear
+classifier trained on the labeled images alone, in the same features, does much better there
+(CIFAR pairs 0.557 against 0.692 with 5 labels per class). Which one a run needs is measured on
+its own dev labels, so no ground truth and no per-dataset flag is involved:
+
+* the seeds are split into folds, the j-th seed of each class (in row order) in fold
+  ``j mod F``, with F = min(5, the smallest class's seed count), so every fold leaves every class
+  at least one seed to learn from;
+* for each fold, graph EM seeded with the other folds and a multinomial logistic regression
+  (scikit-learn's defaults) fitted on them predict the held-out seeds;
+* the one with the lower Brier score on the held-out seeds wins; a tie keeps graph EM. The
+  Brier score is a proper score with no constant of its own, and it weighs how sure each answer
+  was, where the accuracy of one or two held-out images per fold only counts hits.
+
+The choice needs at least two seeds of every class; with fewer, graph EM's seeded labels stand.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from goggles.inference.seeds import Seeds
+from goggles.io.blocks import RowBlocks, as_rows, sub_blocks
+
+if TYPE_CHECKING:
+    from goggles.inference.graph_em import GraphEM
+
+__all__ = ["MAX_FOLDS", "SeedClassifier", "brier", "choose", "choose_for", "graph_features",
+           "row_features", "seed_folds"]
+
+logger = logging.getLogger(__name__)
+
+MAX_FOLDS = 5
+"""At most this many folds (the usual 5-fold cross-validation; fewer when a class has fewer
+seeds)."""
+
+
+def seed_folds(seeds: Seeds, num_classes: int, max_folds: int = MAX_FOLDS) -> np.ndarray | None:
+    """[D] the fold of each seed, or ``None`` when a class has fewer than two seeds."""
+    counts = np.bincount(seeds.classes, minlength=num_classes)
+    if len(counts) != num_classes or counts.min() < 2:
+        return None
+    folds_n = int(min(max_folds, counts.min()))
+    folds = np.empty(len(seeds.rows), dtype=np.int64)
+    for k in range(num_classes):
+        mine = np.flatnonzero(seeds.classes == k)
+        mine = mine[np.argsort(seeds.rows[mine], kind="stable")]
+        folds[mine] = np.arange(len(mine)) % folds_n
+    return folds
+
+
+def brier(posteriors: np.ndarray, classes: np.ndarray) -> float:
+    """Sum over rows of the squared distance between ``posteriors`` [n, K] and the one-hot
+    ``classes`` [n] (0 for sure right answers, 2 for sure wrong ones)."""
+    posteriors = np.asarray(posteriors, dtype=np.float64)
+    return float(((posteriors - np.eye(posteriors.shape[1])[classes]) ** 2).sum())
+
+
+class SeedClassifier:
+    """A multinomial logistic regression on the labeled images' features (scikit-learn's
+    defaults: L2, C = 1), with a column for each of the ``num_classes`` classes."""
+
+    def __init__(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self._model: Any = None
+
+    def fit(self, features: np.ndarray, classes: np.ndarray) -> SeedClassifier:
+        from sklearn.linear_model import LogisticRegression
+
+        self._model = LogisticRegression(max_iter=1000).fit(features, classes)
+        return self
+
+    def predict_proba(self, features: np.ndarray) -> np.ndarray:
+        out = np.zeros((len(features), self.num_classes))
+        out[:, self._model.classes_] = self._model.predict_proba(features)
+        return out
+
+
+def graph_features(rows: RowBlocks, described: Sequence[np.ndarray],
+                   index: np.ndarray) -> np.ndarray:
+    """[len(index), D] the images ``index`` as graph EM sees them: their unit-length parts (row
+    of A, each descriptor) side by side, so inner products are the graph's summed cosines."""
+    from goggles.inference.graph_em import reference_parts
+
+    return np.concatenate(reference_parts(rows, described, np.asarray(index)), axis=1)
+
+
+def row_features(rows: RowBlocks, described: Sequence[np.ndarray]
+                 ) -> Iterator[tuple[int, np.ndarray]]:
+    """Every image's :func:`graph_features`, block by block (one pass over A)."""
+    for start, block in sub_blocks(rows):
+        stop = start + block.shape[0]
+        yield start, graph_features(as_rows(block), [d[start:stop] for d in described],
+                                    np.arange(stop - start))
+
+
+def choose(fit_seeded: Callable[[Seeds], np.ndarray], seed_features: np.ndarray, seeds: Seeds,
+           num_classes: int) -> dict[str, Any] | None:
+    """Cross-validate graph EM (``fit_seeded(seeds) → posteriors [N, K]``) against a
+    :class:`SeedClassifier` on ``seed_features`` [D, F] (the seeds' features, in seed order).
+
+    Returns ``None`` when the seeds are too few to split (:func:`seed_folds`), else
+    ``{"chosen": "graph-em" | "classifier", "folds": F, "held_out_brier": {...}}`` with the mean
+    Brier score per held-out seed of each."""
+    folds = seed_folds(seeds, num_classes)
+    if folds is None:
+        return None
+    total = {"graph-em": 0.0, "classifier": 0.0}
+    for fold in range(int(folds.max()) + 1):
+        train, held = folds != fold, folds == fold
+        fitted = fit_seeded(Seeds(seeds.rows[train], seeds.classes[train], seeds.names))
+        total["graph-em"] += brier(fitted[seeds.rows[held]], seeds.classes[held])
+        classifier = SeedClassifier(num_classes).fit(seed_features[train], seeds.classes[train])
+        total["classifier"] += brier(classifier.predict_proba(seed_features[held]),
+                                     seeds.classes[held])
+    chosen = "classifier" if total["classifier"] < total["graph-em"] else "graph-em"
+    scores = {k: round(v / len(seeds.rows), 6) for k, v in total.items()}
+    logger.info("dev labels: %s predicts the held-out dev labels better (Brier per image: "
+                "graph EM %.4f, classifier %.4f, %d folds)", chosen, scores["graph-em"],
+                scores["classifier"], int(folds.max()) + 1)
+    return {"chosen": chosen, "folds": int(folds.max()) + 1, "held_out_brier": scores}
+
+
+def choose_for(model: GraphEM, affinity: np.ndarray | RowBlocks,
+               descriptors: np.ndarray | Sequence[np.ndarray], seeds: Seeds) -> None:
+    """After graph EM's seeded fit: cross-validate it against the classifier on the same dev
+    labels (:func:`choose`, each fold a fresh graph EM with the same parameters) and, when the
+    classifier wins, replace ``model``'s posteriors by the classifier's (fitted on every seed,
+    seeds clamped; ``confidence_`` its top posterior). ``model.dev_choice_`` keeps the record."""
+    rows = as_rows(affinity)
+    described = [np.asarray(d, dtype=np.float32) for d in (
+        [descriptors] if isinstance(descriptors, np.ndarray) else descriptors)]
+
+    def fit_seeded(subset: Seeds) -> np.ndarray:
+        other = dataclasses.replace(model)
+        other._fit_graph(rows, described, subset)
+        assert other.posteriors_ is not None
+        return other.posteriors_
+
+    seed_features = graph_features(rows, described, seeds.rows)
+    record = choose(fit_seeded, seed_features, seeds, model.num_classes)
+    model.dev_choice_ = record
+    if record is None or record["chosen"] != "classifier":
+        return
+    classifier = SeedClassifier(model.num_classes).fit(seed_features, seeds.classes)
+    probs = np.empty((rows.shape[0], model.num_classes))
+    for start, features in row_features(rows, described):
+        probs[start:start + len(features)] = classifier.predict_proba(features)
+    seeds.clamp(probs)
+    model.posteriors_ = probs
+    model.confidence_ = probs.max(axis=1)

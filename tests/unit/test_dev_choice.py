@@ -1,0 +1,113 @@
+"""Dev labels: graph EM seeded by them, or a classifier of the labeled images, whichever predicts
+held-out dev labels better (goggles.inference.dev_choice), on data whose answer is known."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from goggles.inference.dev_choice import SeedClassifier, brier, seed_folds
+from goggles.inference.graph_em import GraphEM
+from goggles.inference.seeds import Seeds
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def nuisance(n: int = 160, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Two strong groups that are not the classes; the class is a weaker, linear direction
+    (CIFAR's and TrashNet's situation: neighbours share the group more than the class)."""
+    rng = np.random.default_rng(seed)
+    group = rng.integers(0, 2, n)
+    truth = rng.permutation(np.repeat([0, 1], n // 2))
+    x = rng.normal(0, 0.35, (n, 16))
+    x[:, 0] += 3.0 * (2 * group - 1)
+    x[:, 1] += 1.5 * (2 * truth - 1)
+    return _unit(x), truth
+
+
+def moons(n: int = 160, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Two interleaved half-circles: the graph follows them, no straight line separates them."""
+    rng = np.random.default_rng(seed)
+    truth = np.repeat([0, 1], n // 2)
+    t = rng.uniform(0, np.pi, n)
+    x = rng.normal(0, 0.02, (n, 16))
+    x[:, 0] += np.where(truth == 0, np.cos(t), 1 - np.cos(t)) + rng.normal(0, 0.06, n)
+    x[:, 1] += np.where(truth == 0, np.sin(t), 0.5 - np.sin(t)) + rng.normal(0, 0.06, n)
+    x[:, 2] += 3
+    return _unit(x), truth
+
+
+def five_per_class(truth: np.ndarray, per: int = 5) -> Seeds:
+    rng = np.random.default_rng(1)
+    rows = np.sort(np.concatenate([rng.choice(np.flatnonzero(truth == c), per, replace=False)
+                                   for c in np.unique(truth)]))
+    return Seeds(rows, truth[rows])
+
+
+def fitted(x: np.ndarray, seeds: Seeds) -> tuple[GraphEM, GraphEM]:
+    """(graph EM with its dev-label choice, graph EM's seeded fit alone)."""
+    model = GraphEM(2, random_state=0).fit(x, np.arange(x.shape[1]), descriptors=[x],
+                                           seeds=seeds)
+    alone = GraphEM(2, random_state=0)
+    alone._fit_graph(x, [x], seeds)
+    return model, alone
+
+
+def test_folds_leave_every_class_a_seed() -> None:
+    seeds = Seeds(np.arange(13), np.array([0] * 7 + [1] * 3 + [2] * 3))
+    folds = seed_folds(seeds, 3)
+    assert folds is not None and folds.max() == 2  # F = the smallest class's 3 seeds
+    for fold in range(3):
+        assert set(seeds.classes[folds != fold]) == {0, 1, 2}
+    many = seed_folds(Seeds(np.arange(40), np.repeat([0, 1], 20)), 2)
+    assert many is not None and many.max() == 4  # at most 5 folds
+    assert seed_folds(Seeds(np.arange(5), np.array([0, 0, 0, 0, 1])), 2) is None  # one seed
+    assert seed_folds(Seeds(np.arange(4), np.array([0, 0, 1, 1])), 3) is None  # class 2 none
+
+
+def test_brier_and_the_classifier_columns() -> None:
+    p = np.array([[1.0, 0.0], [0.75, 0.25], [0.0, 1.0]])
+    assert brier(p, np.array([0, 0, 0])) == pytest.approx(0 + 2 * 0.25 ** 2 + 2)
+    x = np.array([[0.0, 1.0], [0.1, 0.9], [1.0, 0.0], [0.9, 0.1]])
+    classifier = SeedClassifier(3).fit(x, np.array([0, 0, 2, 2]))  # class 1 has no seed
+    proba = classifier.predict_proba(x)
+    assert proba.shape == (4, 3) and (proba[:, 1] == 0).all()
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+    assert list(proba.argmax(axis=1)) == [0, 0, 2, 2]
+
+
+def test_a_classifier_of_the_seeds_takes_over_where_the_clusters_follow_something_else(
+        ) -> None:
+    x, truth = nuisance()
+    seeds = five_per_class(truth)
+    model, alone = fitted(x, seeds)
+    assert (alone.posteriors_.argmax(axis=1) == truth).mean() < 0.65  # the groups, not classes
+    assert model.dev_choice_ is not None and model.dev_choice_["chosen"] == "classifier"
+    brier_of = model.dev_choice_["held_out_brier"]
+    assert brier_of["classifier"] < brier_of["graph-em"] and model.dev_choice_["folds"] == 5
+    labels = model.posteriors_.argmax(axis=1)
+    assert (labels == truth).mean() >= 0.95
+    np.testing.assert_array_equal(labels[seeds.rows], seeds.classes)  # seeds keep their class
+    np.testing.assert_allclose(model.confidence_, model.posteriors_.max(axis=1))
+
+
+def test_graph_em_stays_where_its_clusters_are_the_classes() -> None:
+    x, truth = moons()
+    seeds = five_per_class(truth)
+    model, alone = fitted(x, seeds)
+    assert model.dev_choice_ is not None and model.dev_choice_["chosen"] == "graph-em"
+    np.testing.assert_array_equal(model.posteriors_, alone.posteriors_)
+    classifier = SeedClassifier(2).fit(x[seeds.rows], seeds.classes)
+    line = (classifier.predict_proba(x).argmax(axis=1) == truth).mean()
+    assert (model.posteriors_.argmax(axis=1) == truth).mean() >= max(0.9, line + 0.05)
+
+
+def test_too_few_seeds_to_split_keep_graph_ems_seeded_labels() -> None:
+    x, truth = nuisance()
+    rows = np.array([np.flatnonzero(truth == 0)[0], *np.flatnonzero(truth == 1)[:3]])
+    seeds = Seeds(rows, truth[rows])  # one seed of class 0
+    model, alone = fitted(x, seeds)
+    assert model.dev_choice_ is None
+    np.testing.assert_array_equal(model.posteriors_, alone.posteriors_)
