@@ -136,7 +136,8 @@ def choose(fit_seeded: Callable[[Seeds], np.ndarray], seed_features: np.ndarray,
 def choose_for(model: GraphEM, affinity: np.ndarray | RowBlocks,
                descriptors: np.ndarray | Sequence[np.ndarray], seeds: Seeds) -> None:
     """After graph EM's seeded fit: cross-validate it against the classifier on the same dev
-    labels (:func:`choose`, each fold a fresh graph EM with the same parameters) and, when the
+    labels (:func:`choose`, each fold a fresh graph EM with the same parameters and the same
+    graph, only its EM seeded differently) and, when the
     classifier wins, replace ``model``'s posteriors by the classifier's (fitted on every seed,
     seeds clamped; ``confidence_`` its top posterior). ``model.dev_choice_`` keeps the record."""
     rows = as_rows(affinity)
@@ -145,7 +146,8 @@ def choose_for(model: GraphEM, affinity: np.ndarray | RowBlocks,
 
     def fit_seeded(subset: Seeds) -> np.ndarray:
         other = dataclasses.replace(model)
-        other._fit_graph(rows, described, subset)
+        other._graph_cache = model._graph_cache  # same sample (every seed in it): same graph
+        other._fit_graph(rows, described, subset, sample_with=seeds.rows)
         assert other.posteriors_ is not None
         return other.posteriors_
 

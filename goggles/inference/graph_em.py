@@ -37,7 +37,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-from scipy.special import logsumexp
 
 from goggles.features.descriptors import descriptors_of
 from goggles.inference.base import Method, MethodParameters
@@ -50,6 +49,7 @@ from goggles.inference.graph import (
     top_k,
 )
 from goggles.inference.likelihood import EXACT_SCALE, kmeans_rows
+from goggles.inference.mixture import MixtureFit, gaussian_mixture_em
 from goggles.inference.summary import fit_gaussians
 from goggles.io.blocks import RowBlocks, as_rows, sub_blocks
 
@@ -68,64 +68,6 @@ def _unit_rows(block: np.ndarray) -> np.ndarray:
     # quantised like the k-means features, so the result does not depend on how A is sharded
     quantised = np.rint(block.astype(np.float64) * EXACT_SCALE) / EXACT_SCALE
     return kmeans_rows(quantised, None, _NO_CELLS, _NO_CELLS).astype(np.float32)
-
-
-@dataclass
-class MixtureFit:
-    posteriors: np.ndarray
-    log_likelihood: float
-    n_iter: int
-    converged: bool
-    log_likelihood_trace: list[float]
-    change_trace: list[float]
-    stopped_on_mass: bool
-
-
-def _log_densities(x: np.ndarray, means: np.ndarray, covariances: np.ndarray) -> np.ndarray:
-    n, d = x.shape
-    out = np.empty((n, len(means)))
-    for k, (mean, cov) in enumerate(zip(means, covariances, strict=True)):
-        chol = np.linalg.cholesky(cov)
-        solved = np.linalg.solve(chol, (x - mean).T)
-        out[:, k] = (-0.5 * (solved ** 2).sum(axis=0) - np.log(np.diag(chol)).sum()
-                     - 0.5 * d * np.log(2 * np.pi))
-    return out
-
-
-def gaussian_mixture_em(x: np.ndarray, labels: np.ndarray, num_classes: int, *, max_iter: int,
-                        tol: float, min_mass: float, reg: float = 1e-3,
-                        seeds: Seeds | None = None) -> MixtureFit:
-    """EM for a full-covariance Gaussian mixture on ``x`` [n, d] started from hard ``labels``;
-    stops when no posterior changes by more than ``tol``, or keeps the last iterate before a
-    class's expected count falls below ``min_mass``. ``seeds`` keep their class throughout."""
-    n, d = x.shape
-    posteriors = np.eye(num_classes)[labels]
-    trace: list[float] = []
-    changes: list[float] = []
-    total = -np.inf
-    for iteration in range(1, max_iter + 1):
-        mass = posteriors.sum(axis=0)
-        means = (posteriors.T @ x) / np.maximum(mass, 1e-12)[:, None]
-        covariances = np.empty((num_classes, d, d))
-        for k in range(num_classes):
-            centred = x - means[k]
-            covariances[k] = ((posteriors[:, k, None] * centred).T @ centred
-                              / max(mass[k], 1e-12) + reg * np.eye(d))
-        weighted = _log_densities(x, means, covariances) + np.log(np.maximum(mass / n, 1e-300))
-        norm = logsumexp(weighted, axis=1, keepdims=True)
-        new = np.exp(weighted - norm)
-        if seeds is not None:
-            seeds.clamp(new)
-        if new.sum(axis=0).min() < min_mass:
-            return MixtureFit(posteriors, total, iteration - 1, False, trace, changes, True)
-        total = float(norm.sum())
-        change = float(np.abs(new - posteriors).max())
-        trace.append(total)
-        changes.append(change)
-        posteriors = new
-        if change < tol:
-            return MixtureFit(posteriors, total, iteration, True, trace, changes, False)
-    return MixtureFit(posteriors, total, max_iter, False, trace, changes, False)
 
 
 def _gather_rows(rows: RowBlocks, sample: np.ndarray) -> np.ndarray:
@@ -220,6 +162,8 @@ class GraphEM(Method):
     bridges_: int = field(default=0, init=False)
     guarded_: bool = field(default=False, init=False)
     dev_choice_: dict[str, Any] | None = field(default=None, init=False, repr=False)
+    _graph_cache: tuple[Any, Any] | None = field(default=None, init=False, repr=False,
+                                                 compare=False)
 
     name: ClassVar[str] = "graph-em"
     summary: ClassVar[str] = ("the default: affinity rows + bilinear descriptors on a kNN graph, "
@@ -255,6 +199,7 @@ class GraphEM(Method):
             from goggles.inference.dev_choice import choose_for
 
             choose_for(self, affinity, descriptors, seeds)
+        self._graph_cache = None  # the sample's parts: not kept beyond the fit
         assert self.posteriors_ is not None
         self.params_, self.prototype_class_ = fit_gaussians(
             affinity, self.posteriors_.argmax(axis=1), source_index, self.num_classes,
@@ -263,7 +208,9 @@ class GraphEM(Method):
 
     def _fit_graph(self, affinity: np.ndarray | RowBlocks,
                    descriptors: np.ndarray | Sequence[np.ndarray],
-                   seeds: Seeds | None = None) -> None:
+                   seeds: Seeds | None = None, *, sample_with: np.ndarray | None = None) -> None:
+        """The fit; ``sample_with`` (rows that must be in the graph's sample, a superset of the
+        seeds) lets fits with different subsets of one dev set share their graph."""
         from sklearn.cluster import KMeans
 
         rows = as_rows(affinity)
@@ -280,35 +227,16 @@ class GraphEM(Method):
         self.warnings_ = []
         rng = np.random.default_rng(self.random_state)
         sample = graph_sample(n, self.max_rows, rng)
-        if seeds is not None:  # the seeds are always in the graph
-            sample = np.union1d(sample, seeds.rows)
+        for kept in (seeds.rows if seeds is not None else None, sample_with):
+            if kept is not None:  # the seeds are always in the graph
+                sample = np.union1d(sample, kept)
         local = None if seeds is None else seeds.within(sample)
-        parts = reference_parts(rows, described, sample)
-        # identical images become one node, so they get identical coordinates and labels
-        keys: dict[bytes, int] = {}
-        node = np.array([keys.setdefault(b"".join(p.tobytes() for p in row), len(keys))
-                         for row in zip(*parts, strict=True)], dtype=np.int64)
-        first = np.unique(node, return_index=True)[1]
-        distinct = len(first)
-        if distinct < self.num_classes:
-            self._warn(f"only {distinct} of {self.num_classes} classes can be told apart: the "
-                       "images are identical as far as their affinities and filter maps go; "
-                       "lower num_classes or check the source for duplicates")
         seed = int(rng.integers(2 ** 31 - 1))
-        cols = None
-        if distinct <= self.num_classes + 1:  # too few nodes for a graph: one axis per image
-            embedding = np.eye(distinct, self.num_classes)[node]
-        else:
-            nodes = [p[first] for p in parts]
-            cols = neighbour_lists(nodes, min(distinct, self.neighbours * MAX_NEIGHBOUR_GROWTH))
-            graph, used, bridges = connected_knn_graph(nodes, self.neighbours, self.num_classes,
-                                                       cols=cols)
-            self.neighbours_used_, self.bridges_ = used, bridges
-            if used != self.neighbours or bridges:
-                logger.info("the %d-nearest-neighbour graph had more components than the %d "
-                            "classes: built with %d neighbours and %d bridging edges",
-                            self.neighbours, self.num_classes, used, bridges)
-            embedding = spectral_coordinates(graph, self.num_classes, seed)[node]
+        key = (sample.tobytes(), seed)
+        if self._graph_cache is None or self._graph_cache[0] != key:
+            self._graph_cache = (key, self._graph(rows, described, sample, seed))
+        parts, node, first, embedding, cols = self._graph_cache[1]
+        distinct = len(first)
         min_mass = max(1.0, self.min_class_fraction * len(sample))
         best: tuple[MixtureFit, np.ndarray] | None = None
         seen: list[np.ndarray] = []
@@ -368,6 +296,35 @@ class GraphEM(Method):
             self._warn(f"the labels use only {used} of num_classes={self.num_classes} classes: "
                        "the images did not form that many groups; lower num_classes or add "
                        "images")
+
+    def _graph(self, rows: RowBlocks, described: list[np.ndarray], sample: np.ndarray,
+               seed: int) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, np.ndarray,
+                                   np.ndarray | None]:
+        """The graph's images ``sample``: (their parts, node of each, first image of each node,
+        spectral embedding, each node's nearest nodes or ``None`` without a graph)."""
+        parts = reference_parts(rows, described, sample)
+        # identical images become one node, so they get identical coordinates and labels
+        keys: dict[bytes, int] = {}
+        node = np.array([keys.setdefault(b"".join(p.tobytes() for p in row), len(keys))
+                         for row in zip(*parts, strict=True)], dtype=np.int64)
+        first = np.unique(node, return_index=True)[1]
+        distinct = len(first)
+        if distinct < self.num_classes:
+            self._warn(f"only {distinct} of {self.num_classes} classes can be told apart: the "
+                       "images are identical as far as their affinities and filter maps go; "
+                       "lower num_classes or check the source for duplicates")
+        if distinct <= self.num_classes + 1:  # too few nodes for a graph: one axis per image
+            return parts, node, first, np.eye(distinct, self.num_classes)[node], None
+        nodes = [p[first] for p in parts]
+        cols = neighbour_lists(nodes, min(distinct, self.neighbours * MAX_NEIGHBOUR_GROWTH))
+        graph, used, bridges = connected_knn_graph(nodes, self.neighbours, self.num_classes,
+                                                   cols=cols)
+        self.neighbours_used_, self.bridges_ = used, bridges
+        if used != self.neighbours or bridges:
+            logger.info("the %d-nearest-neighbour graph had more components than the %d "
+                        "classes: built with %d neighbours and %d bridging edges",
+                        self.neighbours, self.num_classes, used, bridges)
+        return parts, node, first, spectral_coordinates(graph, self.num_classes, seed)[node], cols
 
     def _extend(self, rows: RowBlocks, described: list[np.ndarray], sample: np.ndarray,
                 parts: list[np.ndarray], posteriors: np.ndarray, labels: np.ndarray,
