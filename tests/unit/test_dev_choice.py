@@ -6,7 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from goggles.inference.dev_choice import SeedClassifier, brier, seed_folds
+from goggles.inference.dev_choice import (
+    SeedClassifier,
+    brier,
+    fit_temperature,
+    seed_folds,
+    tempered,
+)
 from goggles.inference.graph_em import GraphEM
 from goggles.inference.seeds import Seeds
 
@@ -91,6 +97,7 @@ def test_a_classifier_of_the_seeds_takes_over_where_the_clusters_follow_somethin
     assert (labels == truth).mean() >= 0.95
     np.testing.assert_array_equal(labels[seeds.rows], seeds.classes)  # seeds keep their class
     np.testing.assert_allclose(model.confidence_, model.posteriors_.max(axis=1))
+    assert 0.01 <= model.dev_choice_["temperature"] <= 100
 
 
 def test_graph_em_stays_where_its_clusters_are_the_classes() -> None:
@@ -111,3 +118,18 @@ def test_too_few_seeds_to_split_keep_graph_ems_seeded_labels() -> None:
     model, alone = fitted(x, seeds)
     assert model.dev_choice_ is None
     np.testing.assert_array_equal(model.posteriors_, alone.posteriors_)
+
+
+def test_temperature_softens_the_overconfident_and_sharpens_the_unsure() -> None:
+    rng = np.random.default_rng(0)
+    classes = rng.integers(0, 2, 200)
+    right = rng.random(200) < 0.7  # right 70% of the time
+    predicted = np.where(right, classes, 1 - classes)
+    for top, softer in ((0.99, True), (0.55, False)):  # sure, or nearly undecided
+        proba = np.full((200, 2), 1 - top)
+        proba[np.arange(200), predicted] = top
+        temperature = fit_temperature(np.log(proba), classes)
+        assert (temperature > 1) == softer
+        calibrated = tempered(np.log(proba), temperature)
+        np.testing.assert_allclose(calibrated.sum(axis=1), 1.0)
+        assert calibrated.max(axis=1).mean() == pytest.approx(right.mean(), abs=0.02)
