@@ -173,11 +173,11 @@ def choose(fit_seeded: Callable[[Seeds], np.ndarray], seed_features: np.ndarray,
 def choose_for(model: GraphEM, affinity: np.ndarray | RowBlocks,
                descriptors: np.ndarray | Sequence[np.ndarray], seeds: Seeds) -> None:
     """After graph EM's seeded fit: cross-validate it against the classifier on the same dev
-    labels (:func:`choose`, each fold a fresh graph EM with the same parameters and the same
-    graph, only its EM seeded differently) and, when the
-    classifier wins, replace ``model``'s posteriors by the classifier's (fitted on every seed,
-    seeds clamped, tempered by its held-out predictions; ``confidence_`` its top posterior).
-    ``model.dev_choice_`` keeps the record."""
+    labels (:func:`choose`; each fold a fresh graph EM with the same parameters and the same
+    graph, only its EM seeded differently) and, when the classifier wins, replace ``model``'s
+    posteriors by the classifier's (fitted on every seed, seeds clamped, tempered by its
+    held-out predictions; ``confidence_`` its top posterior). ``model.dev_choice_`` keeps the
+    record."""
     rows = as_rows(affinity)
     described = [np.asarray(d, dtype=np.float32) for d in (
         [descriptors] if isinstance(descriptors, np.ndarray) else descriptors)]

@@ -193,13 +193,15 @@ class GraphEM(Method):
                 raise ValueError("graph EM needs the images' descriptors or their filter maps "
                                  "(the extract stage's features)")
             descriptors = [descriptors_of(filter_maps.blocks())]
-        self._fit_graph(affinity, descriptors, seeds)
-        self.dev_choice_ = None
-        if seeds is not None:
-            from goggles.inference.dev_choice import choose_for
+        self._graph_cache = self.dev_choice_ = None  # a graph is shared within one fit only
+        try:
+            self._fit_graph(affinity, descriptors, seeds)
+            if seeds is not None:
+                from goggles.inference.dev_choice import choose_for
 
-            choose_for(self, affinity, descriptors, seeds)
-        self._graph_cache = None  # the sample's parts: not kept beyond the fit
+                choose_for(self, affinity, descriptors, seeds)
+        finally:
+            self._graph_cache = None  # the sample's parts: not kept beyond the fit
         assert self.posteriors_ is not None
         self.params_, self.prototype_class_ = fit_gaussians(
             affinity, self.posteriors_.argmax(axis=1), source_index, self.num_classes,

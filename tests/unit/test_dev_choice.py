@@ -133,3 +133,29 @@ def test_temperature_softens_the_overconfident_and_sharpens_the_unsure() -> None
         calibrated = tempered(np.log(proba), temperature)
         np.testing.assert_allclose(calibrated.sum(axis=1), 1.0)
         assert calibrated.max(axis=1).mean() == pytest.approx(right.mean(), abs=0.02)
+
+
+def test_a_graph_is_never_shared_beyond_one_fit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The folds share the main fit's graph; a later fit of the same object on other images of
+    the same count and seeds (even after a fit that failed half-way) builds its own."""
+    from goggles.inference import dev_choice
+
+    x1, t1 = moons(seed=0)
+    x2, t2 = moons(seed=3)
+    rows = five_per_class(t1).rows
+    model = GraphEM(2, random_state=0)
+
+    def interrupted(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dev_choice, "choose_for", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        model.fit(x1, np.arange(16), descriptors=[x1], seeds=Seeds(rows, t1[rows]))
+    monkeypatch.undo()
+    model.fit(x2, np.arange(16), descriptors=[x2], seeds=Seeds(rows, t2[rows]))
+    fresh = GraphEM(2, random_state=0).fit(x2, np.arange(16), descriptors=[x2],
+                                           seeds=Seeds(rows, t2[rows]))
+    np.testing.assert_array_equal(model.posteriors_, fresh.posteriors_)
+    np.testing.assert_array_equal(model.initial_labels_, fresh.initial_labels_)
+    assert model.dev_choice_ == fresh.dev_choice_  # the folds' graph EM scored on x2's graph
+    assert model._graph_cache is None
