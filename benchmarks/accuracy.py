@@ -159,7 +159,7 @@ def run_task(task: Task, maps_by_class: dict[str, np.ndarray], extract_s_per_ima
             scores["dev_agreement"] = scores["accuracy_others"] = scores["accuracy"]
         scores["iterations"] = model.n_iter_
         scores["guarded"] = bool(getattr(model, "guarded_", False))
-        choice = getattr(model, "dev_choice_", None)  # graph EM or a classifier of the dev set
+        choice = model.dev_choice_  # graph EM or a classifier of the dev set
         scores["classifier"] = bool(choice and choice["chosen"] == "classifier")
         per_seed.append(scores)
 

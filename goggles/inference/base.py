@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 
@@ -76,7 +76,8 @@ class FitRecord:
     ``cluster_names_`` where the method knows the clusters' names (``None``: ``cluster_k``);
     ``confidence_`` [N], the method's estimate of the chance each label (the arg-max of
     ``posteriors_``) is right, where it has one better than the top posterior (``None``: the top
-    posterior; :func:`label_confidence` reads either).
+    posterior; :func:`label_confidence` reads either); ``dev_choice_``, how the method used its
+    dev labels when it chose between ways (``None``: as seeds, when it had any).
     """
 
     initial_labels_: np.ndarray | None = field(default=None, init=False, repr=False)
@@ -90,6 +91,7 @@ class FitRecord:
     warnings_: list[str] = field(default_factory=list, init=False, repr=False)
     cluster_names_: list[str] | None = field(default=None, init=False, repr=False)
     confidence_: np.ndarray | None = field(default=None, init=False, repr=False)
+    dev_choice_: dict[str, Any] | None = field(default=None, init=False, repr=False)
 
     def _warn(self, message: str) -> None:
         """Record ``message`` once and raise it as a :class:`DegenerateDataWarning`."""

@@ -145,9 +145,10 @@ def choose(fit_seeded: Callable[[Seeds], np.ndarray], seed_features: np.ndarray,
     :class:`SeedClassifier` on ``seed_features`` [D, F] (the seeds' features, in seed order).
 
     Returns ``None`` when the seeds are too few to split (:func:`seed_folds`), else
-    ``{"chosen": "graph-em" | "classifier", "folds": F, "held_out_brier": {...},
-    "temperature": T}`` with the mean Brier score per held-out seed of each and the temperature
-    that calibrates the classifier's held-out predictions (:func:`fit_temperature`)."""
+    ``{"chosen": "graph-em" | "classifier", "folds": F, "held_out_brier": {...}}`` with the
+    mean Brier score per held-out seed of each and, when the classifier is chosen,
+    ``"temperature"``: the one that calibrates its held-out predictions
+    (:func:`fit_temperature`)."""
     folds = seed_folds(seeds, num_classes)
     if folds is None:
         return None
@@ -162,12 +163,14 @@ def choose(fit_seeded: Callable[[Seeds], np.ndarray], seed_features: np.ndarray,
         total["classifier"] += brier(tempered(held_out[held], 1.0), seeds.classes[held])
     chosen = "classifier" if total["classifier"] < total["graph-em"] else "graph-em"
     scores = {k: round(v / len(seeds.rows), 6) for k, v in total.items()}
-    temperature = fit_temperature(held_out, seeds.classes)
     logger.info("dev labels: %s predicts the held-out dev labels better (Brier per image: "
                 "graph EM %.4f, classifier %.4f, %d folds)", chosen, scores["graph-em"],
                 scores["classifier"], int(folds.max()) + 1)
-    return {"chosen": chosen, "folds": int(folds.max()) + 1, "held_out_brier": scores,
-            "temperature": round(temperature, 4)}
+    record: dict[str, Any] = {"chosen": chosen, "folds": int(folds.max()) + 1,
+                              "held_out_brier": scores}
+    if chosen == "classifier":
+        record["temperature"] = round(fit_temperature(held_out, seeds.classes), 4)
+    return record
 
 
 def choose_for(model: GraphEM, affinity: np.ndarray | RowBlocks,
@@ -178,9 +181,10 @@ def choose_for(model: GraphEM, affinity: np.ndarray | RowBlocks,
     posteriors by the classifier's (fitted on every seed, seeds clamped, tempered by its
     held-out predictions; ``confidence_`` its top posterior). ``model.dev_choice_`` keeps the
     record."""
+    from goggles.inference.graph_em import as_described
+
     rows = as_rows(affinity)
-    described = [np.asarray(d, dtype=np.float32) for d in (
-        [descriptors] if isinstance(descriptors, np.ndarray) else descriptors)]
+    described = as_described(descriptors)
 
     def fit_seeded(subset: Seeds) -> np.ndarray:
         other = dataclasses.replace(model)

@@ -70,6 +70,12 @@ def _unit_rows(block: np.ndarray) -> np.ndarray:
     return kmeans_rows(quantised, None, _NO_CELLS, _NO_CELLS).astype(np.float32)
 
 
+def as_described(descriptors: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:
+    """The images' descriptors as graph EM reads them: a list of float32 [N, D] arrays."""
+    return [np.asarray(d, dtype=np.float32) for d in (
+        [descriptors] if isinstance(descriptors, np.ndarray) else descriptors)]
+
+
 def _gather_rows(rows: RowBlocks, sample: np.ndarray) -> np.ndarray:
     out = np.empty((len(sample), rows.shape[1]), dtype=np.float32)
     for start, block in sub_blocks(rows):
@@ -161,7 +167,6 @@ class GraphEM(Method):
     neighbours_used_: int = field(default=0, init=False)
     bridges_: int = field(default=0, init=False)
     guarded_: bool = field(default=False, init=False)
-    dev_choice_: dict[str, Any] | None = field(default=None, init=False, repr=False)
     _graph_cache: tuple[Any, Any] | None = field(default=None, init=False, repr=False,
                                                  compare=False)
 
@@ -217,8 +222,7 @@ class GraphEM(Method):
 
         rows = as_rows(affinity)
         n = rows.shape[0]
-        described = [np.asarray(d, dtype=np.float32) for d in (
-            [descriptors] if isinstance(descriptors, np.ndarray) else descriptors)]
+        described = as_described(descriptors)
         for d in described:
             if d.shape[0] != n:
                 raise ValueError(f"descriptors have {d.shape[0]} rows but A has {n}; both "

@@ -121,8 +121,8 @@ def run_infer(config: InferConfig, manifest_uri: str, prototypes_uri: str,
         seeds = Seeds.from_names(dev_rows, dev_names, config.num_classes)
         dev = {"rows": dev_rows.tolist(), "labels": dev_names, "seeded": seeds is not None}
     model.fit(affinity, source_index, seeds=seeds, **inputs)
-    if dev is not None and getattr(model, "dev_choice_", None):
-        dev["choice"] = model.dev_choice_  # type: ignore[attr-defined]
+    if dev is not None and model.dev_choice_:
+        dev["choice"] = model.dev_choice_
     assert model.posteriors_ is not None
     probs = model.posteriors_
     names = list(model.cluster_names_ or [f"cluster_{k}" for k in range(config.num_classes)])
