@@ -40,8 +40,8 @@ from goggles.io.blocks import RowBlocks, as_rows, sub_blocks
 if TYPE_CHECKING:
     from goggles.inference.graph_em import GraphEM
 
-__all__ = ["MAX_FOLDS", "SeedClassifier", "brier", "choose", "choose_for", "fit_temperature",
-           "graph_features", "row_features", "seed_folds", "tempered"]
+__all__ = ["MAX_FOLDS", "SeedClassifier", "brier", "choose", "choose_for", "chosen_classifier",
+           "fit_temperature", "graph_features", "row_features", "seed_folds", "tempered"]
 
 logger = logging.getLogger(__name__)
 
@@ -173,6 +173,25 @@ def choose(fit_seeded: Callable[[Seeds], np.ndarray], seed_features: np.ndarray,
     return record
 
 
+def chosen_classifier(affinity: np.ndarray | RowBlocks,
+                      descriptors: np.ndarray | Sequence[np.ndarray], seeds: Seeds,
+                      num_classes: int, record: dict[str, Any] | None,
+                      seed_features: np.ndarray | None = None) -> SeedClassifier | None:
+    """The classifier a fit's dev choice ``record`` (:func:`choose`) gave the labels from, fitted
+    on every seed and tempered as recorded; ``None`` when graph EM gave them. A run's fit and
+    the labeler of its new images (:mod:`goggles.training.labeler`) both build it here, from
+    the same seeds and features, so they get the same classifier (scikit-learn's solver is
+    deterministic)."""
+    from goggles.inference.graph_em import as_described
+
+    if record is None or record.get("chosen") != "classifier":
+        return None
+    if seed_features is None:
+        seed_features = graph_features(as_rows(affinity), as_described(descriptors), seeds.rows)
+    return SeedClassifier(num_classes, float(record["temperature"])).fit(seed_features,
+                                                                         seeds.classes)
+
+
 def choose_for(model: GraphEM, affinity: np.ndarray | RowBlocks,
                descriptors: np.ndarray | Sequence[np.ndarray], seeds: Seeds) -> None:
     """After graph EM's seeded fit: cross-validate it against the classifier on the same dev
@@ -198,8 +217,9 @@ def choose_for(model: GraphEM, affinity: np.ndarray | RowBlocks,
     model.dev_choice_ = record
     if record is None or record["chosen"] != "classifier":
         return
-    classifier = SeedClassifier(model.num_classes, record["temperature"]).fit(seed_features,
-                                                                               seeds.classes)
+    classifier = chosen_classifier(rows, described, seeds, model.num_classes, record,
+                                   seed_features)
+    assert classifier is not None
     probs = np.empty((rows.shape[0], model.num_classes))
     for start, features in row_features(rows, described):
         probs[start:start + len(features)] = classifier.predict_proba(features)

@@ -5,7 +5,10 @@ prototypes, so the same columns); the fitted method then assigns it:
 
 * graph EM: the mean posterior of its ``neighbours`` nearest images of the run's graph, by the
   sum of the cosines of its row of A and its descriptors — what graph EM does for the images
-  beyond its sample (:func:`goggles.inference.graph_em.nearest_references`);
+  beyond its sample (:func:`goggles.inference.graph_em.nearest_references`); when the run's dev
+  labels gave its labels from a classifier of the dev images instead
+  (:mod:`goggles.inference.dev_choice`), that classifier, as the run applied it to its own
+  images;
 * every other method: a final E-step of the paper's model (:meth:`goggles.inference.paper_em.
   AffinityEM.predict_proba`) under per-prototype Gaussians fitted on the run's final labels
   (:func:`goggles.inference.summary.fit_gaussians`, one pass over the stored A) — the
@@ -23,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from goggles.inference.seeds import Seeds
 from goggles.io import artifacts, features_folder, storage
 from goggles.io.blocks import RowBlocks, as_rows
 
@@ -63,6 +67,9 @@ class AffinityLabeler:
     """graph EM: the rows of the run the parts describe."""
     gaussians: Any = None
     """other methods: the fitted :class:`goggles.inference.paper_em.AffinityEM`."""
+    classifier: Any = None
+    """graph EM whose dev labels chose a classifier of the dev images: that
+    :class:`goggles.inference.dev_choice.SeedClassifier`."""
 
     @classmethod
     def from_run(cls, run_uri: str) -> AffinityLabeler:
@@ -79,6 +86,8 @@ class AffinityLabeler:
         prototypes = artifacts.read_prototypes(paths["prototypes"])
         descriptors = features_folder.stored_descriptors(paths["features"], meta=meta) or []
         dev = state.get("dev") or {}
+        seeds = (Seeds.from_names(dev["rows"], dev["labels"], len(state["cluster_names"]))
+                 if dev.get("seeded") else None)
         return cls.from_fit(
             method=str(state["method"]), classes=list(state["cluster_names"]),
             prototypes=prototypes.vectors, source_index=prototypes.image_id,
@@ -86,18 +95,22 @@ class AffinityLabeler:
             posteriors=np.asarray(labels["probs"].to_pylist(), dtype=np.float64),
             descriptors=descriptors, networks=run_networks(meta),
             image_size=int(meta.get("image_size", 224)), seed=artifacts.run_seed(run_uri),
-            seed_rows=dev.get("rows", []) if dev.get("seeded") else [])
+            seeds=seeds, dev_choice=dev.get("choice"))
 
     @classmethod
     def from_fit(cls, *, method: str, classes: list[str], prototypes: np.ndarray,
                  source_index: np.ndarray, affinity: np.ndarray | RowBlocks,
                  posteriors: np.ndarray, descriptors: Sequence[np.ndarray],
                  networks: Sequence[tuple[str, str]], image_size: int = 224,
-                 seed: int = 0, seed_rows: Sequence[int] = ()) -> AffinityLabeler:
+                 seed: int = 0, seeds: Seeds | None = None,
+                 dev_choice: dict[str, Any] | None = None) -> AffinityLabeler:
         """The labeler of a fit: its ``method``, prototypes [M, C] with their source rows [M],
         A [N, M], posteriors [N, K], the descriptors graph EM read (one [N, D] per network of
-        ``networks``, in order: the run's backbone first), the run's ``seed`` and the rows its
-        dev labels seeded (``seed_rows``: graph EM keeps them in its graph's sample)."""
+        ``networks``, in order: the run's backbone first), the run's ``seed``, the ``seeds`` its
+        dev labels gave (graph EM keeps them in its graph's sample) and what graph EM chose to
+        label with (``dev_choice``, inference.json's ``dev.choice``): with a classifier of the
+        dev images, new images get that classifier's posteriors, as the run's images did."""
+        from goggles.inference.dev_choice import chosen_classifier
         from goggles.inference.graph_em import GraphEM, graph_sample, reference_parts
         from goggles.inference.paper_em import AffinityEM
         from goggles.inference.summary import fit_gaussians
@@ -113,9 +126,14 @@ class AffinityLabeler:
                       source_index=np.asarray(source_index, dtype=np.int64))
         if method == GraphEM.name:
             labeler.networks = list(networks)[:max(1, len(descriptors))]
+            if seeds is not None:
+                labeler.classifier = chosen_classifier(rows, descriptors, seeds,
+                                                       labeler.posteriors.shape[1], dev_choice)
+            if labeler.classifier is not None:
+                return labeler
             labeler.reference = np.union1d(  # the sample graph EM drew, seeds always in it
                 graph_sample(len(posteriors), GraphEM.max_rows, np.random.default_rng(seed)),
-                np.asarray(seed_rows, dtype=np.int64))
+                np.zeros(0, np.int64) if seeds is None else seeds.rows)
             labeler.parts = reference_parts(rows, descriptors, labeler.reference)
             labeler.neighbours = GraphEM.neighbours
         else:
@@ -129,11 +147,16 @@ class AffinityLabeler:
     def predict_proba(self, rows: np.ndarray, descriptors: list[np.ndarray]) -> np.ndarray:
         """[n, K] posteriors of new images from their rows of A [n, M] (against
         :attr:`prototypes`) and descriptors (one [n, D] per network of :attr:`networks`)."""
+        from goggles.inference.dev_choice import graph_features
         from goggles.inference.graph_em import nearest_references
 
         if rows.shape[1] != len(self.prototypes):
             raise ValueError(f"rows of A have {rows.shape[1]} columns; the run has "
                              f"{len(self.prototypes)} prototypes")
+        if self.classifier is not None:
+            features = graph_features(as_rows(rows), descriptors[:len(self.networks)],
+                                      np.arange(rows.shape[0]))
+            return self.classifier.predict_proba(features)  # type: ignore[no-any-return]
         if self.parts is not None:
             assert self.reference is not None
             near = nearest_references(rows, descriptors[:len(self.parts) - 1], self.parts,

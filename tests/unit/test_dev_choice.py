@@ -21,7 +21,7 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
-def nuisance(n: int = 160, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def nuisance(n: int = 160, seed: int = 0, shift: float = 1.5) -> tuple[np.ndarray, np.ndarray]:
     """Two strong groups that are not the classes; the class is a weaker, linear direction
     (CIFAR's and TrashNet's situation: neighbours share the group more than the class)."""
     rng = np.random.default_rng(seed)
@@ -29,7 +29,7 @@ def nuisance(n: int = 160, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     truth = rng.permutation(np.repeat([0, 1], n // 2))
     x = rng.normal(0, 0.35, (n, 16))
     x[:, 0] += 3.0 * (2 * group - 1)
-    x[:, 1] += 1.5 * (2 * truth - 1)
+    x[:, 1] += shift * (2 * truth - 1)
     return _unit(x), truth
 
 
@@ -159,3 +159,31 @@ def test_a_graph_is_never_shared_beyond_one_fit(monkeypatch: pytest.MonkeyPatch)
     np.testing.assert_array_equal(model.initial_labels_, fresh.initial_labels_)
     assert model.dev_choice_ == fresh.dev_choice_  # the folds' graph EM scored on x2's graph
     assert model._graph_cache is None
+
+
+def test_new_images_get_the_classifier_the_run_chose() -> None:
+    """`goggles label` on new images (the fitted labeler) applies the classifier the run's dev
+    labels chose, so it gives the run's own images the run's posteriors (a vote of their nearest
+    images, as for graph EM's own labels, does not)."""
+    from goggles.training.labeler import AffinityLabeler
+
+    x, truth = nuisance(shift=1.0)  # posteriors not saturated: the vote would differ
+    new, new_truth = nuisance(n=200, seed=1, shift=1.0)
+    seeds = five_per_class(truth)
+    model, _ = fitted(x, seeds)
+    assert model.dev_choice_ is not None and model.dev_choice_["chosen"] == "classifier"
+    assert model.posteriors_ is not None
+
+    def labeler(choice: dict | None) -> AffinityLabeler:
+        return AffinityLabeler.from_fit(
+            method="graph-em", classes=["a", "b"], prototypes=np.zeros((x.shape[1], 3)),
+            source_index=np.arange(x.shape[1]), affinity=x, posteriors=model.posteriors_,
+            descriptors=[x], networks=[("vgg16", "")], seeds=seeds, dev_choice=choice)
+
+    chosen = labeler(model.dev_choice_)
+    own = np.setdiff1d(np.arange(len(x)), seeds.rows)  # the run clamps its seeds
+    np.testing.assert_allclose(chosen.predict_proba(x[own], [x[own]]), model.posteriors_[own],
+                               atol=1e-6)
+    voted = labeler(None).predict_proba(x[own], [x[own]])
+    assert np.abs(voted - model.posteriors_[own]).max() > 0.1
+    assert (chosen.predict_proba(new, [new]).argmax(axis=1) == new_truth).mean() >= 0.9

@@ -231,9 +231,37 @@ def test_fitted_labeler_rebuilds_graph_ems_sample_with_its_dev_seeds(
     labeler = AffinityLabeler.from_fit(
         method="graph-em", classes=["a", "b"], prototypes=np.zeros((len(source), 3)),
         source_index=source, affinity=rows, posteriors=model.posteriors_,
-        descriptors=described, networks=[("vgg16", "")], seed=0, seed_rows=seeds.rows)
+        descriptors=described, networks=[("vgg16", "")], seed=0, seeds=seeds)
     assert labeler.reference is not None
     np.testing.assert_array_equal(labeler.reference, model.sample_)
+
+
+def test_the_labeler_of_a_run_reads_its_dev_labels_and_their_choice(tmp_path: Path) -> None:
+    """``from_run`` seeds the labeler with the run's dev labels (named clusters in the run's
+    order) and, where inference.json says a classifier of the dev images gave the labels, labels
+    new images with that classifier at the recorded temperature."""
+    from goggles.io import artifacts, features_folder
+    from tests.unit.test_report import synthetic_run
+
+    dev = {str(tmp_path / "source" / name / f"{name}-{i:02d}.png"): name
+           for name in ("alpha", "beta") for i in (0, 1, 2)}
+    paths = synthetic_run(tmp_path, num_classes=2, method="graph-em", dev_labels=dev)
+    out = str(tmp_path / "out")
+    state = json.loads(Path(paths["inference"]).read_text())
+    assert state["dev"]["choice"]["chosen"] == "graph-em"  # the clusters are the classes here
+    labeler = AffinityLabeler.from_run(out)
+    assert labeler.classifier is None and labeler.reference is not None
+
+    state["dev"]["choice"] = {"chosen": "classifier", "temperature": 0.5}  # as if it had won
+    Path(paths["inference"]).write_text(json.dumps(state))
+    labeler = AffinityLabeler.from_run(out)
+    assert labeler.classifier is not None and labeler.classifier.temperature == 0.5
+    assert labeler.reference is None
+    rows = artifacts.StoredShards(json.loads(paths["affinity"]))
+    described = features_folder.stored_descriptors(paths["features"]) or []
+    probs = labeler.predict_proba(np.concatenate([b for _, b in rows.blocks()]), described)
+    cluster = [state["cluster_names"].index(name) for name in state["dev"]["labels"]]
+    np.testing.assert_array_equal(probs[state["dev"]["rows"]].argmax(axis=1), cluster)
 
 
 def test_choosing_the_labeler_names_what_is_missing(tmp_path: Path) -> None:
