@@ -41,7 +41,8 @@ if TYPE_CHECKING:
     from goggles.inference.graph_em import GraphEM
 
 __all__ = ["MAX_FOLDS", "SeedClassifier", "brier", "choose", "choose_for", "chosen_classifier",
-           "fit_temperature", "graph_features", "row_features", "seed_folds", "tempered"]
+           "fit_temperature", "graph_features", "row_features", "seed_folds", "tempered",
+           "uneven_message"]
 
 logger = logging.getLogger(__name__)
 
@@ -192,6 +193,18 @@ def chosen_classifier(affinity: np.ndarray | RowBlocks,
                                                                          seeds.classes)
 
 
+def uneven_message(seeds: Seeds, num_classes: int) -> str:
+    """What to tell a user whose dev labels give some class fewer than two images."""
+    counts = np.bincount(seeds.classes, minlength=num_classes)
+    short = [f"{seeds.names[k] if k < len(seeds.names) else f'class {k}'!r}: {counts[k]}"
+             for k in range(num_classes) if counts[k] < 2]
+    return (f"the dev labels give {len(short)} of the {num_classes} classes fewer than 2 images "
+            f"({', '.join(short[:5])}{', …' if len(short) > 5 else ''}), so they only seed "
+            "graph EM and no classifier of them is tried; label at least 2 images of every "
+            "class (5 each is better: images picked from the report's clusters alone often "
+            "miss a class where the clusters do not follow the classes)")
+
+
 def choose_for(model: GraphEM, affinity: np.ndarray | RowBlocks,
                descriptors: np.ndarray | Sequence[np.ndarray], seeds: Seeds) -> None:
     """After graph EM's seeded fit: cross-validate it against the classifier on the same dev
@@ -215,6 +228,8 @@ def choose_for(model: GraphEM, affinity: np.ndarray | RowBlocks,
     seed_features = graph_features(rows, described, seeds.rows)
     record = choose(fit_seeded, seed_features, seeds, model.num_classes)
     model.dev_choice_ = record
+    if record is None:
+        model._warn(uneven_message(seeds, model.num_classes))
     if record is None or record["chosen"] != "classifier":
         return
     classifier = chosen_classifier(rows, described, seeds, model.num_classes, record,

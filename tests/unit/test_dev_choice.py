@@ -12,7 +12,9 @@ from goggles.inference.dev_choice import (
     fit_temperature,
     seed_folds,
     tempered,
+    uneven_message,
 )
+from goggles.inference.base import DegenerateDataWarning
 from goggles.inference.graph_em import GraphEM
 from goggles.inference.seeds import Seeds
 
@@ -115,10 +117,18 @@ def test_graph_em_stays_where_its_clusters_are_the_classes() -> None:
 def test_too_few_seeds_to_split_keep_graph_ems_seeded_labels() -> None:
     x, truth = nuisance()
     rows = np.array([np.flatnonzero(truth == 0)[0], *np.flatnonzero(truth == 1)[:3]])
-    seeds = Seeds(rows, truth[rows])  # one seed of class 0
-    model, alone = fitted(x, seeds)
+    seeds = Seeds(rows, truth[rows], ("cat", "dog"))  # one seed of class 0
+    with pytest.warns(DegenerateDataWarning, match="label at least 2 images of every class"):
+        model, alone = fitted(x, seeds)
     assert model.dev_choice_ is None
     np.testing.assert_array_equal(model.posteriors_, alone.posteriors_)
+    assert model.warnings_ == ["the dev labels give 1 of the 2 classes fewer than 2 images "
+                               "('cat': 1), so they only seed graph EM and no classifier of "
+                               "them is tried; label at least 2 images of every class (5 each "
+                               "is better: images picked from the report's clusters alone often "
+                               "miss a class where the clusters do not follow the classes)"]
+    named_one = Seeds(rows[1:], truth[rows[1:]] * 0, ("dog",))  # a second class never named
+    assert "('class 1': 0)" in uneven_message(named_one, 2)
 
 
 def test_temperature_softens_the_overconfident_and_sharpens_the_unsure() -> None:
