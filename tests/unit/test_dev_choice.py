@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from goggles.inference.base import DegenerateDataWarning
 from goggles.inference.dev_choice import (
     SeedClassifier,
     brier,
@@ -14,7 +15,6 @@ from goggles.inference.dev_choice import (
     tempered,
     uneven_message,
 )
-from goggles.inference.base import DegenerateDataWarning
 from goggles.inference.graph_em import GraphEM
 from goggles.inference.seeds import Seeds
 
