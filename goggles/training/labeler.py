@@ -70,6 +70,10 @@ class AffinityLabeler:
     classifier: Any = None
     """graph EM whose dev labels chose a classifier of the dev images: that
     :class:`goggles.inference.dev_choice.SeedClassifier`."""
+    described: int = 0
+    """graph EM: how many stored descriptors (networks) it reads beside A; 0 for a features
+    folder from before descriptors were kept, whose run computed them from the maps: the
+    classifier then sees rows of A only."""
 
     @classmethod
     def from_run(cls, run_uri: str) -> AffinityLabeler:
@@ -126,6 +130,7 @@ class AffinityLabeler:
                       source_index=np.asarray(source_index, dtype=np.int64))
         if method == GraphEM.name:
             labeler.networks = list(networks)[:max(1, len(descriptors))]
+            labeler.described = len(descriptors)
             if seeds is not None:
                 labeler.classifier = chosen_classifier(rows, descriptors, seeds,
                                                        labeler.posteriors.shape[1], dev_choice)
@@ -154,7 +159,7 @@ class AffinityLabeler:
             raise ValueError(f"rows of A have {rows.shape[1]} columns; the run has "
                              f"{len(self.prototypes)} prototypes")
         if self.classifier is not None:
-            features = graph_features(as_rows(rows), descriptors[:len(self.networks)],
+            features = graph_features(as_rows(rows), descriptors[:self.described],
                                       np.arange(rows.shape[0]))
             return self.classifier.predict_proba(features)  # type: ignore[no-any-return]
         if self.parts is not None:

@@ -259,7 +259,11 @@ def test_the_labeler_of_a_run_reads_its_dev_labels_and_their_choice(tmp_path: Pa
     assert labeler.reference is None
     rows = artifacts.StoredShards(json.loads(paths["affinity"]))
     described = features_folder.stored_descriptors(paths["features"]) or []
-    probs = labeler.predict_proba(np.concatenate([b for _, b in rows.blocks()]), described)
+    assert described == [] and labeler.described == 0  # a folder from before descriptors
+    a = np.concatenate([b for _, b in rows.blocks()])
+    probs = labeler.predict_proba(a, described)
+    new_images = [np.ones((len(a), 4), np.float32) / 2]  # what apply computes for the backbone
+    np.testing.assert_array_equal(labeler.predict_proba(a, new_images), probs)
     cluster = [state["cluster_names"].index(name) for name in state["dev"]["labels"]]
     np.testing.assert_array_equal(probs[state["dev"]["rows"]].argmax(axis=1), cluster)
 
