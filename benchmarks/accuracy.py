@@ -30,6 +30,13 @@ binary tasks only, as in the paper (``--pgm-tasks all`` adds the multi-class one
 (``auto``: the benchmark's backbone when its weights carry the classifier, else MobileNetV2,
 whose packaged weights do; see goggles/baselines.py).
 
+``--dev-per-class N`` gives N images of each class, drawn at random within the class, as dev
+labels (seeds of inference), and scores the other images. ``--dev-from report`` labels instead
+what a person following the report would: per inference seed a first fit without labels, then
+each cluster's most confident images (the naming exemplars) under the name typed for the
+cluster, taken to be their majority class, and the images the report lists to check with their
+true class.
+
 Each image goes through the CNN once (filter maps are cached under ``$GOGGLES_BENCH_CACHE``,
 default ~/.cache/goggles-bench; the extract column is the measured seconds per image of that
 pass times N); prototypes, affinity and inference run per task with the library's own
@@ -56,7 +63,7 @@ from benchmarks.datasets import Task, task_id  # noqa: E402
 from benchmarks.views import print_views, unit_rows, view_scores  # noqa: E402
 from goggles.features.affinity import affinity_block  # noqa: E402
 from goggles.features.prototypes import select_prototypes  # noqa: E402
-from goggles.inference.base import label_confidence  # noqa: E402
+from goggles.inference.base import Method, label_confidence  # noqa: E402
 from goggles.inference.config import InferConfig  # noqa: E402
 from goggles.inference.registry import create, fit_method  # noqa: E402
 from goggles.inference.seeds import Seeds  # noqa: E402
@@ -69,6 +76,8 @@ from goggles.report.evaluation import (  # noqa: E402
     evaluate,
     name_clusters,
 )
+from goggles.report.page import NAMING_EXEMPLARS  # noqa: E402
+from goggles.report.review import REVIEW_PER_CLUSTER, review_rows  # noqa: E402
 
 PAPER = {"binary": 0.9809, "multi": 0.9293}
 # the paper's CUB averages per column (Tables 1 and 2); VGG-16 was scored on 1 of the 10 pairs
@@ -102,7 +111,7 @@ def task_descriptors(task: Task, maps: np.ndarray,
 def run_task(task: Task, maps_by_class: dict[str, np.ndarray], extract_s_per_image: float, *,
              seeds: list[int], top_k: int, infer_overrides: dict[str, object],
              backbone: str = "vgg16", second: dict[str, np.ndarray] | None = None,
-             guard: bool = True, dev_per_class: int = 0,
+             guard: bool = True, dev_per_class: int = 0, dev_from: str = "even",
              views: tuple[str, ...] = ()) -> dict[str, object]:
     maps = np.concatenate([maps_by_class[c] for c in task.classes])
     truth = [c for c in task.classes for _ in range(len(maps_by_class[c]))]
@@ -127,8 +136,13 @@ def run_task(task: Task, maps_by_class: dict[str, np.ndarray], extract_s_per_ima
         model = create(config)
         if hasattr(model, "guard"):
             model.guard = guard
-        dev_rows = dev_sample(truth, dev_per_class, seed)
-        dev_names = [truth[i] for i in dev_rows]
+        if dev_from == "report":
+            dev_rows, dev_names = report_dev_set(
+                fit_method(config, affinity, prototypes.image_id, filter_maps=filter_maps,
+                           descriptors=descriptors), truth, len(task.classes))
+        else:
+            dev_rows = dev_sample(truth, dev_per_class, seed)
+            dev_names = [truth[i] for i in dev_rows]
         seeds_ = Seeds.from_names(dev_rows, dev_names, len(task.classes)) if len(dev_rows) \
             else None
         model.fit(affinity, prototypes.image_id, filter_maps=filter_maps,
@@ -181,9 +195,32 @@ def run_task(task: Task, maps_by_class: dict[str, np.ndarray], extract_s_per_ima
             "guarded": sum(bool(s["guarded"]) for s in per_seed),
             "classifier": sum(bool(s["classifier"]) for s in per_seed),
             "accuracy_others": mean("accuracy_others"), "dev_agreement": mean("dev_agreement"),
-            "dev_per_class": dev_per_class,
+            "dev_per_class": dev_per_class or (REVIEW_PER_CLUSTER if dev_from == "report"
+                                               else 0),
             "iterations": mean("iterations"), "timings": timings, "probs": probs,
             "views": scored_views}
+
+
+def report_dev_set(model: Method, truth: list[str], num_classes: int
+                   ) -> tuple[np.ndarray, list[str]]:
+    """The dev labels a person gets from the report of ``model``'s fit: each cluster's
+    :data:`NAMING_EXEMPLARS` most confident images under the cluster's name (the majority true
+    class among them, first in sorted order on a tie), and the images the report lists to check
+    (:func:`goggles.report.review.review_rows`) with their true class; rows sorted."""
+    assert model.posteriors_ is not None
+    label = model.posteriors_.argmax(axis=1)
+    confidence = label_confidence(model)
+    names: dict[int, str] = {}
+    for k in range(num_classes):
+        members = np.flatnonzero(label == k)
+        exemplars = members[np.argsort(-confidence[members], kind="stable")][:NAMING_EXEMPLARS]
+        kinds = sorted({truth[i] for i in exemplars})
+        typed = max(kinds, key=lambda c: sum(truth[i] == c for i in exemplars), default="")
+        names.update({int(i): typed for i in exemplars})
+    checked = review_rows(label, confidence, num_classes, labeled=sorted(names))
+    names.update({i: truth[i] for rows in checked.values() for i in rows})
+    rows = np.array(sorted(names), dtype=np.int64)
+    return rows, [names[int(i)] for i in rows]
 
 
 def dev_sample(truth: list[str], per_class: int, seed: int) -> np.ndarray:
@@ -435,6 +472,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dev-per-class", type=int, default=0, metavar="N",
                         help="N images per class (drawn per inference seed) are dev labels: "
                              "seeds of inference; accuracy is then also scored on the others")
+    parser.add_argument("--dev-from", default="even", choices=("even", "report"),
+                        help="report: the dev labels are what a person following the report "
+                             "gives (its naming exemplars and the images it lists to check), "
+                             "instead of --dev-per-class images drawn within each class")
     parser.add_argument("--no-guard", action="store_true",
                         help="graph-em without its guard (to measure what the guard changes)")
     args = parser.parse_args(argv)
@@ -479,7 +520,8 @@ def main(argv: list[str] | None = None) -> int:
     seeds = list(range(args.seed, args.seed + (args.seeds or 1)))
     rows = [run_task(t, maps, seconds_per_image, seeds=seeds, top_k=args.top_k,
                      infer_overrides=overrides, backbone=args.backbone, second=second,
-                     guard=not args.no_guard, dev_per_class=args.dev_per_class, views=views)
+                     guard=not args.no_guard, dev_per_class=args.dev_per_class,
+                     dev_from=args.dev_from, views=views)
             for t in tasks]
     print(f"backbone {args.backbone}, top_k {args.top_k}, task seed {args.seed}, inference "
           f"seeds {seeds[0]}..{seeds[-1]}, {overrides}, descriptor backbone "
