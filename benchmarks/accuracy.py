@@ -34,8 +34,8 @@ whose packaged weights do; see goggles/baselines.py).
 labels (seeds of inference), and scores the other images. ``--dev-from report`` labels instead
 what a person following the report would: per inference seed a first fit without labels, then
 each cluster's most confident images (the naming exemplars) under the name typed for the
-cluster, taken to be their majority class, and the images the report lists to check with their
-true class.
+cluster (each cluster a different class, the naming most exemplars agree with), and the images
+the report lists to check with their true class.
 
 Each image goes through the CNN once (filter maps are cached under ``$GOGGLES_BENCH_CACHE``,
 default ~/.cache/goggles-bench; the extract column is the measured seconds per image of that
@@ -204,19 +204,22 @@ def run_task(task: Task, maps_by_class: dict[str, np.ndarray], extract_s_per_ima
 def report_dev_set(model: Method, truth: list[str], num_classes: int
                    ) -> tuple[np.ndarray, list[str]]:
     """The dev labels a person gets from the report of ``model``'s fit: each cluster's
-    :data:`NAMING_EXEMPLARS` most confident images under the cluster's name (the majority true
-    class among them, first in sorted order on a tie), and the images the report lists to check
-    (:func:`goggles.report.review.review_rows`) with their true class; rows sorted."""
+    :data:`NAMING_EXEMPLARS` most confident images under the name typed for the cluster, and
+    the images the report lists to check (:func:`goggles.report.review.review_rows`) with their
+    true class; rows sorted. The person knows the task's classes and gives each cluster a
+    different one, the one-to-one naming that most exemplars agree with (Hungarian)."""
+    from scipy.optimize import linear_sum_assignment
+
     assert model.posteriors_ is not None
     label = model.posteriors_.argmax(axis=1)
     confidence = label_confidence(model)
-    names: dict[int, str] = {}
-    for k in range(num_classes):
-        members = np.flatnonzero(label == k)
-        exemplars = members[np.argsort(-confidence[members], kind="stable")][:NAMING_EXEMPLARS]
-        kinds = sorted({truth[i] for i in exemplars})
-        typed = max(kinds, key=lambda c: sum(truth[i] == c for i in exemplars), default="")
-        names.update({int(i): typed for i in exemplars})
+    classes = sorted(set(truth))
+    exemplars = [members[np.argsort(-confidence[members], kind="stable")][:NAMING_EXEMPLARS]
+                 for members in (np.flatnonzero(label == k) for k in range(num_classes))]
+    agree = np.array([[sum(truth[i] == c for i in rows) for c in classes] for rows in exemplars])
+    clusters, typed = linear_sum_assignment(-agree)
+    names = {int(i): classes[c] for k, c in zip(clusters, typed, strict=True)
+             for i in exemplars[k]}
     checked = review_rows(label, confidence, num_classes, labeled=sorted(names))
     names.update({i: truth[i] for rows in checked.values() for i in rows})
     rows = np.array(sorted(names), dtype=np.int64)
