@@ -1,5 +1,7 @@
-"""The report as a review loop: the images whose labels would help most, and the form that turns
-what a person types into the page into a dev-labels CSV for the next run.
+"""The report as a review loop: the images whose labels are likeliest wrong, and the form that
+turns what a person types into the page into a dev-labels CSV for the next run (measured against
+other lists, and against labels drawn evenly per class, in docs/methods.md: "Which images to
+label").
 
 Per cluster the report lists the :data:`REVIEW_PER_CLUSTER` images of lowest ``confidence``
 (uncertainty sampling, Lewis & Gale 1994): these are where a wrong label is likeliest, and a
