@@ -77,7 +77,7 @@ from goggles.report.evaluation import (  # noqa: E402
     name_clusters,
 )
 from goggles.report.page import NAMING_EXEMPLARS  # noqa: E402
-from goggles.report.review import REVIEW_PER_CLUSTER, review_rows  # noqa: E402
+from goggles.report.review import REVIEW_PER_CLUSTER, by_confidence, review_rows  # noqa: E402
 
 PAPER = {"binary": 0.9809, "multi": 0.9293}
 # the paper's CUB averages per column (Tables 1 and 2); VGG-16 was scored on 1 of the 10 pairs
@@ -214,8 +214,8 @@ def report_dev_set(model: Method, truth: list[str], num_classes: int
     label = model.posteriors_.argmax(axis=1)
     confidence = label_confidence(model)
     classes = sorted(set(truth))
-    exemplars = [members[np.argsort(-confidence[members], kind="stable")][:NAMING_EXEMPLARS]
-                 for members in (np.flatnonzero(label == k) for k in range(num_classes))]
+    exemplars = [rows[:NAMING_EXEMPLARS]
+                 for rows in by_confidence(label, confidence, num_classes).values()]
     agree = np.array([[sum(truth[i] == c for i in rows) for c in classes] for rows in exemplars])
     clusters, typed = linear_sum_assignment(-agree)
     names = {int(i): classes[c] for k, c in zip(clusters, typed, strict=True)

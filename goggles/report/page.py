@@ -42,7 +42,7 @@ from goggles.report.plots import (
     line_svg,
     png_uri,
 )
-from goggles.report.review import SCRIPT, review_html, review_rows
+from goggles.report.review import SCRIPT, by_confidence, review_html, review_rows
 from goggles.report.summary import summary_rows
 
 logger = logging.getLogger(__name__)
@@ -197,8 +197,7 @@ def render(metrics: dict[str, Any], labels: Any, state: dict[str, Any], *,
     confidence = labels["confidence"].to_numpy()
     uris = labels["uri"].to_pylist()
     chosen = state.get("prototypes") or []
-    order = {k: np.flatnonzero(label == k)[np.argsort(-confidence[label == k], kind="stable")]
-             for k in range(len(names))}
+    order = by_confidence(label, confidence, len(names))
     needed = {uris[i] for k in order for i in
               list(order[k][:PER_CLUSTER]) + list(order[k][::-1][:PER_CLUSTER])}
     needed |= {uris[prototypes[p["column"]][0]] for p in chosen if p["column"] in prototypes}

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["REVIEW_PER_CLUSTER", "SCRIPT", "review_html", "review_rows"]
+__all__ = ["REVIEW_PER_CLUSTER", "SCRIPT", "by_confidence", "review_html", "review_rows"]
 
 REVIEW_PER_CLUSTER = 5
 """Images listed for review per cluster: a handful a person labels in a minute."""
@@ -39,6 +39,16 @@ function gogglesDownload(){var blob=new Blob([gogglesDevLabels()],{type:"text/cs
 var a=document.createElement("a");a.href=URL.createObjectURL(blob);a.download="dev-labels.csv";
 document.body.appendChild(a);a.click();a.remove();}"""
 """The page's script: ``gogglesDevLabels()`` is the CSV text, ``gogglesDownload()`` saves it."""
+
+
+def by_confidence(label: np.ndarray, confidence: np.ndarray,
+                  num_classes: int) -> dict[int, np.ndarray]:
+    """Per cluster, its rows, most confident first (ties by row): the page shows the first and
+    last of them, and the CSV names a cluster by its first ones (the naming exemplars)."""
+    label = np.asarray(label)
+    confidence = np.asarray(confidence, dtype=np.float64)
+    return {k: np.flatnonzero(label == k)[np.argsort(-confidence[label == k], kind="stable")]
+            for k in range(num_classes)}
 
 
 def review_rows(label: np.ndarray, confidence: np.ndarray, num_classes: int, *,

@@ -71,7 +71,8 @@ class AffinityLabeler:
     """graph EM whose dev labels chose a classifier of the dev images: that
     :class:`goggles.inference.dev_choice.SeedClassifier`."""
     described: int = 0
-    """graph EM: how many stored descriptors (networks) it reads beside A; 0 for a features
+    """graph EM: how many stored descriptors (networks) it reads beside A (its reference parts
+    and its classifier alike); 0 for a features
     folder from before descriptors were kept, whose run computed them from the maps: the
     classifier then sees rows of A only."""
 
@@ -164,7 +165,7 @@ class AffinityLabeler:
             return self.classifier.predict_proba(features)  # type: ignore[no-any-return]
         if self.parts is not None:
             assert self.reference is not None
-            near = nearest_references(rows, descriptors[:len(self.parts) - 1], self.parts,
+            near = nearest_references(rows, descriptors[:self.described], self.parts,
                                       self.neighbours)
             return self.posteriors[self.reference][near].mean(axis=1)  # type: ignore[no-any-return]
         return self.gaussians.predict_proba(rows, self.source_index)  # type: ignore[no-any-return]
