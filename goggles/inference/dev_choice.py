@@ -230,11 +230,10 @@ def choose_for(model: GraphEM, affinity: np.ndarray | RowBlocks,
     model.dev_choice_ = record
     if record is None:
         model._warn(uneven_message(seeds, model.num_classes))
-    if record is None or record["chosen"] != "classifier":
-        return
     classifier = chosen_classifier(rows, described, seeds, model.num_classes, record,
                                    seed_features)
-    assert classifier is not None
+    if classifier is None:
+        return
     probs = np.empty((rows.shape[0], model.num_classes))
     for start, features in row_features(rows, described):
         probs[start:start + len(features)] = classifier.predict_proba(features)
