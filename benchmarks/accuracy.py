@@ -140,6 +140,10 @@ def run_task(task: Task, maps_by_class: dict[str, np.ndarray], extract_s_per_ima
             dev_rows, dev_names = report_dev_set(
                 fit_method(config, affinity, prototypes.image_id, filter_maps=filter_maps,
                            descriptors=descriptors), truth, len(task.classes))
+        elif dev_from == "suggest":
+            dev_rows = suggested_dev_set(affinity, descriptors, dev_per_class * len(task.classes),
+                                         len(task.classes), seed)
+            dev_names = [truth[i] for i in dev_rows]
         else:
             dev_rows = dev_sample(truth, dev_per_class, seed)
             dev_names = [truth[i] for i in dev_rows]
@@ -197,6 +201,7 @@ def run_task(task: Task, maps_by_class: dict[str, np.ndarray], extract_s_per_ima
             "accuracy_others": mean("accuracy_others"), "dev_agreement": mean("dev_agreement"),
             "dev_per_class": dev_per_class or (REVIEW_PER_CLUSTER if dev_from == "report"
                                                else 0),
+            "labeled": int(len(dev_rows)),
             "iterations": mean("iterations"), "timings": timings, "probs": probs,
             "views": scored_views}
 
@@ -224,6 +229,23 @@ def report_dev_set(model: Method, truth: list[str], num_classes: int
     names.update({i: truth[i] for rows in checked.values() for i in rows})
     rows = np.array(sorted(names), dtype=np.int64)
     return rows, [names[int(i)] for i in rows]
+
+
+def suggested_dev_set(affinity: np.ndarray, descriptors: list[np.ndarray], budget: int,
+                      num_classes: int, seed: int) -> np.ndarray:
+    """The rows a person labels who labels exactly what the tool asks for, round by round
+    (``goggles suggest`` / the report's list: :data:`goggles.inference.suggest.PER_CLASS` per
+    class a round, the earlier rounds' labels given back), ``budget`` in all; sorted."""
+    from goggles.inference.suggest import PER_CLASS, suggest_images
+
+    rows = np.zeros(0, dtype=np.int64)
+    while len(rows) < budget:
+        ask = min(PER_CLASS * num_classes, budget - len(rows))
+        picked = suggest_images(affinity, descriptors, ask, labeled=rows, seed=seed)
+        if not len(picked):
+            break
+        rows = np.union1d(rows, picked)
+    return rows
 
 
 def dev_sample(truth: list[str], per_class: int, seed: int) -> np.ndarray:
@@ -475,10 +497,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dev-per-class", type=int, default=0, metavar="N",
                         help="N images per class (drawn per inference seed) are dev labels: "
                              "seeds of inference; accuracy is then also scored on the others")
-    parser.add_argument("--dev-from", default="even", choices=("even", "report"),
+    parser.add_argument("--dev-from", default="even", choices=("even", "report", "suggest"),
                         help="report: the dev labels are what a person following the report "
-                             "gives (its naming exemplars and the images it lists to check), "
-                             "instead of --dev-per-class images drawn within each class")
+                             "gave before issue 26 (its naming exemplars and the least "
+                             "confident images of each cluster); suggest: the images the tool "
+                             "asks for (goggles suggest, the report's list), --dev-per-class "
+                             "times K in rounds, each labeled with its true class; even: "
+                             "--dev-per-class images drawn at random within each class")
     parser.add_argument("--no-guard", action="store_true",
                         help="graph-em without its guard (to measure what the guard changes)")
     args = parser.parse_args(argv)

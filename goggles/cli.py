@@ -93,6 +93,7 @@ def _parser() -> argparse.ArgumentParser:
                           help="name of the recurring run")
     _upload_arguments(sub)
     run_commands.add_export(sub)
+    run_commands.add_suggest(sub)
     return parser
 
 

@@ -33,6 +33,21 @@ def add_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                              "Studio serves local images from (default: /)")
 
 
+def add_suggest(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    suggest = sub.add_parser("suggest", help="the images of a finished run to label next, as a "
+                                             "CSV to fill in and give back with --dev-labels")
+    suggest.add_argument("out", metavar="OUT", help="the --output of a finished goggles run")
+    suggest.add_argument("--budget", type=int, required=True, metavar="B",
+                         help="how many images to ask for (e.g. 4 per class a round)")
+    suggest.add_argument("--output", required=True, metavar="FILE",
+                         help="a new CSV (local or a bucket): columns uri and label, the label "
+                              "left empty for the person")
+    suggest.add_argument("--dev-labels", action="append", default=[], metavar="FILE",
+                         help="labels of earlier rounds (CSV, Parquet or a Label Studio "
+                              "export; repeatable): their images are not asked for again")
+    suggest.add_argument("--seed", type=int, default=None, help="default: the run's seed")
+
+
 def add_train_and_apply(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from goggles.training.config import HEADS, LABELERS, TARGETS
 
@@ -102,6 +117,15 @@ def _export(args: argparse.Namespace) -> str:
     return summary.line()
 
 
-COMMANDS = {"train": _train, "apply": _apply, "export": _export}
+def _suggest(args: argparse.Namespace) -> str:
+    from goggles.pipeline.suggest import suggest_for_run
+
+    done = suggest_for_run(args.out, args.budget, args.output, dev_labels_uris=args.dev_labels,
+                           seed=args.seed)
+    return (f"{done['suggested']} image(s) to label in {done['output']} (fill in the label "
+            f"column; {done['labeled_before']} labeled before); then rerun with --dev-labels")
+
+
+COMMANDS = {"train": _train, "apply": _apply, "export": _export, "suggest": _suggest}
 """Handlers by command name: each takes the parsed arguments, does the work and returns what
 the command prints on success (the CLI prints it; errors are raised)."""

@@ -27,22 +27,19 @@ stand.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
 from goggles.inference.seeds import Seeds
-from goggles.io.blocks import RowBlocks, as_rows, sub_blocks
+from goggles.inference.views import as_described, graph_features, row_features
+from goggles.io.blocks import RowBlocks, as_rows
 
-if TYPE_CHECKING:
-    from goggles.inference.graph_em import GraphEM
-
-__all__ = ["MAX_FOLDS", "SeedClassifier", "brier", "choose", "choose_for", "chosen_classifier",
-           "fit_temperature", "graph_features", "row_features", "seed_folds", "tempered",
-           "uneven_message"]
+__all__ = ["MAX_FOLDS", "SeedClassifier", "brier", "choose", "chosen_classifier",
+           "classifier_labels", "fit_temperature", "graph_features", "row_features", "seed_folds",
+           "tempered", "uneven_message"]
 
 logger = logging.getLogger(__name__)
 
@@ -122,24 +119,6 @@ def fit_temperature(log_proba: np.ndarray, classes: np.ndarray) -> float:
     return float(minimize_scalar(loss, bounds=(0.01, 100.0), method="bounded").x)
 
 
-def graph_features(rows: RowBlocks, described: Sequence[np.ndarray],
-                   index: np.ndarray) -> np.ndarray:
-    """[len(index), D] the images ``index`` as graph EM sees them: their unit-length parts (row
-    of A, each descriptor) side by side, so inner products are the graph's summed cosines."""
-    from goggles.inference.graph_em import reference_parts
-
-    return np.concatenate(reference_parts(rows, described, np.asarray(index)), axis=1)
-
-
-def row_features(rows: RowBlocks, described: Sequence[np.ndarray]
-                 ) -> Iterator[tuple[int, np.ndarray]]:
-    """Every image's :func:`graph_features`, block by block (one pass over A)."""
-    for start, block in sub_blocks(rows):
-        stop = start + block.shape[0]
-        yield start, graph_features(as_rows(block), [d[start:stop] for d in described],
-                                    np.arange(stop - start))
-
-
 def choose(fit_seeded: Callable[[Seeds], np.ndarray], seed_features: np.ndarray, seeds: Seeds,
            num_classes: int) -> dict[str, Any] | None:
     """Cross-validate graph EM (``fit_seeded(seeds) → posteriors [N, K]``) against a
@@ -183,8 +162,6 @@ def chosen_classifier(affinity: np.ndarray | RowBlocks,
     the labeler of its new images (:mod:`goggles.training.labeler`) both build it here, from
     the same seeds and features, so they get the same classifier (scikit-learn's solver is
     deterministic)."""
-    from goggles.inference.graph_em import as_described
-
     if record is None or record.get("chosen") != "classifier":
         return None
     if seed_features is None:
@@ -205,38 +182,18 @@ def uneven_message(seeds: Seeds, num_classes: int) -> str:
             "miss a class where the clusters do not follow the classes)")
 
 
-def choose_for(model: GraphEM, affinity: np.ndarray | RowBlocks,
-               descriptors: np.ndarray | Sequence[np.ndarray], seeds: Seeds) -> None:
-    """After graph EM's seeded fit: cross-validate it against the classifier on the same dev
-    labels (:func:`choose`; each fold a fresh graph EM with the same parameters and the same
-    graph, only its EM seeded differently) and, when the classifier wins, replace ``model``'s
-    posteriors by the classifier's (fitted on every seed, seeds clamped, tempered by its
-    held-out predictions; ``confidence_`` its top posterior). ``model.dev_choice_`` keeps the
-    record."""
-    from goggles.inference.graph_em import as_described
-
+def classifier_labels(affinity: np.ndarray | RowBlocks,
+                      descriptors: np.ndarray | Sequence[np.ndarray], seeds: Seeds,
+                      num_classes: int, record: dict[str, Any] | None) -> np.ndarray | None:
+    """[N, K] the labels' probabilities when the dev choice ``record`` gave them to the
+    classifier (:func:`chosen_classifier`, fitted on every seed, tempered, seeds clamped);
+    ``None`` when graph EM keeps them."""
     rows = as_rows(affinity)
     described = as_described(descriptors)
-
-    def fit_seeded(subset: Seeds) -> np.ndarray:
-        other = dataclasses.replace(model)
-        other._graph_cache = model._graph_cache  # same sample (every seed in it): same graph
-        other._fit_graph(rows, described, subset, sample_with=seeds.rows)
-        assert other.posteriors_ is not None
-        return other.posteriors_
-
-    seed_features = graph_features(rows, described, seeds.rows)
-    record = choose(fit_seeded, seed_features, seeds, model.num_classes)
-    model.dev_choice_ = record
-    if record is None:
-        model._warn(uneven_message(seeds, model.num_classes))
-    classifier = chosen_classifier(rows, described, seeds, model.num_classes, record,
-                                   seed_features)
+    classifier = chosen_classifier(rows, described, seeds, num_classes, record)
     if classifier is None:
-        return
-    probs = np.empty((rows.shape[0], model.num_classes))
+        return None
+    probs = np.empty((rows.shape[0], num_classes))
     for start, features in row_features(rows, described):
         probs[start:start + len(features)] = classifier.predict_proba(features)
-    seeds.clamp(probs)
-    model.posteriors_ = probs
-    model.confidence_ = probs.max(axis=1)
+    return seeds.clamp(probs)

@@ -30,6 +30,7 @@ the mean posterior of its nearest sampled neighbours. The paper's EM stays selec
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import warnings
 from collections.abc import Sequence
@@ -41,6 +42,7 @@ import numpy as np
 from goggles.features.descriptors import descriptors_of
 from goggles.inference.base import Method, MethodParameters
 from goggles.inference.confidence import drifted, neighbour_confidence
+from goggles.inference.dev_choice import choose, classifier_labels, uneven_message
 from goggles.inference.graph import (
     MAX_NEIGHBOUR_GROWTH,
     connected_knn_graph,
@@ -48,9 +50,15 @@ from goggles.inference.graph import (
     spectral_coordinates,
     top_k,
 )
-from goggles.inference.likelihood import EXACT_SCALE, kmeans_rows
 from goggles.inference.mixture import MixtureFit, gaussian_mixture_em
 from goggles.inference.summary import fit_gaussians
+from goggles.inference.views import (  # noqa: F401  (graph_sample: the labeler's)
+    _unit_rows,
+    as_described,
+    graph_features,
+    graph_sample,
+    reference_parts,
+)
 from goggles.io.blocks import RowBlocks, as_rows, sub_blocks
 
 if TYPE_CHECKING:
@@ -60,46 +68,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 EXTEND_ROWS = 1024
-
-_NO_CELLS = np.zeros(0, dtype=np.int64)
-
-
-def _unit_rows(block: np.ndarray) -> np.ndarray:
-    # quantised like the k-means features, so the result does not depend on how A is sharded
-    quantised = np.rint(block.astype(np.float64) * EXACT_SCALE) / EXACT_SCALE
-    return kmeans_rows(quantised, None, _NO_CELLS, _NO_CELLS).astype(np.float32)
-
-
-def as_described(descriptors: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:
-    """The images' descriptors as graph EM reads them: a list of float32 [N, D] arrays."""
-    return [np.asarray(d, dtype=np.float32) for d in (
-        [descriptors] if isinstance(descriptors, np.ndarray) else descriptors)]
-
-
-def _gather_rows(rows: RowBlocks, sample: np.ndarray) -> np.ndarray:
-    out = np.empty((len(sample), rows.shape[1]), dtype=np.float32)
-    for start, block in sub_blocks(rows):
-        inside = np.flatnonzero((sample >= start) & (sample < start + block.shape[0]))
-        if len(inside):
-            out[inside] = _unit_rows(block[sample[inside] - start])
-    return out
-
-
-def graph_sample(n: int, max_rows: int, rng: np.random.Generator) -> np.ndarray:
-    """The images graph EM builds its graph on: all ``n``, or above ``max_rows`` a sorted
-    uniform sample drawn from ``rng`` (the fit's first draw, so ``default_rng(random_state)``
-    gives it again)."""
-    if n <= max_rows:
-        return np.arange(n)
-    return np.sort(rng.choice(n, size=max_rows, replace=False))
-
-
-def reference_parts(rows: RowBlocks, described: Sequence[np.ndarray],
-                    sample: np.ndarray) -> list[np.ndarray]:
-    """The unit-length parts of the graph's images ``sample``: their rows of A (quantised and
-    normalised as in the fit) and their descriptors."""
-    return [_gather_rows(rows, sample)] + [np.asarray(d, dtype=np.float32)[sample]
-                                           for d in described]
 
 
 def nearest_references(rows: np.ndarray, described: Sequence[np.ndarray],
@@ -146,7 +114,7 @@ class GraphEM(Method):
     ``prototype_class_``, ``n_iter_``, ``converged_``, ``log_likelihood_trace_``,
     ``change_trace_``, ``warnings_``; plus ``embedding_``, ``sample_``,
     ``restart_log_likelihoods_``, ``neighbours_used_``, ``bridges_``, ``guarded_`` and, with
-    seeds, ``dev_choice_`` (:func:`goggles.inference.dev_choice.choose_for`).
+    seeds, ``dev_choice_`` (:meth:`GraphEM._choose_dev`).
     """
 
     num_classes: int
@@ -202,9 +170,7 @@ class GraphEM(Method):
         try:
             self._fit_graph(affinity, descriptors, seeds)
             if seeds is not None:
-                from goggles.inference.dev_choice import choose_for
-
-                choose_for(self, affinity, descriptors, seeds)
+                self._choose_dev(affinity, descriptors, seeds)
         finally:
             self._graph_cache = None  # the sample's parts: not kept beyond the fit
         assert self.posteriors_ is not None
@@ -212,6 +178,34 @@ class GraphEM(Method):
             affinity, self.posteriors_.argmax(axis=1), source_index, self.num_classes,
             variance_floor=self.variance_floor, exclude_self=self.exclude_self)
         return self
+
+    def _choose_dev(self, affinity: np.ndarray | RowBlocks,
+                    descriptors: np.ndarray | Sequence[np.ndarray], seeds: Seeds) -> None:
+        """After the seeded fit: cross-validate it against a classifier of the dev images
+        (:func:`goggles.inference.dev_choice.choose`; each fold a copy of this model with the
+        same graph, only its EM seeded differently) and, when the classifier wins, take its
+        labels (:func:`~goggles.inference.dev_choice.classifier_labels`; ``confidence_`` its
+        top posterior). ``dev_choice_`` keeps the record."""
+        rows = as_rows(affinity)
+        described = as_described(descriptors)
+
+        def fit_seeded(subset: Seeds) -> np.ndarray:
+            other = dataclasses.replace(self)
+            other._graph_cache = self._graph_cache  # same sample (every seed in it): same graph
+            other._fit_graph(rows, described, subset, sample_with=seeds.rows)
+            assert other.posteriors_ is not None
+            return other.posteriors_
+
+        seed_features = graph_features(rows, described, seeds.rows)
+        record = choose(fit_seeded, seed_features, seeds, self.num_classes)
+        self.dev_choice_ = record
+        if record is None:
+            self._warn(uneven_message(seeds, self.num_classes))
+            return
+        probs = classifier_labels(rows, described, seeds, self.num_classes, record)
+        if probs is not None:
+            self.posteriors_ = probs
+            self.confidence_ = probs.max(axis=1)
 
     def _fit_graph(self, affinity: np.ndarray | RowBlocks,
                    descriptors: np.ndarray | Sequence[np.ndarray],

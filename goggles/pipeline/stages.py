@@ -131,9 +131,24 @@ def run_infer(config: InferConfig, manifest_uri: str, prototypes_uri: str,
     storage.write_parquet(artifacts.labels_table(rows, probs, names, label_confidence(model)),
                           labels_uri)
     state = inference_state(model, config.method, names, dev)
+    state["suggestions"] = _suggestions(affinity, inputs.get("descriptors"), config,
+                                        dev_rows if dev is not None else ())
     storage.write_json(state, inference_uri)
     return {"num_prototypes": int(len(source_index)), "em_iterations": state["em_iterations"],
             "converged": state["converged"], "num_classes": config.num_classes}
+
+
+def _suggestions(affinity: artifacts.StoredShards, descriptors: Sequence[np.ndarray] | None,
+                 config: InferConfig, labeled: Sequence[int] | np.ndarray
+                 ) -> dict[str, Any]:
+    """inference.json's ``suggestions``: the images to label next (the report lists them;
+    :mod:`goggles.inference.suggest`), ``PER_CLASS`` per class, none of the dev images."""
+    from goggles.inference.suggest import PER_CLASS, suggest_images
+
+    budget = PER_CLASS * config.num_classes
+    rows = suggest_images(affinity, list(descriptors or []), budget, labeled=labeled,
+                          seed=config.seed)
+    return {"rows": rows.tolist(), "budget": budget, "how": "typical"}
 
 
 def run_train(config: TrainConfig, manifest_uri: str, features_uri: str, labels_uri: str,

@@ -149,8 +149,6 @@ def test_temperature_softens_the_overconfident_and_sharpens_the_unsure() -> None
 def test_a_graph_is_never_shared_beyond_one_fit(monkeypatch: pytest.MonkeyPatch) -> None:
     """The folds share the main fit's graph; a later fit of the same object on other images of
     the same count and seeds (even after a fit that failed half-way) builds its own."""
-    from goggles.inference import dev_choice
-
     x1, t1 = moons(seed=0)
     x2, t2 = moons(seed=3)
     rows = five_per_class(t1).rows
@@ -159,7 +157,7 @@ def test_a_graph_is_never_shared_beyond_one_fit(monkeypatch: pytest.MonkeyPatch)
     def interrupted(*args: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(dev_choice, "choose_for", interrupted)
+    monkeypatch.setattr(GraphEM, "_choose_dev", interrupted)
     with pytest.raises(KeyboardInterrupt):
         model.fit(x1, np.arange(16), descriptors=[x1], seeds=Seeds(rows, t1[rows]))
     monkeypatch.undo()

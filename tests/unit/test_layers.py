@@ -125,3 +125,43 @@ def test_only_the_kubeflow_package_and_the_command_import_kfp() -> None:
         names += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
         if any(n == "kfp" or n.startswith("kfp.") for n in names):
             assert unit_of(module) in allowed, module
+
+
+def import_cycles(root: Path) -> list[list[str]]:
+    """Every circle of imports among goggles' modules (types and imports inside functions
+    count), each as the list of modules around it, the smallest name first."""
+    graph: dict[str, set[str]] = {}
+    for path in sorted((root / "goggles").rglob("*.py")):
+        module = module_name(root, path)
+        graph[module] = {name for _, name in imports_of(root, path, module) if name != module}
+    cycles: set[tuple[str, ...]] = set()
+
+    def walk(node: str, trail: list[str]) -> None:
+        for nxt in sorted(graph.get(node, ())):
+            if nxt in trail:
+                loop = trail[trail.index(nxt):]
+                first = loop.index(min(loop))
+                cycles.add(tuple(loop[first:] + loop[:first]))
+            elif nxt in graph and len(trail) < 8:
+                walk(nxt, trail + [nxt])
+
+    for start in sorted(graph):
+        walk(start, [start])
+    # a package's __init__ importing its own modules is no circle of the code's
+    return [list(c) for c in sorted(cycles) if not any(m == unit_of(m) for m in c)]
+
+
+def test_no_two_modules_import_each_other() -> None:
+    assert import_cycles(ROOT) == []
+
+
+def test_an_import_circle_is_caught(tmp_path: Path) -> None:
+    """The check can fail: graph EM's dev-label choice importing graph EM back (even inside a
+    function, even for types), as it did before issue 26."""
+    shutil.copytree(ROOT / "goggles", tmp_path / "goggles",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    choice = tmp_path / "goggles" / "inference" / "dev_choice.py"
+    choice.write_text(choice.read_text() + "\n\ndef _late():\n"
+                      "    from goggles.inference.graph_em import GraphEM\n    return GraphEM\n")
+    found = import_cycles(tmp_path)
+    assert ["goggles.inference.dev_choice", "goggles.inference.graph_em"] in found, found
