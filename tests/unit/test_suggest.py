@@ -63,8 +63,8 @@ def test_no_more_than_the_unlabeled_images() -> None:
 
 
 @pytest.mark.slow
-def test_goggles_suggest_writes_images_to_label_and_skips_earlier_rounds(tmp_path: Path,
-                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_goggles_suggest_writes_images_to_label_and_skips_earlier_rounds(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from tests.unit.test_degenerate import _png
 
     source = tmp_path / "in"
