@@ -188,8 +188,9 @@ def read_label_studio(payload: bytes, shown: str) -> pa.Table:
                 f"; {predicted} predictions ignored (predictions are not labels)"
                 if predicted else "")
     if not pairs:
+        unannotated = predicted and not any(item.get("annotations") for item in items)
         hint = (" (tasks as goggles exports them hold predictions only: label them in Label "
-                "Studio and export from there)" if predicted else "")
+                "Studio and export from there)" if unannotated else "")
         raise ValueError(f"dev labels {shown}: none of the {len(items)} items of this Label "
                          f"Studio export has a label{hint}; {left_out or 'it is empty'}. "
                          "Submit annotations (a choice, or a class typed in the text box) and "
