@@ -80,7 +80,8 @@ def labeling_config(class_names: Sequence[str]) -> str:
     return (f"<View>\n  <Image name=\"{TO_NAME}\" value=\"${TO_NAME}\"/>\n"
             f"  <Choices name=\"{FROM_NAME}\" toName=\"{TO_NAME}\" choice=\"single\" "
             f"showInLine=\"true\">\n{choices}  </Choices>\n"
-            f"  <Header value=\"Another class? Type its name (it replaces the choice):\"/>\n"
+            "  <Header value=\"Another class? Type its name, then Enter (it replaces the "
+            "choice):\"/>\n"
             f"  <TextArea name=\"{OTHER}\" toName=\"{TO_NAME}\" maxSubmissions=\"1\" "
             f"editable=\"true\" rows=\"1\" placeholder=\"a class not listed above\"/>\n"
             "</View>\n")
