@@ -191,9 +191,12 @@ def read_label_studio(payload: bytes, shown: str) -> pa.Table:
         unannotated = predicted and not any(item.get("annotations") for item in items)
         hint = (" (tasks as goggles exports them hold predictions only: label them in Label "
                 "Studio and export from there)" if unannotated else "")
+        fix = ("Submit annotations (a choice, or a class typed in the text box) and export "
+               "again")
+        if counts["without an image"]:
+            fix = (f"Name each task's image in data.{URI_KEY}, data.uri or data.{IMAGE_KEY} "
+                   "(goggles export --format label-studio does)")
         raise ValueError(f"dev labels {shown}: none of the {len(items)} items of this Label "
-                         f"Studio export has a label{hint}; {left_out or 'it is empty'}. "
-                         "Submit annotations (a choice, or a class typed in the text box) and "
-                         "export again")
+                         f"Studio export has a label{hint}; {left_out or 'it is empty'}. {fix}")
     uris, labels = zip(*pairs, strict=True)
     return pa.table({"uri": pa.array(uris, pa.string()), "label": pa.array(labels, pa.string())})

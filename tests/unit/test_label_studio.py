@@ -189,6 +189,8 @@ def test_urls_under_another_document_root_match_by_folder_and_name(tmp_path: Pat
     ([{"image": "/a.png", "id": 1, "sentiment": "x"}], "has no 'choice', 'label' or 'other'"),
     ([task(1, data(URIS[0]), [annotation(1, 1, [], minute=1, cancelled=True)])],
      "none of the 1 items .* has a label; 1 skipped or cancelled"),
+    ([task(1, {"img": URIS[0]}, [annotation(1, 1, [region("alpha")], minute=1)])],
+     "1 without an image. Name each task's image in data.goggles_uri"),
 ])
 def test_what_is_refused_names_the_fix(content: Any, message: str, tmp_path: Path) -> None:
     path = tmp_path / "e.json"
