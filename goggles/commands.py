@@ -31,6 +31,10 @@ def add_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     export.add_argument("--label-studio-root", default="/", metavar="DIR",
                         help="label-studio: the LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT Label "
                              "Studio serves local images from (default: /)")
+    export.add_argument("--only", default="", metavar="FILE",
+                        help="export only the images FILE lists (a CSV or Parquet with a uri "
+                             "column, e.g. goggles suggest --output FILE), e.g. to label "
+                             "them in Label Studio (default: all)")
 
 
 def add_suggest(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -113,7 +117,7 @@ def _export(args: argparse.Namespace) -> str:
 
     summary = export_labels(args.out, args.output, args.format,
                             min_confidence=args.min_confidence, link=not args.copy,
-                            label_studio_root=args.label_studio_root)
+                            label_studio_root=args.label_studio_root, only=args.only)
     return summary.line()
 
 

@@ -8,6 +8,8 @@ What is refused, before anything is written (one line naming the fix):
   ``labels`` artifact of a cluster run);
 * a DEST that is OUT or holds it, lies in OUT's ``artifacts/``, or lies in the run's source
   (a later run over that source would take the exported copies for new images);
+* an ``only`` file (``--only``) without a ``uri`` column, or none of whose URIs is an image of
+  the run;
 * a DEST that is not empty. There is no overwrite: a stale file in a class folder would silently
   join the dataset, and deleting in a bucket is the owner's call. Export into a new DEST, or
   delete the old one first.
@@ -25,6 +27,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 
 from goggles import __version__
 from goggles.config import ConfigError
@@ -40,6 +43,7 @@ from goggles.export.writers import (
 )
 from goggles.io import listing, storage
 from goggles.io.artifacts import LABELS_SCHEMA, output_paths
+from goggles.io.dev_labels import match_dev_labels
 from goggles.io.uris import is_inside, redact, refusal
 
 logger = logging.getLogger(__name__)
@@ -64,6 +68,7 @@ class ExportSummary:
         path component).
     files : the files written besides the images, relative to ``dest``.
     linked : whether the images are symlinks (else copies; tree formats only).
+    only : the file listing the images exported (``--only``; redacted), ``""`` for all.
     """
 
     format: str
@@ -76,6 +81,7 @@ class ExportSummary:
     folders: dict[str, str] = field(default_factory=dict)
     files: list[str] = field(default_factory=list)
     linked: bool = False
+    only: str = ""
 
     def line(self) -> str:
         """One line for the command line."""
@@ -83,13 +89,15 @@ class ExportSummary:
         left = (f" ({self.skipped} below confidence {self.min_confidence:g} left out)"
                 if self.skipped else "")
         how = " (symlinks)" if self.linked else ""
+        how += f" (only those {self.only} lists)" if self.only else ""
         classes = ", ".join(f"{name} {count}" for name, count in self.per_class.items())
         return (f"exported {self.written} of {total} images{left} as {self.format} to "
                 f"{self.dest}{how}: {classes}")
 
 
 def export_labels(output_uri: str, dest_uri: str, fmt: str, *, min_confidence: float = 0.0,
-                  link: bool = True, label_studio_root: str = "/") -> ExportSummary:
+                  link: bool = True, label_studio_root: str = "/",
+                  only: str = "") -> ExportSummary:
     """Export the labels of the run in ``output_uri`` to ``dest_uri``.
 
     Parameters
@@ -102,6 +110,9 @@ def export_labels(output_uri: str, dest_uri: str, fmt: str, *, min_confidence: f
         either side always gets copies).
     label_studio_root : ``label-studio``: Label Studio's
         ``LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT``, which local image paths are relative to.
+    only : a CSV or Parquet (by its suffix) with a ``uri`` column, e.g. what ``goggles
+        suggest`` writes: only those images are exported (matched as dev labels are: by URI,
+        else by ``folder/name``); ``""``: all.
 
     Returns
     -------
@@ -112,7 +123,9 @@ def export_labels(output_uri: str, dest_uri: str, fmt: str, *, min_confidence: f
     if not 0.0 <= min_confidence <= 1.0:
         raise ConfigError(f"--min-confidence {min_confidence} is not a probability; give a "
                           "number from 0 to 1", "min_confidence")
-    for name, uri in (("OUT", output_uri), ("DEST", dest_uri)):
+    for name, uri in (("OUT", output_uri), ("DEST", dest_uri), ("--only", only)):
+        if not uri:
+            continue
         reason = refusal(uri)
         if reason is not None:
             raise ConfigError(f"{name} {redact(uri)!r}: {reason}")
@@ -124,6 +137,8 @@ def export_labels(output_uri: str, dest_uri: str, fmt: str, *, min_confidence: f
         raise ValueError(f"{redact(labels_uri)} is not a goggles labels table: it lacks "
                          f"{', '.join(sorted(missing))}")
     class_names = sorted(set(labels["label_name"].to_pylist()))
+    if only:
+        labels = labels.take(_only_rows(only, labels))
     kept = labels.filter(pc.greater_equal(labels["confidence"], min_confidence))
     rows = Selected.from_table(kept)
     folders = class_folders(class_names) if fmt in TREES else {}
@@ -145,7 +160,7 @@ def export_labels(output_uri: str, dest_uri: str, fmt: str, *, min_confidence: f
         min_confidence=min_confidence, written=len(rows), skipped=labels.num_rows - len(rows),
         per_class={name: counts.get(name, 0) for name in class_names},
         folders=folders, files=[*files, RECORD],
-        linked=fmt in TREES and links(rows, dest_uri, link))
+        linked=fmt in TREES and links(rows, dest_uri, link), only=redact(only))
     record = {**asdict(summary), "goggles_version": __version__,
               "probs_order": _probs_order(labels)}
     storage.write_json(record, storage.join(dest_uri, RECORD))
@@ -166,6 +181,30 @@ def _locate(output_uri: str) -> tuple[str, dict[str, Any]]:
     except storage.MissingObjectError:
         metrics = {}
     return paths["labels"], metrics if isinstance(metrics, dict) else {}
+
+
+def _only_rows(only: str, labels: pa.Table) -> list[int]:
+    """Positions in ``labels`` of the images the file ``only`` lists (its ``uri`` column), in
+    order, each once."""
+    shown = redact(only)
+    try:
+        table = (storage.read_parquet(only) if only.endswith(".parquet") else
+                 pacsv.read_csv(pa.BufferReader(storage.read_bytes(only))))
+    except pa.ArrowInvalid as error:
+        raise ConfigError(f"--only {shown} is not a CSV or Parquet table "
+                          f"({type(error).__name__}); give the file goggles suggest --output "
+                          "wrote, or any table with a uri column", "only") from None
+    if "uri" not in table.column_names:
+        raise ConfigError(f"--only {shown} has no uri column (it has "
+                          f"{', '.join(table.column_names[:8])}); give a table with one row per "
+                          "image and its URI in a column named uri", "only")
+    listed = pa.table({"uri": pc.cast(table["uri"], pa.string()),
+                       "label": pa.nulls(table.num_rows, pa.string())})
+    try:
+        positions, _ = match_dev_labels(listed, labels["uri"].to_pylist(), f"--only {shown}")
+    except ValueError as error:
+        raise ConfigError(str(error), "only") from None
+    return list(dict.fromkeys(positions.tolist()))
 
 
 def _check_dest(dest: str, output: str, labels_uri: str, source: str) -> None:

@@ -6,7 +6,12 @@ Studio"): a JSON list of tasks, each with a ``data`` object naming the image und
 configuration's ``<Image value="$image">`` reads, and a ``predictions`` list whose items carry a
 ``model_version``, a ``score`` (the data manager sorts by it, lowest first) and a ``result``
 list of ``choices`` regions from the ``Choices`` control ``choice`` to the ``Image`` object
-``image``. Every result has its own ``id``, as the import requires.
+``image``. Every result has its own ``id``, as the import requires. ``data.goggles_uri`` keeps
+the image's URI as the run lists it, so that the annotations exported from Label Studio come back
+as dev labels matched exactly (:mod:`goggles.io.label_studio` reads them).
+
+The configuration offers every class of the run as a choice and a text box, ``other``, for a class
+no cluster has: a name typed there is the label (Label Studio's ``Choices`` take no free text).
 
 How Label Studio reaches the images:
 
@@ -29,13 +34,13 @@ from xml.sax.saxutils import quoteattr
 
 from goggles.export.writers import Selected
 from goggles.io import storage
+from goggles.io.label_studio import CHOICE, IMAGE_KEY, LOCAL_FILES, OTHER, URI_KEY
 from goggles.io.uris import is_local, local_path
 
 TASKS = "tasks.json"
 CONFIG = "labeling-config.xml"
-FROM_NAME = "choice"
-TO_NAME = "image"
-LOCAL_FILES = "/data/local-files/?d="
+FROM_NAME = CHOICE
+TO_NAME = IMAGE_KEY
 
 
 def image_url(uri: str, document_root: str = "/") -> str:
@@ -56,7 +61,7 @@ def tasks(rows: Selected, model_version: str,
           document_root: str = "/") -> list[dict[str, Any]]:
     """One task per image, its label as a prediction with the confidence as score."""
     return [{
-        "data": {TO_NAME: image_url(rows.uri[i], document_root), "uri": rows.uri[i],
+        "data": {TO_NAME: image_url(rows.uri[i], document_root), URI_KEY: rows.uri[i],
                  "image_id": rows.image_id[i]},
         "predictions": [{
             "model_version": model_version,
@@ -69,11 +74,17 @@ def tasks(rows: Selected, model_version: str,
 
 
 def labeling_config(class_names: Sequence[str]) -> str:
-    """The labeling configuration the tasks match: the image and one choice per class."""
+    """The labeling configuration the tasks match: the image, one choice per class, and a text
+    box for a class that is not among them (its text, when filled, is the label)."""
     choices = "".join(f"    <Choice value={quoteattr(name)}/>\n" for name in class_names)
     return (f"<View>\n  <Image name=\"{TO_NAME}\" value=\"${TO_NAME}\"/>\n"
             f"  <Choices name=\"{FROM_NAME}\" toName=\"{TO_NAME}\" choice=\"single\" "
-            f"showInLine=\"true\">\n{choices}  </Choices>\n</View>\n")
+            f"showInLine=\"true\">\n{choices}  </Choices>\n"
+            "  <Header value=\"Another class? Type its name, then Enter (it replaces the "
+            "choice):\"/>\n"
+            f"  <TextArea name=\"{OTHER}\" toName=\"{TO_NAME}\" maxSubmissions=\"1\" "
+            f"editable=\"true\" rows=\"1\" placeholder=\"a class not listed above\"/>\n"
+            "</View>\n")
 
 
 def write_label_studio(rows: Selected, dest: str, class_names: Sequence[str], *,

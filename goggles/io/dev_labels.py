@@ -1,5 +1,6 @@
 """Dev labels, the one labeled input: a CSV (or Parquet, by its suffix) with columns ``uri,label``
-for a handful of images, which names the clusters (and is checked before a run starts)."""
+for a handful of images, or a Label Studio JSON export (by its ``.json`` suffix,
+:mod:`goggles.io.label_studio`), which names the clusters (and is checked before a run starts)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from goggles.io import storage
+from goggles.io.label_studio import read_label_studio
 from goggles.io.uris import redact
 
 logger = logging.getLogger(__name__)
@@ -20,15 +22,17 @@ DEV_LABELS_MAX_BYTES = 64 * 2**20
 
 
 def read_dev_labels_table(dev_labels_uri: str) -> pa.Table:
-    """A dev-labels file (CSV, or Parquet by its suffix) as a table with string columns
-    ``uri, label``; a file too large, unparsable or without those columns is refused naming
-    the fix (never quoting its content)."""
+    """A dev-labels file (CSV, or Parquet or a Label Studio JSON export by its suffix) as a table
+    with string columns ``uri, label``; a file too large, unparsable or without those columns is
+    refused naming the fix (never quoting its content)."""
     shown = redact(dev_labels_uri)
     size = storage.size(dev_labels_uri)
     if size > DEV_LABELS_MAX_BYTES:
         raise ValueError(f"dev labels {shown} hold {size:,} bytes, more than the "
                          f"{DEV_LABELS_MAX_BYTES // 2**20} MiB a dev set needs; give a handful "
                          "of labeled images per class")
+    if dev_labels_uri.lower().endswith(".json"):
+        return read_label_studio(storage.read_bytes(dev_labels_uri), shown)
     try:
         if dev_labels_uri.endswith(".parquet"):
             dev = storage.read_parquet(dev_labels_uri)
@@ -39,7 +43,8 @@ def read_dev_labels_table(dev_labels_uri: str) -> pa.Table:
     except pa.ArrowInvalid as error:
         # the parser's message quotes the offending line: a wrong file must not leak its content
         raise ValueError(f"dev labels {shown} are not a CSV or Parquet table with columns "
-                         f"uri,label ({type(error).__name__}); check the file") from None
+                         f"uri,label ({type(error).__name__}); check the file (a Label Studio "
+                         "export must end in .json)") from None
     missing = {"uri", "label"} - set(dev.column_names)
     if missing:
         raise ValueError(f"dev labels {shown} lack column(s) {sorted(missing)}; give a CSV or "

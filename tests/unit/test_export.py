@@ -310,6 +310,54 @@ def test_label_studio_config_escapes_class_names() -> None:
     assert [c.get("value") for c in config.iter("Choice")] == ['a "quoted" <b>', "c&d"]
 
 
+def test_only_the_suggested_images_are_exported_to_label_studio(
+        run: tuple[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--only FILE`` (what ``goggles suggest --output`` writes: ``uri`` and an empty
+    ``label``): a task per listed image, its current label as the prediction, its URI kept in
+    ``data.goggles_uri``; the config offers every class of the run and a text box."""
+    out, _ = run
+    labels = read_labels(out)
+    listed = sorted(labels)[1::5]
+    only = tmp_path / "suggested.csv"
+    only.write_text("uri,label\n" + "".join(f"{uri},\n" for uri in [*listed, listed[0]]))
+    dest = tmp_path / "ls"
+    assert main(["export", out, "--format", "label-studio", "--output", str(dest),
+                 "--only", str(only), "--label-studio-root", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert f"exported {len(listed)} of {len(listed)} images" in printed and str(only) in printed
+    tasks = json.loads((dest / "tasks.json").read_text())
+    assert sorted(t["data"]["goggles_uri"] for t in tasks) == listed
+    for item in tasks:
+        uri = item["data"]["goggles_uri"]
+        assert item["data"]["image"] == image_url(uri, str(tmp_path))
+        choice, = item["predictions"][0]["result"]
+        assert choice["value"]["choices"] == [labels[uri]["label_name"]]
+    config = ET.fromstring((dest / "labeling-config.xml").read_text())
+    assert [c.get("value") for c in config.iter("Choice")] == list(CLASSES)
+    text, = config.iter("TextArea")
+    assert text.get("name") == "other" and text.get("toName") == "image"
+    assert json.loads((dest / "export.json").read_text())["only"] == str(only)
+
+
+def test_only_reads_parquet_and_refuses_a_list_it_cannot_use(run: tuple[str, str],
+                                                             tmp_path: Path) -> None:
+    out, _ = run
+    uris = sorted(read_labels(out))[:3]
+    storage.write_parquet(pa.table({"uri": uris}), str(tmp_path / "s.parquet"))
+    summary = export_labels(out, str(tmp_path / "d"), "csv", only=str(tmp_path / "s.parquet"))
+    assert summary.written == 3
+    with (tmp_path / "d" / "labels.csv").open() as handle:
+        assert sorted(row["uri"] for row in csv.DictReader(handle)) == uris
+    (tmp_path / "no-uri.csv").write_text("path,label\n/a.png,\n")
+    (tmp_path / "elsewhere.csv").write_text("uri,label\n/nowhere/x/a.png,\n")
+    for name, message in (("no-uri.csv", "has no uri column"),
+                          ("elsewhere.csv", "none of the 1 rows of --only")):
+        with pytest.raises(ConfigError, match=message):
+            export_labels(out, str(tmp_path / name.split(".")[0]), "label-studio",
+                          only=str(tmp_path / name))
+        assert not (tmp_path / name.split(".")[0]).exists()
+
+
 # -- what is refused ------------------------------------------------------------------------------
 
 def test_refusals(run: tuple[str, str], tmp_path: Path) -> None:
