@@ -28,7 +28,13 @@ from goggles.io.uris import redact
 from goggles.parameters import RunParameters
 from goggles.pipeline import stages
 from goggles.pipeline.extract import part_uri, run_extract
-from goggles.pipeline.wiring import check_counts, check_run, evaluate_and_report, run_record
+from goggles.pipeline.wiring import (
+    absolute_uris,
+    check_counts,
+    check_run,
+    evaluate_and_report,
+    run_record,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +52,9 @@ def timed(timings: dict[str, float], stage: str) -> Iterator[None]:
 def run_inprocess(params: RunParameters) -> dict[str, Any]:
     """Run every stage in this process, holding the output's lock (:mod:`goggles.io.lock`: a
     second run into the same output fails at once); returns the metrics written to
-    ``metrics.json``."""
+    ``metrics.json``. Local URIs are made absolute first, as the Kubeflow runners do, so
+    every URI the outputs record is absolute."""
+    params = absolute_uris(params)
     configs = check_run(params)
     with output_lock(params.output_uri,
                      owner_note=f"goggles run (in process) of {redact(params.source_uri)}"):

@@ -60,6 +60,16 @@ def stage_configs(params: RunParameters) -> dict[str, Any]:
     return {stage: stage_config(stage, values) for stage in STAGES}
 
 
+def absolute_uris(params: RunParameters) -> RunParameters:
+    """``params`` with every local URI absolute (:func:`goggles.io.uris.absolute`), so the
+    manifest, labels and ``metrics.json`` of a run on this machine name the same files from any
+    working directory (``goggles export`` run elsewhere, its DEST-inside-SOURCE check)."""
+    import dataclasses
+
+    return dataclasses.replace(params, **{name: uris.absolute(getattr(params, name))
+                                          for name in names() if spec(name).uri})
+
+
 def check_run(params: RunParameters, *, local_output: bool = True) -> dict[str, Any]:
     """Check a run before any work starts (:func:`check_parameters`, then
     :func:`check_inputs`); returns its stage configs."""
