@@ -257,7 +257,8 @@ def goggles_pipeline(
     ingest_task = listed_ingest(source_uri, follow_symlinks)
 
     plan_task = _resources(plan_shards(manifest=ingest_task.outputs["manifest"],
-                                       num_shards=num_shards, num_classes=num_classes), "plan")
+                                       num_shards=num_shards, num_classes=num_classes,
+                                       dev_labels_uri=dev_labels_uri), "plan")
     plan_task.set_display_name("plan the row shards")
 
     # the plan's shard ids start the extraction: parameters that cannot work fail before it

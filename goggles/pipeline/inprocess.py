@@ -31,6 +31,7 @@ from goggles.pipeline.extract import part_uri, run_extract
 from goggles.pipeline.wiring import (
     absolute_uris,
     check_counts,
+    check_dev_labels_ingested,
     check_run,
     evaluate_and_report,
     run_record,
@@ -75,6 +76,7 @@ def _run_stages(params: RunParameters, configs: dict[str, Any]) -> dict[str, Any
         ingested = records.run("ingest", ingest_key, lambda: stages.run_ingest(
             ingest_cfg, params.source_uri, paths["manifest"]), [paths["manifest"]])
     check_counts(ingested["n_images"], params.num_classes, params.num_shards, paths["manifest"])
+    check_dev_labels_ingested(params.dev_labels_uri, paths["manifest"])
     extract_params = extract_cfg.to_dict()
     if not extract_cfg.max_prototypes:
         extract_params.pop("seed")  # the seed only drives the prototype budget's sample
