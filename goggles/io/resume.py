@@ -72,6 +72,11 @@ class StageRecords:
             return done
         logger.info("running %s", name)
         result = work()
+        self.write(name, key, result, outputs)
+        return result
+
+    def write(self, name: str, key: str, result: dict[str, Any],
+              outputs: Sequence[str] = ()) -> None:
+        """Record stage ``name`` as finished with ``key`` (after its outputs are written)."""
         storage.write_json({"key": key, "result": result, "finished_at": time.time(),
                             "outputs": list(outputs)}, self._uri(name))
-        return result

@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from goggles.io import listing, storage
+from goggles.io import listing, source_state, storage
 from goggles.io.artifacts import output_paths
 from goggles.io.lock import output_lock
 from goggles.io.resume import StageRecords, stage_key
@@ -62,19 +62,40 @@ def run_inprocess(params: RunParameters) -> dict[str, Any]:
         return _run_stages(params, configs)
 
 
+def _ingest(params: RunParameters, config: Any, records: StageRecords,
+            manifest_uri: str) -> tuple[dict[str, Any], str]:
+    """Reuse the last ingest when the source is the one it read
+    (:func:`goggles.io.source_state.first_change`: metadata first, content where metadata could
+    lie), else ingest; returns its result and the key the later stages build on, a digest of
+    every file's content as ingest read it."""
+    files = listing.list_files(params.source_uri, config.extensions,
+                               follow_symlinks=config.follow_symlinks)
+    settings = config.to_dict()
+    settings.pop("verify")  # how the source is checked changes no result
+    key = stage_key("ingest", settings, params.source_uri)
+    done = records.finished("ingest", key, [manifest_uri])
+    change = source_state.first_change(files, (done or {}).get("source"), verify=config.verify)
+    if done is not None and change is None:
+        logger.info("reusing ingest: the %d source files are those it read", len(files))
+    else:
+        if done is not None:
+            logger.info("running ingest: %s since the last run", change)
+        result = stages.run_ingest(config, params.source_uri, manifest_uri)
+        done = {**result, "source": source_state.record(
+            files, storage.read_parquet(manifest_uri, columns=["uri", "sha256"]))}
+        records.write("ingest", key, done, [manifest_uri])
+    content = source_state.content_listing(done["source"])
+    return done, stage_key("ingest", key, content)
+
+
 def _run_stages(params: RunParameters, configs: dict[str, Any]) -> dict[str, Any]:
     ingest_cfg, extract_cfg = configs["ingest"], configs["extract"]
     affinity_cfg, infer_cfg = configs["affinity"], configs["infer"]
     paths = output_paths(params.output_uri)
     records = StageRecords(storage.join(params.output_uri, "artifacts"))
     timings: dict[str, float] = {}
-    files = [(f.relative, f.size, f.version)
-             for f in listing.list_files(params.source_uri, ingest_cfg.extensions,
-                                         follow_symlinks=ingest_cfg.follow_symlinks)]
-    ingest_key = stage_key("ingest", ingest_cfg.to_dict(), params.source_uri, files)
     with timed(timings, "ingest"):
-        ingested = records.run("ingest", ingest_key, lambda: stages.run_ingest(
-            ingest_cfg, params.source_uri, paths["manifest"]), [paths["manifest"]])
+        ingested, ingest_key = _ingest(params, ingest_cfg, records, paths["manifest"])
     check_counts(ingested["n_images"], params.num_classes, params.num_shards, paths["manifest"])
     check_dev_labels_ingested(params.dev_labels_uri, paths["manifest"])
     extract_params = extract_cfg.to_dict()
