@@ -296,3 +296,36 @@ def test_labels_are_byte_identical_with_a_cold_and_a_warm_feature_cache(runs,
     assert (ui["features_computed"], ui["features_reused"]) == (120, 0)
     without = json.loads((runs["out4"] / "metrics.json").read_text())
     assert (without["features_computed"], without["features_reused"]) == (120, 0)
+
+
+@pytest.mark.slow
+def test_a_same_size_same_mtime_rewrite_is_not_answered_from_the_cache(tmp_path: Path) -> None:
+    """kfp's cache keys ingest by the listing task's digest: a file rewritten with another picture
+    of the same size and its mtime set back (``cp -p``, ``rsync -t``) has a new ctime, so the
+    digest moves and the new bytes are ingested and labeled."""
+    import hashlib
+
+    from tests.unit.test_resume import _bmp, bmp_source, rewrite_keeping_size_and_mtime
+
+    source = bmp_source(tmp_path / "in", 6)
+    root = tmp_path / "root"
+    common = {"source_uri": str(source), "num_classes": 2, "seed": SEED, "backbone": BACKBONE,
+              "descriptor_backbone": "none", "method": "kmeans", "top_k": 2}
+
+    def run(name: str) -> dict[str, str]:
+        run_pipeline(RunParameters(output_uri=str(tmp_path / name), **common),
+                     pipeline_root=str(root), enable_caching=True)
+        rows = pq.read_table(tmp_path / name / "manifest.parquet").to_pylist()
+        return {row["uri"]: row["sha256"] for row in rows}
+
+    def executed(task: str) -> int:
+        return len(list(root.glob(f"goggles-*/{task}/executor_output.json")))
+
+    run("first")
+    victim = source / "red" / "0.bmp"
+    rewrite_keeping_size_and_mtime(victim, _bmp(7, (0, 170, 0)))
+    hashes = run("rewritten")
+    assert executed("ingest") == 2, "the rewritten source was answered from the cache"
+    assert hashes[str(victim)] == hashlib.sha256(victim.read_bytes()).hexdigest()
+    run("again")  # nothing changed since: every task but the listing from the cache
+    assert (executed("list-source"), executed("ingest")) == (3, 2)
