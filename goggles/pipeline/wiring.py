@@ -71,8 +71,9 @@ def absolute_uris(params: RunParameters) -> RunParameters:
     working directory (``goggles export`` run elsewhere, its DEST-inside-SOURCE check)."""
     import dataclasses
 
-    return dataclasses.replace(params, **{name: uris.absolute(getattr(params, name))
-                                          for name in names() if spec(name).uri})
+    changes: dict[str, Any] = {name: uris.absolute(getattr(params, name))
+                               for name in names() if spec(name).uri}
+    return dataclasses.replace(params, **changes)
 
 
 def check_run(params: RunParameters, *, local_output: bool = True) -> dict[str, Any]:
