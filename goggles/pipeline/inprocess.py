@@ -73,17 +73,15 @@ def _ingest(params: RunParameters, config: Any, records: StageRecords,
     settings = config.to_dict()
     settings.pop("verify")  # how the source is checked changes no result
     key = stage_key("ingest", settings, params.source_uri)
-    done = records.finished("ingest", key, [manifest_uri])
-    change = source_state.first_change(files, (done or {}).get("source"), verify=config.verify)
-    if done is not None and change is None:
-        logger.info("reusing ingest: the %d source files are those it read", len(files))
-    else:
-        if done is not None:
-            logger.info("running ingest: %s since the last run", change)
+
+    def work() -> dict[str, Any]:
         result = stages.run_ingest(config, params.source_uri, manifest_uri)
-        done = {**result, "source": source_state.record(
+        return {**result, "source": source_state.record(
             files, storage.read_parquet(manifest_uri, columns=["uri", "sha256"]))}
-        records.write("ingest", key, done, [manifest_uri])
+
+    done = records.run("ingest", key, work, [manifest_uri], changed=lambda result:
+                       source_state.first_change(files, result.get("source"),
+                                                 verify=config.verify))
     content = source_state.content_listing(done["source"])
     return done, stage_key("ingest", key, content)
 

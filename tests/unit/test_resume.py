@@ -187,7 +187,7 @@ def test_a_same_size_same_mtime_rewrite_is_ingested_again(
     victim = source / "red" / "0.bmp"
     rewrite_keeping_size_and_mtime(victim, _bmp(7, (0, 170, 0)))
     log, hashes = run()
-    assert "running ingest: red/0.bmp has new content" in log, log
+    assert "redoing ingest: red/0.bmp has new content" in log, log
     assert "running extract" in log and "reusing extract" not in log, log
     assert hashes[str(victim)] == hashlib.sha256(victim.read_bytes()).hexdigest()
     os.utime(victim)  # touched: new mtime, same bytes
