@@ -1,12 +1,13 @@
 """What checking images against the manifest's sha256 costs: ingest + extract with and without
 the check, the hashing alone, and what a rerun's source check costs with and without --verify.
 
-    python benchmarks/verify.py [--classes 4] [--per-class 59] [--backbone mobilenet_v2]
+    python benchmarks/verify.py [--classes 4] [--per-class 60] [--backbone mobilenet_v2]
                                 [--repeats 2]
 
 On the rerun benchmark's grown source (cub-dev read in place through symlinks: the first
-``--classes`` species, ``--per-class`` images each; 4 x 59 = 236 images). Measured in one
-process, interleaved (off, on, off, on ...), each mode's fastest repeat:
+``--classes`` species, ``--per-class`` images each: 236 with the defaults, as one species has
+fewer than 60). Measured in one process, interleaved (off, on, off, on ...), each mode's
+fastest repeat:
 
 * ``ingest + extract``: :func:`goggles.pipeline.stages.run_ingest` then
   :func:`goggles.pipeline.extract.run_extract` (no feature cache), with extract's check of each
@@ -50,7 +51,7 @@ from goggles.pipeline.extract import run_extract  # noqa: E402
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--classes", type=int, default=4)
-    parser.add_argument("--per-class", type=int, default=59)
+    parser.add_argument("--per-class", type=int, default=60)
     parser.add_argument("--backbone", default="mobilenet_v2")
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args(argv)
