@@ -95,7 +95,7 @@ def _run_stages(params: RunParameters, configs: dict[str, Any]) -> dict[str, Any
     with timed(timings, "ingest"):
         ingested, ingest_key = _ingest(params, ingest_cfg, records, paths["manifest"])
     check_counts(ingested["n_images"], params.num_classes, params.num_shards, paths["manifest"])
-    check_dev_labels_ingested(params.dev_labels_uri, paths["manifest"])
+    check_dev_labels_ingested(params.dev_labels_uri, paths["manifest"], params.num_classes)
     extract_params = extract_cfg.to_dict()
     if not extract_cfg.max_prototypes:
         extract_params.pop("seed")  # the seed only drives the prototype budget's sample

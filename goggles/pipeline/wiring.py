@@ -180,15 +180,19 @@ def check_counts(n_images: int, num_classes: int, num_shards: int, manifest_uri:
                          f"at most {n_images} shards")
 
 
-def check_dev_labels_ingested(dev_labels_uri: str, manifest_uri: str) -> None:
-    """After ingest, before extraction: the dev labels must name an accepted image; rows that
-    name only rejected images are counted and named (:func:`check_against_manifest`)."""
+def check_dev_labels_ingested(dev_labels_uri: str, manifest_uri: str, num_classes: int) -> None:
+    """After ingest, before extraction (the pipeline's plan task; on a cluster the first check of
+    the dev labels): their rows and names (:func:`check_dev_labels`), and that they name an
+    accepted image, rows that name only rejected images counted and named
+    (:func:`check_against_manifest`)."""
     if not dev_labels_uri:
         return
     where = f"dev labels {uris.redact(dev_labels_uri)}"
     manifest = storage.read_parquet(manifest_uri, columns=["uri", "status", "error"])
     try:
-        check_against_manifest(read_dev_labels_table(dev_labels_uri), manifest, where)
+        table = read_dev_labels_table(dev_labels_uri)
+        check_dev_labels(table, num_classes, where)
+        check_against_manifest(table, manifest, where)
     except ValueError as error:
         raise StageError(f"{error} (rejection reasons: {manifest_uri})") from None
 

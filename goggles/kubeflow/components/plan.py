@@ -24,5 +24,5 @@ def plan_shards(manifest: Input[Dataset], num_shards: int, num_classes: int,
     from goggles.pipeline.wiring import check_counts, check_dev_labels_ingested
 
     check_counts(int(manifest.metadata["n_images"]), num_classes, num_shards)
-    check_dev_labels_ingested(dev_labels_uri, manifest.path)
+    check_dev_labels_ingested(dev_labels_uri, manifest.path, num_classes)
     return list(range(num_shards))
