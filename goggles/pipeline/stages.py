@@ -188,7 +188,8 @@ def run_apply(config: ApplyConfig, model_uri: str, manifest_uri: str, labels_uri
     started = time.perf_counter()
     manifest = storage.read_parquet(manifest_uri)
     rows = artifacts.accepted(manifest)
-    applied = label_new_images(model_uri, rows["uri"].to_pylist(), config)
+    applied = label_new_images(model_uri, rows["uri"].to_pylist(), config,
+                               hashes=rows["sha256"].to_pylist())
     storage.write_parquet(artifacts.labels_table(rows, applied.probs, applied.classes),
                           labels_uri)
     metrics: dict[str, Any] = {
