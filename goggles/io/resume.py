@@ -82,6 +82,11 @@ class StageRecords:
         self.write(name, key, result, outputs)
         return result
 
+    def forget(self, name: str) -> None:
+        """Remove stage ``name``'s record: the next run redoes it."""
+        if storage.exists(self._uri(name)):
+            storage.remove(self._uri(name))
+
     def write(self, name: str, key: str, result: dict[str, Any],
               outputs: Sequence[str] = ()) -> None:
         """Record stage ``name`` as finished with ``key`` (after its outputs are written)."""

@@ -86,6 +86,39 @@ def _ingest(params: RunParameters, config: Any, records: StageRecords,
     return done, stage_key("ingest", key, content)
 
 
+def _extract(params: RunParameters, config: Any, records: StageRecords, paths: dict[str, str],
+             key: str) -> tuple[dict[str, Any], str]:
+    """The extract stage, reused or run. An image whose bytes changed since ingest read them
+    (:class:`goggles.io.images.ImageChanged`) becomes a rejected row of the manifest ("changed
+    during the run"), the ingest record is dropped (the next run ingests the source again) and
+    the stage runs once more without it; returns its result and the key later stages build on."""
+    from goggles.ingest.manifest import reject
+    from goggles.io.images import CHANGED, ImageChanged
+
+    outputs = [storage.join(paths["features"], "meta.json"), paths["prototypes"],
+               *(storage.join(part_uri(paths["features"], s), "meta.json")
+                 for s in range(params.num_shards))]
+
+    def work() -> dict[str, Any]:
+        return run_extract(config, paths["manifest"], paths["features"], paths["prototypes"],
+                           num_parts=params.num_shards)
+
+    try:
+        return records.run("extract", key, work, outputs), key
+    except ImageChanged as error:
+        changed = sorted(error.uris)
+    manifest = reject(storage.read_parquet(paths["manifest"]), changed, CHANGED)
+    storage.write_parquet(manifest, paths["manifest"])
+    records.forget("ingest")
+    logger.warning("%d image(s) %s (their bytes no longer match the sha256 ingest recorded), "
+                   "e.g. %s: rejected rows of the manifest now; the next run ingests the "
+                   "source again", len(changed), CHANGED, redact(changed[0]))
+    n_images = int(manifest.num_rows - manifest["image_id"].null_count)
+    check_counts(n_images, params.num_classes, params.num_shards, paths["manifest"])
+    key = stage_key(key, "without changed images", changed)
+    return records.run("extract", key, work, outputs), key
+
+
 def _run_stages(params: RunParameters, configs: dict[str, Any]) -> dict[str, Any]:
     ingest_cfg, extract_cfg = configs["ingest"], configs["extract"]
     affinity_cfg, infer_cfg = configs["affinity"], configs["infer"]
@@ -105,12 +138,7 @@ def _run_stages(params: RunParameters, configs: dict[str, Any]) -> dict[str, Any
     # one extraction part per affinity shard, as on a cluster
     extract_key = stage_key("extract", ingest_key, extract_params, params.num_shards)
     with timed(timings, "extract"):
-        extracted = records.run("extract", extract_key, lambda: run_extract(
-            extract_cfg, paths["manifest"], paths["features"], paths["prototypes"],
-            num_parts=params.num_shards),
-            [storage.join(paths["features"], "meta.json"), paths["prototypes"],
-             *(storage.join(part_uri(paths["features"], s), "meta.json")
-               for s in range(params.num_shards))])
+        extracted, extract_key = _extract(params, extract_cfg, records, paths, extract_key)
     shard_uris, shard_keys = [], []
     with timed(timings, "affinity"):
         for shard_id in range(params.num_shards):
