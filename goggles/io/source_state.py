@@ -13,9 +13,9 @@ of the bytes ingest read):
 * a file added, removed or of another size is a change;
 * with ``verify`` every local file of the same size is re-hashed (for file systems whose ctime
   cannot be trusted: some network and FUSE mounts), and so is every file of a local source of at
-  most :data:`VERIFY_BELOW_BYTES` in all, where hashing costs next to nothing: 16 ms for the
-  rerun benchmark's cub-dev species (233 images, 2.1 MB), against 85-105 s of ingest + extract
-  on the same 2-core machine (``benchmarks/verify.py``).
+  most :data:`VERIFY_BELOW_BYTES` in all, where hashing costs next to nothing: 11 ms for the
+  rerun benchmark's 236 cub-dev images (2.1 MB), against 72 s of ingest + extract on the same
+  2-core machine (``benchmarks/verify.py``).
 
 An object in a store is trusted by its size and version (the generation or ETag, which the store
 derives from each write and no client sets); its bytes are not read.
