@@ -211,7 +211,10 @@ def _run(args: argparse.Namespace) -> int:
     params = RunParameters(**{name: getattr(args, name) for name in parameters.names()})
     if args.break_lock:
         from goggles.io.lock import break_lock
+        from goggles.pipeline.wiring import absolute_uris, check_run
 
+        # every other check first: a run that cannot start must not have taken the lock away
+        check_run(absolute_uris(params))
         holder = break_lock(params.output_uri)
         if holder is not None:
             logger.warning("removed the lock of %s held by pid %s on %s since %s",

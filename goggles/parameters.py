@@ -105,6 +105,10 @@ class RunParameters:
         False, "follow symlinks that lead outside the source (off: such files are rejected "
         "and such folders skipped, so a source cannot expose other files)",
         stages=("ingest",))
+    verify: bool = _parameter(
+        False, "decide reuse (resume, --cache) by every local source file's content, as for "
+        "sources of at most 256 MiB: hash them all, not only those whose metadata changed",
+        stages=("ingest",))
     feature_cache_uri: str = _parameter(
         "", "keep each image's features here (a folder or bucket prefix) and reuse them on "
         "later runs: only images not seen before are extracted", flag="--feature-cache",

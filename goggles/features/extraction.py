@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from goggles.features.backbones import IMAGENET_MEAN, IMAGENET_STD
 from goggles.features.device import autocast_dtype, cpu_threads, extract_batch_size, resolve_device
 from goggles.io import storage
-from goggles.io.images import ImageRejected, decode_image
+from goggles.io.images import ImageRejected, changed_since_ingest, decode_image
 
 logger = logging.getLogger(__name__)
 
@@ -44,24 +44,34 @@ def preprocess(image, image_size: int) -> torch.Tensor:  # type: ignore[no-untyp
 
 
 class ImageDataset(Dataset):  # type: ignore[type-arg]
-    """Decodes and preprocesses the images at ``uris``; item ``i`` is ([3, S, S], i)."""
+    """Decodes and preprocesses the images at ``uris``; item ``i`` is ([3, S, S], i, changed).
 
-    def __init__(self, uris: Sequence[str], image_size: int, max_pixels: int = 64_000_000):
+    With ``hashes`` (the manifest's sha256 of each image), the bytes read are checked against
+    it before they are decoded (:func:`goggles.io.images.changed_since_ingest`); an image
+    rewritten since ingest is not decoded: its item is zeros with ``changed`` True."""
+
+    def __init__(self, uris: Sequence[str], image_size: int, max_pixels: int = 64_000_000,
+                 hashes: Sequence[str | None] | None = None):
         self.uris = list(uris)
         self.image_size = image_size
         self.max_pixels = max_pixels
+        self.hashes = list(hashes) if hashes is not None else [None] * len(self.uris)
 
     def __len__(self) -> int:
         return len(self.uris)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, bool]:
         uri = self.uris[index]
         try:
-            image = decode_image(storage.read_bytes(uri), max_pixels=self.max_pixels)
+            data = storage.read_bytes(uri)
+            if changed_since_ingest(data, self.hashes[index]):
+                side = self.image_size
+                return torch.zeros(3, side, side), index, True
+            image = decode_image(data, max_pixels=self.max_pixels)
         except (ImageRejected, storage.StorageError) as error:
             raise RuntimeError(f"{uri} was accepted at ingest but cannot be read now ({error}); "
                                "rerun ingest so the manifest matches the source") from error
-        return preprocess(image, self.image_size), index
+        return preprocess(image, self.image_size), index, False
 
 
 def default_workers(requested: int) -> int:
@@ -125,11 +135,18 @@ def extract_filter_maps(
     device: torch.device | str | None = None,
     precision: str = "auto",
     on_batch: Callable[[int, np.ndarray], None],
+    hashes: Sequence[str | None] | None = None,
+    changed: list[int] | None = None,
 ) -> None:
     """Run ``model`` over the images at ``uris`` in order.
 
     ``on_batch(start, maps)`` receives consecutive batches: ``maps`` is [n, C, H, W] float32 for
     images ``start .. start+n-1``.
+
+    With ``hashes`` (the manifest's sha256 of each image) every image's bytes are checked as
+    they are read; the positions of those that changed since ingest are appended to
+    ``changed`` before their batch reaches ``on_batch`` (their maps are of a blank image and
+    must not be kept).
 
     Decoding runs in DataLoader workers, overlapped with the forward pass. On a GPU the batches
     travel through pinned memory, the forward runs under autocast (``precision``: see
@@ -148,7 +165,7 @@ def extract_filter_maps(
             bytes_per_image=activation_bytes_per_image(model, image_size, device, dtype))
     workers = default_workers(num_workers)
     loader = DataLoader(
-        ImageDataset(uris, image_size), batch_size=batch_size, shuffle=False,
+        ImageDataset(uris, image_size, hashes=hashes), batch_size=batch_size, shuffle=False,
         num_workers=workers, pin_memory=cuda,
         persistent_workers=False, prefetch_factor=4 if workers else None)
     memory_format = torch.channels_last if use_channels_last(device) else torch.preserve_format
@@ -164,7 +181,9 @@ def extract_filter_maps(
 
     start = 0
     with tqdm(total=len(uris), desc="extract", unit="img", disable=None) as bar:
-        for images, _ in loader:
+        for images, indices, rewritten in loader:
+            if changed is not None and bool(rewritten.any()):
+                changed.extend(int(i) for i in indices[rewritten])
             images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
             with _autocast(device, dtype):
                 maps = model(images)

@@ -21,6 +21,7 @@ from goggles.features.cache import FeatureCache, weights_digest
 from goggles.features.descriptors import SKETCH_DIM, bilinear_descriptors
 from goggles.features.device import autocast_dtype
 from goggles.features.extraction import extract_filter_maps
+from goggles.io.images import ImageChanged
 
 logger = logging.getLogger(__name__)
 
@@ -50,16 +51,25 @@ def open_cache(uri: str, kind: str, network: str, model: Any, *, image_size: int
 def _fill(cache: FeatureCache, uris: Sequence[str], hashes: Sequence[str],
           indices: Sequence[int], model: Any, options: dict[str, Any],
           transform: Callable[[np.ndarray], np.ndarray]) -> None:
-    """Extract the images at ``indices`` and put ``transform(maps)`` into the cache."""
+    """Extract the images at ``indices`` and put ``transform(maps)`` into the cache, each under
+    the hash of the bytes it was computed from: every image's bytes are checked against its
+    ``hashes`` entry as they are read, and one that changed since ingest is never put (raises
+    :class:`goggles.io.images.ImageChanged` once the others are in)."""
     if not indices:
         return
+    changed: list[int] = []
 
     def on_batch(start: int, maps: np.ndarray) -> None:
         values = transform(maps)
+        rewritten = set(changed)
         for offset, value in enumerate(values):
-            cache.put(hashes[indices[start + offset]], value)
+            if start + offset not in rewritten:
+                cache.put(hashes[indices[start + offset]], value)
 
-    extract_filter_maps([uris[i] for i in indices], model, on_batch=on_batch, **options)
+    extract_filter_maps([uris[i] for i in indices], model, on_batch=on_batch,
+                        hashes=[hashes[i] for i in indices], changed=changed, **options)
+    if changed:
+        raise ImageChanged([uris[indices[i]] for i in sorted(set(changed))])
 
 
 def cached_features(cache: FeatureCache, uris: Sequence[str], hashes: Sequence[str],

@@ -20,6 +20,8 @@ class IngestConfig(Config):
     labels_from_folders : take ground-truth labels from the first folder level (ImageFolder).
     follow_symlinks : read files and folders that symlinks inside the source lead to outside it;
         off, such a file is a rejected row and such a folder is skipped.
+    verify : reuse of an ingest (resume, the pipeline's listing key) decided by the content of
+        every local file, not only of those whose metadata changed (:mod:`goggles.io.listing`).
     """
 
     extensions: tuple[str, ...] = IMAGE_EXTENSIONS
@@ -27,6 +29,7 @@ class IngestConfig(Config):
     max_bytes: int = 256 * 1024 * 1024
     labels_from_folders: bool = True
     follow_symlinks: bool = default("follow_symlinks")
+    verify: bool = default("verify")
 
     def __post_init__(self) -> None:
         check(len(self.extensions) > 0, "extensions must name at least one suffix, e.g. '.jpg'")

@@ -25,6 +25,7 @@ import hashlib
 import logging
 import os
 import stat
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -202,6 +203,22 @@ def build_manifest(source_uri: str, config: IngestConfig) -> pa.Table:
         "status": pa.array(["accepted" if r.error is None else "rejected" for r in done]),
         "error": pa.array([r.error for r in done], pa.string()),
     }, schema=MANIFEST_SCHEMA)
+
+
+def reject(manifest: pa.Table, uris: Collection[str], reason: str) -> pa.Table:
+    """``manifest`` with the accepted rows of ``uris`` rejected for ``reason`` (e.g. an image
+    that changed after ingest read it) and the accepted rows numbered ``image_id`` 0..N-1 again,
+    in path order."""
+    doomed = set(uris)
+    rows = manifest.to_pylist()
+    next_id = 0
+    for row in rows:
+        if row["status"] == "accepted" and row["uri"] in doomed:
+            row.update(status="rejected", error=reason, image_id=None, width=None, height=None)
+        if row["status"] == "accepted":
+            row["image_id"] = next_id
+            next_id += 1
+    return pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
 
 
 def _log_summary(records: list[Record]) -> None:

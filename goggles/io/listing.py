@@ -37,7 +37,7 @@ def _list_all(uri: str) -> dict[str, int]:
         if not os.path.isdir(root):
             return {}
         return {os.path.relpath(full, root).replace(os.sep, "/"): size
-                for full, size, _ in _walk_local(root)}
+                for full, size, _, _ in _walk_local(root)}
     fs, root = storage.filesystem(uri)
     root = root.rstrip("/")
     fs.invalidate_cache(root)
@@ -69,14 +69,17 @@ def remove_temporaries(uri: str) -> int:
 
 @dataclass(frozen=True)
 class ListedFile:
-    """A listed file: its URI, its path relative to the listed folder, its size, and a version
-    that changes when its content is rewritten (local: the modification time in ns; object
-    stores: the generation or ETag), for resume keys."""
+    """A listed file: its URI, its path relative to the listed folder, its size, a version that
+    changes when its content is rewritten (local: the modification time in ns, which ``cp -p``,
+    ``rsync -t`` and ``tar`` set back; object stores: the generation or ETag, which no client
+    sets) and, for a local file, its ``identity``: the change time in ns and the inode, which
+    every rewrite or replacement changes and no user can set back. For resume keys."""
 
     uri: str
     relative: str
     size: int
     version: str = ""
+    identity: str = ""
 
 
 def _remote_version(info: dict) -> str:  # type: ignore[type-arg]
@@ -92,10 +95,12 @@ def _outside(path: str, root_real: str) -> bool:
     return real != root_real and not real.startswith(root_real.rstrip(os.sep) + os.sep)
 
 
-def _walk_local(root: str, follow_symlinks: bool = True) -> Iterator[tuple[str, int, int]]:
+def _walk_local(root: str, follow_symlinks: bool = True
+                ) -> Iterator[tuple[str, int, int, str]]:
     """Files under ``root``, following symlinked folders but entering each real folder once, so a
     symlink loop cannot run forever. Paths stay under ``root`` (the link's path, not its target).
-    Yields (path, size, modification time in ns); -1 for both when the file cannot be read.
+    Yields (path, size, modification time in ns, ``change time in ns:inode``); -1 for the
+    numbers and "" for the identity when the file cannot be read.
     Without ``follow_symlinks``, a symlinked folder that leads outside ``root`` is skipped (files
     that do are still yielded: ingest rejects each with its reason)."""
     visited: set[str] = set()
@@ -121,9 +126,11 @@ def _walk_local(root: str, follow_symlinks: bool = True) -> Iterator[tuple[str, 
             try:
                 info = os.stat(full)
                 size, mtime = info.st_size, info.st_mtime_ns
+                identity = f"{info.st_ctime_ns}:{info.st_dev}:{info.st_ino}"
             except OSError:
                 size = mtime = -1  # dangling link or vanished file: ingest records the reason
-            yield full, size, mtime
+                identity = ""
+            yield full, size, mtime, identity
 
 
 def has_files(folder: str, extensions: tuple[str, ...], follow_symlinks: bool = True) -> bool:
@@ -133,7 +140,7 @@ def has_files(folder: str, extensions: tuple[str, ...], follow_symlinks: bool = 
     root_real = os.path.realpath(folder)
     return any(full.lower().endswith(suffixes)
                and (follow_symlinks or not (os.path.islink(full) and _outside(full, root_real)))
-               for full, _, _ in _walk_local(folder, follow_symlinks))
+               for full, _, _, _ in _walk_local(folder, follow_symlinks))
 
 
 def leads_outside(path: str, root: str) -> bool:
@@ -155,10 +162,10 @@ def list_files(root_uri: str, extensions: tuple[str, ...], *,
         if not os.path.isdir(root):
             raise storage.StorageError(f"source {root_uri!r} is not a folder; give the folder that "
                                "holds the images")
-        for full, size, mtime in _walk_local(root, follow_symlinks):
+        for full, size, mtime, identity in _walk_local(root, follow_symlinks):
             if full.lower().endswith(suffixes):
                 listed.append(ListedFile(full, os.path.relpath(full, root).replace(os.sep, "/"),
-                                         size, str(mtime)))
+                                         size, str(mtime), identity))
     else:
         fs, root = storage.filesystem(root_uri)
         root = root.rstrip("/")

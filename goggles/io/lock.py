@@ -354,8 +354,10 @@ def output_lock(output_uri: str, *, owner_note: str = "",
 
 
 def break_lock(output_uri: str) -> Holder | None:
-    """Remove ``output_uri``'s lock, whoever holds it; returns the holder removed (None when
-    there was no lock). For a run the user knows is gone (``--break-lock``)."""
+    """Remove ``output_uri``'s lock; returns the holder removed (None when there was no lock).
+    For a run the user knows is gone (``--break-lock``): a holder this machine can see running
+    (same host, boot and pid namespace, its pid still that process) is never removed, it raises
+    :class:`LockHeld` instead; one on another host or container is the user's word."""
     store = _store(lock_uri(output_uri))
     for _ in range(_ACQUIRE_ROUNDS):
         current = store.read()
@@ -363,6 +365,11 @@ def break_lock(output_uri: str) -> Holder | None:
             return None
         data, version = current
         holder = Holder.from_bytes(data)
+        if holder is not None and holder.state() == "alive":
+            raise LockHeld(f"not breaking the lock {redact(lock_uri(output_uri))}: its holder, "
+                           f"{holder.describe()}, is still running on this machine; wait for "
+                           f"it or stop it (kill {holder.pid}) first", output_uri=output_uri,
+                           lock_uri=lock_uri(output_uri), holder=holder, state="alive")
         if store.delete(version) == "deleted":
             logger.warning("removed the lock %s of %s", redact(lock_uri(output_uri)),
                            holder.describe() if holder else "an unreadable record")

@@ -63,15 +63,32 @@ class StageRecords:
         return result if isinstance(result, dict) else None
 
     def run(self, name: str, key: str, work: Callable[[], dict[str, Any]],
-            outputs: Sequence[str] = ()) -> dict[str, Any]:
-        """Reuse stage ``name`` if it finished with ``key`` and its ``outputs`` exist; else run
-        ``work`` and record it."""
+            outputs: Sequence[str] = (),
+            changed: Callable[[dict[str, Any]], str | None] | None = None) -> dict[str, Any]:
+        """Reuse stage ``name`` if it finished with ``key``, its ``outputs`` exist and
+        ``changed(result)`` (when given: what the key cannot hold, e.g. whether the source is
+        still the one ingest read) says nothing changed; else run ``work`` and record it."""
         done = self.finished(name, key, outputs)
+        if done is not None and changed is not None:
+            reason = changed(done)
+            if reason is not None:
+                logger.info("redoing %s: %s", name, reason)
+                done = None
         if done is not None:
             logger.info("reusing %s from an earlier run (key %s)", name, key[:12])
             return done
         logger.info("running %s", name)
         result = work()
+        self.write(name, key, result, outputs)
+        return result
+
+    def forget(self, name: str) -> None:
+        """Remove stage ``name``'s record: the next run redoes it."""
+        if storage.exists(self._uri(name)):
+            storage.remove(self._uri(name))
+
+    def write(self, name: str, key: str, result: dict[str, Any],
+              outputs: Sequence[str] = ()) -> None:
+        """Record stage ``name`` as finished with ``key`` (after its outputs are written)."""
         storage.write_json({"key": key, "result": result, "finished_at": time.time(),
                             "outputs": list(outputs)}, self._uri(name))
-        return result

@@ -22,7 +22,8 @@ PROTOCOLS = ("file", "memory", "gs", "gcs", "s3", "s3a")
 """The protocols goggles opens: local files, fsspec's in-memory store, GCS and S3."""
 ALLOW_PROTOCOLS_ENV = "GOGGLES_ALLOW_PROTOCOLS"
 """A comma-separated list of further fsspec protocols to allow (e.g. ``az,abfs``)."""
-_USERINFO = re.compile(r"(://)[^/?#\s]*@")
+# ``user:secret@`` after the ``://`` and any further slashes (``gs:///user:secret@bucket``)
+_USERINFO = re.compile(r"(://+)[^/?#\s]*@")
 _QUERY = re.compile(r"[?#][^\s'\"]*")
 _URI_IN_TEXT = re.compile(r"[A-Za-z][\w+.-]*(?:::[A-Za-z][\w+.-]*)*://[^\s'\"]+")
 
@@ -33,8 +34,23 @@ def is_local(uri: str) -> bool:
 
 
 def local_path(uri: str) -> str:
-    """The OS path of a local URI."""
-    return uri[len("file://"):] if uri.startswith("file://") else uri
+    """The OS path of a local URI: ``file:///data`` and ``file://localhost/data`` are
+    ``/data`` (RFC 8089: ``localhost`` is this machine's root); ``file://images`` stays the
+    relative ``images``."""
+    if not uri.startswith("file://"):
+        return uri
+    path = uri[len("file://"):]
+    if path == "localhost" or path.startswith("localhost/"):
+        return "/" + path[len("localhost"):].lstrip("/")
+    return path
+
+
+def absolute(uri: str) -> str:
+    """``uri`` with a local path made absolute (``.`` and ``..`` folded, symlinks kept), so what
+    an output records means the same thing from any working directory; remote URIs as given."""
+    if not uri or not is_local(uri):
+        return uri
+    return os.path.abspath(local_path(uri))
 
 
 def join(base: str, *parts: str) -> str:
@@ -77,15 +93,17 @@ def refusal(uri: str) -> str | None:
         return (f"the {protocol}:// protocol is not accepted; goggles opens local paths, "
                 "file://, memory://, gs:// and s3:// (set GOGGLES_ALLOW_PROTOCOLS to allow "
                 "another fsspec protocol, e.g. GOGGLES_ALLOW_PROTOCOLS=az)")
-    if "://" in uri and protocol != "file":
+    if "://" in uri:
+        # the authority after ``://`` and any further slashes: ``gs:///user:secret@bucket``
+        # and ``file://user:secret@host/`` carry credentials as surely as ``gs://user:…@``
         rest = uri.split("://", 1)[1]
-        if "@" in rest.split("/", 1)[0]:
+        if "@" in rest.lstrip("/").split("/", 1)[0]:
             return ("credentials in a URI are not accepted (URIs are stored in parameters, "
                     "logs and artifacts); remove them and provide them through the "
                     "environment: GCS application default credentials or "
                     "GOOGLE_APPLICATION_CREDENTIALS; AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
                     "or AWS_PROFILE")
-        if "?" in rest or "#" in rest:
+        if protocol != "file" and ("?" in rest or "#" in rest):
             return ("a query string is not accepted (a signed URL carries its credentials "
                     "there); give the plain object URI and provide credentials through the "
                     "environment")

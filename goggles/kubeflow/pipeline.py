@@ -154,13 +154,15 @@ def _gpu(task: dsl.PipelineTask) -> None:
         kubernetes.add_toleration(task, **GPU_TOLERATION)
 
 
-def listed_ingest(source_uri: str, follow_symlinks: bool) -> dsl.PipelineTask:
+def listed_ingest(source_uri: str, follow_symlinks: bool,
+                  verify: bool = False) -> dsl.PipelineTask:
     """The ingest task, after an uncached listing task whose digest of the source (each image's
     path, size and version) is one of ingest's inputs: a changed source is ingested again (and
     every later task recomputed), an unchanged one reuses KFP's cache. Every pipeline that reads
     a source starts with it."""
     listing_task = _bucket_access(_resources(list_source(source_uri=source_uri,
-                                                         follow_symlinks=follow_symlinks),
+                                                         follow_symlinks=follow_symlinks,
+                                                         verify=verify),
                                              "ingest"))
     (listing_task.set_caching_options(enable_caching=False)
      .set_display_name("list the source (uncached)"))
@@ -229,6 +231,7 @@ def goggles_pipeline(
     dev_labels_uri: str = "",
     device: str = "auto",
     follow_symlinks: bool = False,
+    verify: bool = False,
     feature_cache_uri: str = "",
     descriptor_backbone: str = "mobilenet_v2",
     train: bool = False,
@@ -249,15 +252,18 @@ def goggles_pipeline(
     dev_labels_uri : optional CSV/Parquet of ``uri,label`` naming the clusters.
     device : ``auto`` uses the GPU where the task has one.
     follow_symlinks : read what symlinks in a local source lead to outside it.
+    verify : key the listing of a local source by every file's content (sha256), not by its
+        size, modification and change times and inode.
     feature_cache_uri : keep each image's features here and extract only images not seen
         before (``""``: no cache).
     descriptor_backbone : graph EM's second network (``none`` to skip it).
     train : also train an end classifier on the labels (the train task's ``model``).
     """
-    ingest_task = listed_ingest(source_uri, follow_symlinks)
+    ingest_task = listed_ingest(source_uri, follow_symlinks, verify)
 
     plan_task = _resources(plan_shards(manifest=ingest_task.outputs["manifest"],
-                                       num_shards=num_shards, num_classes=num_classes), "plan")
+                                       num_shards=num_shards, num_classes=num_classes,
+                                       dev_labels_uri=dev_labels_uri), "plan")
     plan_task.set_display_name("plan the row shards")
 
     # the plan's shard ids start the extraction: parameters that cannot work fail before it

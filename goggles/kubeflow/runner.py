@@ -30,7 +30,6 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 import time
 import warnings
 from typing import Any
@@ -39,6 +38,7 @@ from goggles.io import storage
 from goggles.io.artifacts import output_paths
 from goggles.io.lock import output_lock
 from goggles.io.uris import redact
+from goggles.kubeflow import scratch
 from goggles.parameters import RunParameters, spec
 from goggles.pipeline.extract import part_uri
 from goggles.pipeline.wiring import check_run
@@ -239,7 +239,7 @@ def _run_locked(params: RunParameters, runner: str, pipeline_root: str, enable_c
 
     from goggles.kubeflow import pipeline as module
     temporary = not pipeline_root
-    root = os.path.abspath(pipeline_root or tempfile.mkdtemp(prefix="goggles-kfp-"))
+    root = os.path.abspath(pipeline_root or scratch.make_scratch())
     os.makedirs(root, exist_ok=True)
     try:
         kfp_runner = _runner(runner, params, tuple(module.IMAGES), root)
@@ -256,10 +256,12 @@ def _run_locked(params: RunParameters, runner: str, pipeline_root: str, enable_c
     original_print = builtins.print
     try:
         # task logs go to stderr, so stdout carries only what the caller prints
-        with _quiet_local_warnings(), contextlib.redirect_stdout(sys.stderr):
+        with _quiet_local_warnings(), contextlib.redirect_stdout(sys.stderr), \
+                scratch.tasks_die_with_this_process():
             task = module.goggles_pipeline(**arguments)
     except RuntimeError as error:
         message = _ANSI.sub("", str(error))
+        scratch.keep(root)
         raise PipelineRunError(f"{message} Its log is above; the task outputs are kept in "
                                f"{root}") from error
     finally:

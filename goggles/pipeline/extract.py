@@ -27,7 +27,7 @@ seeded budget, so the labels do not depend on the number of parts (the local-run
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -116,7 +116,8 @@ def run_extract_part(config: ExtractConfig, manifest_uri: str, shard_id: int, nu
                                             batch_size=config.batch_size, on_batch=on_batch)
         counts = {"features_computed": found.computed, "features_reused": found.reused}
     else:
-        extract_filter_maps(uris, model, on_batch=on_batch, **options)
+        _checked(uris, hashes, lambda **check: extract_filter_maps(
+            uris, model, on_batch=on_batch, **check, **options))
     descriptors = {config.backbone: np.concatenate(described)}
     second = config.descriptor_backbone
     if second not in ("none", config.backbone):
@@ -158,9 +159,22 @@ def _second_descriptors(config: ExtractConfig, network: str, uris: Sequence[str]
                                                       batch_size=config.batch_size)
         return described
     extra: list[np.ndarray] = []
-    extract_filter_maps(uris, other, **options,
-                        on_batch=lambda _s, maps: extra.append(bilinear_descriptors(maps)))
+    _checked(uris, hashes, lambda **check: extract_filter_maps(
+        uris, other, **options, **check,
+        on_batch=lambda _s, maps: extra.append(bilinear_descriptors(maps))))
     return np.concatenate(extra)
+
+
+def _checked(uris: Sequence[str], hashes: Sequence[str], extract: Callable[..., None]) -> None:
+    """``extract(hashes=, changed=)`` with every image's bytes checked against the manifest's
+    sha256 as they are read; raises :class:`goggles.io.images.ImageChanged` naming those that
+    changed since ingest."""
+    from goggles.io.images import ImageChanged
+
+    changed: list[int] = []
+    extract(hashes=list(hashes), changed=changed)
+    if changed:
+        raise ImageChanged([uris[i] for i in sorted(set(changed))])
 
 
 def read_parts(summary_uris: Sequence[str]) -> list[dict[str, Any]]:

@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from goggles.io import listing, storage
+from goggles.io import listing, source_state, storage
 from goggles.io.artifacts import output_paths
 from goggles.io.lock import output_lock
 from goggles.io.resume import StageRecords, stage_key
@@ -28,7 +28,14 @@ from goggles.io.uris import redact
 from goggles.parameters import RunParameters
 from goggles.pipeline import stages
 from goggles.pipeline.extract import part_uri, run_extract
-from goggles.pipeline.wiring import check_counts, check_run, evaluate_and_report, run_record
+from goggles.pipeline.wiring import (
+    absolute_uris,
+    check_counts,
+    check_dev_labels_ingested,
+    check_run,
+    evaluate_and_report,
+    run_record,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -46,11 +53,70 @@ def timed(timings: dict[str, float], stage: str) -> Iterator[None]:
 def run_inprocess(params: RunParameters) -> dict[str, Any]:
     """Run every stage in this process, holding the output's lock (:mod:`goggles.io.lock`: a
     second run into the same output fails at once); returns the metrics written to
-    ``metrics.json``."""
+    ``metrics.json``. Local URIs are made absolute first, as the Kubeflow runners do, so
+    every URI the outputs record is absolute."""
+    params = absolute_uris(params)
     configs = check_run(params)
     with output_lock(params.output_uri,
                      owner_note=f"goggles run (in process) of {redact(params.source_uri)}"):
         return _run_stages(params, configs)
+
+
+def _ingest(params: RunParameters, config: Any, records: StageRecords,
+            manifest_uri: str) -> tuple[dict[str, Any], str]:
+    """Reuse the last ingest when the source is the one it read
+    (:func:`goggles.io.source_state.first_change`: metadata first, content where metadata could
+    lie), else ingest; returns its result and the key the later stages build on, a digest of
+    every file's content as ingest read it."""
+    files = listing.list_files(params.source_uri, config.extensions,
+                               follow_symlinks=config.follow_symlinks)
+    settings = config.to_dict()
+    settings.pop("verify")  # how the source is checked changes no result
+    key = stage_key("ingest", settings, params.source_uri)
+
+    def work() -> dict[str, Any]:
+        result = stages.run_ingest(config, params.source_uri, manifest_uri)
+        return {**result, "source": source_state.record(
+            files, storage.read_parquet(manifest_uri, columns=["uri", "sha256"]))}
+
+    done = records.run("ingest", key, work, [manifest_uri], changed=lambda result:
+                       source_state.first_change(files, result.get("source"),
+                                                 verify=config.verify))
+    content = source_state.content_listing(done["source"])
+    return done, stage_key("ingest", key, content)
+
+
+def _extract(params: RunParameters, config: Any, records: StageRecords, paths: dict[str, str],
+             key: str) -> tuple[dict[str, Any], str]:
+    """The extract stage, reused or run. An image whose bytes changed since ingest read them
+    (:class:`goggles.io.images.ImageChanged`) becomes a rejected row of the manifest ("changed
+    during the run"), the ingest record is dropped (the next run ingests the source again) and
+    the stage runs once more without it; returns its result and the key later stages build on."""
+    from goggles.ingest.manifest import reject
+    from goggles.io.images import CHANGED, ImageChanged
+
+    outputs = [storage.join(paths["features"], "meta.json"), paths["prototypes"],
+               *(storage.join(part_uri(paths["features"], s), "meta.json")
+                 for s in range(params.num_shards))]
+
+    def work() -> dict[str, Any]:
+        return run_extract(config, paths["manifest"], paths["features"], paths["prototypes"],
+                           num_parts=params.num_shards)
+
+    try:
+        return records.run("extract", key, work, outputs), key
+    except ImageChanged as error:
+        changed = sorted(error.uris)
+    manifest = reject(storage.read_parquet(paths["manifest"]), changed, CHANGED)
+    storage.write_parquet(manifest, paths["manifest"])
+    records.forget("ingest")
+    logger.warning("%d image(s) %s (their bytes no longer match the sha256 ingest recorded), "
+                   "e.g. %s: rejected rows of the manifest now; the next run ingests the "
+                   "source again", len(changed), CHANGED, redact(changed[0]))
+    n_images = int(manifest.num_rows - manifest["image_id"].null_count)
+    check_counts(n_images, params.num_classes, params.num_shards, paths["manifest"])
+    key = stage_key(key, "without changed images", changed)
+    return records.run("extract", key, work, outputs), key
 
 
 def _run_stages(params: RunParameters, configs: dict[str, Any]) -> dict[str, Any]:
@@ -59,14 +125,10 @@ def _run_stages(params: RunParameters, configs: dict[str, Any]) -> dict[str, Any
     paths = output_paths(params.output_uri)
     records = StageRecords(storage.join(params.output_uri, "artifacts"))
     timings: dict[str, float] = {}
-    files = [(f.relative, f.size, f.version)
-             for f in listing.list_files(params.source_uri, ingest_cfg.extensions,
-                                         follow_symlinks=ingest_cfg.follow_symlinks)]
-    ingest_key = stage_key("ingest", ingest_cfg.to_dict(), params.source_uri, files)
     with timed(timings, "ingest"):
-        ingested = records.run("ingest", ingest_key, lambda: stages.run_ingest(
-            ingest_cfg, params.source_uri, paths["manifest"]), [paths["manifest"]])
+        ingested, ingest_key = _ingest(params, ingest_cfg, records, paths["manifest"])
     check_counts(ingested["n_images"], params.num_classes, params.num_shards, paths["manifest"])
+    check_dev_labels_ingested(params.dev_labels_uri, paths["manifest"], params.num_classes)
     extract_params = extract_cfg.to_dict()
     if not extract_cfg.max_prototypes:
         extract_params.pop("seed")  # the seed only drives the prototype budget's sample
@@ -76,12 +138,7 @@ def _run_stages(params: RunParameters, configs: dict[str, Any]) -> dict[str, Any
     # one extraction part per affinity shard, as on a cluster
     extract_key = stage_key("extract", ingest_key, extract_params, params.num_shards)
     with timed(timings, "extract"):
-        extracted = records.run("extract", extract_key, lambda: run_extract(
-            extract_cfg, paths["manifest"], paths["features"], paths["prototypes"],
-            num_parts=params.num_shards),
-            [storage.join(paths["features"], "meta.json"), paths["prototypes"],
-             *(storage.join(part_uri(paths["features"], s), "meta.json")
-               for s in range(params.num_shards))])
+        extracted, extract_key = _extract(params, extract_cfg, records, paths, extract_key)
     shard_uris, shard_keys = [], []
     with timed(timings, "affinity"):
         for shard_id in range(params.num_shards):

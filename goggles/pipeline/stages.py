@@ -30,19 +30,21 @@ logger = logging.getLogger(__name__)
 
 def source_fingerprint(config: IngestConfig, source_uri: str) -> dict[str, Any]:
     """A digest of what ingest would list under ``source_uri``: each image file's path, size
-    and version (a local file's modification time, an object's generation or ETag), with the
-    ingest config. It changes when a file is added, removed or rewritten; the same listing
-    gives the same digest. On a cluster it is what ingest's cache key holds besides the URI,
-    so a grown bucket is never answered from the cache.
+    and version (a local file's modification and change times and inode, or with
+    ``config.verify`` the sha256 of its bytes; an object's generation or ETag:
+    :func:`goggles.io.source_state.fingerprint_entries`), with the ingest config. It changes
+    when a file is added, removed or rewritten; the same listing gives the same digest. On a
+    cluster it is what ingest's cache key holds besides the URI, so a grown bucket is never
+    answered from the cache.
 
     Returns ``{"fingerprint": "sha256:...", "n_files": ...}``.
     """
-    from goggles.io import listing
+    from goggles.io import listing, source_state
     from goggles.io.resume import stage_key
 
-    files = [(f.relative, f.size, f.version)
-             for f in listing.list_files(source_uri, config.extensions,
-                                         follow_symlinks=config.follow_symlinks)]
+    files = source_state.fingerprint_entries(
+        listing.list_files(source_uri, config.extensions, follow_symlinks=config.follow_symlinks),
+        verify=config.verify)
     return {"fingerprint": "sha256:" + stage_key("source", config.to_dict(), files),
             "n_files": len(files)}
 
@@ -201,7 +203,8 @@ def run_apply(config: ApplyConfig, model_uri: str, manifest_uri: str, labels_uri
     started = time.perf_counter()
     manifest = storage.read_parquet(manifest_uri)
     rows = artifacts.accepted(manifest)
-    applied = label_new_images(model_uri, rows["uri"].to_pylist(), config)
+    applied = label_new_images(model_uri, rows["uri"].to_pylist(), config,
+                               hashes=rows["sha256"].to_pylist())
     storage.write_parquet(artifacts.labels_table(rows, applied.probs, applied.classes),
                           labels_uri)
     metrics: dict[str, Any] = {

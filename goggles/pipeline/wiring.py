@@ -22,7 +22,12 @@ from typing import Any
 
 from goggles.config import IMAGE_EXTENSIONS, Config, ConfigError, StageError, check
 from goggles.io import listing, storage, uris
-from goggles.io.dev_labels import match_dev_labels, read_dev_labels_table
+from goggles.io.dev_labels import (
+    check_against_manifest,
+    check_dev_labels,
+    match_dev_labels,
+    read_dev_labels_table,
+)
 from goggles.parameters import STAGES, RunParameters, check_parameter, names, spec
 
 logger = logging.getLogger(__name__)
@@ -58,6 +63,17 @@ def stage_configs(params: RunParameters) -> dict[str, Any]:
     """Every stage's config for a run (each validates itself)."""
     values = {name: getattr(params, name) for name in names()}
     return {stage: stage_config(stage, values) for stage in STAGES}
+
+
+def absolute_uris(params: RunParameters) -> RunParameters:
+    """``params`` with every local URI absolute (:func:`goggles.io.uris.absolute`), so the
+    manifest, labels and ``metrics.json`` of a run on this machine name the same files from any
+    working directory (``goggles export`` run elsewhere, its DEST-inside-SOURCE check)."""
+    import dataclasses
+
+    changes: dict[str, Any] = {name: uris.absolute(getattr(params, name))
+                               for name in names() if spec(name).uri}
+    return dataclasses.replace(params, **changes)
 
 
 def check_run(params: RunParameters, *, local_output: bool = True) -> dict[str, Any]:
@@ -124,18 +140,22 @@ def check_inputs(params: RunParameters) -> None:
             check(storage.exists(value),
                   f"{what} {uris.redact(value)} does not exist; check the path", name)
     if params.dev_labels_uri:
-        _check_dev_labels(params.dev_labels_uri, source, params.follow_symlinks)
+        _check_dev_labels(params.dev_labels_uri, source, params.follow_symlinks,
+                          params.num_classes)
     if params.method == "backbone":  # fail now, not after extraction, without a classifier
         from goggles.inference.imagenet import classifier_weights
 
         classifier_weights(params.backbone, params.weights_uri)
 
 
-def _check_dev_labels(dev_labels_uri: str, source: str, follow_symlinks: bool) -> None:
-    """Read the dev labels now, not after extraction: size, format and columns; against a local
-    source, how many of them name one of its images (none is an error)."""
+def _check_dev_labels(dev_labels_uri: str, source: str, follow_symlinks: bool,
+                      num_classes: int) -> None:
+    """Read the dev labels now, not after extraction: size, rows, format and columns; names
+    (:func:`goggles.io.dev_labels.check_dev_labels`); against a local source, how many of them
+    name one of its images (none is an error)."""
     try:
         table = read_dev_labels_table(dev_labels_uri)
+        check_dev_labels(table, num_classes, f"dev labels {uris.redact(dev_labels_uri)}")
         if storage.is_local(source):
             files = listing.list_files(source, IMAGE_EXTENSIONS, follow_symlinks=follow_symlinks)
             match_dev_labels(table, [f.uri for f in files],
@@ -158,6 +178,23 @@ def check_counts(n_images: int, num_classes: int, num_shards: int, manifest_uri:
     if num_shards > n_images:
         raise StageError(f"num_shards={num_shards} exceeds the {n_images} accepted images; use "
                          f"at most {n_images} shards")
+
+
+def check_dev_labels_ingested(dev_labels_uri: str, manifest_uri: str, num_classes: int) -> None:
+    """After ingest, before extraction (the pipeline's plan task; on a cluster the first check of
+    the dev labels): their rows and names (:func:`check_dev_labels`), and that they name an
+    accepted image, rows that name only rejected images counted and named
+    (:func:`check_against_manifest`)."""
+    if not dev_labels_uri:
+        return
+    where = f"dev labels {uris.redact(dev_labels_uri)}"
+    manifest = storage.read_parquet(manifest_uri, columns=["uri", "status", "error"])
+    try:
+        table = read_dev_labels_table(dev_labels_uri)
+        check_dev_labels(table, num_classes, where)
+        check_against_manifest(table, manifest, where)
+    except ValueError as error:
+        raise StageError(f"{error} (rejection reasons: {manifest_uri})") from None
 
 
 FEATURE_COUNTS = ("features_computed", "features_reused")

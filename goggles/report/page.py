@@ -20,6 +20,7 @@ from __future__ import annotations
 import html
 import json
 import logging
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -30,7 +31,8 @@ from scipy import sparse
 
 from goggles.io import storage
 from goggles.io.artifacts import StoredShards, accepted
-from goggles.io.images import decode_image
+from goggles.io.images import CHANGED, changed_since_ingest, decode_image
+from goggles.io.uris import redact
 from goggles.report.evaluation import cluster_classes, coverage_curve
 from goggles.report.patches import FIELDS, prototype_patch
 from goggles.report.plots import (
@@ -130,11 +132,18 @@ def affinity_view(source, labels: np.ndarray, confidence: np.ndarray,  # type: i
 
 # -- images ----------------------------------------------------------------------------------------
 
-def _load_images(uris: set[str]) -> dict[str, Image.Image]:
-    """Decode each image once (threads; a failure leaves it out, it never fails the report)."""
+def _load_images(uris: set[str], hashes: Mapping[str, str] | None = None,
+                 ) -> dict[str, Image.Image]:
+    """Decode each image once (threads; a failure leaves it out, it never fails the report).
+    With ``hashes`` (uri -> the manifest's sha256), an image whose bytes changed since ingest is
+    left out too: the page must not show another picture than the one labeled."""
     def load(uri: str) -> tuple[str, Image.Image | None]:
         try:
-            return uri, decode_image(storage.read_bytes(uri), max_pixels=64_000_000)
+            data = storage.read_bytes(uri)
+            if changed_since_ingest(data, (hashes or {}).get(uri)):
+                logger.warning("report: not showing %s: %s", redact(uri), CHANGED)
+                return uri, None
+            return uri, decode_image(data, max_pixels=64_000_000)
         except Exception as error:  # noqa: BLE001 - a missing picture must not fail the report
             logger.warning("report: cannot show %s (%s)", uri, error)
             return uri, None
@@ -181,7 +190,8 @@ def _confidence(value: float) -> str:
 def render(metrics: dict[str, Any], labels: Any, state: dict[str, Any], *,
            view: AffinityView | None, prototypes: dict[int, tuple[int, int, int]],
            backbone: str = "vgg16", image_size: int = 224,
-           coverage: list[dict[str, Any]] | None = None) -> str:
+           coverage: list[dict[str, Any]] | None = None,
+           hashes: Mapping[str, str] | None = None) -> str:
     """The report page.
 
     Parameters
@@ -205,7 +215,7 @@ def render(metrics: dict[str, Any], labels: Any, state: dict[str, Any], *,
     to_check = review_rows(label, confidence, len(names), labeled=list(dev["rows"]) + [
         i for k in order for i in order[k][:NAMING_EXEMPLARS]])  # exemplars: the CSV has them
     needed |= {uris[i] for rows in to_check.values() for i in rows}
-    images = _load_images(needed)
+    images = _load_images(needed, hashes)
     field = FIELDS.get(backbone)
 
     def patch(column: int) -> str:
@@ -356,13 +366,16 @@ def write_report(report_uri: str, metrics: dict[str, Any], *, labels_uri: str,
                              sorted({p["column"] for p in chosen}))
     except Exception as error:  # noqa: BLE001 - the report degrades, it does not fail
         logger.warning("report: affinity matrix unavailable (%s)", error)
-    coverage = None
+    coverage, hashes = None, None
+    if manifest_uri:
+        kept = accepted(storage.read_parquet(manifest_uri))
+        hashes = dict(zip(kept["uri"].to_pylist(), kept["sha256"].to_pylist(), strict=True))
     if manifest_uri and "cluster_to_class" in metrics:
-        truth = accepted(storage.read_parquet(manifest_uri))["label"].to_pylist()
+        truth = kept["label"].to_pylist()
         coverage = coverage_curve(truth, label, labels["confidence"].to_numpy(),
                                   cluster_classes(metrics["cluster_to_class"]))
     page = render(metrics, labels, state, view=view, prototypes=drawn,
                   backbone=str(metrics.get("backbone", "vgg16")), image_size=image_size,
-                  coverage=coverage)
+                  coverage=coverage, hashes=hashes)
     storage.write_text(page, report_uri)
     return report_uri

@@ -67,15 +67,18 @@ def choose_labeler(requested: str, model: str, run: str, where: str) -> str:
     return requested
 
 
-def label_new_images(uri: str, uris: Sequence[str], config: ApplyConfig) -> Applied:
-    """Posteriors of the images at ``uris`` from the trained run or model at ``uri``."""
+def label_new_images(uri: str, uris: Sequence[str], config: ApplyConfig,
+                     hashes: Sequence[str] | None = None) -> Applied:
+    """Posteriors of the images at ``uris`` from the trained run or model at ``uri``; with
+    ``hashes`` (the manifest's sha256 of each), an image whose bytes changed since ingest
+    raises :class:`goggles.io.images.ImageChanged`."""
     from goggles.training.describe import describe_images
 
     started = time.perf_counter()
     model_uri, run_uri = locate(uri)
     labeler = choose_labeler(config.labeler, model_uri, run_uri, uri)
     options: dict[str, Any] = {"device": config.device, "batch_size": config.batch_size,
-                               "num_workers": config.num_workers}
+                               "num_workers": config.num_workers, "hashes": hashes}
     if labeler == "end-model":
         from goggles.training.model import load_model
 

@@ -30,14 +30,17 @@ class Described:
 def describe_images(uris: Sequence[str], networks: Sequence[tuple[str, str]], *,
                     prototypes: np.ndarray | None = None, image_size: int = 224,
                     device: str = "auto", batch_size: int = 32,
-                    num_workers: int = -1) -> Described:
+                    num_workers: int = -1, hashes: Sequence[str] | None = None) -> Described:
     """Descriptors of the images at ``uris`` for each (backbone, weights URI) of ``networks``
-    and, with ``prototypes`` [M, C] of the first network, their rows of A."""
+    and, with ``prototypes`` [M, C] of the first network, their rows of A. With ``hashes`` (the
+    manifest's sha256 of each image) the bytes read are checked against them: an image that
+    changed since ingest raises :class:`goggles.io.images.ImageChanged`."""
     from goggles.features.affinity import affinity_block
     from goggles.features.backbones import load_backbone
     from goggles.features.descriptors import SKETCH_DIM, bilinear_descriptors
     from goggles.features.device import resolve_device
     from goggles.features.extraction import extract_filter_maps
+    from goggles.io.images import ImageChanged
 
     resolved = resolve_device(device)
     descriptors: list[np.ndarray] = []
@@ -61,8 +64,12 @@ def describe_images(uris: Sequence[str], networks: Sequence[tuple[str, str]], *,
 
         began = time.perf_counter()
         if len(uris):
+            changed: list[int] = []
             extract_filter_maps(uris, model, image_size=image_size, batch_size=batch_size,
-                                num_workers=num_workers, device=resolved, on_batch=on_batch)
+                                num_workers=num_workers, device=resolved, on_batch=on_batch,
+                                hashes=hashes, changed=changed)
+            if changed:
+                raise ImageChanged([uris[i] for i in sorted(set(changed))])
         seconds["extract"] += time.perf_counter() - began
         descriptors.append(np.concatenate(parts) if parts else
                            np.zeros((0, SKETCH_DIM), np.float32))

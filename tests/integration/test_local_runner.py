@@ -296,3 +296,113 @@ def test_labels_are_byte_identical_with_a_cold_and_a_warm_feature_cache(runs,
     assert (ui["features_computed"], ui["features_reused"]) == (120, 0)
     without = json.loads((runs["out4"] / "metrics.json").read_text())
     assert (without["features_computed"], without["features_reused"]) == (120, 0)
+
+
+@pytest.mark.slow
+def test_a_same_size_same_mtime_rewrite_is_not_answered_from_the_cache(tmp_path: Path) -> None:
+    """kfp's cache keys ingest by the listing task's digest: a file rewritten with another picture
+    of the same size and its mtime set back (``cp -p``, ``rsync -t``) has a new ctime, so the
+    digest moves and the new bytes are ingested and labeled."""
+    import hashlib
+
+    from tests.unit.test_resume import _bmp, bmp_source, rewrite_keeping_size_and_mtime
+
+    source = bmp_source(tmp_path / "in", 6)
+    root = tmp_path / "root"
+    common = {"source_uri": str(source), "num_classes": 2, "seed": SEED, "backbone": BACKBONE,
+              "descriptor_backbone": "none", "method": "kmeans", "top_k": 2}
+
+    def run(name: str) -> dict[str, str]:
+        run_pipeline(RunParameters(output_uri=str(tmp_path / name), **common),
+                     pipeline_root=str(root), enable_caching=True)
+        rows = pq.read_table(tmp_path / name / "manifest.parquet").to_pylist()
+        return {row["uri"]: row["sha256"] for row in rows}
+
+    def executed(task: str) -> int:
+        return len(list(root.glob(f"goggles-*/{task}/executor_output.json")))
+
+    run("first")
+    victim = source / "red" / "0.bmp"
+    rewrite_keeping_size_and_mtime(victim, _bmp(7, (0, 170, 0)))
+    hashes = run("rewritten")
+    assert executed("ingest") == 2, "the rewritten source was answered from the cache"
+    assert hashes[str(victim)] == hashlib.sha256(victim.read_bytes()).hexdigest()
+    run("again")  # nothing changed since: every task but the listing from the cache
+    assert (executed("list-source"), executed("ingest")) == (3, 2)
+
+
+def _tasks_of(pid: int) -> list[int]:
+    """Pids of the processes started for the local run ``pid`` (their environment names it)."""
+    import os
+
+    from goggles import TASK_PARENT_ENV
+
+    mark = f"{TASK_PARENT_ENV}={pid}:".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as handle:
+                environ = handle.read().split(b"\0")
+            with open(f"/proc/{entry}/stat", "rb") as handle:
+                state = handle.read().rsplit(b")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if any(v.startswith(mark) for v in environ) and int(entry) != pid and state != b"Z":
+            found.append(int(entry))
+    return found
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return handle.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+@pytest.mark.slow
+def test_a_sigkilled_local_run_leaves_no_task_and_the_next_run_removes_its_scratch(
+        tmp_path: Path) -> None:
+    """kfp's local runner starts each task as a plain subprocess: a SIGKILL of ``goggles run``
+    must not leave the task computing, and the scratch folder it could not remove goes when the
+    next run starts."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.unit.test_resume import bmp_source
+
+    source = bmp_source(tmp_path / "in", 6)
+    scratch_parent = tmp_path / "tmp"
+    scratch_parent.mkdir()
+    env = {**os.environ, "TMPDIR": str(scratch_parent)}
+    argv = [sys.executable, "-m", "goggles.cli", "run", str(source), "--num-classes", "2",
+            "--output", str(tmp_path / "out"), "--backbone", BACKBONE, "--method", "kmeans",
+            "--descriptor-backbone", "none", "--top-k", "2"]
+    with open(tmp_path / "first.log", "wb") as log:
+        run = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 240
+        extracting: list[int] = []
+        while not extracting and time.monotonic() < deadline and run.poll() is None:
+            extracting = [p for p in _tasks_of(run.pid) if "extract_part" in _cmdline(p)]
+            time.sleep(0.2)
+        assert extracting, (tmp_path / "first.log").read_text()[-3000:]
+        os.kill(run.pid, signal.SIGKILL)
+        run.wait(timeout=30)
+        deadline = time.monotonic() + 20
+        while _tasks_of(run.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _tasks_of(run.pid) == [], [_cmdline(p)[:300] for p in _tasks_of(run.pid)]
+    finally:
+        for pid in _tasks_of(run.pid):  # never leave one behind, whatever the outcome
+            os.kill(pid, signal.SIGKILL)
+    left = sorted(p.name for p in scratch_parent.iterdir() if p.name.startswith("goggles-kfp-"))
+    assert len(left) == 1, left  # the killed run could not remove its own
+    second = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert not [p for p in scratch_parent.iterdir() if p.name.startswith("goggles-kfp-")]

@@ -466,3 +466,31 @@ def test_copy_within_one_store_and_links_replace_atomically(tmp_path: Path) -> N
     assert (tmp_path / "d" / "x").read_text() == "2" and os.listdir(tmp_path / "d") == ["x"]
     with pytest.raises(ValueError, match="links are local only"):
         link(str(tmp_path / "one"), f"{base}/c")
+
+
+@pytest.mark.slow
+def test_an_in_process_run_with_relative_paths_exports_from_another_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The in-process runner records absolute URIs (as the Kubeflow runners do): an export from
+    another working directory finds the images, and still refuses a DEST inside the source."""
+    from goggles.parameters import RunParameters
+    from goggles.pipeline.inprocess import run_inprocess
+    from tests.unit.test_resume import bmp_source
+
+    work = tmp_path / "work"
+    bmp_source(work / "in", 6)
+    monkeypatch.chdir(work)
+    run_inprocess(RunParameters(source_uri="in", output_uri="out", num_classes=2,
+                                method="kmeans", backbone="mobilenet_v2",
+                                descriptor_backbone="none", top_k=2, device="cpu"))
+    out = work / "out"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["source_uri"] == str(work / "in")
+    assert all(uri.startswith(str(work / "in") + "/") for uri in read_labels(str(out)))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    export_labels(str(out), str(tmp_path / "dest"), "imagefolder", link=False)
+    assert len(list((tmp_path / "dest").rglob("*.bmp"))) == 6
+    with pytest.raises(ConfigError, match="lies in the run's source"):
+        export_labels(str(out), str(work / "in" / "export"), "csv")

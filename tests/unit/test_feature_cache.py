@@ -173,3 +173,79 @@ def test_two_runs_sharing_a_cache_at_once_agree(tmp_path: Path) -> None:
     assert _files(tmp_path / "one") == _files(tmp_path / "two")
     assert not [p for p in cache.rglob("*") if storage.is_temporary(p.name)]
 
+
+
+@pytest.mark.parametrize("cached", [True, False])
+def test_an_image_overwritten_between_ingest_and_extract_is_never_kept(
+        tmp_path: Path, cached: bool) -> None:
+    """On a cluster ingest and extract are separate pods: a file rewritten between them must not
+    be cached under the hash ingest recorded (every later run sharing the cache would reuse the
+    new picture's features for the old one), nor pass silently without a cache."""
+    from goggles.io.images import CHANGED, ImageChanged
+
+    source = small_source(tmp_path / "source", 4, size=40, bad=False)
+    other = small_source(tmp_path / "other", 6, size=40, bad=False)
+    cache = tmp_path / "cache"
+    manifest = str(tmp_path / "out" / "manifest.parquet")
+    stages.run_ingest(IngestConfig(), str(source), manifest)
+    victim = source / "a" / "1.png"
+    original = victim.read_bytes()
+    victim.write_bytes((other / "a" / "5.png").read_bytes())  # another picture, same name
+    config = ExtractConfig(backbone="mobilenet_v2", descriptor_backbone="vgg16", num_workers=0,
+                           batch_size=3, feature_cache_uri=str(cache) if cached else "")
+    with pytest.raises(ImageChanged, match=CHANGED) as raised:
+        run_extract(config, manifest, str(tmp_path / "out" / "features"),
+                    str(tmp_path / "out" / "prototypes.parquet"))
+    assert raised.value.uris == [str(victim)]
+    (old_sha,) = [row for row in storage.read_parquet(manifest).to_pylist()
+                  if row["uri"] == str(victim)]
+    assert not list(cache.rglob(f"{old_sha['sha256']}.npy")), "cached under the old hash"
+    if cached:  # the unchanged images' entries are kept
+        assert len(list((cache / "v1").glob("maps-mobilenet_v2-*/*/*.npy"))) == 3
+        victim.write_bytes(original)  # restored: the rerun computes it, reusing the rest
+        again = _extract(source, tmp_path / "again", cache)
+        assert (again["features_computed"], again["features_reused"]) == (1, 3)
+        _extract(source, tmp_path / "fresh", None)
+        _assert_close(tmp_path / "again", tmp_path / "fresh")
+
+
+@pytest.mark.slow
+def test_in_process_an_image_changed_during_the_run_becomes_a_rejected_row(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The in-process runner turns an image rewritten between ingest and extract into a rejected
+    manifest row ("changed during the run"), labels the others, caches nothing under the old
+    hash, and its next run ingests the source again."""
+    import pyarrow.parquet as pq
+
+    from goggles.parameters import RunParameters
+    from goggles.pipeline.inprocess import run_inprocess
+
+    source = small_source(tmp_path / "source", 5, size=40, bad=False)
+    other = small_source(tmp_path / "other", 7, size=40, bad=False)
+    victim = source / "a" / "3.png"
+    real_ingest = stages.run_ingest
+
+    def ingest_then_overwrite(*args: object, **kwargs: object) -> dict:
+        result = real_ingest(*args, **kwargs)  # type: ignore[arg-type]
+        victim.write_bytes((other / "a" / "5.png").read_bytes())  # another writer, meanwhile
+        return result
+
+    params = RunParameters(source_uri=str(source), output_uri=str(tmp_path / "out"),
+                           num_classes=2, method="kmeans", backbone="mobilenet_v2",
+                           descriptor_backbone="none", top_k=2, device="cpu",
+                           feature_cache_uri=str(tmp_path / "cache"))
+    monkeypatch.setattr(stages, "run_ingest", ingest_then_overwrite)
+    metrics = run_inprocess(params)
+    monkeypatch.setattr(stages, "run_ingest", real_ingest)
+    rows = {r["uri"]: r for r in pq.read_table(tmp_path / "out" / "manifest.parquet").to_pylist()}
+    assert rows[str(victim)]["status"] == "rejected"
+    assert rows[str(victim)]["error"] == "changed during the run"
+    assert sorted(r["image_id"] for r in rows.values() if r["status"] == "accepted") == \
+        [0, 1, 2, 3]
+    assert metrics["n_images"] == 4 and metrics["n_rejected"] == 1
+    assert pq.read_table(tmp_path / "out" / "labels.parquet").num_rows == 4
+    assert not list((tmp_path / "cache").rglob(f"{rows[str(victim)]['sha256']}.npy"))
+    again = run_inprocess(params)  # the next run reads the source as it now is
+    rows = {r["uri"]: r for r in pq.read_table(tmp_path / "out" / "manifest.parquet").to_pylist()}
+    assert rows[str(victim)]["status"] == "accepted" and again["n_images"] == 5
+    assert again["features_computed"] == 1 and again["features_reused"] == 4

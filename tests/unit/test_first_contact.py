@@ -90,6 +90,12 @@ def test_an_unknown_choice_is_refused_by_the_parser(capsys: pytest.CaptureFixtur
     ("path,name\nx.png,a\n", "lack column(s) ['label', 'uri']"),
     ('uri,label\n"unclosed,a\n', "are not a CSV or Parquet table with columns uri,label"),
     ("uri,label\nelsewhere/nothing.png,a\n", "none of the 1 rows of dev labels"),
+    ("uri,label\na/x.png,red\nb/y.png,green\nc/z.png,blue\n",
+     "name 3 classes ('blue', 'green', 'red') but the run has num_classes=2"),
+    ("uri,label\na/x.png,red\nb/y.png,\n", "1 of 2 rows have an empty label"),
+    ("uri,label\na/x.png,red\n,blue\n", "1 of 2 rows have an empty uri"),
+    ("uri,label\na/x.png,red\nb/y.png,blue\na/x.png,blue\n",
+     "label 1 image(s) twice with different classes, e.g. a/x.png as 'blue' and 'red'"),
 ])
 def test_a_wrong_dev_labels_file_fails_before_anything_runs(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, expected: str) -> None:
@@ -120,3 +126,33 @@ def test_a_huge_dev_labels_file_is_counted_not_logged_row_by_row(
     messages = [r.getMessage() for r in caplog.records]
     assert len(messages) <= 3, messages[:5]
     assert any("1 of 300001 rows match an image; 300000 do not" in m for m in messages), messages
+
+
+def test_a_parquet_of_twenty_million_rows_is_refused_at_once(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A few hundred KB of Parquet (run-length encoded) can hold 20 million rows: they are
+    counted from the file's footer before a column is decoded, under a second."""
+    import time
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    images = _image_folder(tmp_path / "images")
+    rows = 20_000_000
+    zeros = pa.array(np.zeros(rows, dtype=np.int32))
+    table = pa.table({"uri": pa.DictionaryArray.from_arrays(zeros, pa.array([f"{images}/a/x.png"])),
+                      "label": pa.DictionaryArray.from_arrays(zeros, pa.array(["red"]))})
+    dev = tmp_path / "dev.parquet"
+    pq.write_table(table, dev, compression="zstd")
+    del table, zeros
+    assert dev.stat().st_size < 2**20 < 64 * 2**20  # well under the byte cap
+    started = time.perf_counter()
+    code = main(["run", str(images), "--num-classes", "2", "--output", str(tmp_path / "out"),
+                 "--dev-labels", str(dev), "--runner", "inprocess"])
+    seconds = time.perf_counter() - started
+    err = capsys.readouterr().err
+    assert code == 2 and "hold 20,000,000 rows, more than the 1,000,000" in err, err
+    assert err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+    print(f"refused in {seconds:.3f} s")  # figures for the record; no timed assertion

@@ -279,7 +279,7 @@ def test_release_leaves_a_lock_another_run_took_after_a_break(
         out: str, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="goggles.io.lock")
     first = output_lock(out, owner_note="first").acquire()
-    assert break_lock(out) == first.holder
+    storage.remove(lock_uri(out))  # broken by hand (break_lock refuses a live holder)
     with output_lock(out, owner_note="second") as second:
         first.release()  # must not remove the second run's lock
         assert read_holder(out) == second.holder
@@ -410,3 +410,42 @@ def test_file_uris_are_local(tmp_path: Path) -> None:
             output_lock(str(tmp_path / "out")).acquire()  # the same folder, spelt as a path
         assert lock.held
     assert not (tmp_path / "out" / LOCK_NAME).exists()
+
+
+# -- --break-lock: after every other check, never a live holder ------------------------------------
+
+def test_break_lock_refuses_a_live_holder_and_acts_only_after_the_checks(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from PIL import Image
+
+    from goggles.cli import main
+
+    out = str(tmp_path / "out")
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(2):
+        Image.new("RGB", (8, 8), (i * 90, 0, 0)).save(images / f"{i}.png")
+    (racer,) = start_racers(out, ["live run"])
+    try:
+        send(racer, "go")
+        assert racer.stdout is not None and racer.stdout.readline().strip() == "acquired"
+        holder = read_holder(out)
+        assert holder is not None and holder.state() == "alive"
+        # a run that cannot start leaves the lock alone
+        assert main(["run", str(tmp_path / "no-such-src"), "--output", out, "--num-classes",
+                     "2", "--break-lock"]) == 2
+        err = capsys.readouterr().err
+        assert "does not exist" in err and err.count("\n") == 1, err
+        assert read_holder(out) == holder
+        # a run that could start still does not take the lock of a live process
+        assert main(["run", str(images), "--output", out, "--num-classes", "2",
+                     "--break-lock"]) == 1
+        err = capsys.readouterr().err
+        assert "still running on this machine" in err and f"kill {holder.pid}" in err, err
+        assert read_holder(out) == holder
+        with pytest.raises(LockHeld, match="still running"):
+            break_lock(out)
+    finally:
+        send(racer, "release")
+        racer.communicate(timeout=60)
+    assert read_holder(out) is None

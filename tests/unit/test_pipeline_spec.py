@@ -135,6 +135,11 @@ def test_extraction_fans_out_over_the_planned_shard_ids(compiled) -> None:
     # the plan's shard count, which reads the ingest manifest
     plan = _task(spec.root.dag, "plan-shards")
     assert plan.inputs.parameters["num_shards"].component_input_parameter == "num_shards"
+    # and the dev labels, checked against the accepted images before any extraction
+    assert plan.inputs.parameters["dev_labels_uri"].component_input_parameter == \
+        "dev_labels_uri"
+    listing = _task(spec.root.dag, "list-source")
+    assert listing.inputs.parameters["verify"].component_input_parameter == "verify"
 
 
 def test_each_affinity_task_reads_only_its_own_parts_maps(compiled) -> None:

@@ -331,3 +331,24 @@ def test_the_summary_shows_the_end_models_scores_when_the_run_trained_one(
                          ("(the bound)", "1.0000"), ("agrees with the labels", "0.9750")):
         row = text[text.index(label):]
         assert row[:row.index("</tr>")].endswith(f"<td>{value}</td>"), label
+
+
+def test_the_report_leaves_out_a_picture_that_changed_since_ingest(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import hashlib
+
+    from PIL import Image as PILImage
+
+    from goggles.report.page import _load_images
+
+    kept, changed = tmp_path / "kept.png", tmp_path / "changed.png"
+    PILImage.new("RGB", (8, 8), (10, 200, 10)).save(kept)
+    PILImage.new("RGB", (8, 8), (200, 10, 10)).save(changed)
+    hashes = {str(kept): hashlib.sha256(kept.read_bytes()).hexdigest(),
+              str(changed): hashlib.sha256(changed.read_bytes()).hexdigest()}
+    PILImage.new("RGB", (8, 8), (10, 10, 200)).save(changed)  # rewritten after ingest
+    with caplog.at_level("WARNING"):
+        images = _load_images({str(kept), str(changed)}, hashes)
+    assert set(images) == {str(kept)}
+    assert "changed during the run" in caplog.text
+    assert set(_load_images({str(kept), str(changed)})) == {str(kept), str(changed)}

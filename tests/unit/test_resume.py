@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -131,3 +132,64 @@ def test_rerun_with_another_num_classes_or_method_redoes_inference(
 
     _, _, log = run(3, "kmeans")  # nothing changed: everything is reused
     assert "reusing infer" in log and "running infer" not in log, log
+
+
+# -- what a rerun trusts about the source --------------------------------------------------------
+
+def _bmp(seed: int, colour: tuple[int, int, int]) -> bytes:
+    """A 64x64 BMP: every picture of this size has the same number of bytes."""
+    image = Image.open(io.BytesIO(_blocky_png(seed, colour))).convert("RGB")
+    buffer = io.BytesIO()
+    image.save(buffer, "BMP")
+    return buffer.getvalue()
+
+
+def rewrite_keeping_size_and_mtime(path: Path, data: bytes) -> None:
+    """What ``cp -p``, ``rsync -t`` or ``tar`` leave: new bytes, the same size, the old mtime."""
+    before = path.stat()
+    assert len(data) == before.st_size
+    path.write_bytes(data)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert path.stat().st_mtime_ns == before.st_mtime_ns
+
+
+def bmp_source(root: Path, n: int = 6) -> Path:
+    for index in range(n):
+        klass = ("red", "blue")[index % 2]
+        (root / klass).mkdir(parents=True, exist_ok=True)
+        colour = {"red": (170, 0, 0), "blue": (0, 0, 170)}[klass]
+        (root / klass / f"{index}.bmp").write_bytes(_bmp(index, colour))
+    return root
+
+
+@pytest.mark.slow
+def test_a_same_size_same_mtime_rewrite_is_ingested_again(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A file rewritten with another picture of the same size whose mtime is set back must not
+    be answered from the last run: its ctime moved, so it is re-hashed and its content decides.
+    A touch (new mtime, same bytes) is re-hashed too, and reuses everything."""
+    import hashlib
+
+    source = bmp_source(tmp_path / "in")
+    out = tmp_path / "out"
+
+    def run() -> tuple[str, dict[str, str]]:
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="goggles"):
+            run_inprocess(RunParameters(source_uri=str(source), output_uri=str(out),
+                                        num_classes=2, method="kmeans",
+                                        backbone="mobilenet_v2", descriptor_backbone="none",
+                                        top_k=2, device="cpu", seed=0))
+        manifest = pq.read_table(out / "manifest.parquet").to_pylist()
+        return caplog.text, {row["uri"]: row["sha256"] for row in manifest}
+
+    run()
+    victim = source / "red" / "0.bmp"
+    rewrite_keeping_size_and_mtime(victim, _bmp(7, (0, 170, 0)))
+    log, hashes = run()
+    assert "redoing ingest: red/0.bmp has new content" in log, log
+    assert "running extract" in log and "reusing extract" not in log, log
+    assert hashes[str(victim)] == hashlib.sha256(victim.read_bytes()).hexdigest()
+    os.utime(victim)  # touched: new mtime, same bytes
+    log, _ = run()
+    assert "reusing ingest" in log and "reusing extract" in log and "reusing infer" in log, log

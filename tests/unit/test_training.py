@@ -279,3 +279,29 @@ def test_choosing_the_labeler_names_what_is_missing(tmp_path: Path) -> None:
         choose_labeler("auto", "", "", "x")
     folder, _ = trained_model(tmp_path)
     assert locate(str(folder)) == (str(folder), "")    # a bare model: no run beside it
+
+
+def test_apply_refuses_an_image_that_changed_since_its_ingest(tmp_path: Path) -> None:
+    """``goggles apply`` reads the images again after its ingest: bytes that no longer match the
+    manifest's sha256 are named, not labeled."""
+    import hashlib
+
+    from PIL import Image as PILImage
+
+    from goggles.io.images import ImageChanged
+    from goggles.training.describe import describe_images
+
+    uris, hashes = [], []
+    for index, colour in enumerate([(200, 0, 0), (0, 0, 200)]):
+        path = tmp_path / f"{index}.png"
+        PILImage.new("RGB", (32, 32), colour).save(path)
+        uris.append(str(path))
+        hashes.append(hashlib.sha256(path.read_bytes()).hexdigest())
+    described = describe_images(uris, [("mobilenet_v2", "")], device="cpu", num_workers=0,
+                                hashes=hashes)
+    assert described.descriptors[0].shape[0] == 2
+    PILImage.new("RGB", (32, 32), (0, 200, 0)).save(uris[1])
+    with pytest.raises(ImageChanged) as raised:
+        describe_images(uris, [("mobilenet_v2", "")], device="cpu", num_workers=0,
+                        hashes=hashes)
+    assert raised.value.uris == [uris[1]]

@@ -47,7 +47,8 @@ def refused_uris(host: str) -> list[str]:
             f"simplecache::s3://AKIA:{SECRET}@bucket/images",
             "blockcache::gs://bucket/images", f"gs://user:{SECRET}@bucket/images",
             f"s3://bucket/images?X-Amz-Signature={SECRET}&X-Amz-Credential=AKIA",
-            f"gs://bucket/images#{SECRET}", f"memory://x:{SECRET}@bucket/images"]
+            f"gs://bucket/images#{SECRET}", f"memory://x:{SECRET}@bucket/images",
+            f"gs:///user:{SECRET}@bucket/images", f"s3:////AKIA:{SECRET}@bucket/images"]
 
 
 def test_refusal_names_the_reason() -> None:
@@ -137,3 +138,45 @@ def test_metrics_record_the_source_redacted() -> None:
                         weights_source=f"s3://bucket/w.pth?X-Amz-Signature={SECRET}",
                         num_prototypes=3)
     assert SECRET not in json.dumps(record)
+
+
+def test_credentials_after_extra_slashes_are_refused_and_redacted() -> None:
+    for uri in (f"gs:///user:{SECRET}@bucket/a", f"s3:////k:{SECRET}@bucket/a",
+                f"file://u:{SECRET}@host/a"):
+        assert "credentials" in str(uris.refusal(uri)), uri
+        assert SECRET not in uris.redact(uri) and SECRET not in uris.scrub(f"read {uri} x")
+    assert uris.refusal("gs://bucket/a@2x.png") is None  # an '@' in an object name is fine
+    assert uris.refusal("file:///data/me@home/a") is None
+
+
+def test_file_localhost_is_the_local_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert uris.local_path("file://localhost/data/images") == "/data/images"
+    assert uris.local_path("file:///data/images") == "/data/images"
+    assert uris.local_path("file://localhost") == "/"
+    assert uris.local_path("file://images") == "images"  # relative, as before
+    (tmp_path / "x.txt").write_text("x")
+    assert storage.read_bytes(f"file://localhost{tmp_path}/x.txt") == b"x"
+    assert uris.absolute(f"file://localhost{tmp_path}/out") == f"{tmp_path}/out"
+    assert uris.absolute("out") == f"{tmp_path}/out"
+    assert not (tmp_path / "localhost").exists()
+
+
+def test_a_run_into_file_localhost_writes_under_the_root_not_the_working_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "images" / "x.png")
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    out = f"file://localhost{tmp_path}/out"
+    # the output is checked against the source as the absolute path it is: inside is refused
+    assert main(["run", f"file://localhost{tmp_path}/images", "--output",
+                 f"file://localhost{tmp_path}/images/out", "--num-classes", "2"]) == 2
+    assert "inside the source" in capsys.readouterr().err
+    from goggles.io.lock import output_lock
+
+    with output_lock(out):
+        assert (tmp_path / "out").is_dir()
+    assert not (work / "localhost").exists()

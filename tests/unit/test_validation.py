@@ -129,6 +129,24 @@ def test_more_shards_than_images_fails_before_extraction(tmp_path: Path) -> None
     assert not (out / "artifacts" / "features").exists()
 
 
+def test_dev_labels_of_rejected_images_only_fail_before_extraction(tmp_path: Path) -> None:
+    """The up-front check sees the listing, where a file ingest will reject still looks like an
+    image; after ingest the rows are counted and named as rejected, before any backbone runs."""
+    source = small_source(tmp_path / "in", n_good=3)
+    dev = tmp_path / "dev.csv"
+    dev.write_text(f"uri,label\n{source}/a/broken.jpg,red\nelsewhere/x.png,blue\n")
+    out = tmp_path / "out"
+    with pytest.raises(stages.StageError) as raised:
+        run_inprocess(RunParameters(source_uri=str(source), output_uri=str(out), num_classes=2,
+                                    backbone="mobilenet_v2", dev_labels_uri=str(dev)))
+    message = str(raised.value)
+    assert "no row names an accepted image; 1 of its 2 rows name images that ingest " \
+           "rejected, e.g. " in message and "broken.jpg (" in message, message
+    assert "1 name no image of the source" in message and "\n" not in message
+    assert (out / "manifest.parquet").is_file()
+    assert not (out / "artifacts" / "features").exists()  # no backbone was run
+
+
 # -- the command line ---------------------------------------------------------------------------
 
 def test_cli_reports_a_bad_value_in_one_line(tmp_path: Path,
