@@ -45,7 +45,13 @@ QUIET = {"LATEST_VERSION_CHECK": "false", "COLLECT_ANALYTICS": "false", "SENTRY_
 
 
 def label_studio() -> Path:
-    """The ``label-studio`` script, or a skip naming how to install it."""
+    """The ``label-studio`` script, or a skip naming how to install it. While CI installs it
+    beside the tests, ``GOGGLES_LABEL_STUDIO_READY`` names the file that says it is done: wait
+    for it (at most 15 minutes)."""
+    ready = os.environ.get("GOGGLES_LABEL_STUDIO_READY")
+    deadline = time.monotonic() + 900
+    while ready and not Path(ready).exists() and time.monotonic() < deadline:
+        time.sleep(5)
     binary = Path(os.environ.get("GOGGLES_LABEL_STUDIO") or DEFAULT)
     if not os.access(binary, os.X_OK):
         pytest.skip(f"Label Studio not installed at {binary}: python3 -m venv VENV && "
