@@ -509,12 +509,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     dataset = datasets.DATASETS.get(args.tasks, datasets.CUB)
-    maps, seconds_per_image = datasets.cached_maps(dataset, args.backbone,
-                                                   image_size=args.image_size)
-    second = None
-    if args.descriptor_backbone not in ("none", args.backbone):
-        second = datasets.cached_maps(dataset, args.descriptor_backbone,
-                                      image_size=args.image_size)[0]
     tasks = []
     if args.tasks in ("paper", "all"):
         tasks += datasets.draw_tasks(dataset, args.seed)
@@ -522,6 +516,13 @@ def main(argv: list[str] | None = None) -> int:
         tasks += datasets.hard_tasks(dataset)
     if dataset is not datasets.CUB:
         tasks += dataset.tasks(dataset, args.seed)
+    needed = sorted({c for t in tasks for c in t.classes})  # only these go through the CNNs
+    maps, seconds_per_image = datasets.cached_maps(dataset, args.backbone,
+                                                   image_size=args.image_size, classes=needed)
+    second = None
+    if args.descriptor_backbone not in ("none", args.backbone):
+        second = datasets.cached_maps(dataset, args.descriptor_backbone,
+                                      image_size=args.image_size, classes=needed)[0]
     views = ("affinity", args.backbone) + ((args.descriptor_backbone,) if second else ()) \
         if dataset is not datasets.CUB else ()
     if args.methods:

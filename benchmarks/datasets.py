@@ -14,7 +14,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,10 +121,12 @@ DATASETS = {d.name: d for d in (CUB, CIFAR, TRASH)}
 # -- the filter-map cache ------------------------------------------------------------------------
 
 def cached_maps(dataset: Dataset, backbone: str = "vgg16", batch_size: int = 32,
-                image_size: int = DEFAULT_SIZE) -> tuple[dict[str, np.ndarray], float]:
-    """Filter maps of every image of ``dataset``, keyed by class folder, extracted once with
-    the library at ``image_size`` and cached under ``CACHE`` (one file per class, named by a
-    digest of its paths). Returns (maps by class, seconds per image of the extraction)."""
+                image_size: int = DEFAULT_SIZE, classes: Sequence[str] | None = None
+                ) -> tuple[dict[str, np.ndarray], float]:
+    """Filter maps of every image of ``dataset`` (or of its ``classes``), keyed by class folder,
+    extracted once with the library at ``image_size`` and cached under ``CACHE`` (one file per
+    class, named by a digest of its paths). Returns (maps by class, seconds per image of the
+    extraction)."""
     from goggles.features.backbones import load_backbone
     from goggles.features.device import resolve_device
     from goggles.features.extraction import extract_filter_maps
@@ -134,7 +136,7 @@ def cached_maps(dataset: Dataset, backbone: str = "vgg16", batch_size: int = 32,
     result: dict[str, np.ndarray] = {}
     per_image = []
     model = None
-    for name in dataset.classes():
+    for name in (dataset.classes() if classes is None else classes):
         uris = dataset.files(name)
         key = hashlib.sha256("\n".join(uris).encode()).hexdigest()[:12]
         path = folder / f"{name}-{key}.npy"
