@@ -38,8 +38,8 @@ from goggles.inference.views import as_described, graph_features, row_features
 from goggles.io.blocks import RowBlocks, as_rows
 
 __all__ = ["MAX_FOLDS", "SeedClassifier", "brier", "choose", "chosen_classifier",
-           "classifier_labels", "fit_temperature", "graph_features", "row_features", "seed_folds",
-           "tempered", "uneven_message"]
+           "classifier_labels", "fit_temperature", "graph_features", "named_by", "row_features",
+           "seed_folds", "tempered", "uneven_message"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,17 +49,36 @@ seeds)."""
 
 
 def seed_folds(seeds: Seeds, num_classes: int, max_folds: int = MAX_FOLDS) -> np.ndarray | None:
-    """[D] the fold of each seed, or ``None`` when a class has fewer than two seeds."""
+    """[D] the fold of each seed (−1: never held out, the one seed of its class), or ``None``
+    when no class has two seeds or fewer than two classes have any. F = min(5, the smallest
+    count among the classes with two or more seeds): the j-th seed of such a class (in row
+    order) is in fold j mod F, so every fold leaves every seeded class a seed to learn from."""
     counts = np.bincount(seeds.classes, minlength=num_classes)
-    if len(counts) != num_classes or counts.min() < 2:
+    split = counts >= 2
+    if len(counts) != num_classes or not split.any() or (counts > 0).sum() < 2:
         return None
-    folds_n = int(min(max_folds, counts.min()))
-    folds = np.empty(len(seeds.rows), dtype=np.int64)
-    for k in range(num_classes):
+    folds_n = int(min(max_folds, counts[split].min()))
+    folds = np.full(len(seeds.rows), -1, dtype=np.int64)
+    for k in np.flatnonzero(split):
         mine = np.flatnonzero(seeds.classes == k)
         mine = mine[np.argsort(seeds.rows[mine], kind="stable")]
         folds[mine] = np.arange(len(mine)) % folds_n
     return folds
+
+
+def named_by(posteriors: np.ndarray, seeds: Seeds) -> np.ndarray:
+    """[N, K] an unlabeled fit's ``posteriors`` with its clusters renumbered as the classes
+    most of their ``seeds`` have (Hungarian on the seeds' confusion), so it can be scored
+    against held-out labels; clusters no seed falls in take the classes left over."""
+    from scipy.optimize import linear_sum_assignment
+
+    num_classes = posteriors.shape[1]
+    confusion = np.zeros((num_classes, num_classes))
+    np.add.at(confusion, (posteriors[seeds.rows].argmax(axis=1), seeds.classes), 1)
+    clusters, classes = linear_sum_assignment(-confusion)
+    out = np.empty_like(posteriors)
+    out[:, classes] = posteriors[:, clusters]
+    return out
 
 
 def brier(posteriors: np.ndarray, classes: np.ndarray) -> float:
@@ -120,36 +139,47 @@ def fit_temperature(log_proba: np.ndarray, classes: np.ndarray) -> float:
 
 
 def choose(fit_seeded: Callable[[Seeds], np.ndarray], seed_features: np.ndarray, seeds: Seeds,
-           num_classes: int) -> dict[str, Any] | None:
+           num_classes: int, unlabeled: np.ndarray | None = None) -> dict[str, Any] | None:
     """Cross-validate graph EM (``fit_seeded(seeds) → posteriors [N, K]``) against a
-    :class:`SeedClassifier` on ``seed_features`` [D, F] (the seeds' features, in seed order).
+    :class:`SeedClassifier` on ``seed_features`` [D, F] (the seeds' features, in seed order)
+    and, given ``unlabeled`` [N, K] (the fit without any label), against that fit with its
+    clusters named by the training folds' seeds (:func:`named_by`): the guard that keeps the
+    labels of no labels where the labels do not predict held-out labels better.
 
     Returns ``None`` when the seeds are too few to split (:func:`seed_folds`), else
-    ``{"chosen": "graph-em" | "classifier", "folds": F, "held_out_brier": {...}}`` with the
-    mean Brier score per held-out seed of each and, when the classifier is chosen,
-    ``"temperature"``: the one that calibrates its held-out predictions
-    (:func:`fit_temperature`)."""
+    ``{"chosen": "graph-em" | "classifier" | "unlabeled", "folds": F, "held_out_brier":
+    {...}}`` with the mean Brier score per held-out seed of each (the lowest wins; ties go to
+    graph EM, then the unlabeled fit) and, when the classifier is chosen, ``"temperature"``:
+    the one that calibrates its held-out predictions (:func:`fit_temperature`)."""
     folds = seed_folds(seeds, num_classes)
     if folds is None:
         return None
     total = {"graph-em": 0.0, "classifier": 0.0}
+    if unlabeled is not None:
+        total["unlabeled"] = 0.0
     held_out = np.empty((len(seeds.rows), num_classes))
     for fold in range(int(folds.max()) + 1):
         train, held = folds != fold, folds == fold
-        fitted = fit_seeded(Seeds(seeds.rows[train], seeds.classes[train], seeds.names))
+        subset = Seeds(seeds.rows[train], seeds.classes[train], seeds.names)
+        fitted = fit_seeded(subset)
         total["graph-em"] += brier(fitted[seeds.rows[held]], seeds.classes[held])
         classifier = SeedClassifier(num_classes).fit(seed_features[train], seeds.classes[train])
         held_out[held] = classifier.log_proba(seed_features[held])
         total["classifier"] += brier(tempered(held_out[held], 1.0), seeds.classes[held])
-    chosen = "classifier" if total["classifier"] < total["graph-em"] else "graph-em"
-    scores = {k: round(v / len(seeds.rows), 6) for k, v in total.items()}
-    logger.info("dev labels: %s predicts the held-out dev labels better (Brier per image: "
-                "graph EM %.4f, classifier %.4f, %d folds)", chosen, scores["graph-em"],
-                scores["classifier"], int(folds.max()) + 1)
+        if unlabeled is not None:
+            total["unlabeled"] += brier(named_by(unlabeled, subset)[seeds.rows[held]],
+                                        seeds.classes[held])
+    chosen = min(total, key=lambda k: (total[k], ("graph-em", "unlabeled", "classifier").index(k)))
+    scored = folds >= 0
+    scores = {k: round(v / int(scored.sum()), 6) for k, v in total.items()}
+    logger.info("dev labels: %s predicts the held-out dev labels best (Brier per image: %s; "
+                "%d folds)", chosen, ", ".join(f"{k} {v:.4f}" for k, v in scores.items()),
+                int(folds.max()) + 1)
     record: dict[str, Any] = {"chosen": chosen, "folds": int(folds.max()) + 1,
                               "held_out_brier": scores}
     if chosen == "classifier":
-        record["temperature"] = round(fit_temperature(held_out, seeds.classes), 4)
+        record["temperature"] = round(fit_temperature(held_out[scored], seeds.classes[scored]),
+                                      4)
     return record
 
 

@@ -42,7 +42,7 @@ import numpy as np
 from goggles.features.descriptors import descriptors_of
 from goggles.inference.base import Method, MethodParameters
 from goggles.inference.confidence import drifted, neighbour_confidence
-from goggles.inference.dev_choice import choose, classifier_labels, uneven_message
+from goggles.inference.dev_choice import choose, classifier_labels, named_by, uneven_message
 from goggles.inference.graph import (
     MAX_NEIGHBOUR_GROWTH,
     connected_knn_graph,
@@ -181,26 +181,43 @@ class GraphEM(Method):
 
     def _choose_dev(self, affinity: np.ndarray | RowBlocks,
                     descriptors: np.ndarray | Sequence[np.ndarray], seeds: Seeds) -> None:
-        """After the seeded fit: cross-validate it against a classifier of the dev images
+        """After the seeded fit: cross-validate it against a classifier of the dev images and
+        against the fit without labels, its clusters named by the labels
         (:func:`goggles.inference.dev_choice.choose`; each fold a copy of this model with the
-        same graph, only its EM seeded differently) and, when the classifier wins, take its
-        labels (:func:`~goggles.inference.dev_choice.classifier_labels`; ``confidence_`` its
-        top posterior). ``dev_choice_`` keeps the record."""
+        same graph, only its EM seeded differently), and take the labels of the one that
+        predicts held-out dev labels best: the classifier's
+        (:func:`~goggles.inference.dev_choice.classifier_labels`; ``confidence_`` its top
+        posterior) or the unlabeled fit's (seeds clamped), else keep the seeded fit.
+        ``dev_choice_`` keeps the record."""
         rows = as_rows(affinity)
         described = as_described(descriptors)
 
-        def fit_seeded(subset: Seeds) -> np.ndarray:
+        def fit_copy(subset: Seeds | None) -> GraphEM:
             other = dataclasses.replace(self)
             other._graph_cache = self._graph_cache  # same sample (every seed in it): same graph
             other._fit_graph(rows, described, subset, sample_with=seeds.rows)
-            assert other.posteriors_ is not None
-            return other.posteriors_
+            return other
 
+        def fit_seeded(subset: Seeds) -> np.ndarray:
+            posteriors = fit_copy(subset).posteriors_
+            assert posteriors is not None
+            return posteriors
+
+        unlabeled = fit_copy(None)
+        assert unlabeled.posteriors_ is not None and unlabeled.confidence_ is not None
         seed_features = graph_features(rows, described, seeds.rows)
-        record = choose(fit_seeded, seed_features, seeds, self.num_classes)
+        record = choose(fit_seeded, seed_features, seeds, self.num_classes,
+                        unlabeled=unlabeled.posteriors_)
         self.dev_choice_ = record
         if record is None:
             self._warn(uneven_message(seeds, self.num_classes))
+            return
+        if record["chosen"] == "unlabeled":
+            self.posteriors_ = seeds.clamp(named_by(unlabeled.posteriors_, seeds))
+            confidence = unlabeled.confidence_.copy()
+            confidence[seeds.rows] = 1.0
+            self.confidence_ = confidence
+            self.initial_labels_ = unlabeled.initial_labels_
             return
         probs = classifier_labels(rows, described, seeds, self.num_classes, record)
         if probs is not None:
