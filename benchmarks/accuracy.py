@@ -32,10 +32,9 @@ whose packaged weights do; see goggles/baselines.py).
 
 ``--dev-per-class N`` gives N images of each class, drawn at random within the class, as dev
 labels (seeds of inference), and scores the other images. ``--dev-from report`` labels instead
-what a person following the report would: per inference seed a first fit without labels, then
-each cluster's most confident images (the naming exemplars) under the name typed for the
-cluster (each cluster a different class, the naming most exemplars agree with), and the images
-the report lists to check with their true class.
+exactly what the tool asks for (the report's list, ``goggles suggest``): ``--dev-per-class``
+times K images in rounds of the list's size, each round given the earlier rounds' labels, each
+image labeled with its true class (the person may name any class).
 
 Each image goes through the CNN once (filter maps are cached under ``$GOGGLES_BENCH_CACHE``,
 default ~/.cache/goggles-bench; the extract column is the measured seconds per image of that
@@ -63,7 +62,7 @@ from benchmarks.datasets import Task, task_id  # noqa: E402
 from benchmarks.views import print_views, unit_rows, view_scores  # noqa: E402
 from goggles.features.affinity import affinity_block  # noqa: E402
 from goggles.features.prototypes import select_prototypes  # noqa: E402
-from goggles.inference.base import Method, label_confidence  # noqa: E402
+from goggles.inference.base import label_confidence  # noqa: E402
 from goggles.inference.config import InferConfig  # noqa: E402
 from goggles.inference.registry import create, fit_method  # noqa: E402
 from goggles.inference.seeds import Seeds  # noqa: E402
@@ -76,8 +75,6 @@ from goggles.report.evaluation import (  # noqa: E402
     evaluate,
     name_clusters,
 )
-from goggles.report.page import NAMING_EXEMPLARS  # noqa: E402
-from goggles.report.review import REVIEW_PER_CLUSTER, by_confidence, review_rows  # noqa: E402
 
 PAPER = {"binary": 0.9809, "multi": 0.9293}
 # the paper's CUB averages per column (Tables 1 and 2); VGG-16 was scored on 1 of the 10 pairs
@@ -137,10 +134,6 @@ def run_task(task: Task, maps_by_class: dict[str, np.ndarray], extract_s_per_ima
         if hasattr(model, "guard"):
             model.guard = guard
         if dev_from == "report":
-            dev_rows, dev_names = report_dev_set(
-                fit_method(config, affinity, prototypes.image_id, filter_maps=filter_maps,
-                           descriptors=descriptors), truth, len(task.classes))
-        elif dev_from == "suggest":
             dev_rows = suggested_dev_set(affinity, descriptors, dev_per_class * len(task.classes),
                                          len(task.classes), seed)
             dev_names = [truth[i] for i in dev_rows]
@@ -199,36 +192,10 @@ def run_task(task: Task, maps_by_class: dict[str, np.ndarray], extract_s_per_ima
             "guarded": sum(bool(s["guarded"]) for s in per_seed),
             "classifier": sum(bool(s["classifier"]) for s in per_seed),
             "accuracy_others": mean("accuracy_others"), "dev_agreement": mean("dev_agreement"),
-            "dev_per_class": dev_per_class or (REVIEW_PER_CLUSTER if dev_from == "report"
-                                               else 0),
+            "dev_per_class": dev_per_class,
             "labeled": int(len(dev_rows)),
             "iterations": mean("iterations"), "timings": timings, "probs": probs,
             "views": scored_views}
-
-
-def report_dev_set(model: Method, truth: list[str], num_classes: int
-                   ) -> tuple[np.ndarray, list[str]]:
-    """The dev labels a person gets from the report of ``model``'s fit: each cluster's
-    :data:`NAMING_EXEMPLARS` most confident images under the name typed for the cluster, and
-    the images the report lists to check (:func:`goggles.report.review.review_rows`) with their
-    true class; rows sorted. The person knows the task's classes and gives each cluster a
-    different one, the one-to-one naming that most exemplars agree with (Hungarian)."""
-    from scipy.optimize import linear_sum_assignment
-
-    assert model.posteriors_ is not None
-    label = model.posteriors_.argmax(axis=1)
-    confidence = label_confidence(model)
-    classes = sorted(set(truth))
-    exemplars = [rows[:NAMING_EXEMPLARS]
-                 for rows in by_confidence(label, confidence, num_classes).values()]
-    agree = np.array([[sum(truth[i] == c for i in rows) for c in classes] for rows in exemplars])
-    clusters, typed = linear_sum_assignment(-agree)
-    names = {int(i): classes[c] for k, c in zip(clusters, typed, strict=True)
-             for i in exemplars[k]}
-    checked = review_rows(label, confidence, num_classes, labeled=sorted(names))
-    names.update({i: truth[i] for rows in checked.values() for i in rows})
-    rows = np.array(sorted(names), dtype=np.int64)
-    return rows, [names[int(i)] for i in rows]
 
 
 def suggested_dev_set(affinity: np.ndarray, descriptors: list[np.ndarray], budget: int,
@@ -497,13 +464,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dev-per-class", type=int, default=0, metavar="N",
                         help="N images per class (drawn per inference seed) are dev labels: "
                              "seeds of inference; accuracy is then also scored on the others")
-    parser.add_argument("--dev-from", default="even", choices=("even", "report", "suggest"),
-                        help="report: the dev labels are what a person following the report "
-                             "gave before issue 26 (its naming exemplars and the least "
-                             "confident images of each cluster); suggest: the images the tool "
-                             "asks for (goggles suggest, the report's list), --dev-per-class "
-                             "times K in rounds, each labeled with its true class; even: "
-                             "--dev-per-class images drawn at random within each class")
+    parser.add_argument("--dev-from", default="even", choices=("even", "report"),
+                        help="report: the images the tool asks for (the report's list, goggles "
+                             "suggest), --dev-per-class times K of them in rounds, each "
+                             "labeled with its true class; even: --dev-per-class images drawn "
+                             "at random within each class")
     parser.add_argument("--no-guard", action="store_true",
                         help="graph-em without its guard (to measure what the guard changes)")
     args = parser.parse_args(argv)

@@ -1,15 +1,13 @@
-"""The report as a review loop: the images whose labels are likeliest wrong, and the form that
-turns what a person types into the page into a dev-labels CSV for the next run (measured against
-other lists, and against labels drawn evenly per class, in docs/methods.md: "Which images to
-label").
+"""The report as a labeling loop: the images the tool asks a person to label
+(:mod:`goggles.inference.suggest`, ``inference.json``'s ``suggestions``: typical images that
+cover the data, none labeled before) and the form that turns what the person types into a
+dev-labels CSV for the next run.
 
-Per cluster the report lists the :data:`REVIEW_PER_CLUSTER` images of lowest ``confidence``
-(uncertainty sampling, Lewis & Gale 1994): these are where a wrong label is likeliest, and a
-dev label on one both corrects it and, as a seed of inference (:mod:`goggles.inference.seeds`),
-pulls its neighbours along. Each listed image has a field; each cluster keeps its name field.
-``Download dev-labels.csv`` writes ``uri,label`` rows: each named cluster's most confident
-images with its name, the dev labels of the run (so the set grows round by round), and every
-image field that holds a label — a later row for the same image wins.
+Each listed image has a field with the run's class names offered (a new class may be typed:
+nothing assumes a cluster is a class). ``Download dev-labels.csv`` writes ``uri,label`` rows:
+the dev labels of the run (so the set grows round by round) and every field that holds a label
+— a later row for the same image wins. Runs from before the suggestions list each cluster's
+least confident images instead (:func:`review_rows`).
 """
 
 from __future__ import annotations
@@ -27,9 +25,6 @@ REVIEW_PER_CLUSTER = 5
 SCRIPT = """function gogglesCsv(u,l){
 return '"'+u.replace(/"/g,'""')+'","'+l.replace(/"/g,'""')+'"';}
 function gogglesDevLabels(){var rows=new Map();
-document.querySelectorAll("input.cluster-name").forEach(function(input){
-var name=input.value.trim();if(!name)return;var uris=GOGGLES_EXEMPLARS[input.dataset.cluster]||[];
-uris.forEach(function(u){rows.set(u,name);});});
 GOGGLES_DEV.forEach(function(r){rows.set(r[0],r[1]);});
 document.querySelectorAll("input.image-label").forEach(function(input){
 var name=input.value.trim();if(name)rows.set(input.dataset.uri,name);});
@@ -68,24 +63,27 @@ def review_rows(label: np.ndarray, confidence: np.ndarray, num_classes: int, *,
     return out
 
 
-def review_html(rows: dict[int, list[int]], uris: Sequence[str], names: Sequence[str],
-                confidence: np.ndarray, thumbnails: dict[str, str]) -> str:
-    """The review section: per cluster its listed images, each with its confidence and a field
-    for its label (``input.image-label``, ``data-uri``)."""
-    parts = ["<h2 id='review'>Images to check</h2><p class='note'>The least confident images "
-             "of each cluster: where a label is likeliest wrong. Type the right class of any "
-             "of them (leave a field empty to skip it), name the clusters above, download "
-             "dev-labels.csv and rerun with <code>--dev-labels dev-labels.csv</code>: the "
-             "labeled images become seeds of inference, and <code>metrics.json</code> scores "
-             "the other images apart from them.</p><button type='button' "
-             "id='download-review' onclick='gogglesDownload()'>Download dev-labels.csv</button>"]
-    for k, members in rows.items():
-        figures = "".join(
-            f"<figure class='review'><img src='{thumbnails[uris[i]]}' "
-            f"alt='{html.escape(uris[i])}' title='{html.escape(uris[i])}'><figcaption>"
-            f"{html.escape(names[k])} · {confidence[i]:.3f}<br><input class='image-label' "
-            f"data-uri='{html.escape(uris[i])}' aria-label='label of {html.escape(uris[i])}' "
-            "size='12'></figcaption></figure>"
-            for i in members if uris[i] in thumbnails)
-        parts.append(f"<div><b>{html.escape(names[k])}</b><br>{figures}</div>")
-    return "".join(parts)
+def review_html(rows: Sequence[int], uris: Sequence[str], label_names: Sequence[str],
+                confidence: np.ndarray, thumbnails: dict[str, str],
+                classes: Sequence[str]) -> str:
+    """The labeling section: each listed image (``rows``, positions in ``uris``) with its current
+    label (``label_names`` [N]) and confidence and a field for its class (``input.image-label``,
+    ``data-uri``), offering ``classes`` (the run's class names) and taking any other."""
+    options = "".join(f"<option value='{html.escape(c)}'>" for c in classes)
+    parts = ["<h2 id='review'>Images to label</h2><p class='note'>The images whose labels would "
+             "help most: typical images of the groups the data falls into, none labeled before "
+             "(the same list as <code>goggles suggest</code>). Type the class of each you can "
+             "(any class, also one no cluster found; leave a field empty to skip it), download "
+             "dev-labels.csv and rerun with <code>--dev-labels dev-labels.csv</code>: the labels "
+             "name the classes and guide inference, and the next page asks for the next "
+             "images. <code>metrics.json</code> scores the other images apart from them.</p>"
+             "<button type='button' id='download-review' onclick='gogglesDownload()'>Download "
+             f"dev-labels.csv</button><datalist id='goggles-classes'>{options}</datalist><div>"]
+    parts += [f"<figure class='review'><img src='{thumbnails[uris[i]]}' "
+              f"alt='{html.escape(uris[i])}' title='{html.escape(uris[i])}'><figcaption>"
+              f"now {html.escape(label_names[i])} · {confidence[i]:.3f}<br>"
+              f"<input class='image-label' list='goggles-classes' "
+              f"data-uri='{html.escape(uris[i])}' aria-label='class of {html.escape(uris[i])}' "
+              "size='12'></figcaption></figure>"
+              for i in rows if uris[i] in thumbnails]
+    return "".join(parts) + "</div>"
