@@ -130,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
             for name, weights in networks:
                 load_backbone(name, weights)
 
-        def stage(config: ExtractConfig = config, case: str = case) -> None:
+        def stage(config: ExtractConfig = config, case: str = case,
+                  rounds: dict[str, int] = rounds) -> None:
             rounds["count"] += 1
             out = work / f"{case}-{rounds['count']}"
             run_extract_part(config, manifest, 0, 1, str(out / "maps"), str(out / "summary"))
