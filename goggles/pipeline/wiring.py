@@ -20,7 +20,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from goggles.config import IMAGE_EXTENSIONS, Config, ConfigError, StageError, check
+from goggles.config import BACKBONES, IMAGE_EXTENSIONS, Config, ConfigError, StageError, check
 from goggles.io import listing, storage, uris
 from goggles.io.dev_labels import match_dev_labels, read_dev_labels_table
 from goggles.parameters import STAGES, RunParameters, check_parameter, names, spec
@@ -128,6 +128,11 @@ def check_inputs(params: RunParameters) -> None:
         _check_dev_labels(params.dev_labels_uri, source, params.follow_symlinks)
     if params.method == "backbone":  # fail now, not after extraction, without a classifier
         from goggles.inference.imagenet import classifier_weights
+
+        check(params.backbone in BACKBONES,
+              f"method 'backbone' reads the ImageNet classifier of vgg16 or mobilenet_v2, not "
+              f"of {params.backbone!r}; choose another --method or one of those backbones",
+              "method")
 
         classifier_weights(params.backbone, params.weights_uri)
 

@@ -274,3 +274,17 @@ def test_the_feature_cache_key_covers_weights_and_preprocessing(tmp_path: Path) 
     assert cache(first).namespace != cache(second).namespace
     assert cache(first).namespace.startswith("maps-timm_test_vit-")
     assert cache(first).namespace != cache(first, "pooled").namespace
+
+
+def test_the_backbone_method_is_refused_for_a_model_spec(tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]
+                                                         ) -> None:
+    source = tmp_path / "src" / "a"
+    source.mkdir(parents=True)
+    images(source, 2)
+    code = main(["run", str(tmp_path / "src"), "--output", str(tmp_path / "out"),
+                 "--num-classes", "2", "--backbone", "timm:test_vit", "--method", "backbone",
+                 "--runner", "inprocess"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "ImageNet classifier" in err, err
+    assert not (tmp_path / "out" / "manifest.parquet").exists()
