@@ -1,7 +1,7 @@
 """Digests of labels.parquet on the cub-dev tasks: run before and after a change that must not
 change the labels (a refactor), and compare.
 
-    python benchmarks/identity.py --work DIR [--runs NAME] [--tasks paper|all]
+    python benchmarks/identity.py --work DIR [--runs NAME] [--tasks paper|all] [--limit N]
                                   [--methods graph-em,em] [--save F.json | --compare F.json]
 
 Every task (the paper-style draw of benchmarks/cub.py, plus the same-family pairs with ``--tasks
@@ -36,12 +36,15 @@ def main() -> int:
     parser.add_argument("--runs", default="runs", help="subfolder of --work for the outputs")
     parser.add_argument("--tasks", default="all", choices=("paper", "all"))
     parser.add_argument("--methods", default="graph-em,em")
+    parser.add_argument("--limit", type=int, default=0,
+                        help="only the first N tasks (0: all); extraction on a shared CPU is slow")
     parser.add_argument("--save", default="", help="write the digests to this JSON file")
     parser.add_argument("--compare", default="", help="compare with digests saved earlier")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     require_cub()
     tasks = draw_tasks() + (hard_tasks() if args.tasks == "all" else [])
+    tasks = tasks[:args.limit] if args.limit else tasks
     work = Path(args.work)
     digests: dict[str, str] = {}
     for task in tasks:

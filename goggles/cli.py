@@ -140,7 +140,7 @@ def _run_parameters(run: argparse.ArgumentParser) -> None:
             if item.default != "":
                 help_text += f" (default: {item.default})"
         choices = tuple(METHODS) if item.name == "method" else spec.choices
-        if choices:
+        if choices and not spec.backbone:  # a network's name is checked by parse_backbone
             options["choices"] = choices
         run.add_argument(_flag(item.name), help=help_text, **options)
 

@@ -17,6 +17,37 @@ BACKBONES = ("vgg16", "mobilenet_v2")
 # Channels C of each backbone's filter map (goggles.features.backbones.SPECS holds the same
 # numbers, a test checks; this copy keeps the base layer free of torch). top_k cannot exceed C.
 BACKBONE_CHANNELS = {"vgg16": 512, "mobilenet_v2": 1280}
+# Model specifications of the libraries that carry other networks (goggles.features.backbones):
+# family -> (form, number of fields after the family).
+BACKBONE_FAMILIES = {"torchvision": ("torchvision:<arch>", 1), "timm": ("timm:<arch>", 1),
+                     "open_clip": ("open_clip:<arch>:<pretrained tag>", 2),
+                     "hf": ("hf:<model id>", 1)}
+
+
+def parse_backbone(value: str) -> tuple[str, str, str]:
+    """``(family, architecture, tag)`` of a backbone name: ``vgg16`` and ``mobilenet_v2`` are
+    family ``goggles`` (today's two nets); otherwise ``family:arch`` or, for OpenCLIP,
+    ``open_clip:arch:tag`` (the tag may be empty: weights from --weights only). Raises
+    :class:`ConfigError` naming the accepted forms."""
+    if value in BACKBONES:
+        return "goggles", value, ""
+    forms = ", ".join([*BACKBONES, *(form for form, _ in BACKBONE_FAMILIES.values())])
+    family, _, rest = value.partition(":")
+    if family not in BACKBONE_FAMILIES or not rest:
+        raise ConfigError(f"unknown backbone {value!r}; give one of {forms} (e.g. "
+                          "timm:vit_small_patch14_dinov2)", "backbone")
+    arch, tag = (rest.split(":", 1) + [""])[:2] if family == "open_clip" else (rest, "")
+    check(bool(arch.strip()) and arch == arch.strip() and ":" not in arch,
+          f"backbone {value!r} names no architecture; the form is "
+          f"{BACKBONE_FAMILIES[family][0]}", "backbone")
+    return family, arch, tag
+
+
+def backbone_file_name(value: str) -> str:
+    """A backbone's name as it appears in file and folder names (descriptor files, feature
+    cache folders): today's two names unchanged; ``:`` and ``/`` of a model spec become ``_``
+    and ``--`` (``hf:facebook/dinov2-small`` → ``hf_facebook--dinov2-small``)."""
+    return value.replace("/", "--").replace(":", "_")
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("float32", "float16", "bfloat16")
 PRECISIONS = ("auto", "float32", "float16", "bfloat16")

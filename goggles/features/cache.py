@@ -13,7 +13,9 @@ An entry is one image's output of one network, keyed by everything that decides 
 
 Layout: ``URI/v1/<kind>-<network>-<digest>/<sha[:2]>/<sha>.npy`` where ``kind`` is ``maps``
 (the [C, H, W] float32 filter map, from which prototypes and the network's own bilinear
-descriptor are derived) or ``descriptor`` (the [D] bilinear descriptor of a second network).
+descriptor are derived), ``descriptor`` (the [D] bilinear descriptor of a second network) or
+``pooled`` (a transformer's [D] pooled embedding); ``<network>`` is its file name
+(:func:`goggles.config.backbone_file_name`).
 Every entry is written under a temporary name and renamed into place (a copy and a delete on
 object stores), so two runs sharing a cache never see each other's partial writes; an entry that
 cannot be read back as an array of the expected shape, finite, is a miss and is written again.
@@ -30,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from goggles.config import backbone_file_name
 from goggles.io import storage
 
 logger = logging.getLogger(__name__)
@@ -64,6 +67,8 @@ class FeatureCache:
     image_size : the preprocessing's square side.
     arithmetic : the forward pass's dtype name (``float32``, ``bfloat16`` ...).
     shape : the shape of one entry ([C, H, W] or [D]); entries of another shape are misses.
+    preprocess : a family's own preprocessing (:meth:`goggles.features.network.Preprocessing.
+        key`); ``""`` for today's two networks, whose keys it leaves as they were.
     """
 
     uri: str
@@ -73,13 +78,15 @@ class FeatureCache:
     image_size: int
     arithmetic: str
     shape: tuple[int, ...]
+    preprocess: str = ""
 
     @property
     def namespace(self) -> str:
         """The folder of these entries: readable, and a digest of everything in the key."""
         key = f"{self.network}|{self.weights}|{self.image_size}|{self.arithmetic}|" \
-              f"p{PREPROCESS_VERSION}"
-        return f"{self.kind}-{self.network}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+              f"p{PREPROCESS_VERSION}" + (f"|{self.preprocess}" if self.preprocess else "")
+        return f"{self.kind}-{backbone_file_name(self.network)}-" \
+               f"{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
     def path(self, sha256: str) -> str:
         """Where the entry of the image with content hash ``sha256`` lies."""

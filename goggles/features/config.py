@@ -25,9 +25,11 @@ class ExtractConfig(Config):
 
     Attributes
     ----------
-    backbone : CNN whose last feature map is used; one of ``goggles.config.BACKBONES``.
+    backbone : the network whose last feature map (a transformer's patch tokens) is used:
+        ``vgg16``, ``mobilenet_v2`` or a model spec (:func:`goggles.config.parse_backbone`).
     weights_uri : explicit weights (torchvision state dict or safetensors); ``""`` resolves
         them automatically (see :mod:`goggles.features.backbones`).
+    weights_sha256 : the SHA-256 ``weights_uri``'s bytes must have; ``""``: not checked.
     image_size : images are resized to ``image_size x image_size`` (224 gives 7x7 maps).
     top_k : channels picked by global max pooling per image; duplicate positions are dropped,
         so each image yields between 1 and ``top_k`` prototypes.
@@ -49,6 +51,7 @@ class ExtractConfig(Config):
 
     backbone: str = default("backbone")
     weights_uri: str = default("weights_uri")
+    weights_sha256: str = default("weights_sha256")
     image_size: int = 224
     top_k: int = default("top_k")
     batch_size: int = 32
@@ -65,7 +68,8 @@ class ExtractConfig(Config):
         for name in names(stage="extract"):
             check_parameter(name, getattr(self, name))
         check(self.image_size >= 32, f"image_size must be at least 32, got {self.image_size}")
-        channels = BACKBONE_CHANNELS[self.backbone]
+        # a model spec's channels are known once it is built: the extract stage checks them
+        channels = BACKBONE_CHANNELS.get(self.backbone, self.top_k)
         check(self.top_k <= channels,
               f"top_k={self.top_k} exceeds the {channels} channels of {self.backbone}'s filter "
               f"map; use top_k <= {channels} (the paper uses 5)", "top_k")

@@ -17,8 +17,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from goggles.features.backbones import IMAGENET_MEAN, IMAGENET_STD
+from goggles.features.backbones import IMAGENET_MEAN, IMAGENET_STD, preprocessing_of
 from goggles.features.device import autocast_dtype, cpu_threads, extract_batch_size, resolve_device
+from goggles.features.network import Preprocessing
 from goggles.io import storage
 from goggles.io.images import ImageRejected, changed_since_ingest, decode_image
 
@@ -29,17 +30,25 @@ _MEAN = np.asarray(IMAGENET_MEAN, dtype=np.float32)
 _STD = np.asarray(IMAGENET_STD, dtype=np.float32)
 
 
-def preprocess(image, image_size: int) -> torch.Tensor:  # type: ignore[no-untyped-def]
+def preprocess(image, image_size: int,  # type: ignore[no-untyped-def]
+               preprocessing: Preprocessing | None = None) -> torch.Tensor:
     """Resize to ``image_size`` x ``image_size`` (bilinear, antialiased), scale to [0, 1] and
-    normalise with the ImageNet mean/std, as the paper's code does. Returns [3, S, S] float32.
+    normalise with the ImageNet mean/std, as the paper's code does; with ``preprocessing`` (a
+    family's own), its size, interpolation, mean and std instead. Returns [3, S, S] float32.
 
     Plain numpy in float32: the same IEEE operations as torch's, without torch's per-call thread
     start-up (33 ms → 3 ms per image outside DataLoader workers)."""
     from PIL import Image
 
-    resized = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
+    mean, std, resample = _MEAN, _STD, Image.Resampling.BILINEAR
+    if preprocessing is not None:
+        image_size = preprocessing.image_size
+        mean = np.asarray(preprocessing.mean, dtype=np.float32)
+        std = np.asarray(preprocessing.std, dtype=np.float32)
+        resample = Image.Resampling[preprocessing.interpolation.upper()]
+    resized = image.resize((image_size, image_size), resample)
     array = np.asarray(resized, dtype=np.float32) / np.float32(255.0)
-    array = (array - _MEAN) / _STD
+    array = (array - mean) / std
     return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
 
 
@@ -48,14 +57,17 @@ class ImageDataset(Dataset):  # type: ignore[type-arg]
 
     With ``hashes`` (the manifest's sha256 of each image), the bytes read are checked against
     it before they are decoded (:func:`goggles.io.images.changed_since_ingest`); an image
-    rewritten since ingest is not decoded: its item is zeros with ``changed`` True."""
+    rewritten since ingest is not decoded: its item is zeros with ``changed`` True. A model's
+    own ``preprocessing`` (a family's) sets the size, mean, std and interpolation."""
 
     def __init__(self, uris: Sequence[str], image_size: int, max_pixels: int = 64_000_000,
-                 hashes: Sequence[str | None] | None = None):
+                 hashes: Sequence[str | None] | None = None,
+                 preprocessing: Preprocessing | None = None):
         self.uris = list(uris)
-        self.image_size = image_size
+        self.image_size = image_size if preprocessing is None else preprocessing.image_size
         self.max_pixels = max_pixels
         self.hashes = list(hashes) if hashes is not None else [None] * len(self.uris)
+        self.preprocessing = preprocessing
 
     def __len__(self) -> int:
         return len(self.uris)
@@ -71,7 +83,7 @@ class ImageDataset(Dataset):  # type: ignore[type-arg]
         except (ImageRejected, storage.StorageError) as error:
             raise RuntimeError(f"{uri} was accepted at ingest but cannot be read now ({error}); "
                                "rerun ingest so the manifest matches the source") from error
-        return preprocess(image, self.image_size), index, False
+        return preprocess(image, self.image_size, self.preprocessing), index, False
 
 
 def default_workers(requested: int) -> int:
@@ -137,11 +149,15 @@ def extract_filter_maps(
     on_batch: Callable[[int, np.ndarray], None],
     hashes: Sequence[str | None] | None = None,
     changed: list[int] | None = None,
+    on_embedding: Callable[[int, np.ndarray], None] | None = None,
 ) -> None:
     """Run ``model`` over the images at ``uris`` in order.
 
     ``on_batch(start, maps)`` receives consecutive batches: ``maps`` is [n, C, H, W] float32 for
-    images ``start .. start+n-1``.
+    images ``start .. start+n-1``. A model with a pooled view (it returns ``(maps, embedding)``)
+    also hands each batch's [n, D] float32 embeddings to ``on_embedding``, right after its maps.
+    A model with its own ``preprocessing`` (a family's) is fed by it; ``image_size`` is then
+    ignored.
 
     With ``hashes`` (the manifest's sha256 of each image) every image's bytes are checked as
     they are read; the positions of those that changed since ingest are appended to
@@ -156,6 +172,8 @@ def extract_filter_maps(
     """
     device = resolve_device(device or "cpu")
     cuda = device.type == "cuda"
+    own = getattr(model, "preprocessing", None)
+    image_size = preprocessing_of(model, image_size).image_size
     model = prepare_model(model, device)
     dtype = autocast_dtype(device, precision)
     if cuda:
@@ -165,19 +183,21 @@ def extract_filter_maps(
             bytes_per_image=activation_bytes_per_image(model, image_size, device, dtype))
     workers = default_workers(num_workers)
     loader = DataLoader(
-        ImageDataset(uris, image_size, hashes=hashes), batch_size=batch_size, shuffle=False,
+        ImageDataset(uris, image_size, hashes=hashes, preprocessing=own), batch_size=batch_size,
+        shuffle=False,
         num_workers=workers, pin_memory=cuda,
         persistent_workers=False, prefetch_factor=4 if workers else None)
     memory_format = torch.channels_last if use_channels_last(device) else torch.preserve_format
-    pending: tuple[int, torch.Tensor, torch.cuda.Event | None] | None = None
+    pending: tuple[int, list[torch.Tensor], torch.cuda.Event | None] | None = None
 
-    def deliver(item: tuple[int, torch.Tensor, torch.cuda.Event | None]) -> None:
-        first, host, ready = item
+    def deliver(item: tuple[int, list[torch.Tensor], torch.cuda.Event | None]) -> None:
+        first, hosts, ready = item
         if ready is not None:
-            ready.synchronize()
-            on_batch(first, host.numpy().copy())  # the pinned buffer goes back to its cache
-        else:
-            on_batch(first, host.numpy())
+            ready.synchronize()  # the pinned buffers go back to their cache: copies
+        arrays = [host.numpy().copy() if ready is not None else host.numpy() for host in hosts]
+        on_batch(first, arrays[0])
+        if len(arrays) > 1 and on_embedding is not None:
+            on_embedding(first, arrays[1])
 
     start = 0
     with tqdm(total=len(uris), desc="extract", unit="img", disable=None) as bar:
@@ -186,19 +206,21 @@ def extract_filter_maps(
                 changed.extend(int(i) for i in indices[rewritten])
             images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
             with _autocast(device, dtype):
-                maps = model(images)
-            maps = maps.float().contiguous()
+                out = model(images)
+            outputs = [part.float().contiguous()
+                       for part in (out if isinstance(out, tuple) else (out,))]
             ready = None
+            hosts = outputs
             if cuda:
-                host = torch.empty(maps.shape, dtype=torch.float32, pin_memory=True)
-                host.copy_(maps, non_blocking=True)
+                hosts = [torch.empty(part.shape, dtype=torch.float32, pin_memory=True)
+                         for part in outputs]
+                for host, part in zip(hosts, outputs, strict=True):
+                    host.copy_(part, non_blocking=True)
                 ready = torch.cuda.Event()
                 ready.record()
-            else:
-                host = maps
             if pending is not None:
                 deliver(pending)
-            pending = (start, host, ready)
+            pending = (start, hosts, ready)
             start += images.shape[0]
             bar.update(images.shape[0])
     if pending is not None:

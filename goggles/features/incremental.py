@@ -15,8 +15,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
 from goggles.config import BACKBONE_CHANNELS
+from goggles.features.backbones import preprocessing_of
 from goggles.features.cache import FeatureCache, weights_digest
 from goggles.features.descriptors import SKETCH_DIM, bilinear_descriptors
 from goggles.features.device import autocast_dtype
@@ -39,22 +41,44 @@ def _arithmetic(device: Any, precision: str) -> str:
     return "float32" if dtype is None else str(dtype).removeprefix("torch.")
 
 
+def output_shapes(network: str, model: Any, image_size: int) -> tuple[tuple[int, ...], ...]:
+    """The shape of one image's filter map [C, H, W] and, for a model with a pooled view, of
+    its embedding [D]: today's two networks' from their channels (both downsample by 32),
+    a family's from a forward pass of one blank image."""
+    if network in BACKBONE_CHANNELS:
+        side = image_size // 32
+        return ((BACKBONE_CHANNELS[network], side, side),)
+    size = preprocessing_of(model, image_size).image_size
+    with torch.inference_mode():
+        out = model(torch.zeros(1, 3, size, size))
+    return tuple(tuple(part.shape[1:]) for part in (out if isinstance(out, tuple) else (out,)))
+
+
 def open_cache(uri: str, kind: str, network: str, model: Any, *, image_size: int,
                device: Any, precision: str) -> FeatureCache:
-    """The cache of ``kind`` (``maps`` or ``descriptor``) entries of ``model`` at ``uri``."""
-    side = image_size // 32  # both backbones downsample by 32
-    shape = (BACKBONE_CHANNELS[network], side, side) if kind == "maps" else (SKETCH_DIM,)
-    return FeatureCache(uri, kind, network, weights_digest(model), image_size,
-                        _arithmetic(device, precision), shape)
+    """The cache of ``kind`` (``maps``, ``descriptor`` or ``pooled``) entries of ``model`` at
+    ``uri``."""
+    own = getattr(model, "preprocessing", None)
+    if kind == "descriptor":
+        shape: tuple[int, ...] = (SKETCH_DIM,)
+    else:
+        shapes = output_shapes(network, model, image_size)
+        shape = shapes[0] if kind == "maps" else shapes[-1]
+    return FeatureCache(uri, kind, network, weights_digest(model),
+                        own.image_size if own is not None else image_size,
+                        _arithmetic(device, precision), shape,
+                        own.key() if own is not None else "")
 
 
 def _fill(cache: FeatureCache, uris: Sequence[str], hashes: Sequence[str],
           indices: Sequence[int], model: Any, options: dict[str, Any],
-          transform: Callable[[np.ndarray], np.ndarray]) -> None:
-    """Extract the images at ``indices`` and put ``transform(maps)`` into the cache, each under
-    the hash of the bytes it was computed from: every image's bytes are checked against its
-    ``hashes`` entry as they are read, and one that changed since ingest is never put (raises
-    :class:`goggles.io.images.ImageChanged` once the others are in)."""
+          transform: Callable[[np.ndarray], np.ndarray],
+          pooled: FeatureCache | None = None) -> None:
+    """Extract the images at ``indices`` and put ``transform(maps)`` into the cache (and their
+    embeddings into ``pooled``), each under the hash of the bytes it was computed from: every
+    image's bytes are checked against its ``hashes`` entry as they are read, and one that
+    changed since ingest is never put (raises :class:`goggles.io.images.ImageChanged` once the
+    others are in)."""
     if not indices:
         return
     changed: list[int] = []
@@ -66,7 +90,15 @@ def _fill(cache: FeatureCache, uris: Sequence[str], hashes: Sequence[str],
             if start + offset not in rewritten:
                 cache.put(hashes[indices[start + offset]], value)
 
+    def on_embedding(start: int, embeddings: np.ndarray) -> None:
+        assert pooled is not None
+        rewritten = set(changed)
+        for offset, value in enumerate(embeddings):
+            if start + offset not in rewritten:
+                pooled.put(hashes[indices[start + offset]], value)
+
     extract_filter_maps([uris[i] for i in indices], model, on_batch=on_batch,
+                        on_embedding=on_embedding if pooled is not None else None,
                         hashes=[hashes[i] for i in indices], changed=changed, **options)
     if changed:
         raise ImageChanged([uris[indices[i]] for i in sorted(set(changed))])
@@ -76,16 +108,24 @@ def cached_features(cache: FeatureCache, uris: Sequence[str], hashes: Sequence[s
                     model: Any, options: dict[str, Any], *, batch_size: int,
                     on_batch: Callable[[int, np.ndarray], None],
                     transform: Callable[[np.ndarray], np.ndarray] | None = None,
+                    pooled: FeatureCache | None = None,
+                    on_embedding: Callable[[int, np.ndarray], None] | None = None,
                     ) -> CacheCounts:
     """Every image's cached value (filter maps, or ``transform`` of them: a descriptor), in
     image order, ``batch_size`` images per ``on_batch(start, values)`` call; computes and stores
-    the misses first. ``options`` are :func:`extract_filter_maps`' keyword arguments."""
+    the misses first. ``options`` are :func:`extract_filter_maps`' keyword arguments. With
+    ``pooled`` (the cache of the model's embeddings), an image missing from either is computed,
+    and ``on_embedding(start, embeddings)`` follows each ``on_batch``."""
     transform = transform or (lambda maps: maps)
-    misses = cache.misses(list(hashes))
+    if pooled is not None:
+        missing = set(cache.misses(list(hashes))) | set(pooled.misses(list(hashes)))
+        misses = sorted(missing)
+    else:
+        misses = cache.misses(list(hashes))
     counts = CacheCounts(computed=len(misses), reused=len(hashes) - len(misses))
     logger.info("feature cache %s: %d of %d images to compute, %d reused", cache.namespace,
                 counts.computed, len(hashes), counts.reused)
-    _fill(cache, uris, hashes, misses, model, options, transform)
+    _fill(cache, uris, hashes, misses, model, options, transform, pooled)
     for start in range(0, len(hashes), batch_size):
         stop = min(len(hashes), start + batch_size)
         values = [cache.get(hashes[i]) for i in range(start, stop)]
@@ -93,7 +133,7 @@ def cached_features(cache: FeatureCache, uris: Sequence[str], hashes: Sequence[s
         if gone:  # deleted or damaged since the first pass: compute them again
             logger.warning("%d feature cache entries vanished during the run; recomputing",
                            len(gone))
-            _fill(cache, uris, hashes, gone, model, options, transform)
+            _fill(cache, uris, hashes, gone, model, options, transform, pooled)
             counts.computed += len(gone)
             counts.reused -= len([i for i in gone if i not in set(misses)])
             values = [cache.get(hashes[i]) for i in range(start, stop)]
@@ -102,6 +142,12 @@ def cached_features(cache: FeatureCache, uris: Sequence[str], hashes: Sequence[s
                               "to it; check its permissions and free space, or run without "
                               "--feature-cache")
         on_batch(start, np.stack(values))  # type: ignore[arg-type]
+        if pooled is not None and on_embedding is not None:
+            embedded = [pooled.get(hashes[i]) for i in range(start, stop)]
+            if any(value is None for value in embedded):
+                raise OSError(f"the feature cache at {cache.uri} lost pooled embeddings during "
+                              "the run; rerun, or run without --feature-cache")
+            on_embedding(start, np.stack(embedded))  # type: ignore[arg-type]
     return counts
 
 

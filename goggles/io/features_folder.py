@@ -20,7 +20,14 @@ import numpy as np
 import pyarrow as pa
 
 from goggles import __version__
+from goggles.config import backbone_file_name
 from goggles.io import storage
+
+
+def descriptor_file(network: str) -> str:
+    """The file name of ``network``'s descriptors in a features folder (``network`` may be a
+    model spec, or a spec's pooled view ``<spec>@pooled``)."""
+    return f"descriptors-{backbone_file_name(network)}.npy"
 
 
 class FeaturesWriter:
@@ -53,7 +60,7 @@ class FeaturesWriter:
 
     def add_descriptors(self, network: str, descriptors: np.ndarray) -> None:
         """Descriptors [N, D] of every image, from ``network``."""
-        storage.write_npy(descriptors, storage.join(self.uri, f"descriptors-{network}.npy"))
+        storage.write_npy(descriptors, storage.join(self.uri, descriptor_file(network)))
         self.described.append(network)
 
     def finish(self, **meta: Any) -> dict[str, Any]:
@@ -148,7 +155,7 @@ def stored_descriptors(features_uri: str,
     meta = meta if meta is not None else read_features_meta(features_uri)
     if "descriptors" not in meta:
         return None
-    return [storage.read_npy(storage.join(features_uri, f"descriptors-{name}.npy"))
+    return [storage.read_npy(storage.join(features_uri, descriptor_file(name)))
             for name in meta["descriptors"]]
 
 

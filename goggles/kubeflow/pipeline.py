@@ -181,8 +181,8 @@ class Parts(NamedTuple):
 
 
 def _extract_parts(manifest: Input[Dataset], shard_ids: list, num_shards: int, backbone: str,
-                   weights_uri: str, top_k: int, device: str, descriptor_backbone: str,
-                   feature_cache_uri: str) -> Parts:
+                   weights_uri: str, weights_sha256: str, top_k: int, device: str,
+                   descriptor_backbone: str, feature_cache_uri: str) -> Parts:
     """Extraction fanned out over the row shards: one task (on a GPU node, unless the
     settings say CPU) per shard. A sub-pipeline, because a ``dsl.ParallelFor`` can iterate over
     the list of artifacts a pipeline returns: the affinity loop takes part s's maps as its
@@ -191,7 +191,7 @@ def _extract_parts(manifest: Input[Dataset], shard_ids: list, num_shards: int, b
                          parallelism=SHARD_PARALLELISM) as shard_id:
         part_task = _resources(extract_part(
             manifest=manifest, shard_id=shard_id, num_shards=num_shards, backbone=backbone,
-            weights_uri=weights_uri, top_k=top_k, device=device,
+            weights_uri=weights_uri, weights_sha256=weights_sha256, top_k=top_k, device=device,
             descriptor_backbone=descriptor_backbone, feature_cache_uri=feature_cache_uri),
             "extract")
         (_bucket_access(part_task).set_display_name("extract: CNN filter maps of one row shard")
@@ -222,6 +222,7 @@ def goggles_pipeline(
     num_classes: int = 2,
     backbone: str = "vgg16",
     weights_uri: str = "",
+    weights_sha256: str = "",
     top_k: int = 5,
     max_prototypes: int = 0,
     num_shards: int = 1,
@@ -242,8 +243,10 @@ def goggles_pipeline(
     ----------
     source_uri : folder or bucket prefix of images; first-level folders are ground truth.
     num_classes : K, the number of classes to find.
-    backbone, weights_uri, top_k : the CNN, its weights (``""``: baked into the image) and
-        prototypes per image.
+    backbone, weights_uri, top_k : the network (``vgg16``, ``mobilenet_v2`` or a model spec:
+        docs/backbones.md), its weights (``""``: baked into the image or the library's cache)
+        and prototypes per image.
+    weights_sha256 : the SHA-256 the weights file must have (``""``: not checked).
     max_prototypes : cap on the prototypes (columns of A), 0 for none (see
         goggles.features.budget).
     num_shards : row shards of the images: one extract and one affinity task each.
@@ -269,8 +272,9 @@ def goggles_pipeline(
     # the plan's shard ids start the extraction: parameters that cannot work fail before it
     parts_task = _build["extract_parts"](
         manifest=ingest_task.outputs["manifest"], shard_ids=plan_task.output,
-        num_shards=num_shards, backbone=backbone, weights_uri=weights_uri, top_k=top_k,
-        device=device, descriptor_backbone=descriptor_backbone,
+        num_shards=num_shards, backbone=backbone, weights_uri=weights_uri,
+        weights_sha256=weights_sha256, top_k=top_k, device=device,
+        descriptor_backbone=descriptor_backbone,
         feature_cache_uri=feature_cache_uri).set_display_name("extract (fan-out over shards)")
     gather_task = _resources(gather_features(summaries=parts_task.outputs["summaries"],
                                              top_k=top_k, max_prototypes=max_prototypes,

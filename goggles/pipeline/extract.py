@@ -69,10 +69,11 @@ def run_extract_part(config: ExtractConfig, manifest_uri: str, shard_id: int, nu
     ``num_parts`` of the manifest's accepted images (:func:`part_bounds`). With
     ``config.feature_cache_uri`` only the images the cache lacks are computed. Returns the
     part's meta (``features_computed``, ``features_reused`` ...)."""
-    from goggles.features.backbones import load_backbone
+    from goggles.features.backbones import SPECS, load_backbone, preprocessing_of
     from goggles.features.descriptors import bilinear_descriptors
     from goggles.features.device import resolve_device
     from goggles.features.extraction import extract_filter_maps
+    from goggles.features.network import POOLED
     from goggles.features.prototypes import select_prototypes
     from goggles.inference.imagenet import imagenet_head
 
@@ -86,18 +87,26 @@ def run_extract_part(config: ExtractConfig, manifest_uri: str, shard_id: int, nu
     rows = rows.slice(start, stop - start)
     uris, hashes = rows["uri"].to_pylist(), rows["sha256"].to_pylist()
     image_ids = rows["image_id"].to_numpy()
-    model, weights_source = load_backbone(config.backbone, config.weights_uri)
-    head = imagenet_head(config.backbone, config.weights_uri)
+    model, weights_source = load_backbone(config.backbone, config.weights_uri,
+                                          config.weights_sha256)
+    head = imagenet_head(config.backbone, config.weights_uri) \
+        if config.backbone in SPECS else None
+    embeds = bool(getattr(model, "embeds", False))
+    preprocessing = {config.backbone: preprocessing_of(model, config.image_size).to_dict()}
     device = resolve_device(config.device)
     writer = features_folder.FeaturesWriter(maps_uri, config.shard_size)
     candidates: list[artifacts.Prototypes] = []
     described: list[np.ndarray] = []
     logits: list[np.ndarray] = []
+    embedded: list[np.ndarray] = []
     options: dict[str, Any] = {"image_size": config.image_size, "batch_size": config.batch_size,
                                "num_workers": config.num_workers, "device": device,
                                "precision": config.precision}
 
     def on_batch(first: int, maps: np.ndarray) -> None:
+        if first == 0 and config.top_k > maps.shape[1]:
+            raise StageError(f"top_k={config.top_k} exceeds the {maps.shape[1]} channels of "
+                             f"{config.backbone}'s filter map; use top_k <= {maps.shape[1]}")
         ids = image_ids[first:first + len(maps)]
         candidates.append(select_prototypes(maps, ids, config.top_k))
         writer.add_maps(ids, maps)
@@ -105,50 +114,70 @@ def run_extract_part(config: ExtractConfig, manifest_uri: str, shard_id: int, nu
         if head is not None:
             logits.append(head(maps))
 
+    def on_embedding(_first: int, values: np.ndarray) -> None:
+        norms = np.linalg.norm(values, axis=1, keepdims=True)
+        embedded.append((values / np.maximum(norms, 1e-12)).astype(np.float32))
+
     counts = {"features_computed": len(uris), "features_reused": 0}
     if config.feature_cache_uri:
         from goggles.features import incremental
 
-        cache = incremental.open_cache(config.feature_cache_uri, "maps", config.backbone, model,
-                                       image_size=config.image_size, device=device,
-                                       precision=config.precision)
-        found = incremental.cached_features(cache, uris, hashes, model, options,
-                                            batch_size=config.batch_size, on_batch=on_batch)
+        def cache(kind: str) -> Any:
+            return incremental.open_cache(config.feature_cache_uri, kind, config.backbone,
+                                          model, image_size=config.image_size, device=device,
+                                          precision=config.precision)
+
+        found = incremental.cached_features(
+            cache("maps"), uris, hashes, model, options, batch_size=config.batch_size,
+            on_batch=on_batch, pooled=cache("pooled") if embeds else None,
+            on_embedding=on_embedding)
         counts = {"features_computed": found.computed, "features_reused": found.reused}
     else:
         _checked(uris, hashes, lambda **check: extract_filter_maps(
-            uris, model, on_batch=on_batch, **check, **options))
+            uris, model, on_batch=on_batch, on_embedding=on_embedding, **check, **options))
     descriptors = {config.backbone: np.concatenate(described)}
+    channels = {config.backbone: int(writer.shape[0])}
+    if embeds:  # a transformer's pooled (class-token) embedding: one more view for graph EM
+        descriptors[config.backbone + POOLED] = np.concatenate(embedded)
+        channels[config.backbone + POOLED] = 0
     second = config.descriptor_backbone
     if second not in ("none", config.backbone):
-        descriptors[second] = _second_descriptors(config, second, uris, hashes, options)
+        descriptors[second], channels[second], preprocessing[second] = _second_descriptors(
+            config, second, uris, hashes, options)
     part = {"shard_id": shard_id, "num_parts": num_parts, "start": start, "stop": stop}
     meta = writer.finish(backbone=config.backbone, weights=weights_source,
                          image_size=config.image_size, part=part)
     for network, values in descriptors.items():
-        storage.write_npy(values, storage.join(summary_uri, f"descriptors-{network}.npy"))
+        storage.write_npy(values, storage.join(summary_uri,
+                                               features_folder.descriptor_file(network)))
     if head is not None:
         storage.write_npy(np.concatenate(logits).astype(np.float32),
                           storage.join(summary_uri, features_folder.IMAGENET_LOGITS))
-    channels = int(meta["shape"][0])
-    storage.write_parquet(artifacts.Prototypes.concatenate(candidates, channels).to_table(),
+    storage.write_parquet(artifacts.Prototypes.concatenate(candidates,
+                                                           int(meta["shape"][0])).to_table(),
                           storage.join(summary_uri, CANDIDATES))
     summary = {**part, "shape": meta["shape"], "backbone": config.backbone,
                "weights": weights_source, "image_size": config.image_size,
                "descriptors": list(descriptors), "imagenet_logits": head is not None,
+               "channels": channels, "preprocessing": preprocessing,
                "device": str(device), "goggles_version": __version__, **counts}
     storage.write_json(summary, storage.join(summary_uri, PART_META))
     return summary
 
 
 def _second_descriptors(config: ExtractConfig, network: str, uris: Sequence[str],
-                        hashes: Sequence[str], options: dict[str, Any]) -> np.ndarray:
-    """Graph EM's second network's descriptors of ``uris`` (one more pass, or the cache)."""
-    from goggles.features.backbones import load_backbone
+                        hashes: Sequence[str], options: dict[str, Any],
+                        ) -> tuple[np.ndarray, int, dict[str, Any]]:
+    """Graph EM's second network's descriptors of ``uris`` (one more pass, or the cache), the
+    channels of its maps and its preprocessing."""
+    from goggles.features.backbones import load_backbone, preprocessing_of
     from goggles.features.descriptors import bilinear_descriptors
     from goggles.features.extraction import extract_filter_maps
+    from goggles.features.incremental import output_shapes
 
     other, _ = load_backbone(network)
+    channels = int(output_shapes(network, other, config.image_size)[0][0])
+    preprocessing = preprocessing_of(other, config.image_size).to_dict()
     if config.feature_cache_uri:
         from goggles.features import incremental
 
@@ -157,12 +186,12 @@ def _second_descriptors(config: ExtractConfig, network: str, uris: Sequence[str]
                                        precision=config.precision)
         described, _ = incremental.cached_descriptors(cache, uris, hashes, other, options,
                                                       batch_size=config.batch_size)
-        return described
+        return described, channels, preprocessing
     extra: list[np.ndarray] = []
     _checked(uris, hashes, lambda **check: extract_filter_maps(
         uris, other, **options, **check,
         on_batch=lambda _s, maps: extra.append(bilinear_descriptors(maps))))
-    return np.concatenate(extra)
+    return np.concatenate(extra), channels, preprocessing
 
 
 def _checked(uris: Sequence[str], hashes: Sequence[str], extract: Callable[..., None]) -> None:
@@ -215,10 +244,9 @@ def run_gather(config: ExtractConfig, summary_uris: Sequence[str], features_uri:
                                                           seed=config.seed))
     storage.write_parquet(prototypes.to_table(), prototypes_uri)
     for network in first["descriptors"]:
-        joined = np.concatenate([storage.read_npy(storage.join(p["uri"],
-                                                               f"descriptors-{network}.npy"))
-                                 for p in parts])
-        storage.write_npy(joined, storage.join(features_uri, f"descriptors-{network}.npy"))
+        name = features_folder.descriptor_file(network)
+        joined = np.concatenate([storage.read_npy(storage.join(p["uri"], name)) for p in parts])
+        storage.write_npy(joined, storage.join(features_uri, name))
     if first["imagenet_logits"]:
         storage.write_npy(np.concatenate([storage.read_npy(storage.join(
             p["uri"], features_folder.IMAGENET_LOGITS)) for p in parts]),
@@ -231,10 +259,14 @@ def run_gather(config: ExtractConfig, summary_uris: Sequence[str], features_uri:
             "descriptors": first["descriptors"], "imagenet_logits": first["imagenet_logits"],
             "parts": [{key: p[key] for key in ("shard_id", "start", "stop")} for p in parts],
             "goggles_version": __version__, **counts}
+    described: dict[str, Any] = {key: first[key] for key in ("channels", "preprocessing")
+                                 if key in first}
+    meta.update(described)
     storage.write_json(meta, storage.join(features_uri, "meta.json"))
     return {"n_images": n_images, "num_prototypes": len(prototypes), "prototypes_found": found,
             "filter_map_shape": first["shape"], "backbone": first["backbone"],
-            "weights_source": first["weights"], "device": first["device"], **counts}
+            "weights_source": first["weights"], "device": first["device"], **counts,
+            **{key: value for key, value in described.items() if key == "preprocessing"}}
 
 
 def run_extract(config: ExtractConfig, manifest_uri: str, features_uri: str,

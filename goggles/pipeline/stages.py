@@ -184,7 +184,9 @@ def run_train(config: TrainConfig, manifest_uri: str, features_uri: str, labels_
     save_model(model_uri, head, describe(
         classes=state["cluster_names"], head=config.head, hidden=config.hidden,
         networks=[network_entry(name, str(meta.get("weights", "")) if name == meta["backbone"]
-                                else "") for name in networks],
+                                else "", meta.get("channels", {}).get(name),
+                                int(values.shape[1]))
+                  for name, values in zip(networks, descriptors, strict=True)],
         image_size=int(meta.get("image_size", 224)), training=training, evaluation=scores))
     return scores
 

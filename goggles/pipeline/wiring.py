@@ -20,7 +20,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from goggles.config import IMAGE_EXTENSIONS, Config, ConfigError, StageError, check
+from goggles.config import BACKBONES, IMAGE_EXTENSIONS, Config, ConfigError, StageError, check
 from goggles.io import listing, storage, uris
 from goggles.io.dev_labels import (
     check_against_manifest,
@@ -139,13 +139,34 @@ def check_inputs(params: RunParameters) -> None:
             what = name.removesuffix("_uri").replace("_", " ")
             check(storage.exists(value),
                   f"{what} {uris.redact(value)} does not exist; check the path", name)
+    _check_backbones(params)
     if params.dev_labels_uri:
         _check_dev_labels(params.dev_labels_uri, source, params.follow_symlinks,
                           params.num_classes)
     if params.method == "backbone":  # fail now, not after extraction, without a classifier
         from goggles.inference.imagenet import classifier_weights
 
+        check(params.backbone in BACKBONES,
+              f"method 'backbone' reads the ImageNet classifier of vgg16 or mobilenet_v2, not "
+              f"of {params.backbone!r}; choose another --method or one of those backbones",
+              "method")
+
         classifier_weights(params.backbone, params.weights_uri)
+
+
+def _check_backbones(params: RunParameters) -> None:
+    """The networks' libraries are installed, and the weights file is there with the pinned
+    digest: refused now, in one line, rather than in the extract task."""
+    from goggles.features.backbones import check_available
+    from goggles.features.network import read_weights_bytes
+
+    check_available(params.backbone)
+    check_available(params.descriptor_backbone)
+    check(not params.weights_sha256 or bool(params.weights_uri),
+          "--weights-sha256 pins the file given to --weights; pass --weights URI too",
+          "weights_sha256")
+    if params.weights_uri:
+        read_weights_bytes(params.weights_uri, params.weights_sha256)
 
 
 def _check_dev_labels(dev_labels_uri: str, source: str, follow_symlinks: bool,
@@ -214,6 +235,8 @@ def run_record(values: Mapping[str, Any], *, runner: str, weights_source: str,
     for key in FEATURE_COUNTS:
         if extracted is not None and key in extracted:
             record[key] = int(extracted[key])
+    if extracted is not None and "preprocessing" in extracted:  # each network's own
+        record["preprocessing"] = dict(extracted["preprocessing"])
     return record
 
 

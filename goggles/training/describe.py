@@ -32,25 +32,37 @@ def describe_images(uris: Sequence[str], networks: Sequence[tuple[str, str]], *,
                     device: str = "auto", batch_size: int = 32,
                     num_workers: int = -1, hashes: Sequence[str] | None = None) -> Described:
     """Descriptors of the images at ``uris`` for each (backbone, weights URI) of ``networks``
-    and, with ``prototypes`` [M, C] of the first network, their rows of A. With ``hashes`` (the
-    manifest's sha256 of each image) the bytes read are checked against them: an image that
-    changed since ingest raises :class:`goggles.io.images.ImageChanged`."""
+    and, with ``prototypes`` [M, C] of the first network, their rows of A. A name
+    ``<backbone>@pooled`` is that network's unit pooled embedding, from the same pass as its
+    bilinear descriptors (the weights of the network's first entry are used). With ``hashes``
+    (the manifest's sha256 of each image) the bytes read are checked against them: an image
+    that changed since ingest raises :class:`goggles.io.images.ImageChanged`."""
     from goggles.features.affinity import affinity_block
     from goggles.features.backbones import load_backbone
     from goggles.features.descriptors import SKETCH_DIM, bilinear_descriptors
     from goggles.features.device import resolve_device
     from goggles.features.extraction import extract_filter_maps
+    from goggles.features.network import POOLED
     from goggles.io.images import ImageChanged
 
     resolved = resolve_device(device)
-    descriptors: list[np.ndarray] = []
+    found: dict[str, np.ndarray] = {}
     rows: list[np.ndarray] = []
     seconds = {"load": 0.0, "extract": 0.0, "describe": 0.0, "affinity": 0.0}
-    for index, (backbone, weights) in enumerate(networks):
+    passes: dict[str, str] = {}
+    for name, weights in networks:
+        passes.setdefault(name.removesuffix(POOLED), weights)
+    for index, (backbone, weights) in enumerate(passes.items()):
         began = time.perf_counter()
         model, _ = load_backbone(backbone, weights)
         seconds["load"] += time.perf_counter() - began
         parts: list[np.ndarray] = []
+        pooled: list[np.ndarray] = []
+
+        def on_embedding(_start: int, values: np.ndarray,
+                         pooled: list[np.ndarray] = pooled) -> None:
+            norms = np.linalg.norm(values, axis=1, keepdims=True)
+            pooled.append((values / np.maximum(norms, 1e-12)).astype(np.float32))
 
         def on_batch(_start: int, maps: np.ndarray, first: bool = index == 0,
                      parts: list[np.ndarray] = parts) -> None:
@@ -67,12 +79,19 @@ def describe_images(uris: Sequence[str], networks: Sequence[tuple[str, str]], *,
             changed: list[int] = []
             extract_filter_maps(uris, model, image_size=image_size, batch_size=batch_size,
                                 num_workers=num_workers, device=resolved, on_batch=on_batch,
-                                hashes=hashes, changed=changed)
+                                on_embedding=on_embedding, hashes=hashes, changed=changed)
             if changed:
                 raise ImageChanged([uris[i] for i in sorted(set(changed))])
         seconds["extract"] += time.perf_counter() - began
-        descriptors.append(np.concatenate(parts) if parts else
-                           np.zeros((0, SKETCH_DIM), np.float32))
+        found[backbone] = np.concatenate(parts) if parts else np.zeros((0, SKETCH_DIM),
+                                                                        np.float32)
+        if pooled:
+            found[backbone + POOLED] = np.concatenate(pooled)
+    missing = [name for name, _ in networks if name not in found]
+    if missing and len(uris):
+        raise ValueError(f"{', '.join(missing)}: these networks give no pooled embedding; "
+                         "the run that trained this model used other networks")
+    descriptors = [found.get(name, np.zeros((0, 0), np.float32)) for name, _ in networks]
     seconds["extract"] -= seconds["describe"] + seconds["affinity"]
     affinity = None
     if prototypes is not None:

@@ -37,8 +37,9 @@ def run_networks(features_meta: dict[str, Any]) -> list[tuple[str, str]]:
     networks whose descriptors it stored."""
     backbone = str(features_meta["backbone"])
     reused = features_folder.reusable_weights(str(features_meta.get("weights", "")))
-    return [(backbone, reused)] + [(name, "") for name in features_meta.get("descriptors", [])
-                                   if name != backbone]
+    return [(backbone, reused)] + [
+        (name, reused if name.startswith(backbone + "@") else "")
+        for name in features_meta.get("descriptors", []) if name != backbone]
 
 
 def shard_uris(affinity_uri: str) -> list[str]:

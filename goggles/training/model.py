@@ -109,10 +109,17 @@ class EndModel:
         return predict_proba(self.head, features)
 
 
-def network_entry(backbone: str, weights: str = "") -> dict[str, Any]:
-    """``model.json``'s description of one input network."""
-    return {"backbone": backbone, "weights": weights, "channels": CHANNELS[backbone],
-            "layer": LAYERS[backbone], "dim": SKETCH_DIM}
+def network_entry(backbone: str, weights: str = "", channels: int | None = None,
+                  dim: int = SKETCH_DIM) -> dict[str, Any]:
+    """``model.json``'s description of one input network: its bilinear descriptor of
+    ``channels`` channels (today's two networks: known), or with ``channels=0`` a
+    ``<backbone>@pooled`` embedding of ``dim`` dimensions, unit length, not sketched."""
+    channels = CHANNELS[backbone] if channels is None else channels
+    layer = LAYERS.get(backbone, f"{backbone}: its last feature map (a transformer's patch "
+                                 f"tokens as a grid, [{channels}, h, w])" if channels else
+                       f"{backbone}: the pooled or class-token embedding, unit length")
+    return {"backbone": backbone, "weights": weights, "channels": channels, "layer": layer,
+            "dim": dim}
 
 
 def describe(*, classes: Sequence[str], head: str, hidden: int, networks: Sequence[dict[str, Any]],
@@ -127,7 +134,7 @@ def describe(*, classes: Sequence[str], head: str, hidden: int, networks: Sequen
                  "formula": FORMULAS[head]},
         "input": {"features": "bilinear descriptors of each network, concatenated in order",
                   "networks": list(networks),
-                  "dim": SKETCH_DIM * len(networks)},
+                  "dim": sum(int(network["dim"]) for network in networks)},
         "preprocessing": {"image_size": image_size, "color": "RGB, EXIF orientation applied",
                           "resize": "bilinear to image_size x image_size (aspect not kept, no "
                                     "crop)",
@@ -151,6 +158,8 @@ def save_model(uri: str, head: Head, meta: dict[str, Any]) -> None:
     tensors = {name: value.detach().cpu().float().numpy()
                for name, value in head.state_dict().items()}
     for network in meta["input"]["networks"]:
+        if not int(network["channels"]):
+            continue  # a pooled embedding: no sketch
         bucket, sign = sketch_tables(int(network["channels"]))
         tensors[f"sketch.{network['backbone']}.bucket"] = bucket.astype(np.int32)
         tensors[f"sketch.{network['backbone']}.sign"] = sign.astype(np.int8)

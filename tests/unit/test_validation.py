@@ -28,7 +28,8 @@ from tests.conftest import small_source
     (lambda: InferConfig(seed=-1), r"seed must be at least 0, got -1"),
     (lambda: InferConfig(tol=0.0), r"tol must be positive"),
     (lambda: ExtractConfig(backbone="resnet9000"),
-     r"unknown backbone 'resnet9000'; choose one of vgg16, mobilenet_v2"),
+     r"unknown backbone 'resnet9000'; give one of vgg16, mobilenet_v2, torchvision:<arch>, "
+     r"timm:<arch>, open_clip:<arch>:<pretrained tag>, hf:<model id>"),
     (lambda: ExtractConfig(backbone="vgg16", top_k=513),
      r"top_k=513 exceeds the 512 channels of vgg16's filter map; use top_k <= 512"),
     (lambda: ExtractConfig(backbone="mobilenet_v2", top_k=1281),
@@ -167,9 +168,24 @@ def test_cli_refuses_output_inside_source(tmp_path: Path,
     assert not (source / "out").exists()
 
 
+def test_cli_unknown_backbone_lists_the_accepted_forms(tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]
+                                                       ) -> None:
+    """A backbone is any model spec, so argparse has no choices: the declaration's check names
+    today's two networks and every family's form, in one line, before anything runs."""
+    code = main(["run", str(tmp_path), "--num-classes", "2", "--output", str(tmp_path / "o"),
+                 "--backbone", "resnet50"])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "'resnet50'" in err, err
+    for form in ("vgg16", "mobilenet_v2", "torchvision:<arch>", "timm:<arch>",
+                 "open_clip:<arch>:<pretrained tag>", "hf:<model id>"):
+        assert form in err, err
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.parametrize(("flag", "value", "choices"), [
     ("--runner", "kubernetes", ("local", "docker", "inprocess")),
-    ("--backbone", "resnet50", ("vgg16", "mobilenet_v2")),
 ])
 def test_cli_unknown_choice_lists_the_valid_ones(tmp_path: Path, flag: str, value: str,
                                                  choices: tuple[str, ...],

@@ -10,8 +10,8 @@ from goggles.kubeflow.components.image import BASE_IMAGE, GPU_IMAGE
 
 @dsl.component(base_image=GPU_IMAGE, install_kfp_package=False)
 def extract_part(manifest: Input[Dataset], shard_id: int, num_shards: int, backbone: str,
-                 weights_uri: str, top_k: int, device: str, descriptor_backbone: str,
-                 feature_cache_uri: str, maps: Output[Dataset],
+                 weights_uri: str, weights_sha256: str, top_k: int, device: str,
+                 descriptor_backbone: str, feature_cache_uri: str, maps: Output[Dataset],
                  summary: Output[Dataset]) -> None:
     """One extraction part (paper §3.1) via :func:`goggles.pipeline.extract.run_extract_part`.
 
@@ -20,7 +20,8 @@ def extract_part(manifest: Input[Dataset], shard_id: int, num_shards: int, backb
     manifest : the ingest stage's manifest (Parquet).
     shard_id, num_shards : which near-equal row range of the accepted images (the affinity
         shard of the same id reads this part's maps alone).
-    backbone, weights_uri, top_k, device, descriptor_backbone, feature_cache_uri :
+    backbone, weights_uri, weights_sha256, top_k, device, descriptor_backbone,
+    feature_cache_uri :
         :class:`goggles.features.config.ExtractConfig`; with a feature cache, only the images
         it lacks are extracted.
     maps : the part's filter maps: ``shard-NNNNN.npy`` ([n, C, H, W] float32), ``index.parquet``
@@ -38,7 +39,8 @@ def extract_part(manifest: Input[Dataset], shard_id: int, num_shards: int, backb
     from goggles.pipeline.wiring import stage_config
 
     config = stage_config("extract", {
-        "backbone": backbone, "weights_uri": weights_uri, "top_k": top_k, "device": device,
+        "backbone": backbone, "weights_uri": weights_uri, "weights_sha256": weights_sha256,
+        "top_k": top_k, "device": device,
         "descriptor_backbone": descriptor_backbone, "feature_cache_uri": feature_cache_uri})
     start = time.perf_counter()
     result = run_extract_part(config, manifest.path, shard_id, num_shards, maps.path,
@@ -90,7 +92,8 @@ def gather_features(summaries: Input[list[Dataset]], top_k: int, max_prototypes:
               "device": result["device"], "goggles_version": goggles.__version__,
               "seconds": round(seconds + time.perf_counter() - start, 3),
               "features_computed": result["features_computed"],
-              "features_reused": result["features_reused"]}
+              "features_reused": result["features_reused"],
+              **({"preprocessing": result["preprocessing"]} if "preprocessing" in result else {})}
     features.metadata.update({**common, "format": "npy", "n_images": result["n_images"],
                               "filter_map_shape": result["filter_map_shape"],
                               "maps_uris": [str(part.metadata["maps_uri"]) for part in parts]})
