@@ -363,7 +363,8 @@ def compile_pipeline(package_path: str = DEFAULT_PACKAGE, profile: str = "defaul
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(allow_abbrev=False, description="Compile the goggles Kubeflow pipeline.")
+    parser = argparse.ArgumentParser(allow_abbrev=False,
+                                     description="Compile the goggles Kubeflow pipeline.")
     parser.add_argument("--output", default=DEFAULT_PACKAGE, help="YAML package to write")
     parser.add_argument("--profile", default="default", choices=PROFILES,
                         help="cluster settings matching k8s/overlays/<profile> (default: none)")
