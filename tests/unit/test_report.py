@@ -169,7 +169,7 @@ def test_dev_set_names_clusters_and_is_scored_apart(tmp_path: Path) -> None:
     assert labels["label_name"].to_pylist() == truth  # not cluster_0/cluster_1
     metrics = json.loads(Path(paths["metrics"]).read_text())
     assert metrics["dev_set"] == {"n_images": 4, "accuracy": 1.0, "n_unlabeled": 36,
-                                  "accuracy_unlabeled": 1.0}
+                                  "accuracy_unlabeled": 1.0, "names_matched": "same"}
     text, _ = _parse(paths["report"])
     assert "alpha — 20 images" in text and "dev set (4 images)" in text
     assert "No dev set named these clusters" not in text  # the dev set already named them
