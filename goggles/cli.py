@@ -94,7 +94,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser: argparse.ArgumentParser = _Parser(
         prog="goggles", description="Label image datasets automatically with affinity coding.")
     parser.add_argument("--version", action="version", version=f"goggles {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true",

@@ -26,8 +26,13 @@ def add_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     export.add_argument("--min-confidence", type=float, default=0.0, metavar="P",
                         help="export only labels with confidence >= P (default: 0, all)")
     export.add_argument("--copy", action="store_true",
-                        help="imagefolder, huggingface: copy local images instead of "
-                             "symlinking them (buckets always get copies)")
+                        help="imagefolder, huggingface: copy local images instead of linking "
+                             "them with relative symlinks (a bucket on either side always "
+                             "gets copies; copy a tree you will move to another machine)")
+    export.add_argument("--names", default="", metavar="OLD=NEW,...|FILE",
+                        help="name the classes in the export without a rerun, e.g. "
+                             "cluster_0=cat,cluster_1=dog, or a file of OLD=NEW lines (or a "
+                             "JSON object); the run itself is unchanged")
     export.add_argument("--label-studio-root", default="/", metavar="DIR",
                         help="label-studio: the LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT Label "
                              "Studio serves local images from (default: /)")
@@ -95,10 +100,18 @@ def _apply(args: argparse.Namespace) -> str:
 
 def _export(args: argparse.Namespace) -> str:
     from goggles.export import export_labels
+    from goggles.export.naming import parse_names
+    from goggles.io import storage
 
+    names = None
+    if args.names:
+        given = args.names
+        if storage.is_file(given):
+            given = storage.read_bytes(given).decode("utf-8-sig")
+        names = parse_names(given)
     summary = export_labels(args.out, args.output, args.format,
                             min_confidence=args.min_confidence, link=not args.copy,
-                            label_studio_root=args.label_studio_root)
+                            label_studio_root=args.label_studio_root, names=names)
     return summary.line()
 
 
