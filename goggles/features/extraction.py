@@ -15,12 +15,12 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from goggles.features.backbones import IMAGENET_MEAN, IMAGENET_STD
 from goggles.features.device import autocast_dtype, cpu_threads, extract_batch_size, resolve_device
 from goggles.io import storage
 from goggles.io.images import ImageRejected, decode_image
+from goggles.io.progress import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ def extract_filter_maps(
             on_batch(first, host.numpy())
 
     start = 0
-    with tqdm(total=len(uris), desc="extract", unit="img", disable=None) as bar:
+    with Progress(len(uris), "extract", "images") as bar:
         for images, _ in loader:
             images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
             with _autocast(device, dtype):

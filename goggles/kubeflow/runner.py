@@ -17,7 +17,12 @@ ParallelFor fan-out and ``dsl.Collected`` fan-in — through ``kfp.local``:
 Afterwards the run's artifacts are copied out of kfp's ``pipeline_root`` into the output URI
 (any fsspec URI) in the same layout :func:`goggles.pipeline.inprocess.run_inprocess` writes:
 ``manifest.parquet``, ``labels.parquet``, ``metrics.json``, ``report.html``, ``artifacts/`` and,
-when the run trains one, ``model/``.
+when the run trains one, ``model/``; and each stage's record under the keys the in-process runner
+uses (:func:`goggles.pipeline.inprocess.record_finished_run`). A rerun into the same output whose
+ingest and extraction keys are unchanged (the same images, backbone and extraction parameters:
+a new dev-label file, another method, ``--train``) runs no pipeline: the stages after the
+extraction are reused or redone in this process (:func:`goggles.pipeline.inprocess.run_stages`),
+as ``--runner inprocess`` would.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from goggles.io.lock import output_lock
 from goggles.io.uris import redact
 from goggles.parameters import RunParameters, spec
 from goggles.pipeline.extract import part_uri
+from goggles.pipeline.inprocess import extraction_reusable, record_finished_run, run_stages
 from goggles.pipeline.wiring import check_run
 
 logger = logging.getLogger(__name__)
@@ -227,10 +233,20 @@ def run_pipeline(params: RunParameters, runner: str = "local", *, pipeline_root:
     """
     if runner not in RUNNERS:
         raise ValueError(f"unknown runner {runner!r}; choose one of {', '.join(RUNNERS)}")
-    check_run(params)
+    configs = check_run(params)
     with output_lock(params.output_uri,
                      owner_note=f"goggles run ({runner} runner) of {redact(params.source_uri)}"):
-        return _run_locked(params, runner, pipeline_root, enable_caching, keep_pipeline_root)
+        if extraction_reusable(params, configs):
+            # OUT holds this run's ingest and extraction (same keys, by any runner): only what
+            # follows them is redone, by the same stage functions, here
+            logger.info("reusing the ingest and extraction in %s (same inputs and parameters); "
+                        "running the stages after them in this process",
+                        redact(params.output_uri))
+            return run_stages(params, configs, runner=runner)
+        metrics = _run_locked(params, runner, pipeline_root, enable_caching,
+                              keep_pipeline_root)
+        record_finished_run(params, configs, metrics)
+        return metrics
 
 
 def _run_locked(params: RunParameters, runner: str, pipeline_root: str, enable_caching: bool,

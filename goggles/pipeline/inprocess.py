@@ -50,23 +50,30 @@ def run_inprocess(params: RunParameters) -> dict[str, Any]:
     configs = check_run(params)
     with output_lock(params.output_uri,
                      owner_note=f"goggles run (in process) of {redact(params.source_uri)}"):
-        return _run_stages(params, configs)
+        return run_stages(params, configs)
 
 
-def _run_stages(params: RunParameters, configs: dict[str, Any]) -> dict[str, Any]:
+@dataclasses.dataclass(frozen=True)
+class RunKeys:
+    """Every stage's key for a run (:func:`goggles.io.resume.stage_key`): a digest of its
+    parameters, what it reads from outside and its upstream stages' keys. The in-process and
+    the Kubeflow runners record their finished stages under these same keys, so either reuses
+    the other's."""
+
+    ingest: str
+    extract: str
+    affinity: list[str]
+    infer: str
+    train: str
+
+
+def run_keys(params: RunParameters, configs: dict[str, Any]) -> RunKeys:
+    """The stage keys of a run (lists the source once)."""
     ingest_cfg, extract_cfg = configs["ingest"], configs["extract"]
-    affinity_cfg, infer_cfg = configs["affinity"], configs["infer"]
-    paths = output_paths(params.output_uri)
-    records = StageRecords(storage.join(params.output_uri, "artifacts"))
-    timings: dict[str, float] = {}
     files = [(f.relative, f.size, f.version)
              for f in listing.list_files(params.source_uri, ingest_cfg.extensions,
                                          follow_symlinks=ingest_cfg.follow_symlinks)]
     ingest_key = stage_key("ingest", ingest_cfg.to_dict(), params.source_uri, files)
-    with timed(timings, "ingest"):
-        ingested = records.run("ingest", ingest_key, lambda: stages.run_ingest(
-            ingest_cfg, params.source_uri, paths["manifest"]), [paths["manifest"]])
-    check_counts(ingested["n_images"], params.num_classes, params.num_shards, paths["manifest"])
     extract_params = extract_cfg.to_dict()
     if not extract_cfg.max_prototypes:
         extract_params.pop("seed")  # the seed only drives the prototype budget's sample
@@ -75,43 +82,125 @@ def _run_stages(params: RunParameters, configs: dict[str, Any]) -> dict[str, Any
         extract_params["weights_uri"] = storage.fingerprint(extract_cfg.weights_uri)
     # one extraction part per affinity shard, as on a cluster
     extract_key = stage_key("extract", ingest_key, extract_params, params.num_shards)
+    shard_keys = [stage_key("affinity", extract_key, configs["affinity"].to_dict(), shard_id)
+                  for shard_id in range(params.num_shards)]
+    dev_labels = storage.fingerprint(params.dev_labels_uri) if params.dev_labels_uri else ""
+    infer_key = stage_key("infer", shard_keys, configs["infer"].to_dict(), dev_labels)
+    train_key = stage_key("train", infer_key, extract_key, configs["train"].to_dict())
+    return RunKeys(ingest_key, extract_key, shard_keys, infer_key, train_key)
+
+
+def stage_outputs(params: RunParameters) -> dict[str, list[str]]:
+    """The outputs each stage's record names (a record is trusted only while they exist), by
+    record name: ``ingest``, ``extract``, ``affinity-<s>-of-<S>``, ``infer``, ``train``."""
+    paths = output_paths(params.output_uri)
+    outputs = {
+        "ingest": [paths["manifest"]],
+        "extract": [storage.join(paths["features"], "meta.json"), paths["prototypes"],
+                    *(storage.join(part_uri(paths["features"], s), "meta.json")
+                      for s in range(params.num_shards))],
+        "infer": [paths["labels"], paths["inference"]],
+        "train": [storage.join(paths["model"], "model.json"),
+                  storage.join(paths["model"], "model.safetensors")]}
+    for shard_id, uri in enumerate(_shard_uris(params)):
+        outputs[_shard_record(shard_id, params.num_shards)] = [
+            storage.join(uri, "affinity.npy"), storage.join(uri, "meta.json")]
+    return outputs
+
+
+def _shard_uris(params: RunParameters) -> list[str]:
+    affinity = output_paths(params.output_uri)["affinity"]
+    return [storage.join(affinity, f"shard-{s:05d}") for s in range(params.num_shards)]
+
+
+def _shard_record(shard_id: int, num_shards: int) -> str:
+    return f"affinity-{shard_id:05d}-of-{num_shards:05d}"
+
+
+def extraction_reusable(params: RunParameters, configs: dict[str, Any]) -> bool:
+    """Whether the output already holds this run's ingest and extraction, finished with the same
+    keys (by any runner): then only what follows them is left to do."""
+    keys = run_keys(params, configs)
+    records = StageRecords(storage.join(params.output_uri, "artifacts"))
+    outputs = stage_outputs(params)
+    return all(records.finished(name, key, outputs[name]) is not None
+               for name, key in (("ingest", keys.ingest), ("extract", keys.extract)))
+
+
+def record_finished_run(params: RunParameters, configs: dict[str, Any],
+                        metrics: dict[str, Any]) -> None:
+    """Record every stage of a run another runner (the Kubeflow pipeline) finished into the
+    output, under the keys this runner uses, so that a rerun reuses them; ``metrics`` is the
+    run's ``metrics.json``."""
+    keys = run_keys(params, configs)
+    records = StageRecords(storage.join(params.output_uri, "artifacts"))
+    outputs = stage_outputs(params)
+    paths = output_paths(params.output_uri)
+    features = storage.read_json(storage.join(paths["features"], "meta.json"))
+    done: list[tuple[str, str, dict[str, Any]]] = [
+        ("ingest", keys.ingest, {"n_listed": metrics["n_images"] + metrics["n_rejected"],
+                                 "n_images": metrics["n_images"],
+                                 "n_rejected": metrics["n_rejected"]}),
+        ("extract", keys.extract, {
+            "n_images": features["num_images"], "num_prototypes": metrics["num_prototypes"],
+            "weights_source": metrics.get("weights_source", features.get("weights", "")),
+            "backbone": features.get("backbone"),
+            **{key: features.get(key, 0) for key in ("features_computed", "features_reused")}}),
+        *((_shard_record(s, params.num_shards), key,
+           storage.read_json(storage.join(uri, "meta.json")))
+          for s, (uri, key) in enumerate(zip(_shard_uris(params), keys.affinity, strict=True))),
+        ("infer", keys.infer, {key: metrics[key] for key in (
+            "num_prototypes", "em_iterations", "converged", "num_classes") if key in metrics})]
+    if params.train and metrics.get("end_model"):
+        done.append(("train", keys.train, metrics["end_model"]))
+    for name, key, result in done:
+        records.run(name, key, functools.partial(dict, result), outputs[name])
+
+
+def run_stages(params: RunParameters, configs: dict[str, Any], *,
+               runner: str = "inprocess") -> dict[str, Any]:
+    """Every stage in this process, reusing those the output's records hold with the same keys
+    (the caller holds the output's lock); ``runner`` is what ``metrics.json`` records."""
+    ingest_cfg, extract_cfg = configs["ingest"], configs["extract"]
+    affinity_cfg, infer_cfg = configs["affinity"], configs["infer"]
+    paths = output_paths(params.output_uri)
+    records = StageRecords(storage.join(params.output_uri, "artifacts"))
+    timings: dict[str, float] = {}
+    keys = run_keys(params, configs)
+    outputs = stage_outputs(params)
+    with timed(timings, "ingest"):
+        ingested = records.run("ingest", keys.ingest, lambda: stages.run_ingest(
+            ingest_cfg, params.source_uri, paths["manifest"]), outputs["ingest"])
+    check_counts(ingested["n_images"], params.num_classes, params.num_shards, paths["manifest"])
+    reused = records.finished("extract", keys.extract, outputs["extract"]) is not None
     with timed(timings, "extract"):
-        extracted = records.run("extract", extract_key, lambda: run_extract(
+        extracted = records.run("extract", keys.extract, lambda: run_extract(
             extract_cfg, paths["manifest"], paths["features"], paths["prototypes"],
-            num_parts=params.num_shards),
-            [storage.join(paths["features"], "meta.json"), paths["prototypes"],
-             *(storage.join(part_uri(paths["features"], s), "meta.json")
-               for s in range(params.num_shards))])
-    shard_uris, shard_keys = [], []
+            num_parts=params.num_shards), outputs["extract"])
+    if reused:  # this run computed no feature: every image's came from the earlier run
+        extracted = {**extracted, "features_computed": 0,
+                     "features_reused": int(ingested["n_images"])}
+    shard_uris = _shard_uris(params)
     with timed(timings, "affinity"):
-        for shard_id in range(params.num_shards):
-            uri = storage.join(paths["affinity"], f"shard-{shard_id:05d}")
-            key = stage_key("affinity", extract_key, affinity_cfg.to_dict(), shard_id)
-            records.run(f"affinity-{shard_id:05d}-of-{params.num_shards:05d}", key,
+        for shard_id, (uri, key) in enumerate(zip(shard_uris, keys.affinity, strict=True)):
+            name = _shard_record(shard_id, params.num_shards)
+            records.run(name, key,
                         functools.partial(stages.run_affinity, affinity_cfg,
                                           part_uri(paths["features"], shard_id),
-                                          paths["prototypes"], uri),
-                        [storage.join(uri, "affinity.npy"), storage.join(uri, "meta.json")])
-            shard_uris.append(uri)
-            shard_keys.append(key)
-    dev_labels = storage.fingerprint(params.dev_labels_uri) if params.dev_labels_uri else ""
-    infer_key = stage_key("infer", shard_keys, infer_cfg.to_dict(), dev_labels)
+                                          paths["prototypes"], uri), outputs[name])
     with timed(timings, "infer"):
-        inferred = records.run("infer", infer_key, lambda: stages.run_infer(
+        inferred = records.run("infer", keys.infer, lambda: stages.run_infer(
             infer_cfg, paths["manifest"], paths["prototypes"], shard_uris, paths["labels"],
             paths["inference"], params.dev_labels_uri, features_uri=paths["features"]),
-            [paths["labels"], paths["inference"]])
+            outputs["infer"])
     end_model = None
     if params.train:
         train_cfg = configs["train"]
-        train_key = stage_key("train", infer_key, extract_key, train_cfg.to_dict())
         with timed(timings, "train"):
-            end_model = records.run("train", train_key, lambda: stages.run_train(
+            end_model = records.run("train", keys.train, lambda: stages.run_train(
                 train_cfg, paths["manifest"], paths["features"], paths["labels"],
-                paths["inference"], paths["model"]),
-                [storage.join(paths["model"], "model.json"),
-                 storage.join(paths["model"], "model.safetensors")])
-    record = run_record(dataclasses.asdict(params), runner="inprocess",
+                paths["inference"], paths["model"]), outputs["train"])
+    record = run_record(dataclasses.asdict(params), runner=runner,
                         weights_source=extracted["weights_source"],
                         num_prototypes=inferred["num_prototypes"], extracted=extracted)
     return evaluate_and_report(
