@@ -246,13 +246,23 @@ class _Scrubbed(logging.Formatter):
 
 
 def _configure_logging(verbose: bool) -> None:
-    """goggles' and kfp's progress at INFO (DEBUG with -v); other libraries' only from WARNING
-    (INFO with -v), so a storage client's chatter does not bury the one line that matters."""
+    """The run's console lines (``goggles.console``: each stage's start and end, progress) bare
+    on stderr; goggles' other messages from WARNING, kfp's and other libraries' too. With -v,
+    goggles' and kfp's messages at DEBUG/INFO with time and source, and the local runner's task
+    output (:class:`goggles.kubeflow.console.TaskConsole`)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_Scrubbed("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler])
     for name in ("goggles", "kfp"):
-        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.INFO)
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
+    lines = logging.getLogger("goggles.console")
+    lines.setLevel(logging.INFO)
+    lines.propagate = False
+    if not any(getattr(h, "_goggles_console", False) for h in lines.handlers):
+        bare = logging.StreamHandler(sys.stderr)
+        bare.setFormatter(_Scrubbed("%(message)s"))
+        bare._goggles_console = True  # type: ignore[attr-defined]
+        lines.addHandler(bare)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -272,15 +282,38 @@ def _run(args: argparse.Namespace) -> int:
         from goggles.kubeflow.runner import run_pipeline
 
         metrics = run_pipeline(params, runner=args.runner, pipeline_root=args.pipeline_root,
-                               enable_caching=args.cache)
-    summary = {k: metrics[k] for k in ("n_images", "n_rejected", "num_classes", "num_prototypes",
-                                       "em_iterations", "converged", "accuracy",
-                                       "accuracy_kmeans", "timings_s", "pipeline_seconds")
-               if k in metrics}
-    print(json.dumps(summary, indent=2))
-    print(f"labels: {params.output_uri.rstrip('/')}/labels.parquet")
-    print(f"report: {params.output_uri.rstrip('/')}/report.html")
+                               enable_caching=args.cache, verbose=args.verbose)
+    if args.verbose:
+        summary = {k: metrics[k] for k in (
+            "n_images", "n_rejected", "num_classes", "num_prototypes", "em_iterations",
+            "converged", "accuracy", "estimated_accuracy", "accuracy_kmeans", "timings_s",
+            "pipeline_seconds", "features_computed", "features_reused") if k in metrics}
+        print(json.dumps(summary, indent=2))
+    print("\n".join(closing_lines(params.output_uri, metrics)))
     return 0
+
+
+def closing_lines(output_uri: str, metrics: dict[str, Any]) -> list[str]:
+    """The three lines a run ends with: how right the labels are (the accuracy when folders
+    gave the truth, else the confidence's estimate), where the labels and the report are, and
+    the next command."""
+    out = output_uri.rstrip("/")
+    n = int(metrics.get("n_images", 0))
+    if isinstance(metrics.get("accuracy"), (int, float)):
+        quality = (f"accuracy {metrics['accuracy']:.3f} on {n} images (folder names as the "
+                   "truth, clusters matched to them)")
+    elif isinstance(metrics.get("estimated_accuracy"), (int, float)):
+        estimate = float(metrics["estimated_accuracy"])
+        quality = (f"estimated accuracy {estimate:.3f}: about {round(estimate * n)} of {n} "
+                   "labels are probably right (their mean confidence; no ground truth)")
+    else:
+        quality = f"{n} images labeled"
+    named = (metrics.get("dev_set") or {}).get("n_images")
+    rename = "" if named else " --names cluster_0=NAME,cluster_1=NAME"
+    return [quality,
+            f"labels: {out}/labels.parquet   report: {out}/report.html",
+            f"next: open the report, then goggles export {out} --format imagefolder "
+            f"--output DEST{rename}"]
 
 
 def _compile(args: argparse.Namespace) -> int:

@@ -125,8 +125,9 @@ def extract_filter_maps(
     device: torch.device | str | None = None,
     precision: str = "auto",
     on_batch: Callable[[int, np.ndarray], None],
+    desc: str = "extract",
 ) -> None:
-    """Run ``model`` over the images at ``uris`` in order.
+    """Run ``model`` over the images at ``uris`` in order (``desc`` names its progress).
 
     ``on_batch(start, maps)`` receives consecutive batches: ``maps`` is [n, C, H, W] float32 for
     images ``start .. start+n-1``.
@@ -163,7 +164,7 @@ def extract_filter_maps(
             on_batch(first, host.numpy())
 
     start = 0
-    with Progress(len(uris), "extract", "images") as bar:
+    with Progress(len(uris), desc, "images") as bar:
         for images, _ in loader:
             images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
             with _autocast(device, dtype):

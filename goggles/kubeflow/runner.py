@@ -32,7 +32,6 @@ import contextlib
 import importlib
 import logging
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -44,6 +43,7 @@ from goggles.io import storage
 from goggles.io.artifacts import output_paths
 from goggles.io.lock import output_lock
 from goggles.io.uris import redact
+from goggles.kubeflow.console import ANSI, TaskConsole
 from goggles.parameters import RunParameters, spec
 from goggles.pipeline.extract import part_uri
 from goggles.pipeline.inprocess import extraction_reusable, record_finished_run, run_stages
@@ -52,7 +52,6 @@ from goggles.pipeline.wiring import check_run
 logger = logging.getLogger(__name__)
 
 RUNNERS = ("local", "docker")
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 class PipelineRunError(RuntimeError):
@@ -215,7 +214,7 @@ def _quiet_local_warnings():  # type: ignore[no-untyped-def]
 
 def run_pipeline(params: RunParameters, runner: str = "local", *, pipeline_root: str = "",
                  enable_caching: bool = False, keep_pipeline_root: bool = False,
-                 ) -> dict[str, Any]:
+                 verbose: bool = False) -> dict[str, Any]:
     """Run the pipeline with kfp's local runner; write the run's files into ``params.output_uri``.
 
     Parameters
@@ -226,6 +225,8 @@ def run_pipeline(params: RunParameters, runner: str = "local", *, pipeline_root:
         after a successful run unless ``keep_pipeline_root``.
     enable_caching : reuse outputs of tasks already run with the same inputs under the same
         ``pipeline_root`` (kfp's local cache, kept in ``pipeline_root/.kfp_cache``).
+    verbose : show kfp's own log and every task's output (else the console lines of
+        :class:`TaskConsole`, and the log of a task that fails).
 
     Returns
     -------
@@ -244,13 +245,13 @@ def run_pipeline(params: RunParameters, runner: str = "local", *, pipeline_root:
                         redact(params.output_uri))
             return run_stages(params, configs, runner=runner)
         metrics = _run_locked(params, runner, pipeline_root, enable_caching,
-                              keep_pipeline_root)
+                              keep_pipeline_root, verbose)
         record_finished_run(params, configs, metrics)
         return metrics
 
 
 def _run_locked(params: RunParameters, runner: str, pipeline_root: str, enable_caching: bool,
-                keep_pipeline_root: bool) -> dict[str, Any]:
+                keep_pipeline_root: bool, verbose: bool) -> dict[str, Any]:
     from kfp import local
 
     from goggles.kubeflow import pipeline as module
@@ -270,13 +271,22 @@ def _run_locked(params: RunParameters, runner: str, pipeline_root: str, enable_c
                 module.PIPELINE_NAME, runner, root)
     start = time.perf_counter()
     original_print = builtins.print
+    # task logs go to stderr (all of them with verbose, else the console lines), so stdout
+    # carries only what the caller prints
+    tasks = TaskConsole(verbose=verbose)
     try:
-        # task logs go to stderr, so stdout carries only what the caller prints
-        with _quiet_local_warnings(), contextlib.redirect_stdout(sys.stderr):
+        with _quiet_local_warnings(), contextlib.redirect_stdout(tasks):
             task = module.goggles_pipeline(**arguments)
     except RuntimeError as error:
-        message = _ANSI.sub("", str(error))
-        raise PipelineRunError(f"{message} Its log is above; the task outputs are kept in "
+        message = ANSI.sub("", str(error))
+        where = "above"
+        if not verbose:
+            log = os.path.join(root, "goggles-run.log")
+            with open(log, "w", encoding="utf-8") as file:
+                file.write("\n".join(tasks.lines) + "\n")
+            sys.stderr.write("\n".join(tasks.lines[-40:]) + "\n")
+            where = f"above (its end; all of it in {log}, or rerun with goggles -v)"
+        raise PipelineRunError(f"{message} Its log is {where}; the task outputs are kept in "
                                f"{root}") from error
     finally:
         # kfp.local indents task logs by swapping builtins.print per task; two ParallelFor
@@ -287,6 +297,7 @@ def _run_locked(params: RunParameters, runner: str, pipeline_root: str, enable_c
                                pipeline_seconds=seconds)
     if temporary and not keep_pipeline_root:
         shutil.rmtree(root, ignore_errors=True)
+    tasks.finish()
     logger.info("pipeline finished in %.1f s; outputs in %s", seconds, params.output_uri)
     return metrics
 

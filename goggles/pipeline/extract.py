@@ -158,7 +158,7 @@ def _second_descriptors(config: ExtractConfig, network: str, uris: Sequence[str]
                                                       batch_size=config.batch_size)
         return described
     extra: list[np.ndarray] = []
-    extract_filter_maps(uris, other, **options,
+    extract_filter_maps(uris, other, **options, desc="extract descriptors",
                         on_batch=lambda _s, maps: extra.append(bilinear_descriptors(maps)))
     return np.concatenate(extra)
 

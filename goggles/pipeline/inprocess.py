@@ -17,7 +17,7 @@ import dataclasses
 import functools
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from goggles.io import listing, storage
@@ -26,7 +26,7 @@ from goggles.io.lock import output_lock
 from goggles.io.resume import StageRecords, stage_key
 from goggles.io.uris import redact
 from goggles.parameters import RunParameters
-from goggles.pipeline import stages
+from goggles.pipeline import console, stages
 from goggles.pipeline.extract import part_uri, run_extract
 from goggles.pipeline.wiring import check_counts, check_run, evaluate_and_report, run_record
 
@@ -157,10 +157,21 @@ def record_finished_run(params: RunParameters, configs: dict[str, Any],
         records.run(name, key, functools.partial(dict, result), outputs[name])
 
 
+def _stage(records: StageRecords, timings: dict[str, float], stage: str, name: str, key: str,
+           work: Callable[[], dict[str, Any]], outputs: list[str]) -> tuple[dict[str, Any], bool]:
+    """Reuse or run one stage's record ``name`` (:meth:`StageRecords.run`), timed under
+    ``stage``; returns its result and whether it was reused."""
+    reused = records.finished(name, key, outputs) is not None
+    with timed(timings, stage):
+        result = records.run(name, key, work, outputs)
+    return result, reused
+
+
 def run_stages(params: RunParameters, configs: dict[str, Any], *,
                runner: str = "inprocess") -> dict[str, Any]:
     """Every stage in this process, reusing those the output's records hold with the same keys
-    (the caller holds the output's lock); ``runner`` is what ``metrics.json`` records."""
+    (the caller holds the output's lock), a console line as each starts and ends
+    (:mod:`goggles.pipeline.console`); ``runner`` is what ``metrics.json`` records."""
     ingest_cfg, extract_cfg = configs["ingest"], configs["extract"]
     affinity_cfg, infer_cfg = configs["affinity"], configs["infer"]
     paths = output_paths(params.output_uri)
@@ -168,43 +179,62 @@ def run_stages(params: RunParameters, configs: dict[str, Any], *,
     timings: dict[str, float] = {}
     keys = run_keys(params, configs)
     outputs = stage_outputs(params)
-    with timed(timings, "ingest"):
-        ingested = records.run("ingest", keys.ingest, lambda: stages.run_ingest(
-            ingest_cfg, params.source_uri, paths["manifest"]), outputs["ingest"])
+    console.started("ingest")
+    ingested, reused = _stage(records, timings, "ingest", "ingest", keys.ingest,
+                              lambda: stages.run_ingest(ingest_cfg, params.source_uri,
+                                                        paths["manifest"]), outputs["ingest"])
+    console.finished("ingest", timings["ingest"], ingested, reused=reused)
     check_counts(ingested["n_images"], params.num_classes, params.num_shards, paths["manifest"])
-    reused = records.finished("extract", keys.extract, outputs["extract"]) is not None
-    with timed(timings, "extract"):
-        extracted = records.run("extract", keys.extract, lambda: run_extract(
-            extract_cfg, paths["manifest"], paths["features"], paths["prototypes"],
-            num_parts=params.num_shards), outputs["extract"])
+    console.started("extract")
+    extracted, reused = _stage(records, timings, "extract", "extract", keys.extract,
+                               lambda: run_extract(extract_cfg, paths["manifest"],
+                                                   paths["features"], paths["prototypes"],
+                                                   num_parts=params.num_shards),
+                               outputs["extract"])
     if reused:  # this run computed no feature: every image's came from the earlier run
         extracted = {**extracted, "features_computed": 0,
                      "features_reused": int(ingested["n_images"])}
+    console.finished("extract", timings["extract"], extracted, reused=reused)
     shard_uris = _shard_uris(params)
-    with timed(timings, "affinity"):
-        for shard_id, (uri, key) in enumerate(zip(shard_uris, keys.affinity, strict=True)):
-            name = _shard_record(shard_id, params.num_shards)
-            records.run(name, key,
-                        functools.partial(stages.run_affinity, affinity_cfg,
-                                          part_uri(paths["features"], shard_id),
-                                          paths["prototypes"], uri), outputs[name])
-    with timed(timings, "infer"):
-        inferred = records.run("infer", keys.infer, lambda: stages.run_infer(
-            infer_cfg, paths["manifest"], paths["prototypes"], shard_uris, paths["labels"],
-            paths["inference"], params.dev_labels_uri, features_uri=paths["features"]),
-            outputs["infer"])
+    console.started("affinity")
+    rows, all_reused = 0, True
+    for shard_id, (uri, key) in enumerate(zip(shard_uris, keys.affinity, strict=True)):
+        name = _shard_record(shard_id, params.num_shards)
+        shard, reused = _stage(records, timings, "affinity", name, key,
+                               functools.partial(stages.run_affinity, affinity_cfg,
+                                                 part_uri(paths["features"], shard_id),
+                                                 paths["prototypes"], uri), outputs[name])
+        rows += int(shard.get("stop", 0)) - int(shard.get("start", 0))
+        all_reused = all_reused and reused
+    console.finished("affinity", timings.get("affinity", 0.0),
+                     {"rows": rows, "num_prototypes": extracted.get("num_prototypes")},
+                     reused=all_reused)
+    console.started("infer")
+    inferred, reused = _stage(records, timings, "infer", "infer", keys.infer,
+                              lambda: stages.run_infer(
+                                  infer_cfg, paths["manifest"], paths["prototypes"], shard_uris,
+                                  paths["labels"], paths["inference"], params.dev_labels_uri,
+                                  features_uri=paths["features"]), outputs["infer"])
+    console.finished("infer", timings["infer"], inferred, reused=reused)
     end_model = None
     if params.train:
         train_cfg = configs["train"]
-        with timed(timings, "train"):
-            end_model = records.run("train", keys.train, lambda: stages.run_train(
-                train_cfg, paths["manifest"], paths["features"], paths["labels"],
-                paths["inference"], paths["model"]), outputs["train"])
+        console.started("train")
+        end_model, reused = _stage(records, timings, "train", "train", keys.train,
+                                   lambda: stages.run_train(
+                                       train_cfg, paths["manifest"], paths["features"],
+                                       paths["labels"], paths["inference"], paths["model"]),
+                                   outputs["train"])
+        console.finished("train", timings["train"], end_model, reused=reused)
     record = run_record(dataclasses.asdict(params), runner=runner,
                         weights_source=extracted["weights_source"],
                         num_prototypes=inferred["num_prototypes"], extracted=extracted)
-    return evaluate_and_report(
+    console.started("evaluate")
+    started = time.perf_counter()
+    metrics = evaluate_and_report(
         manifest_uri=paths["manifest"], labels_uri=paths["labels"],
         inference_uri=paths["inference"], prototypes_uri=paths["prototypes"],
         affinity_uris=shard_uris, metrics_uri=paths["metrics"], report_uri=paths["report"],
         record=record, timings=timings, end_model=end_model)
+    console.finished("evaluate", time.perf_counter() - started, metrics)
+    return metrics

@@ -1,15 +1,17 @@
 """report.html: one self-contained page (images inlined) that shows why each image got its label.
 
-Sections: a summary (N, rejected, K, prototypes, EM iterations, timings, accuracy when known);
+Sections: the verdict (:mod:`goggles.report.verdict`: how many labels are probably right, what
+to do next) and the images to check (:mod:`goggles.report.review`), on the first screen; a
+summary (N, rejected, K, prototypes, EM iterations, timings, accuracy when known);
 the affinity matrix with rows and columns sorted by inferred cluster (the paper's Figure 5,
 pooled to at most :data:`MAX_HEATMAP` rows and columns); the confusion matrix and the coverage
 and accuracy by confidence threshold when ground truth exists; the EM convergence trace; for the
 most informative prototypes, the class-conditional score histograms with the fitted Gaussians
 and the image patch each comes from (its receptive field, :mod:`goggles.report.patches`); per
-cluster, the most and least confident images and the strongest prototypes; the images to check
-(:mod:`goggles.report.review`). Clusters carry the dev set's class names when one was given;
-each cluster has a name field and each image to check a label field, and the page writes what a
-person types into a dev-labels CSV for ``--dev-labels`` on the next run.
+cluster, the most and least confident images and the strongest prototypes. The EM traces are
+drawn only when EM iterated more than once. Clusters carry the dev set's class names when one
+was given; each cluster has a name field and each image to check a label field, and the page
+writes what a person types into a dev-labels CSV for ``--dev-labels`` on the next run.
 
 Reading A is one streamed pass over the stored shards (pooled rows plus the few columns the
 histograms need), so the report's memory and time stay small for large N.
@@ -44,6 +46,7 @@ from goggles.report.plots import (
 )
 from goggles.report.review import SCRIPT, by_confidence, review_html, review_rows
 from goggles.report.summary import summary_rows
+from goggles.report.verdict import nothing_to_check, verdict_html
 
 logger = logging.getLogger(__name__)
 
@@ -220,10 +223,17 @@ def render(metrics: dict[str, Any], labels: Any, state: dict[str, Any], *,
                 f"{w}) in {html.escape(uris[image_id])}' title='{html.escape(uris[image_id])}'>")
 
     patches = {p["column"]: patch(p["column"]) for p in chosen}
+    review = review_html(to_check, uris, names, confidence,
+                         {u: _thumbnail(image) for u, image in images.items()})
+    if nothing_to_check(confidence):  # listed for naming, not because they look wrong
+        review = ("<details id='review-anyway'><summary>The least confident images anyway"
+                  "</summary>" + review + "</details>")
     parts = ["<!doctype html><html lang='en'><head><meta charset='utf-8'>",
              "<title>goggles report</title>", f"<style>{STYLE}</style></head><body>",
-             "<h1>goggles labeling report</h1>", "<h2 id='summary'>Summary</h2>",
-             _table(summary_rows(metrics, state))]
+             "<h1>goggles labeling report</h1>",
+             verdict_html(metrics, confidence, sum(len(r) for r in to_check.values()),
+                          named=bool(state.get("dev"))),
+             review, "<h2 id='summary'>Summary</h2>", _table(summary_rows(metrics, state))]
     if metrics.get("warnings"):
         parts.append("<h2>Warnings</h2><ul>" + "".join(
             f"<li>{html.escape(w)}</li>" for w in metrics["warnings"]) + "</ul>")
@@ -261,7 +271,10 @@ def render(metrics: dict[str, Any], labels: Any, state: dict[str, Any], *,
                          + "</td></tr>" for c in coverage) + "</table>")
     parts.append("<h2 id='convergence'>EM convergence</h2>")
     change, loglik = state.get("change_trace") or [], state.get("log_likelihood_trace") or []
-    if change:
+    if len(change) == 1:
+        parts.append("<p class='note'>EM stopped after its first iteration (its start was "
+                     "already a fixed point): there is no trace to plot.</p>")
+    elif change:
         ending = ("converged: the largest change of a posterior fell below tol"
                   if state.get("converged") else "stopped at max_iter without converging")
         parts.append(f"<p class='note'>{len(change)} iteration(s); {ending}.</p>"
@@ -321,8 +334,6 @@ def render(metrics: dict[str, Any], labels: Any, state: dict[str, Any], *,
             parts.append(f"<div><b>strongest prototypes</b> (receptive field, cell boxed)<br>"
                          f"{strongest}</div>")
         parts.append("</div>")
-    parts.append(review_html(to_check, uris, names, confidence,
-                             {u: _thumbnail(image) for u, image in images.items()}))
     exemplars = {k: [uris[i] for i in order[k][:NAMING_EXEMPLARS]] for k in order}
     data = json.dumps(exemplars).replace("<", "\\u003c")
     given = json.dumps([[uris[i], name] for i, name in zip(dev["rows"], dev["labels"],

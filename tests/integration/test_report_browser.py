@@ -280,3 +280,55 @@ def test_the_browser_check_sees_errors_and_broken_images(tmp_path: Path) -> None
         browser.close()
     assert broken == ["bad"]
     assert any("boom" in e for e in errors) and any("undefinedFunction" in e for e in errors)
+
+
+def _first_screen(browser: DevTools, path: Path) -> dict[str, Any]:
+    """Open ``path`` in a 1400×900 window; the boxes (CSS pixels from the page's top) of the
+    verdict, the "Images to check" heading, every image listed to check and the summary."""
+    browser.call("Emulation.setDeviceMetricsOverride", width=1400, height=900,
+                 deviceScaleFactor=1, mobile=False)
+    open_page(browser, path)
+    return browser.evaluate("""(function(){
+        function box(e){ if(!e) return null; const r = e.getBoundingClientRect();
+            return {top: r.top + window.scrollY, bottom: r.bottom + window.scrollY,
+                    visible: r.width > 0 && r.height > 0}; }
+        return {verdict: box(document.querySelector('#verdict')),
+                review: box(document.querySelector('#review')),
+                summary: box(document.querySelector('#summary')),
+                listed: Array.from(document.querySelectorAll('figure.review')).map(box),
+                text: document.querySelector('#verdict').innerText};
+    })()""")
+
+
+def test_the_first_screen_holds_the_verdict_and_the_images_to_check(tmp_path: Path) -> None:
+    """At 1400×900, without scrolling: the verdict in words (labels probably right, the truth
+    against the folders, what to do next) and every image the page lists to check; the
+    parameters come after them."""
+    executable = _browser()
+    source = _synthetic_source(tmp_path)
+    out = tmp_path / "out"
+    metrics = run_inprocess(RunParameters(source_uri=str(source), output_uri=str(out),
+                                          num_classes=2, backbone="mobilenet_v2", seed=0))
+    browser = DevTools(executable, tmp_path / "profile")
+    try:
+        boxes = _first_screen(browser, out / "report.html")
+        shot = browser.call("Page.captureScreenshot", format="png")
+        (tmp_path / "first-screen.png").write_bytes(base64.b64decode(shot["data"]))
+        assert browser.errors() == []
+    finally:
+        browser.close()
+    assert Image.open(tmp_path / "first-screen.png").size == (1400, 900)
+    assert boxes["verdict"]["visible"] and boxes["verdict"]["bottom"] <= 900, boxes
+    assert boxes["review"]["bottom"] <= 900, boxes
+    assert len(boxes["listed"]) == 10, boxes
+    assert all(b["visible"] and b["bottom"] <= 900 for b in boxes["listed"]), boxes
+    assert boxes["summary"]["top"] > boxes["listed"][-1]["bottom"]  # parameters below them
+    n = metrics["n_images"]
+    assert f"of {n} labels" in boxes["text"] and "are probably right" in boxes["text"]
+    assert f"Against the folder names: {round(metrics['accuracy'] * n)} of {n}" in boxes["text"]
+    assert "Check next: the 10 images below" in boxes["text"] \
+        or "Nothing to check" in boxes["text"], boxes["text"]
+    keep = os.environ.get("GOGGLES_SCREENSHOT_DIR")
+    if keep:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        shutil.copy(tmp_path / "first-screen.png", Path(keep) / "first-screen.png")

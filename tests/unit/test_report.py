@@ -12,6 +12,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from PIL import Image
 
@@ -137,7 +138,10 @@ def test_report_of_an_em_run_is_self_contained_and_has_every_section(tmp_path: P
         assert header in ("data:image/png;base64", "data:image/jpeg;base64")
         Image.open(io.BytesIO(base64.b64decode(data))).load()
     assert page.plots.count("heatmap") == 1 and page.plots.count("confusion") == 1
-    assert page.plots.count("trace") == 2 and page.plots.count("histogram") == 6
+    state = json.loads(Path(paths["inference"]).read_text())
+    # the traces are drawn when EM iterated more than once (this run converges at once)
+    assert page.plots.count("trace") == (2 if len(state["change_trace"]) > 1 else 0)
+    assert page.plots.count("histogram") == 6
     metrics = json.loads(Path(paths["metrics"]).read_text())
     assert metrics["accuracy"] == 1.0
     # per cluster: most and least confident thumbnails and the strongest prototypes' patches
@@ -331,3 +335,46 @@ def test_the_summary_shows_the_end_models_scores_when_the_run_trained_one(
                          ("(the bound)", "1.0000"), ("agrees with the labels", "0.9750")):
         row = text[text.index(label):]
         assert row[:row.index("</tr>")].endswith(f"<td>{value}</td>"), label
+
+
+def _rewrite(paths: dict[str, str], tmp_path: Path, name: str) -> tuple[str, _Page]:
+    """The report again from the run's (possibly edited) artifacts."""
+    metrics = json.loads(Path(paths["metrics"]).read_text())
+    affinity = sorted(str(p) for p in (Path(paths["labels"]).parent / "artifacts" /
+                                       "affinity").glob("shard-*"))
+    report = str(tmp_path / name)
+    write_report(report, metrics, labels_uri=paths["labels"], inference_uri=paths["inference"],
+                 prototypes_uri=paths["prototypes"], affinity_uris=affinity,
+                 manifest_uri=paths["manifest"])
+    return _parse(report)
+
+
+def test_the_page_opens_with_the_verdict_then_the_images_to_check_then_the_parameters(
+        tmp_path: Path) -> None:
+    paths = synthetic_run(tmp_path, num_classes=2)
+    text, _ = _parse(paths["report"])
+    verdict, review, summary = (text.index(anchor) for anchor in (
+        "<section id='verdict'>", "<h2 id='review'>", "<h2 id='summary'>"))
+    assert verdict < review < summary
+    assert "are probably right" in text and "Against the folder names: 40 of 40" in text
+
+
+def test_one_em_iteration_draws_no_trace_and_confidence_near_one_is_nothing_to_check(
+        tmp_path: Path) -> None:
+    paths = synthetic_run(tmp_path, num_classes=2)
+    state = json.loads(Path(paths["inference"]).read_text())
+    state["change_trace"], state["log_likelihood_trace"] = [0.0], [-1.0]
+    Path(paths["inference"]).write_text(json.dumps(state))
+    labels = storage.read_parquet(paths["labels"])
+    sure = labels.set_column(labels.schema.get_field_index("confidence"), "confidence",
+                             pa.array(np.ones(labels.num_rows), labels.schema.field(
+                                 "confidence").type))
+    storage.write_parquet(sure, paths["labels"])
+    text, page = _rewrite(paths, tmp_path, "sure.html")
+    assert "trace" not in page.plots and "EM stopped after its first iteration" in text
+    assert "Nothing to check:" in text and "Check next" not in text
+    assert "<details id='review-anyway'>" in text  # still listed, for naming, folded away
+    state["change_trace"], state["log_likelihood_trace"] = [0.5, 0.1, 0.0], [-3.0, -2.0, -1.0]
+    Path(paths["inference"]).write_text(json.dumps(state))
+    _, page = _rewrite(paths, tmp_path, "iterated.html")
+    assert page.plots.count("trace") == 2
