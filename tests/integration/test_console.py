@@ -45,8 +45,8 @@ def _goggles(*arguments: str) -> subprocess.CompletedProcess[str]:
 
 def _run(source: Path, out: Path, *extra: str,
          verbose: bool = False) -> subprocess.CompletedProcess[str]:
-    done = _goggles(*(["-v"] if verbose else []), "run", str(source), "--num-classes", "2", "--output", str(out),
-                    "--backbone", "mobilenet_v2", *extra)
+    done = _goggles(*(["-v"] if verbose else []), "run", str(source), "--num-classes", "2",
+                    "--output", str(out), "--backbone", "mobilenet_v2", *extra)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 
