@@ -75,3 +75,10 @@ class StageRecords:
         storage.write_json({"key": key, "result": result, "finished_at": time.time(),
                             "outputs": list(outputs)}, self._uri(name))
         return result
+
+    def record(self, name: str, key: str, result: dict[str, Any],
+               outputs: Sequence[str] = ()) -> None:
+        """Record stage ``name`` as finished with ``key`` and ``result`` by other means (a
+        Kubeflow runner's task), so that :meth:`run` reuses it."""
+        storage.write_json({"key": key, "result": result, "finished_at": time.time(),
+                            "outputs": list(outputs)}, self._uri(name))

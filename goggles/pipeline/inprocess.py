@@ -154,7 +154,7 @@ def record_finished_run(params: RunParameters, configs: dict[str, Any],
     if params.train and metrics.get("end_model"):
         done.append(("train", keys.train, metrics["end_model"]))
     for name, key, result in done:
-        records.run(name, key, functools.partial(dict, result), outputs[name])
+        records.record(name, key, result, outputs[name])
 
 
 def _stage(records: StageRecords, timings: dict[str, float], stage: str, name: str, key: str,
