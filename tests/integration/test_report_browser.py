@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image, ImageDraw
@@ -187,7 +188,9 @@ def test_report_opens_in_chromium_with_every_plot(tmp_path: Path) -> None:
                     images: imgs.map(i => i.complete && i.naturalWidth > 0)};
         })""")
         kinds = {p["kind"] for p in plots}
-        assert kinds >= EXPECTED_PLOTS, kinds
+        # the EM traces are drawn only when EM iterated more than once
+        expected = EXPECTED_PLOTS - (set() if metrics["em_iterations"] > 1 else {"trace"})
+        assert kinds >= expected and ("trace" in kinds) == (metrics["em_iterations"] > 1), kinds
         for plot in plots:
             assert plot["width"] > 100 and plot["height"] > 100, plot
             assert plot["svg"] > 5 or (plot["images"] and all(plot["images"])), plot
@@ -300,18 +303,43 @@ def _first_screen(browser: DevTools, path: Path) -> dict[str, Any]:
     })()""")
 
 
+def _unsure(out: Path) -> Path:
+    """The run's report again with its labels' confidence spread from 0.5 to 1 (a run whose
+    labels are not all sure), beside the original: ``report-unsure.html``."""
+    from goggles.io import storage
+    from goggles.io.artifacts import output_paths
+    from goggles.report.page import write_report
+
+    paths = output_paths(str(out))
+    labels = pq.read_table(paths["labels"])
+    column = labels.schema.get_field_index("confidence")
+    spread = pa.array(np.linspace(0.5, 1.0, labels.num_rows), labels.schema.field(column).type)
+    pq.write_table(labels.set_column(column, labels.schema.field(column), spread),
+                   paths["labels"])
+    report = out / "report-unsure.html"
+    write_report(str(report), storage.read_json(paths["metrics"]), labels_uri=paths["labels"],
+                 inference_uri=paths["inference"], prototypes_uri=paths["prototypes"],
+                 affinity_uris=sorted(str(p) for p in (out / "artifacts" / "affinity").iterdir()),
+                 manifest_uri=paths["manifest"])
+    return report
+
+
 def test_the_first_screen_holds_the_verdict_and_the_images_to_check(tmp_path: Path) -> None:
     """At 1400×900, without scrolling: the verdict in words (labels probably right, the truth
     against the folders, what to do next) and every image the page lists to check; the
-    parameters come after them."""
+    parameters come after them. A run whose labels are all sure says there is nothing to
+    check, on the first screen too."""
     executable = _browser()
     source = _synthetic_source(tmp_path)
     out = tmp_path / "out"
     metrics = run_inprocess(RunParameters(source_uri=str(source), output_uri=str(out),
                                           num_classes=2, backbone="mobilenet_v2", seed=0))
+    sure = (out / "report.html").read_text()
+    surest = min(pq.read_table(out / "labels.parquet")["confidence"].to_pylist())
+    unsure = _unsure(out)
     browser = DevTools(executable, tmp_path / "profile")
     try:
-        boxes = _first_screen(browser, out / "report.html")
+        boxes = _first_screen(browser, unsure)
         shot = browser.call("Page.captureScreenshot", format="png")
         (tmp_path / "first-screen.png").write_bytes(base64.b64decode(shot["data"]))
         assert browser.errors() == []
@@ -324,10 +352,10 @@ def test_the_first_screen_holds_the_verdict_and_the_images_to_check(tmp_path: Pa
     assert all(b["visible"] and b["bottom"] <= 900 for b in boxes["listed"]), boxes
     assert boxes["summary"]["top"] > boxes["listed"][-1]["bottom"]  # parameters below them
     n = metrics["n_images"]
-    assert f"of {n} labels" in boxes["text"] and "are probably right" in boxes["text"]
+    assert f"About {n * 3 // 4} of {n} labels (75%) are probably right" in boxes["text"]
     assert f"Against the folder names: {round(metrics['accuracy'] * n)} of {n}" in boxes["text"]
-    assert "Check next: the 10 images below" in boxes["text"] \
-        or "Nothing to check" in boxes["text"], boxes["text"]
+    assert "Check next: the 10 images below" in boxes["text"], boxes["text"]
+    assert ("Nothing to check:" in sure) == (surest >= 0.99) != ("Check next" in sure)
     keep = os.environ.get("GOGGLES_SCREENSHOT_DIR")
     if keep:
         Path(keep).mkdir(parents=True, exist_ok=True)
