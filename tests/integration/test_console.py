@@ -4,7 +4,8 @@ output redoes.
 Not a terminal (the output is piped): a line as each stage starts and ends, a few progress lines
 at most, three closing lines, no colour codes, no kfp executor output; ``-v`` shows the runner's
 output again. An identical rerun reuses every stage (``features_reused`` is the image count); a
-rerun with new dev labels redoes inference (and what follows it) only. Twelve small synthetic
+rerun with new dev labels redoes inference (and what follows it) only, and ``--train`` after
+that trains without extracting again. Twelve small synthetic
 images keep it short; the same holds for 80 bird photos (README, measured by hand).
 """
 
@@ -113,3 +114,9 @@ def test_reruns_reuse_what_did_not_change(first: dict) -> None:
     assert metrics["features_computed"] == 0 and metrics["dev_set"]["n_images"] == 4
     assert metrics["dev_set"]["names_matched"] == "best mapping"
     assert "--names" not in named.stdout  # the dev labels named the clusters already
+    trained = _run(first["source"], out, "--dev-labels", str(dev), "--train")
+    lines = trained.stderr.splitlines()
+    for stage in ("ingest", "extract", "affinity", "infer"):
+        assert "reused from the earlier run" in _stage_line(lines, stage)
+    assert _stage_line(lines, "train").split(None, 1)[1].startswith("done in ")
+    assert (out / "model" / "model.json").is_file()
