@@ -35,7 +35,8 @@ class TaskConsole(io.TextIOBase):
     terminal). Otherwise it is kept in :attr:`lines` (the log to show when a task fails) and only
     the console lines go on (:mod:`goggles.pipeline.console`): one as each stage's first task
     starts, one as the stage ends with the counts its tasks' outputs hold, and the tasks'
-    progress lines (:data:`goggles.io.progress.LINE`).
+    progress lines (:data:`goggles.io.progress.LINE`; on a terminal one line that updates in
+    place).
     """
 
     def __init__(self, *, verbose: bool, stream: Any = None):
@@ -50,6 +51,7 @@ class TaskConsole(io.TextIOBase):
         self._block: dict[str, Any] = {}  # the metadata of the outputs being read
         self._outputs_of: str | None = None
         self._seen: dict[str, Any] = {}  # every task's metadata so far (later ones win)
+        self._progress_shown = False  # a progress line is on the terminal, to be cleared
 
     def writable(self) -> bool:
         return True
@@ -69,6 +71,9 @@ class TaskConsole(io.TextIOBase):
 
     def _line(self, line: str) -> None:
         self.lines.append(line)
+        if self._progress_shown and not LINE.match(line.strip()):
+            self.stream.write("\r\x1b[K")
+            self._progress_shown = False
         executing = _EXECUTING.search(line)
         if executing:
             self._end_outputs()
@@ -91,7 +96,12 @@ class TaskConsole(io.TextIOBase):
             self._merge(metadata["dict"])
             return
         if LINE.match(line.strip()):
-            console.say(line.strip())
+            if self.colour:  # a terminal: one line that updates in place, like a bar
+                self.stream.write("\r" + line.strip() + "\x1b[K")
+                self.stream.flush()
+                self._progress_shown = True
+            else:
+                console.say(line.strip())
 
     def _merge(self, text: str) -> None:
         try:

@@ -61,3 +61,21 @@ def test_verbose_passes_everything_on_without_colour_off_a_terminal() -> None:
     console.write(_kfp_log())
     assert "Executing task 'extract-part'" in stream.getvalue()
     assert "some chatter" in stream.getvalue() and "\x1b[" not in stream.getvalue()
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_on_a_terminal_progress_updates_one_line_in_place(
+        caplog: pytest.LogCaptureFixture) -> None:
+    stream = _Terminal()
+    console = TaskConsole(verbose=False, stream=stream)
+    with caplog.at_level(logging.INFO, logger="goggles.console"):
+        console.write(_kfp_log())
+    shown = stream.getvalue()
+    assert "\rextract: 3/6 images, 1.0 images/s, 3 s left\x1b[K" in shown
+    after = shown.split("3 s left\x1b[K", 1)[1]
+    assert after.startswith("\r\x1b[K")  # cleared before the next line
+    assert not any("3/6" in record.getMessage() for record in caplog.records)
