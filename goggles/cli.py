@@ -266,6 +266,7 @@ def _configure_logging(verbose: bool) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from goggles.pipeline.console import closing_lines
     from goggles.pipeline.inprocess import run_inprocess
 
     params = RunParameters(**{name: getattr(args, name) for name in parameters.names()})
@@ -291,29 +292,6 @@ def _run(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=2))
     print("\n".join(closing_lines(params.output_uri, metrics)))
     return 0
-
-
-def closing_lines(output_uri: str, metrics: dict[str, Any]) -> list[str]:
-    """The three lines a run ends with: how right the labels are (the accuracy when folders
-    gave the truth, else the confidence's estimate), where the labels and the report are, and
-    the next command."""
-    out = output_uri.rstrip("/")
-    n = int(metrics.get("n_images", 0))
-    if isinstance(metrics.get("accuracy"), (int, float)):
-        quality = (f"accuracy {metrics['accuracy']:.3f} on {n} images (folder names as the "
-                   "truth, clusters matched to them)")
-    elif isinstance(metrics.get("estimated_accuracy"), (int, float)):
-        estimate = float(metrics["estimated_accuracy"])
-        quality = (f"estimated accuracy {estimate:.3f}: about {round(estimate * n)} of {n} "
-                   "labels are probably right (their mean confidence; no ground truth)")
-    else:
-        quality = f"{n} images labeled"
-    named = (metrics.get("dev_set") or {}).get("n_images")
-    rename = "" if named else " --names cluster_0=NAME,cluster_1=NAME"
-    return [quality,
-            f"labels: {out}/labels.parquet   report: {out}/report.html",
-            f"next: open the report, then goggles export {out} --format imagefolder "
-            f"--output DEST{rename}"]
 
 
 def _compile(args: argparse.Namespace) -> int:
