@@ -22,14 +22,13 @@ error is one line on stderr naming the problem and the fix (with ``-v``, its tra
 from __future__ import annotations
 
 import argparse
-import difflib
 import functools
 import json
 import logging
 import sys
 import traceback
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from typing import Any
 
 from goggles import __version__, parameters
 from goggles import commands as run_commands
@@ -43,58 +42,8 @@ logger = logging.getLogger("goggles")
 RUNNERS = ("local", "docker", "inprocess")
 
 
-class _Parser(argparse.ArgumentParser):
-    """An argument parser that takes no abbreviated options (``--num-class`` is an error, not
-    ``--num-classes``) and names the closest real option of a mistyped one. Its subcommands'
-    parsers are of this class too (argparse makes them with the parent's class)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs["allow_abbrev"] = False
-        super().__init__(*args, **kwargs)
-
-    def parse_known_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
-                         namespace: argparse.Namespace | None = None,
-                         ) -> tuple[argparse.Namespace, list[str]]:
-        self._given = list(sys.argv[1:] if args is None else args)
-        return super().parse_known_args(args, namespace)
-
-    def parse_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
-                   namespace: argparse.Namespace | None = None) -> argparse.Namespace:
-        parsed, extras = self.parse_known_args(args, namespace)
-        if extras:
-            self._command_parser(parsed).error("unrecognized arguments: " + " ".join(extras))
-        return parsed
-
-    def error(self, message: str) -> NoReturn:
-        super().error(message + self._closest())
-
-    def _command_parser(self, parsed: argparse.Namespace) -> argparse.ArgumentParser:
-        """The parser of the subcommand ``parsed`` chose (this one when there is none)."""
-        for action in self._actions:
-            if isinstance(action, argparse._SubParsersAction):
-                chosen = action.choices.get(getattr(parsed, action.dest, None) or "")
-                if isinstance(chosen, _Parser):
-                    return chosen._command_parser(parsed)
-        return self
-
-    def _closest(self) -> str:
-        """``"; --num-class is not an option of goggles run: did you mean --num-classes?"`` for
-        the first option given to this parser that it does not know and that is close to one it
-        does, else empty."""
-        known = [option for action in self._actions for option in action.option_strings
-                 if option.startswith("--")]
-        for given in getattr(self, "_given", []):
-            name = given.split("=", 1)[0]
-            if name.startswith("--") and name not in known:
-                close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
-                if close:
-                    return (f"; {name} is not an option of {self.prog}: "
-                            f"did you mean {close[0]}?")
-        return ""
-
-
 def _parser() -> argparse.ArgumentParser:
-    parser: argparse.ArgumentParser = _Parser(
+    parser: argparse.ArgumentParser = run_commands.Parser(
         prog="goggles", description="Label image datasets automatically with affinity coding.")
     parser.add_argument("--version", action="version", version=f"goggles {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true",
@@ -247,22 +196,35 @@ class _Scrubbed(logging.Formatter):
 
 def _configure_logging(verbose: bool) -> None:
     """The run's console lines (``goggles.console``: each stage's start and end, progress) bare
-    on stderr; goggles' other messages from WARNING, kfp's and other libraries' too. With -v,
-    goggles' and kfp's messages at DEBUG/INFO with time and source, and the local runner's task
-    output (:class:`goggles.kubeflow.console.TaskConsole`)."""
+    on stderr; other messages from WARNING, with time and source. With -v, goggles' messages
+    from DEBUG, kfp's and other libraries' from INFO, and the local runner's task output
+    (:class:`goggles.kubeflow.console.TaskConsole`). The loggers keep their levels (INFO) either
+    way: what reaches the terminal is set on the handler."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_Scrubbed("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.DEBUG if verbose else logging.WARNING)
+    handler.addFilter(lambda record: not record.name.startswith("goggles.console"))
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler])
     for name in ("goggles", "kfp"):
-        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.INFO)
     lines = logging.getLogger("goggles.console")
     lines.setLevel(logging.INFO)
-    lines.propagate = False
-    if not any(getattr(h, "_goggles_console", False) for h in lines.handlers):
-        bare = logging.StreamHandler(sys.stderr)
+    if not any(isinstance(h, _Bare) for h in lines.handlers):
+        bare = _Bare()
         bare.setFormatter(_Scrubbed("%(message)s"))
-        bare._goggles_console = True  # type: ignore[attr-defined]
         lines.addHandler(bare)
+
+
+class _Bare(logging.StreamHandler):  # type: ignore[type-arg]
+    """The console lines on whatever ``sys.stderr`` is when each is written."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
 
 
 def _run(args: argparse.Namespace) -> int:
