@@ -231,7 +231,8 @@ def render(metrics: dict[str, Any], labels: Any, state: dict[str, Any], *,
     parts = ["<!doctype html><html lang='en'><head><meta charset='utf-8'>",
              "<title>goggles report</title>", f"<style>{STYLE}</style></head><body>",
              "<h1>goggles labeling report</h1>",
-             verdict_html(metrics, confidence, sum(len(r) for r in to_check.values()),
+             verdict_html(metrics, confidence,
+                          confidence[[i for rows in to_check.values() for i in rows]],
                           named=bool(state.get("dev"))),
              review, "<h2 id='summary'>Summary</h2>", _table(summary_rows(metrics, state))]
     if metrics.get("warnings"):

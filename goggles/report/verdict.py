@@ -21,7 +21,11 @@ def nothing_to_check(confidence: np.ndarray) -> bool:
     return bool(len(confidence)) and float(confidence.min()) >= NOTHING_TO_CHECK
 
 
-def verdict_html(metrics: dict[str, Any], confidence: np.ndarray, num_listed: int, *,
+def _images(count: int) -> str:
+    return f"{count} image{'' if count == 1 else 's'}"
+
+
+def verdict_html(metrics: dict[str, Any], confidence: np.ndarray, listed: np.ndarray, *,
                  named: bool) -> str:
     """The verdict section (``section#verdict``).
 
@@ -29,7 +33,7 @@ def verdict_html(metrics: dict[str, Any], confidence: np.ndarray, num_listed: in
     ----------
     metrics : the run's ``metrics.json``.
     confidence : [N] each label's confidence.
-    num_listed : how many images the "Images to check" section lists.
+    listed : [L] the confidence of each image the "Images to check" section lists.
     named : whether a dev set named the clusters.
     """
     confidence = np.asarray(confidence, dtype=np.float64)
@@ -62,9 +66,17 @@ def verdict_html(metrics: dict[str, Any], confidence: np.ndarray, num_listed: in
                      f"{NOTHING_TO_CHECK:g} sure, so no image stands out as likely wrong."
                      f"{rename}</p>")
     else:
+        listed = np.asarray(listed, dtype=np.float64)
+        unsure_listed = int((listed < NOTHING_TO_CHECK).sum())
+        which = (f"the {len(listed)} images below</b>, the least confident of each cluster"
+                 if unsure_listed == len(listed) else
+                 f"the {_images(unsure_listed)} below that "
+                 f"{'is' if unsure_listed == 1 else 'are'} less than {NOTHING_TO_CHECK:g} sure</b> "
+                 f"(the other {len(listed) - unsure_listed} listed are surer: check them only "
+                 "to be thorough)")
         parts.append(
-            f"<p class='verdict-next'><b>Check next: the {num_listed} images below</b>, the "
-            "least confident of each cluster, where a wrong label is likeliest. Type the right "
+            f"<p class='verdict-next'><b>Check next: {which}, where a wrong label is "
+            "likeliest. Type the right "
             "class under any that is wrong, name the clusters (under Clusters, further down), "
             "press <b>Download dev-labels.csv</b> and rerun with "
             "<code>--dev-labels dev-labels.csv</code>: only inference is redone." + rename
