@@ -233,7 +233,7 @@ def goggles_pipeline(
     descriptor_backbone: str = "mobilenet_v2",
     train: bool = False,
 ) -> Outputs:
-    """Probabilistic labels for the images under ``source_uri`` (README, "Labeling your images").
+    """Probabilistic labels for the images under ``source_uri`` (README, "2. Run").
 
     Parameters
     ----------

@@ -209,7 +209,7 @@ def run_evaluate(manifest_uri: str, labels_uri: str, inference_uri: str, metrics
                  *, extra: dict[str, Any] | None = None,
                  timings: dict[str, float] | None = None,
                  end_model: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The run's ``metrics.json`` (README, "Labeling your images"): counts, the method's
+    """The run's ``metrics.json`` (README, "2. Run"): counts, the method's
     iterations and warnings, ``estimated_accuracy`` (the labels' mean confidence), ``extra``
     (the run's record), the stages' ``timings`` with this
     one's added, the end model's held-out scores (``end_model``, when the run trained one)
