@@ -43,7 +43,7 @@ RUNNERS = ("local", "docker", "inprocess")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser: argparse.ArgumentParser = run_commands.Parser(
         prog="goggles", description="Label image datasets automatically with affinity coding.")
     parser.add_argument("--version", action="version", version=f"goggles {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true",
@@ -196,16 +196,40 @@ class _Scrubbed(logging.Formatter):
 
 
 def _configure_logging(verbose: bool) -> None:
-    """goggles' and kfp's progress at INFO (DEBUG with -v); other libraries' only from WARNING
-    (INFO with -v), so a storage client's chatter does not bury the one line that matters."""
+    """The run's console lines (``goggles.console``: each stage's start and end, progress) bare
+    on stderr; other messages from WARNING, with time and source. With -v, goggles' messages
+    from DEBUG, kfp's and other libraries' from INFO, and the local runner's task output
+    (:class:`goggles.kubeflow.console.TaskConsole`). The loggers keep their levels (INFO) either
+    way: what reaches the terminal is set on the handler."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_Scrubbed("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.DEBUG if verbose else logging.WARNING)
+    handler.addFilter(lambda record: not record.name.startswith("goggles.console"))
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler])
     for name in ("goggles", "kfp"):
         logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.INFO)
+    lines = logging.getLogger("goggles.console")
+    lines.setLevel(logging.INFO)
+    if not any(isinstance(h, _Bare) for h in lines.handlers):
+        bare = _Bare()
+        bare.setFormatter(_Scrubbed("%(message)s"))
+        lines.addHandler(bare)
+
+
+class _Bare(logging.StreamHandler):  # type: ignore[type-arg]
+    """The console lines on whatever ``sys.stderr`` is when each is written."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
 
 
 def _run(args: argparse.Namespace) -> int:
+    from goggles.pipeline.console import closing_lines
     from goggles.pipeline.inprocess import run_inprocess
 
     params = RunParameters(**{name: getattr(args, name) for name in parameters.names()})
@@ -225,14 +249,14 @@ def _run(args: argparse.Namespace) -> int:
         from goggles.kubeflow.runner import run_pipeline
 
         metrics = run_pipeline(params, runner=args.runner, pipeline_root=args.pipeline_root,
-                               enable_caching=args.cache)
-    summary = {k: metrics[k] for k in ("n_images", "n_rejected", "num_classes", "num_prototypes",
-                                       "em_iterations", "converged", "accuracy",
-                                       "accuracy_kmeans", "timings_s", "pipeline_seconds")
-               if k in metrics}
-    print(json.dumps(summary, indent=2))
-    print(f"labels: {params.output_uri.rstrip('/')}/labels.parquet")
-    print(f"report: {params.output_uri.rstrip('/')}/report.html")
+                               enable_caching=args.cache, verbose=args.verbose)
+    if args.verbose:
+        summary = {k: metrics[k] for k in (
+            "n_images", "n_rejected", "num_classes", "num_prototypes", "em_iterations",
+            "converged", "accuracy", "estimated_accuracy", "accuracy_kmeans", "timings_s",
+            "pipeline_seconds", "features_computed", "features_reused") if k in metrics}
+        print(json.dumps(summary, indent=2))
+    print("\n".join(closing_lines(params.output_uri, metrics)))
     return 0
 
 

@@ -1,12 +1,68 @@
 """The commands on a finished run: ``goggles train``, ``goggles apply`` and ``goggles export``
-(their options and what they do; :mod:`goggles.cli` parses, dispatches and prints)."""
+(their options and what they do; :mod:`goggles.cli` parses, dispatches and prints), and the
+argument parser every command uses (:class:`Parser`: no abbreviated options)."""
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
 
 from goggles import parameters
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser that takes no abbreviated options (``--num-class`` is an error, not
+    ``--num-classes``) and names the closest real option of a mistyped one. Its subcommands'
+    parsers are of this class too (argparse makes them with the parent's class)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
+
+    def parse_known_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                         namespace: argparse.Namespace | None = None,
+                         ) -> tuple[argparse.Namespace, list[str]]:
+        self._given = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
+
+    def parse_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                   namespace: argparse.Namespace | None = None) -> argparse.Namespace:
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            self._command_parser(parsed).error("unrecognized arguments: " + " ".join(extras))
+        return parsed
+
+    def error(self, message: str) -> NoReturn:
+        super().error(message + self._closest())
+
+    def _command_parser(self, parsed: argparse.Namespace) -> argparse.ArgumentParser:
+        """The parser of the subcommand ``parsed`` chose (this one when there is none)."""
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                chosen = action.choices.get(getattr(parsed, action.dest, None) or "")
+                if isinstance(chosen, Parser):
+                    return chosen._command_parser(parsed)
+        return self
+
+    def _closest(self) -> str:
+        """``"; --num-class is not an option of goggles run: did you mean --num-classes?"`` for
+        the first option given to this parser that it does not know and that is close to one it
+        does, else empty."""
+        known = [option for action in self._actions for option in action.option_strings
+                 if option.startswith("--")]
+        for given in getattr(self, "_given", []):
+            name = given.split("=", 1)[0]
+            if name.startswith("--") and name not in known:
+                close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+                if close:
+                    return (f"; {name} is not an option of {self.prog}: "
+                            f"did you mean {close[0]}?")
+        return ""
+
 
 
 def add_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -26,8 +82,13 @@ def add_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     export.add_argument("--min-confidence", type=float, default=0.0, metavar="P",
                         help="export only labels with confidence >= P (default: 0, all)")
     export.add_argument("--copy", action="store_true",
-                        help="imagefolder, huggingface: copy local images instead of "
-                             "symlinking them (buckets always get copies)")
+                        help="imagefolder, huggingface: copy local images instead of linking "
+                             "them with relative symlinks (a bucket on either side always "
+                             "gets copies; copy a tree you will move to another machine)")
+    export.add_argument("--names", default="", metavar="OLD=NEW,...|FILE",
+                        help="name the classes in the export without a rerun, e.g. "
+                             "cluster_0=cat,cluster_1=dog, or a file of OLD=NEW lines (or a "
+                             "JSON object); the run itself is unchanged")
     export.add_argument("--label-studio-root", default="/", metavar="DIR",
                         help="label-studio: the LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT Label "
                              "Studio serves local images from (default: /)")
@@ -114,10 +175,19 @@ def _apply(args: argparse.Namespace) -> str:
 
 def _export(args: argparse.Namespace) -> str:
     from goggles.export import export_labels
+    from goggles.export.naming import parse_names
+    from goggles.io import storage
 
+    names = None
+    if args.names:
+        given = args.names
+        if storage.is_file(given):
+            given = storage.read_bytes(given).decode("utf-8-sig")
+        names = parse_names(given)
     summary = export_labels(args.out, args.output, args.format,
                             min_confidence=args.min_confidence, link=not args.copy,
-                            label_studio_root=args.label_studio_root, only=args.only)
+                            label_studio_root=args.label_studio_root, only=args.only,
+                            names=names)
     return summary.line()
 
 

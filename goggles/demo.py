@@ -128,8 +128,9 @@ def write_image_folder(idx_folder: str, destination: str, classes: Sequence[str]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m goggles.demo", description=__doc__.split(
-        "\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m goggles.demo", allow_abbrev=False,
+                                     description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", default="demo-out", help="folder for data and results")
     parser.add_argument("--classes", default=",".join(DEFAULT_CLASSES),
                         help=f"comma-separated, from {', '.join(CLASSES)}")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -32,7 +33,7 @@ import pyarrow.csv as pacsv
 from goggles import __version__
 from goggles.config import ConfigError
 from goggles.export.labelstudio import write_label_studio
-from goggles.export.naming import class_folders
+from goggles.export.naming import class_folders, rename
 from goggles.export.writers import (
     Selected,
     links,
@@ -88,16 +89,17 @@ class ExportSummary:
         total = self.written + self.skipped
         left = (f" ({self.skipped} below confidence {self.min_confidence:g} left out)"
                 if self.skipped else "")
-        how = " (symlinks)" if self.linked else ""
+        how = ("; the images are relative symlinks to the source images, not copies, so the "
+               "tree is empty on another machine (--copy copies them)") if self.linked else ""
         how += f" (only those {self.only} lists)" if self.only else ""
         classes = ", ".join(f"{name} {count}" for name, count in self.per_class.items())
         return (f"exported {self.written} of {total} images{left} as {self.format} to "
-                f"{self.dest}{how}: {classes}")
+                f"{self.dest}: {classes}{how}")
 
 
 def export_labels(output_uri: str, dest_uri: str, fmt: str, *, min_confidence: float = 0.0,
                   link: bool = True, label_studio_root: str = "/",
-                  only: str = "") -> ExportSummary:
+                  only: str = "", names: Mapping[str, str] | None = None) -> ExportSummary:
     """Export the labels of the run in ``output_uri`` to ``dest_uri``.
 
     Parameters
@@ -113,6 +115,8 @@ def export_labels(output_uri: str, dest_uri: str, fmt: str, *, min_confidence: f
     only : a CSV or Parquet (by its suffix) with a ``uri`` column, e.g. what ``goggles
         suggest`` writes: only those images are exported (matched as dev labels are: by URI,
         else by ``folder/name``); ``""``: all.
+    names : new class names by the run's (``{"cluster_0": "cat"}``), applied to the exported
+        labels only (the run is unchanged); names it leaves out are kept.
 
     Returns
     -------
@@ -136,6 +140,8 @@ def export_labels(output_uri: str, dest_uri: str, fmt: str, *, min_confidence: f
     if missing:
         raise ValueError(f"{redact(labels_uri)} is not a goggles labels table: it lacks "
                          f"{', '.join(sorted(missing))}")
+    if names:
+        labels = rename(labels, names)
     class_names = sorted(set(labels["label_name"].to_pylist()))
     if only:
         labels = labels.take(_only_rows(only, labels))
@@ -164,7 +170,7 @@ def export_labels(output_uri: str, dest_uri: str, fmt: str, *, min_confidence: f
     record = {**asdict(summary), "goggles_version": __version__,
               "probs_order": _probs_order(labels)}
     storage.write_json(record, storage.join(dest_uri, RECORD))
-    logger.info("%s", summary.line())
+    logger.debug("%s", summary.line())  # the command prints it; logged only for -v
     return summary
 
 

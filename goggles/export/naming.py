@@ -6,7 +6,11 @@ from __future__ import annotations
 import posixpath
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+
+import pyarrow as pa
+
+from goggles.config import ConfigError
 
 MAX_BYTES = 200
 """Longest component written, in UTF-8 bytes (file systems allow 255; room for prefixes)."""
@@ -76,3 +80,49 @@ def class_folders(label_names: Sequence[str]) -> dict[str, str]:
 def file_name(uri: str) -> str:
     """The last part of an image URI, as a safe component."""
     return safe_component(posixpath.basename(uri.rstrip("/")) or "image")
+
+
+def parse_names(text: str) -> dict[str, str]:
+    """New class names from ``cluster_0=cat,cluster_1=dog`` (commas or new lines between the
+    pairs, ``=`` or ``,`` within one: a two-column CSV file reads too) or a JSON object.
+
+    Examples
+    --------
+    >>> parse_names("cluster_0=cat, cluster_1=dog")
+    {'cluster_0': 'cat', 'cluster_1': 'dog'}
+    """
+    import json
+
+    stripped = text.strip()
+    if stripped.startswith("{"):
+        loaded = json.loads(stripped)
+        if not isinstance(loaded, dict):
+            raise ConfigError("--names: a JSON mapping file must hold one object, e.g. "
+                              '{"cluster_0": "cat"}', "names")
+        return {str(k): str(v) for k, v in loaded.items()}
+    lines = stripped.splitlines()
+    pairs = [p for p in (lines if len(lines) > 1 else stripped.split(",")) if p.strip()]
+    result: dict[str, str] = {}
+    for pair in pairs:
+        old, sep, new = pair.partition("=") if "=" in pair else pair.partition(",")
+        if not sep or not old.strip() or not new.strip():
+            raise ConfigError(f"--names: {pair.strip()!r} is not OLD=NEW; give e.g. "
+                              "cluster_0=cat,cluster_1=dog or a file of such lines", "names")
+        result[old.strip()] = new.strip()
+    if len(result) < len(pairs):
+        raise ConfigError("--names: a class is named twice; name each once", "names")
+    return result
+
+
+def rename(labels: pa.Table, names: Mapping[str, str]) -> pa.Table:
+    """``labels`` (a labels table) with each ``label_name`` in ``names`` replaced by its new
+    name. A name that is no class of the run is an error naming the run's classes."""
+    current = labels["label_name"].to_pylist()
+    unknown = sorted(set(names) - set(current))
+    if unknown:
+        raise ConfigError(f"--names: {', '.join(unknown)} is not a class of this run; its "
+                          f"classes are {', '.join(sorted(set(current)))}", "names")
+    column = labels.schema.get_field_index("label_name")
+    renamed = pa.array([names.get(name, name) for name in current],
+                       type=labels.schema.field(column).type)
+    return labels.set_column(column, labels.schema.field(column), renamed)

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from goggles.features.device import gemm_dtype, memory_budget_bytes, resolve_device
+from goggles.io.progress import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +92,10 @@ def affinity_block(
         maps_t = torch.from_numpy(array if array.flags.writeable else array.copy())
     n, channels, height, width = maps_t.shape
     positions = height * width
-    protos = normalise(torch.as_tensor(np.asarray(prototypes), dtype=torch.float32).to(device))
+    # a copy: the prototypes read from Parquet are a read-only view, which torch warns about
+    protos = normalise((prototypes.to(torch.float32) if isinstance(prototypes, torch.Tensor)
+                        else torch.from_numpy(np.array(prototypes, dtype=np.float32)))
+                       .to(device))
     protos_t = protos.to(compute).T  # [C, M]
     count = protos.shape[0]
     out = torch.empty((n, count), dtype=torch.float32)
@@ -106,6 +110,7 @@ def affinity_block(
     units = torch.empty((rows, positions, channels), dtype=torch.float32, device=device)
     direct = device.type == "cpu" and compute == torch.float32  # the max lands in `out` itself
     best = None if direct else torch.empty((rows, cols), dtype=compute, device=device)
+    bar = Progress(n, "affinity", "images")
     for r0 in range(0, n, rows):
         block = maps_t[r0:r0 + rows].to(device=device, dtype=torch.float32, non_blocking=True)
         r = block.shape[0]
@@ -124,4 +129,6 @@ def affinity_block(
             else:
                 torch.amax(sims.view(r, positions, m), dim=1, out=best[:r, :m])
                 out[r0:r0 + r, c0:c0 + m] = best[:r, :m]
+        bar.update(r)
+    bar.close()
     return out.clamp_(0.0, 1.0).numpy()

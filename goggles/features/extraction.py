@@ -15,13 +15,13 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from goggles.features.backbones import IMAGENET_MEAN, IMAGENET_STD, preprocessing_of
 from goggles.features.device import autocast_dtype, cpu_threads, extract_batch_size, resolve_device
 from goggles.features.network import Preprocessing
 from goggles.io import storage
 from goggles.io.images import ImageRejected, changed_since_ingest, decode_image
+from goggles.io.progress import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -150,8 +150,9 @@ def extract_filter_maps(
     hashes: Sequence[str | None] | None = None,
     changed: list[int] | None = None,
     on_embedding: Callable[[int, np.ndarray], None] | None = None,
+    desc: str = "extract",
 ) -> None:
-    """Run ``model`` over the images at ``uris`` in order.
+    """Run ``model`` over the images at ``uris`` in order (``desc`` names its progress).
 
     ``on_batch(start, maps)`` receives consecutive batches: ``maps`` is [n, C, H, W] float32 for
     images ``start .. start+n-1``. A model with a pooled view (it returns ``(maps, embedding)``)
@@ -200,7 +201,7 @@ def extract_filter_maps(
             on_embedding(first, arrays[1])
 
     start = 0
-    with tqdm(total=len(uris), desc="extract", unit="img", disable=None) as bar:
+    with Progress(len(uris), desc, "images") as bar:
         for images, indices, rewritten in loader:
             if changed is not None and bool(rewritten.any()):
                 changed.extend(int(i) for i in indices[rewritten])

@@ -1,5 +1,6 @@
 """Bounded concurrency for I/O-bound loops: at most N calls in flight, results in input order,
-progress shown on a terminal and logged in pods."""
+progress shown as a bar on a terminal and as a few plain lines elsewhere
+(:mod:`goggles.io.progress`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from collections.abc import Callable, Iterable, Iterator, Sized
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
-from tqdm.auto import tqdm
+from goggles.io.progress import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -24,20 +25,13 @@ def map_bounded(function: Callable[[T], R], items: Iterable[T], *, max_concurren
     """Yield ``function(item)`` for each item, in order, with at most ``max_concurrency`` calls
     running (threads) and at most that many results held; with ``cost`` and ``max_cost``, also
     at most ``max_cost`` of cost in flight (e.g. bytes: an item costlier than the budget runs
-    alone). ``desc`` shows a progress bar (on a terminal) and logs progress every ~10% (in
-    pods)."""
+    alone). ``desc`` shows the progress (:class:`goggles.io.progress.Progress`)."""
     if total is None and isinstance(items, Sized):
         total = len(items)
-    bar = tqdm(total=total, desc=desc, unit=unit, disable=None if desc else True)
-    step = max(1, (total or 0) // 10)
-    done = 0
+    bar = Progress(total, desc or "", unit, enabled=bool(desc))
 
     def advance() -> None:
-        nonlocal done
-        done += 1
         bar.update(1)
-        if desc and total and (done % step == 0 or done == total):
-            logger.info("%s: %d/%d %s", desc, done, total, unit)
 
     try:
         if max_concurrency <= 1:

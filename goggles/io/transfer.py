@@ -4,7 +4,8 @@
   store (no byte passes through this process), else :func:`goggles.io.storage.read_bytes` and
   :func:`goggles.io.storage.write_bytes` (a temporary name, then a commit).
 * :func:`link` makes a local symlink under a temporary name and renames it onto its place, so a
-  reader never sees a half-made link.
+  reader never sees a half-made link. The link is relative (``../../images/a.jpg``), so a tree
+  moved together with its images, or seen through another mount point, still resolves.
 * :func:`copy_or_link_many` does many of either with a bounded number in flight
   (:func:`goggles.io.storage.default_concurrency` when a remote store is involved).
 """
@@ -30,8 +31,8 @@ def copy_object(source: str, dest: str) -> None:
 
 
 def link(target: str, dest: str) -> None:
-    """Make the local path ``dest`` a symlink to the local file ``target`` (absolute), replacing
-    an existing link of that name atomically."""
+    """Make the local path ``dest`` a symlink to the local file ``target``, relative to
+    ``dest``'s folder, replacing an existing link of that name atomically."""
     if not (is_local(target) and is_local(dest)):
         raise ValueError(f"links are local only: cannot link {redact(dest)!r} to "
                          f"{redact(target)!r}; copy instead")
@@ -45,7 +46,7 @@ def link(target: str, dest: str) -> None:
         os.makedirs(parent, exist_ok=True)
     temporary = os.path.join(parent, os.path.basename(storage.temporary_name(path)))
     try:
-        os.symlink(source, temporary)
+        os.symlink(os.path.relpath(source, os.path.abspath(parent or os.curdir)), temporary)
         os.replace(temporary, path)
     except OSError as error:
         raise storage.StorageError(f"cannot link {path!r} to {local_path(target)!r}: "

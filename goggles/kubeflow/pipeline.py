@@ -237,7 +237,7 @@ def goggles_pipeline(
     descriptor_backbone: str = "mobilenet_v2",
     train: bool = False,
 ) -> Outputs:
-    """Probabilistic labels for the images under ``source_uri`` (README, "Labeling your images").
+    """Probabilistic labels for the images under ``source_uri`` (README, "2. Run").
 
     Parameters
     ----------
@@ -373,7 +373,8 @@ def compile_pipeline(package_path: str = DEFAULT_PACKAGE, profile: str = "defaul
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Compile the goggles Kubeflow pipeline.")
+    parser = argparse.ArgumentParser(allow_abbrev=False,
+                                     description="Compile the goggles Kubeflow pipeline.")
     parser.add_argument("--output", default=DEFAULT_PACKAGE, help="YAML package to write")
     parser.add_argument("--profile", default="default", choices=PROFILES,
                         help="cluster settings matching k8s/overlays/<profile> (default: none)")

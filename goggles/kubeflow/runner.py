@@ -17,7 +17,12 @@ ParallelFor fan-out and ``dsl.Collected`` fan-in — through ``kfp.local``:
 Afterwards the run's artifacts are copied out of kfp's ``pipeline_root`` into the output URI
 (any fsspec URI) in the same layout :func:`goggles.pipeline.inprocess.run_inprocess` writes:
 ``manifest.parquet``, ``labels.parquet``, ``metrics.json``, ``report.html``, ``artifacts/`` and,
-when the run trains one, ``model/``.
+when the run trains one, ``model/``; and each stage's record under the keys the in-process runner
+uses (:func:`goggles.pipeline.inprocess.record_finished_run`). A rerun into the same output whose
+ingest and extraction keys are unchanged (the same images, backbone and extraction parameters:
+a new dev-label file, another method, ``--train``) runs no pipeline: the stages after the
+extraction are reused or redone in this process (:func:`goggles.pipeline.inprocess.run_stages`),
+as ``--runner inprocess`` would.
 """
 
 from __future__ import annotations
@@ -27,7 +32,6 @@ import contextlib
 import importlib
 import logging
 import os
-import re
 import shutil
 import sys
 import time
@@ -39,14 +43,15 @@ from goggles.io.artifacts import output_paths
 from goggles.io.lock import output_lock
 from goggles.io.uris import redact
 from goggles.kubeflow import scratch
+from goggles.kubeflow.console import ANSI, TaskConsole
 from goggles.parameters import RunParameters, spec
 from goggles.pipeline.extract import part_uri
+from goggles.pipeline.inprocess import extraction_reusable, record_finished_run, run_stages
 from goggles.pipeline.wiring import check_run
 
 logger = logging.getLogger(__name__)
 
 RUNNERS = ("local", "docker")
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 class PipelineRunError(RuntimeError):
@@ -209,7 +214,7 @@ def _quiet_local_warnings():  # type: ignore[no-untyped-def]
 
 def run_pipeline(params: RunParameters, runner: str = "local", *, pipeline_root: str = "",
                  enable_caching: bool = False, keep_pipeline_root: bool = False,
-                 ) -> dict[str, Any]:
+                 verbose: bool = False) -> dict[str, Any]:
     """Run the pipeline with kfp's local runner; write the run's files into ``params.output_uri``.
 
     Parameters
@@ -220,6 +225,8 @@ def run_pipeline(params: RunParameters, runner: str = "local", *, pipeline_root:
         after a successful run unless ``keep_pipeline_root``.
     enable_caching : reuse outputs of tasks already run with the same inputs under the same
         ``pipeline_root`` (kfp's local cache, kept in ``pipeline_root/.kfp_cache``).
+    verbose : show kfp's own log and every task's output (else the console lines of
+        :class:`TaskConsole`, and the log of a task that fails).
 
     Returns
     -------
@@ -227,14 +234,24 @@ def run_pipeline(params: RunParameters, runner: str = "local", *, pipeline_root:
     """
     if runner not in RUNNERS:
         raise ValueError(f"unknown runner {runner!r}; choose one of {', '.join(RUNNERS)}")
-    check_run(params)
+    configs = check_run(params)
     with output_lock(params.output_uri,
                      owner_note=f"goggles run ({runner} runner) of {redact(params.source_uri)}"):
-        return _run_locked(params, runner, pipeline_root, enable_caching, keep_pipeline_root)
+        if extraction_reusable(params, configs):
+            # OUT holds this run's ingest and extraction (same keys, by any runner): only what
+            # follows them is redone, by the same stage functions, here
+            logger.info("reusing the ingest and extraction in %s (same inputs and parameters); "
+                        "running the stages after them in this process",
+                        redact(params.output_uri))
+            return run_stages(params, configs, runner=runner)
+        metrics = _run_locked(params, runner, pipeline_root, enable_caching,
+                              keep_pipeline_root, verbose)
+        record_finished_run(params, configs, metrics)
+        return metrics
 
 
 def _run_locked(params: RunParameters, runner: str, pipeline_root: str, enable_caching: bool,
-                keep_pipeline_root: bool) -> dict[str, Any]:
+                keep_pipeline_root: bool, verbose: bool) -> dict[str, Any]:
     from kfp import local
 
     from goggles.kubeflow import pipeline as module
@@ -254,15 +271,24 @@ def _run_locked(params: RunParameters, runner: str, pipeline_root: str, enable_c
                 module.PIPELINE_NAME, runner, root)
     start = time.perf_counter()
     original_print = builtins.print
+    # task logs go to stderr (all of them with verbose, else the console lines), so stdout
+    # carries only what the caller prints
+    tasks = TaskConsole(verbose=verbose)
     try:
-        # task logs go to stderr, so stdout carries only what the caller prints
-        with _quiet_local_warnings(), contextlib.redirect_stdout(sys.stderr), \
+        with _quiet_local_warnings(), contextlib.redirect_stdout(tasks), \
                 scratch.tasks_die_with_this_process():
             task = module.goggles_pipeline(**arguments)
     except RuntimeError as error:
-        message = _ANSI.sub("", str(error))
+        message = ANSI.sub("", str(error))
         scratch.keep(root)
-        raise PipelineRunError(f"{message} Its log is above; the task outputs are kept in "
+        where = "above"
+        if not verbose:
+            log = os.path.join(root, "goggles-run.log")
+            with open(log, "w", encoding="utf-8") as file:
+                file.write("\n".join(tasks.lines) + "\n")
+            sys.stderr.write("\n".join(tasks.lines[-40:]) + "\n")
+            where = f"above (its end; all of it in {log}, or rerun with goggles -v)"
+        raise PipelineRunError(f"{message} Its log is {where}; the task outputs are kept in "
                                f"{root}") from error
     finally:
         # kfp.local indents task logs by swapping builtins.print per task; two ParallelFor
@@ -273,6 +299,7 @@ def _run_locked(params: RunParameters, runner: str, pipeline_root: str, enable_c
                                pipeline_seconds=seconds)
     if temporary and not keep_pipeline_root:
         shutil.rmtree(root, ignore_errors=True)
+    tasks.finish()
     logger.info("pipeline finished in %.1f s; outputs in %s", seconds, params.output_uri)
     return metrics
 

@@ -189,7 +189,7 @@ def _second_descriptors(config: ExtractConfig, network: str, uris: Sequence[str]
         return described, channels, preprocessing
     extra: list[np.ndarray] = []
     _checked(uris, hashes, lambda **check: extract_filter_maps(
-        uris, other, **options, **check,
+        uris, other, **options, **check, desc="extract descriptors",
         on_batch=lambda _s, maps: extra.append(bilinear_descriptors(maps))))
     return np.concatenate(extra), channels, preprocessing
 

@@ -17,7 +17,7 @@ import dataclasses
 import functools
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from goggles.io import listing, source_state, storage
@@ -26,7 +26,7 @@ from goggles.io.lock import output_lock
 from goggles.io.resume import StageRecords, stage_key
 from goggles.io.uris import redact
 from goggles.parameters import RunParameters
-from goggles.pipeline import stages
+from goggles.pipeline import console, stages
 from goggles.pipeline.extract import part_uri, run_extract
 from goggles.pipeline.wiring import (
     absolute_uris,
@@ -59,45 +59,166 @@ def run_inprocess(params: RunParameters) -> dict[str, Any]:
     configs = check_run(params)
     with output_lock(params.output_uri,
                      owner_note=f"goggles run (in process) of {redact(params.source_uri)}"):
-        return _run_stages(params, configs)
+        return run_stages(params, configs)
 
 
-def _ingest(params: RunParameters, config: Any, records: StageRecords,
-            manifest_uri: str) -> tuple[dict[str, Any], str]:
-    """Reuse the last ingest when the source is the one it read
-    (:func:`goggles.io.source_state.first_change`: metadata first, content where metadata could
-    lie), else ingest; returns its result and the key the later stages build on, a digest of
-    every file's content as ingest read it."""
-    files = listing.list_files(params.source_uri, config.extensions,
-                               follow_symlinks=config.follow_symlinks)
-    settings = config.to_dict()
-    settings.pop("verify")  # how the source is checked changes no result
-    key = stage_key("ingest", settings, params.source_uri)
+@dataclasses.dataclass(frozen=True)
+class RunKeys:
+    """Every stage's key for a run (:func:`goggles.io.resume.stage_key`): a digest of its
+    parameters, what it reads from outside and its upstream stages' keys. The in-process and
+    the Kubeflow runners record their finished stages under these same keys, so either reuses
+    the other's. ``ingest`` is the ingest record's key (its parameters and the source's URI:
+    whether the files changed is decided by :mod:`goggles.io.source_state`); the later keys
+    build on the content ingest read (``None`` while the source has not been ingested as it is
+    now)."""
 
-    def work() -> dict[str, Any]:
-        result = stages.run_ingest(config, params.source_uri, manifest_uri)
-        return {**result, "source": source_state.record(
-            files, storage.read_parquet(manifest_uri, columns=["uri", "sha256"]))}
+    ingest: str
+    extract: str | None
+    affinity: list[str] | None
+    infer: str | None
+    train: str | None
 
-    done = records.run("ingest", key, work, [manifest_uri], changed=lambda result:
-                       source_state.first_change(files, result.get("source"),
-                                                 verify=config.verify))
-    content = source_state.content_listing(done["source"])
-    return done, stage_key("ingest", key, content)
+
+def ingest_record_key(params: RunParameters, ingest_cfg: Any) -> str:
+    """The ingest record's key: its parameters (less how the source is checked, which changes
+    no result) and the source's URI."""
+    settings = ingest_cfg.to_dict()
+    settings.pop("verify", None)
+    return stage_key("ingest", settings, params.source_uri)
+
+
+def run_keys(params: RunParameters, configs: dict[str, Any],
+             content: Any = None) -> RunKeys:
+    """The stage keys of a run; ``content`` (:func:`goggles.io.source_state.content_listing` of
+    what ingest read), else the output's ingest record when the source is unchanged since
+    (lists the source once), else the later keys are ``None``."""
+    ingest_cfg, extract_cfg = configs["ingest"], configs["extract"]
+    ingest_key = ingest_record_key(params, ingest_cfg)
+    if content is None:
+        records = StageRecords(storage.join(params.output_uri, "artifacts"))
+        done = records.finished("ingest", ingest_key, stage_outputs(params)["ingest"])
+        if done is not None:
+            files = listing.list_files(params.source_uri, ingest_cfg.extensions,
+                                       follow_symlinks=ingest_cfg.follow_symlinks)
+            if source_state.first_change(files, done.get("source"),
+                                         verify=ingest_cfg.verify) is None:
+                content = source_state.content_listing(done["source"])
+    if content is None:
+        return RunKeys(ingest_key, None, None, None, None)
+    extract_params = extract_cfg.to_dict()
+    if not extract_cfg.max_prototypes:
+        extract_params.pop("seed")  # the seed only drives the prototype budget's sample
+    extract_params.pop("feature_cache_uri")  # where features are kept changes no result
+    if extract_cfg.weights_uri:  # the weights' content, not their name
+        extract_params["weights_uri"] = storage.fingerprint(extract_cfg.weights_uri)
+    # one extraction part per affinity shard, as on a cluster
+    extract_key = stage_key("extract", stage_key("ingest", ingest_key, content), extract_params,
+                            params.num_shards)
+    return _later_keys(params, configs, ingest_key, extract_key)
+
+
+def _later_keys(params: RunParameters, configs: dict[str, Any], ingest_key: str,
+                extract_key: str) -> RunKeys:
+    shard_keys = [stage_key("affinity", extract_key, configs["affinity"].to_dict(), shard_id)
+                  for shard_id in range(params.num_shards)]
+    dev_labels = storage.fingerprint(params.dev_labels_uri) if params.dev_labels_uri else ""
+    infer_key = stage_key("infer", shard_keys, configs["infer"].to_dict(), dev_labels)
+    train_key = stage_key("train", infer_key, extract_key, configs["train"].to_dict())
+    return RunKeys(ingest_key, extract_key, shard_keys, infer_key, train_key)
+
+
+def stage_outputs(params: RunParameters) -> dict[str, list[str]]:
+    """The outputs each stage's record names (a record is trusted only while they exist), by
+    record name: ``ingest``, ``extract``, ``affinity-<s>-of-<S>``, ``infer``, ``train``."""
+    paths = output_paths(params.output_uri)
+    outputs = {
+        "ingest": [paths["manifest"]],
+        "extract": [storage.join(paths["features"], "meta.json"), paths["prototypes"],
+                    *(storage.join(part_uri(paths["features"], s), "meta.json")
+                      for s in range(params.num_shards))],
+        "infer": [paths["labels"], paths["inference"]],
+        "train": [storage.join(paths["model"], "model.json"),
+                  storage.join(paths["model"], "model.safetensors")]}
+    for shard_id, uri in enumerate(_shard_uris(params)):
+        outputs[_shard_record(shard_id, params.num_shards)] = [
+            storage.join(uri, "affinity.npy"), storage.join(uri, "meta.json")]
+    return outputs
+
+
+def _shard_uris(params: RunParameters) -> list[str]:
+    affinity = output_paths(params.output_uri)["affinity"]
+    return [storage.join(affinity, f"shard-{s:05d}") for s in range(params.num_shards)]
+
+
+def _shard_record(shard_id: int, num_shards: int) -> str:
+    return f"affinity-{shard_id:05d}-of-{num_shards:05d}"
+
+
+def extraction_reusable(params: RunParameters, configs: dict[str, Any]) -> bool:
+    """Whether the output already holds this run's ingest and extraction, finished with the same
+    keys (by any runner): then only what follows them is left to do."""
+    keys = run_keys(params, configs)
+    if keys.extract is None:  # the source changed since its ingest, or was never ingested
+        return False
+    records = StageRecords(storage.join(params.output_uri, "artifacts"))
+    outputs = stage_outputs(params)
+    return records.finished("extract", keys.extract, outputs["extract"]) is not None
+
+
+def record_finished_run(params: RunParameters, configs: dict[str, Any],
+                        metrics: dict[str, Any]) -> None:
+    """Record every stage of a run another runner (the Kubeflow pipeline) finished into the
+    output, under the keys this runner uses, so that a rerun reuses them; ``metrics`` is the
+    run's ``metrics.json``."""
+    ingest_cfg = configs["ingest"]
+    records = StageRecords(storage.join(params.output_uri, "artifacts"))
+    outputs = stage_outputs(params)
+    paths = output_paths(params.output_uri)
+    files = listing.list_files(params.source_uri, ingest_cfg.extensions,
+                               follow_symlinks=ingest_cfg.follow_symlinks)
+    source = source_state.record(files, storage.read_parquet(paths["manifest"],
+                                                             columns=["uri", "sha256"]))
+    keys = run_keys(params, configs, source_state.content_listing(source))
+    assert keys.extract is not None and keys.affinity is not None and keys.infer is not None
+    features = storage.read_json(storage.join(paths["features"], "meta.json"))
+    done: list[tuple[str, str, dict[str, Any]]] = [
+        ("ingest", keys.ingest, {"n_listed": metrics["n_images"] + metrics["n_rejected"],
+                                 "n_images": metrics["n_images"],
+                                 "n_rejected": metrics["n_rejected"], "source": source}),
+        ("extract", keys.extract, {
+            "n_images": features["num_images"], "num_prototypes": metrics["num_prototypes"],
+            "weights_source": metrics.get("weights_source", features.get("weights", "")),
+            "backbone": features.get("backbone"),
+            **{key: features.get(key, 0) for key in ("features_computed", "features_reused")}}),
+        *((_shard_record(s, params.num_shards), key,
+           storage.read_json(storage.join(uri, "meta.json")))
+          for s, (uri, key) in enumerate(zip(_shard_uris(params), keys.affinity, strict=True))),
+        ("infer", keys.infer, {key: metrics[key] for key in (
+            "num_prototypes", "em_iterations", "converged", "num_classes") if key in metrics})]
+    if params.train and metrics.get("end_model") and keys.train is not None:
+        done.append(("train", keys.train, metrics["end_model"]))
+    for name, key, result in done:
+        records.write(name, key, result, outputs[name])
+
+
+def _stage(records: StageRecords, timings: dict[str, float], stage: str, name: str, key: str,
+           work: Callable[[], dict[str, Any]], outputs: list[str]) -> tuple[dict[str, Any], bool]:
+    """Reuse or run one stage's record ``name`` (:meth:`StageRecords.run`), timed under
+    ``stage``; returns its result and whether it was reused."""
+    reused = records.finished(name, key, outputs) is not None
+    with timed(timings, stage):
+        result = records.run(name, key, work, outputs)
+    return result, reused
 
 
 def _extract(params: RunParameters, config: Any, records: StageRecords, paths: dict[str, str],
-             key: str) -> tuple[dict[str, Any], str]:
+             key: str, outputs: list[str]) -> tuple[dict[str, Any], str]:
     """The extract stage, reused or run. An image whose bytes changed since ingest read them
     (:class:`goggles.io.images.ImageChanged`) becomes a rejected row of the manifest ("changed
     during the run"), the ingest record is dropped (the next run ingests the source again) and
     the stage runs once more without it; returns its result and the key later stages build on."""
     from goggles.ingest.manifest import reject
     from goggles.io.images import CHANGED, ImageChanged
-
-    outputs = [storage.join(paths["features"], "meta.json"), paths["prototypes"],
-               *(storage.join(part_uri(paths["features"], s), "meta.json")
-                 for s in range(params.num_shards))]
 
     def work() -> dict[str, Any]:
         return run_extract(config, paths["manifest"], paths["features"], paths["prototypes"],
@@ -119,60 +240,95 @@ def _extract(params: RunParameters, config: Any, records: StageRecords, paths: d
     return records.run("extract", key, work, outputs), key
 
 
-def _run_stages(params: RunParameters, configs: dict[str, Any]) -> dict[str, Any]:
+def run_stages(params: RunParameters, configs: dict[str, Any], *,
+               runner: str = "inprocess") -> dict[str, Any]:
+    """Every stage in this process, reusing those the output's records hold with the same keys
+    (the caller holds the output's lock), a console line as each starts and ends
+    (:mod:`goggles.pipeline.console`); ``runner`` is what ``metrics.json`` records."""
     ingest_cfg, extract_cfg = configs["ingest"], configs["extract"]
     affinity_cfg, infer_cfg = configs["affinity"], configs["infer"]
     paths = output_paths(params.output_uri)
     records = StageRecords(storage.join(params.output_uri, "artifacts"))
     timings: dict[str, float] = {}
+    outputs = stage_outputs(params)
+    files = listing.list_files(params.source_uri, ingest_cfg.extensions,
+                               follow_symlinks=ingest_cfg.follow_symlinks)
+    ingest_key = ingest_record_key(params, ingest_cfg)
+
+    def ingest() -> dict[str, Any]:
+        result = stages.run_ingest(ingest_cfg, params.source_uri, paths["manifest"])
+        return {**result, "source": source_state.record(
+            files, storage.read_parquet(paths["manifest"], columns=["uri", "sha256"]))}
+
+    unchanged: list[bool] = []
+
+    def changed(result: dict[str, Any]) -> str | None:
+        reason = source_state.first_change(files, result.get("source"), verify=ingest_cfg.verify)
+        unchanged.append(reason is None)
+        return reason
+
+    console.started("ingest")
     with timed(timings, "ingest"):
-        ingested, ingest_key = _ingest(params, ingest_cfg, records, paths["manifest"])
+        ingested = records.run("ingest", ingest_key, ingest, outputs["ingest"], changed=changed)
+    reused = unchanged == [True]
+    console.finished("ingest", timings["ingest"], ingested, reused=reused)
     check_counts(ingested["n_images"], params.num_classes, params.num_shards, paths["manifest"])
     check_dev_labels_ingested(params.dev_labels_uri, paths["manifest"], params.num_classes)
-    extract_params = extract_cfg.to_dict()
-    if not extract_cfg.max_prototypes:
-        extract_params.pop("seed")  # the seed only drives the prototype budget's sample
-    extract_params.pop("feature_cache_uri")  # where features are kept changes no result
-    if extract_cfg.weights_uri:  # the weights' content, not their name
-        extract_params["weights_uri"] = storage.fingerprint(extract_cfg.weights_uri)
-    # one extraction part per affinity shard, as on a cluster
-    extract_key = stage_key("extract", ingest_key, extract_params, params.num_shards)
+    keys = run_keys(params, configs, source_state.content_listing(ingested["source"]))
+    assert keys.extract is not None
+    console.started("extract")
+    reused = records.finished("extract", keys.extract, outputs["extract"]) is not None
     with timed(timings, "extract"):
-        extracted, extract_key = _extract(params, extract_cfg, records, paths, extract_key)
-    shard_uris, shard_keys = [], []
-    with timed(timings, "affinity"):
-        for shard_id in range(params.num_shards):
-            uri = storage.join(paths["affinity"], f"shard-{shard_id:05d}")
-            key = stage_key("affinity", extract_key, affinity_cfg.to_dict(), shard_id)
-            records.run(f"affinity-{shard_id:05d}-of-{params.num_shards:05d}", key,
-                        functools.partial(stages.run_affinity, affinity_cfg,
-                                          part_uri(paths["features"], shard_id),
-                                          paths["prototypes"], uri),
-                        [storage.join(uri, "affinity.npy"), storage.join(uri, "meta.json")])
-            shard_uris.append(uri)
-            shard_keys.append(key)
-    dev_labels = storage.fingerprint(params.dev_labels_uri) if params.dev_labels_uri else ""
-    infer_key = stage_key("infer", shard_keys, infer_cfg.to_dict(), dev_labels)
-    with timed(timings, "infer"):
-        inferred = records.run("infer", infer_key, lambda: stages.run_infer(
-            infer_cfg, paths["manifest"], paths["prototypes"], shard_uris, paths["labels"],
-            paths["inference"], params.dev_labels_uri, features_uri=paths["features"]),
-            [paths["labels"], paths["inference"]])
+        extracted, extract_key = _extract(params, extract_cfg, records, paths, keys.extract,
+                                          outputs["extract"])
+    if extract_key != keys.extract:  # images that changed during the run were left out
+        keys = _later_keys(params, configs, keys.ingest, extract_key)
+        reused = False
+    if reused:  # this run computed no feature: every image's came from the earlier run
+        extracted = {**extracted, "features_computed": 0,
+                     "features_reused": int(ingested["n_images"])}
+    console.finished("extract", timings["extract"], extracted, reused=reused)
+    assert keys.affinity is not None and keys.infer is not None and keys.train is not None
+    shard_uris = _shard_uris(params)
+    console.started("affinity")
+    rows, all_reused = 0, True
+    for shard_id, (uri, key) in enumerate(zip(shard_uris, keys.affinity, strict=True)):
+        name = _shard_record(shard_id, params.num_shards)
+        shard, reused = _stage(records, timings, "affinity", name, key,
+                               functools.partial(stages.run_affinity, affinity_cfg,
+                                                 part_uri(paths["features"], shard_id),
+                                                 paths["prototypes"], uri), outputs[name])
+        rows += int(shard.get("stop", 0)) - int(shard.get("start", 0))
+        all_reused = all_reused and reused
+    console.finished("affinity", timings.get("affinity", 0.0),
+                     {"rows": rows, "num_prototypes": extracted.get("num_prototypes")},
+                     reused=all_reused)
+    console.started("infer")
+    inferred, reused = _stage(records, timings, "infer", "infer", keys.infer,
+                              lambda: stages.run_infer(
+                                  infer_cfg, paths["manifest"], paths["prototypes"], shard_uris,
+                                  paths["labels"], paths["inference"], params.dev_labels_uri,
+                                  features_uri=paths["features"]), outputs["infer"])
+    console.finished("infer", timings["infer"], inferred, reused=reused)
     end_model = None
     if params.train:
         train_cfg = configs["train"]
-        train_key = stage_key("train", infer_key, extract_key, train_cfg.to_dict())
-        with timed(timings, "train"):
-            end_model = records.run("train", train_key, lambda: stages.run_train(
-                train_cfg, paths["manifest"], paths["features"], paths["labels"],
-                paths["inference"], paths["model"]),
-                [storage.join(paths["model"], "model.json"),
-                 storage.join(paths["model"], "model.safetensors")])
-    record = run_record(dataclasses.asdict(params), runner="inprocess",
+        console.started("train")
+        end_model, reused = _stage(records, timings, "train", "train", keys.train,
+                                   lambda: stages.run_train(
+                                       train_cfg, paths["manifest"], paths["features"],
+                                       paths["labels"], paths["inference"], paths["model"]),
+                                   outputs["train"])
+        console.finished("train", timings["train"], end_model, reused=reused)
+    record = run_record(dataclasses.asdict(params), runner=runner,
                         weights_source=extracted["weights_source"],
                         num_prototypes=inferred["num_prototypes"], extracted=extracted)
-    return evaluate_and_report(
+    console.started("evaluate")
+    started = time.perf_counter()
+    metrics = evaluate_and_report(
         manifest_uri=paths["manifest"], labels_uri=paths["labels"],
         inference_uri=paths["inference"], prototypes_uri=paths["prototypes"],
         affinity_uris=shard_uris, metrics_uri=paths["metrics"], report_uri=paths["report"],
         record=record, timings=timings, end_model=end_model)
+    console.finished("evaluate", time.perf_counter() - started, metrics)
+    return metrics

@@ -229,8 +229,9 @@ def run_evaluate(manifest_uri: str, labels_uri: str, inference_uri: str, metrics
                  *, extra: dict[str, Any] | None = None,
                  timings: dict[str, float] | None = None,
                  end_model: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The run's ``metrics.json`` (README, "Labeling your images"): counts, the method's
-    iterations and warnings, ``extra`` (the run's record), the stages' ``timings`` with this
+    """The run's ``metrics.json`` (README, "2. Run"): counts, the method's
+    iterations and warnings, ``estimated_accuracy`` (the labels' mean confidence), ``extra``
+    (the run's record), the stages' ``timings`` with this
     one's added, the end model's held-out scores (``end_model``, when the run trained one)
     and, when ground truth exists, accuracy and calibration."""
     from goggles import __version__
@@ -255,6 +256,10 @@ def run_evaluate(manifest_uri: str, labels_uri: str, inference_uri: str, metrics
         "em_iterations": state["em_iterations"], "converged": state["converged"],
         "warnings": state["warnings"], "goggles_version": __version__,
     })
+    confidence = labels["confidence"].to_numpy()
+    # the share of labels that are right if the confidence is calibrated (its mean)
+    metrics["estimated_accuracy"] = round(float(confidence.mean()), 4) if len(confidence) \
+        else 0.0
     truth = rows["label"].to_pylist()
     initial = state.get("initial_labels")
     if scorable(truth):

@@ -4,11 +4,15 @@ confidence threshold; and naming clusters from a few labeled images."""
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
+
+logger = logging.getLogger(__name__)
 
 
 def confusion_matrix(truth: np.ndarray, predicted: np.ndarray, num_truth: int,
@@ -207,6 +211,57 @@ def name_clusters(dev_names: Sequence[str], dev_predicted: np.ndarray,
     return result
 
 
+_NUMERIC_PREFIX = re.compile(r"^\d+[._\-\s]+")
+
+
+def _bare(name: str) -> str:
+    """``name`` without a numeric prefix (``075.Green_Jay`` → ``Green_Jay``)."""
+    return _NUMERIC_PREFIX.sub("", name)
+
+
+def match_names(given: Sequence[str], truth: Sequence[str],
+                names: Sequence[str]) -> tuple[dict[str, str], str]:
+    """Each dev-set class name matched to a ground-truth class (folder) name.
+
+    Parameters
+    ----------
+    given : [M] images' named labels; truth : [M] the same images' ground truth.
+    names : the dev set's class names (those ``given`` uses besides ``cluster_k``).
+
+    Returns
+    -------
+    ``(mapping, how)``: ``mapping`` sends a given name to its truth name (names it leaves out
+    count as wrong); ``how`` is ``"same"`` (every name is a folder name), ``"numeric prefix"``
+    (they differ only by a numeric prefix: ``Green_Jay`` and ``075.Green_Jay``) or
+    ``"best mapping"`` (no such match: the mapping that makes the most labels agree, by
+    Hungarian matching, as for ``accuracy``).
+    """
+    classes = sorted(set(truth))
+    if set(names) <= set(classes):
+        return {name: name for name in names}, "same"
+    by_bare: dict[str, list[str]] = {}
+    for klass in classes:
+        by_bare.setdefault(_bare(klass), []).append(klass)
+    mapping: dict[str, str] = {}
+    for name in names:
+        found = [name] if name in classes else by_bare.get(_bare(name), [])
+        if len(found) != 1:
+            break
+        mapping[name] = found[0]
+    else:
+        if len(set(mapping.values())) == len(mapping):
+            return mapping, "numeric prefix"
+    given_names = sorted(set(given))
+    given_index = {name: i for i, name in enumerate(given_names)}
+    truth_index = {name: i for i, name in enumerate(classes)}
+    agree = confusion_matrix(np.asarray([given_index[g] for g in given], dtype=np.int64),
+                             np.asarray([truth_index[t] for t in truth], dtype=np.int64),
+                             len(given_names), len(classes))
+    rows, columns = linear_sum_assignment(-agree)
+    return {given_names[r]: classes[c] for r, c in zip(rows, columns, strict=True)}, \
+        "best mapping"
+
+
 def dev_set_metrics(dev_rows: Sequence[int], dev_labels: Sequence[str],
                     label_names: Sequence[str],
                     truth_names: Sequence[str] | None = None) -> dict[str, object]:
@@ -222,7 +277,9 @@ def dev_set_metrics(dev_rows: Sequence[int], dev_labels: Sequence[str],
     -------
     ``n_images`` (D), ``accuracy`` (named labels equal to the given ones on the dev images) and,
     with ground truth, ``accuracy_unlabeled`` and ``n_unlabeled``: named labels equal to the
-    truth on the other N - D images (no oracle mapping, unlike ``accuracy``).
+    truth on the other N - D images (no oracle mapping, unlike ``accuracy``), the dev names
+    matched to the folder names by :func:`match_names` (``names_matched`` says how; a
+    ``warning`` when only the best mapping matched them, never a silent 0).
     """
     rows = np.asarray(dev_rows, dtype=np.int64)
     named = [label_names[i] for i in rows]
@@ -234,8 +291,20 @@ def dev_set_metrics(dev_rows: Sequence[int], dev_labels: Sequence[str],
     if truth_names is not None:
         others = np.setdiff1d(np.arange(len(label_names)), rows)
         result["n_unlabeled"] = len(others)
+        mapping, how = match_names([label_names[i] for i in others],
+                                   [truth_names[i] for i in others], sorted(set(dev_labels)))
+        result["names_matched"] = how
+        if how == "best mapping":
+            result["warning"] = (
+                "the dev set's class names are not the folder names (nor differ from them only "
+                "by a numeric prefix), so the other images were scored through the mapping of "
+                "names to folders that agrees most: "
+                + ", ".join(f"{a} → {b}" for a, b in sorted(mapping.items()))
+                + "; name the dev labels as the folders to score them directly")
+            logger.warning("%s", result["warning"])
         result["accuracy_unlabeled"] = float(np.mean(
-            [label_names[i] == truth_names[i] for i in others])) if len(others) else 0.0
+            [mapping.get(label_names[i]) == truth_names[i] for i in others])) \
+            if len(others) else 0.0
     return result
 
 

@@ -1,15 +1,17 @@
 """report.html: one self-contained page (images inlined) that shows why each image got its label.
 
-Sections: a summary (N, rejected, K, prototypes, EM iterations, timings, accuracy when known);
+Sections: the verdict (:mod:`goggles.report.verdict`: how many labels are probably right, what
+to do next) and the images to check (:mod:`goggles.report.review`), on the first screen; a
+summary (N, rejected, K, prototypes, EM iterations, timings, accuracy when known);
 the affinity matrix with rows and columns sorted by inferred cluster (the paper's Figure 5,
 pooled to at most :data:`MAX_HEATMAP` rows and columns); the confusion matrix and the coverage
 and accuracy by confidence threshold when ground truth exists; the EM convergence trace; for the
 most informative prototypes, the class-conditional score histograms with the fitted Gaussians
 and the image patch each comes from (its receptive field, :mod:`goggles.report.patches`); per
-cluster, the most and least confident images and the strongest prototypes; the images to check
-(:mod:`goggles.report.review`). Clusters carry the dev set's class names when one was given;
-each cluster has a name field and each image to check a label field, and the page writes what a
-person types into a dev-labels CSV for ``--dev-labels`` on the next run.
+cluster, the most and least confident images and the strongest prototypes. The EM traces are
+drawn only when EM iterated more than once. Clusters carry the dev set's class names when one
+was given; each cluster has a name field and each image to check a label field, and the page
+writes what a person types into a dev-labels CSV for ``--dev-labels`` on the next run.
 
 Reading A is one streamed pass over the stored shards (pooled rows plus the few columns the
 histograms need), so the report's memory and time stay small for large N.
@@ -46,13 +48,13 @@ from goggles.report.plots import (
 )
 from goggles.report.review import SCRIPT, by_confidence, review_html, review_rows
 from goggles.report.summary import summary_rows
+from goggles.report.verdict import nothing_to_check, verdict_html
 
 logger = logging.getLogger(__name__)
 
 MAX_HEATMAP = 600  # rows and columns of the drawn affinity matrix at most
 THUMB = 96
 PER_CLUSTER = 6  # most / least confident images shown per cluster
-NAMING_EXEMPLARS = 10  # most confident images per cluster written into the dev-labels CSV
 MAX_HISTOGRAMS = 6
 
 
@@ -212,9 +214,13 @@ def render(metrics: dict[str, Any], labels: Any, state: dict[str, Any], *,
               list(order[k][:PER_CLUSTER]) + list(order[k][::-1][:PER_CLUSTER])}
     needed |= {uris[prototypes[p["column"]][0]] for p in chosen if p["column"] in prototypes}
     dev = state.get("dev") or {"rows": [], "labels": []}
-    to_check = review_rows(label, confidence, len(names), labeled=list(dev["rows"]) + [
-        i for k in order for i in order[k][:NAMING_EXEMPLARS]])  # exemplars: the CSV has them
-    needed |= {uris[i] for rows in to_check.values() for i in rows}
+    to_check = [int(i) for i in (state.get("suggestions") or {}).get("rows", [])
+                if 0 <= int(i) < len(uris)]
+    if not to_check:  # a run from before the suggestions: each cluster's least confident
+        to_check = sorted(i for rows in review_rows(label, confidence, len(names),
+                                                    labeled=list(dev["rows"])).values()
+                          for i in rows)
+    needed |= {uris[i] for i in to_check}
     images = _load_images(needed, hashes)
     field = FIELDS.get(backbone)
 
@@ -230,10 +236,19 @@ def render(metrics: dict[str, Any], labels: Any, state: dict[str, Any], *,
                 f"{w}) in {html.escape(uris[image_id])}' title='{html.escape(uris[image_id])}'>")
 
     patches = {p["column"]: patch(p["column"]) for p in chosen}
+    review = review_html(to_check, uris, [names[k] for k in label], confidence,
+                         {u: _thumbnail(image) for u, image in images.items()},
+                         sorted(set(names) | set(dev["labels"])))
+    if nothing_to_check(confidence):  # listed for naming, not because they look wrong
+        review = ("<details id='review-anyway'><summary>The least confident images anyway"
+                  "</summary>" + review + "</details>")
     parts = ["<!doctype html><html lang='en'><head><meta charset='utf-8'>",
              "<title>goggles report</title>", f"<style>{STYLE}</style></head><body>",
-             "<h1>goggles labeling report</h1>", "<h2 id='summary'>Summary</h2>",
-             _table(summary_rows(metrics, state))]
+             "<h1>goggles labeling report</h1>",
+             verdict_html(metrics, confidence,
+                          confidence[to_check],
+                          named=bool(state.get("dev"))),
+             review, "<h2 id='summary'>Summary</h2>", _table(summary_rows(metrics, state))]
     if metrics.get("warnings"):
         parts.append("<h2>Warnings</h2><ul>" + "".join(
             f"<li>{html.escape(w)}</li>" for w in metrics["warnings"]) + "</ul>")
@@ -271,7 +286,10 @@ def render(metrics: dict[str, Any], labels: Any, state: dict[str, Any], *,
                          + "</td></tr>" for c in coverage) + "</table>")
     parts.append("<h2 id='convergence'>EM convergence</h2>")
     change, loglik = state.get("change_trace") or [], state.get("log_likelihood_trace") or []
-    if change:
+    if len(change) == 1:
+        parts.append("<p class='note'>EM stopped after its first iteration (its start was "
+                     "already a fixed point): there is no trace to plot.</p>")
+    elif change:
         ending = ("converged: the largest change of a posterior fell below tol"
                   if state.get("converged") else "stopped at max_iter without converging")
         parts.append(f"<p class='note'>{len(change)} iteration(s); {ending}.</p>"
@@ -304,19 +322,14 @@ def render(metrics: dict[str, Any], labels: Any, state: dict[str, Any], *,
         parts.append("</div>")
     parts.append("<h2 id='clusters'>Clusters</h2>")
     if not state.get("dev"):
-        parts.append("<p class='note'>No dev set named these clusters. Type a name for each "
-                     "cluster below (and label the images to check) and download a dev-labels "
-                     "CSV (each cluster's most confident images with your names); rerun with "
-                     "<code>--dev-labels dev-labels.csv</code> to get named labels.</p>")
-    parts.append("<button type='button' id='download-dev-labels' onclick='gogglesDownload()'>"
-                 "Download dev-labels.csv</button>")
+        parts.append("<p class='note'>No dev labels named these clusters: name them in an "
+                     "export (<code>goggles export OUT ... --names cluster_0=NAME,...</code>) "
+                     "or label the images listed at the top and rerun.</p>")
     for k, name in enumerate(names):
         members = order[k]
         parts.append(f"<div class='cluster' style='border-color:{colors[k]}'><h3>"
                      f"<span class='swatch' style='background:{colors[k]}'></span>"
-                     f"{html.escape(name)} — {len(members)} images "
-                     f"<input class='cluster-name' data-cluster='{k}' "
-                     f"aria-label='name of cluster {k}' value='{html.escape(name)}'></h3>")
+                     f"{html.escape(name)} — {len(members)} images</h3>")
         for title, rows in (("most confident", members[:PER_CLUSTER]),
                             ("least confident", members[::-1][:PER_CLUSTER])):
             figures = "".join(
@@ -331,13 +344,9 @@ def render(metrics: dict[str, Any], labels: Any, state: dict[str, Any], *,
             parts.append(f"<div><b>strongest prototypes</b> (receptive field, cell boxed)<br>"
                          f"{strongest}</div>")
         parts.append("</div>")
-    parts.append(review_html(to_check, uris, names, confidence,
-                             {u: _thumbnail(image) for u, image in images.items()}))
-    exemplars = {k: [uris[i] for i in order[k][:NAMING_EXEMPLARS]] for k in order}
-    data = json.dumps(exemplars).replace("<", "\\u003c")
     given = json.dumps([[uris[i], name] for i, name in zip(dev["rows"], dev["labels"],
                                                            strict=True)]).replace("<", "\\u003c")
-    parts.append(f"<script>var GOGGLES_EXEMPLARS={data};\nvar GOGGLES_DEV={given};\n{SCRIPT}"
+    parts.append(f"<script>var GOGGLES_DEV={given};\n{SCRIPT}"
                  "</script></body></html>")
     return "".join(parts)
 

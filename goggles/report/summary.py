@@ -48,6 +48,8 @@ def summary_rows(metrics: dict[str, Any], state: dict[str, Any]) -> list[tuple[s
         if "accuracy_unlabeled" in dev:
             rows.append((f"the other {dev['n_unlabeled']} images: named label = truth",
                          f"{dev['accuracy_unlabeled']:.4f}"))
+        if dev.get("warning"):
+            rows.append(("dev set names", dev["warning"]))
         chosen = dev.get("labels_from")
         if chosen:
             brier = chosen["held_out_brier"]

@@ -253,8 +253,9 @@ def test_run_killed_mid_way_resumes_from_the_bucket(uploaded: dict,
     server = uploaded["gs"]
     env = {**os.environ, **server.environment(server.url)}
     data, output = f"gs://{DATA_BUCKET}", f"gs://{OUT_BUCKET}/resumed"
-    command = [sys.executable, "-m", "goggles.cli", "run", f"{data}/images", "--output", output,
-               "--weights", f"{data}/weights/mobilenet_v2.pth", "--dev-labels",
+    # -v: the stage records' "running"/"reusing" messages are goggles' INFO log, shown with -v
+    command = [sys.executable, "-m", "goggles.cli", "-v", "run", f"{data}/images", "--output",
+               output, "--weights", f"{data}/weights/mobilenet_v2.pth", "--dev-labels",
                f"{data}/dev.csv", *RUN_OPTIONS, "--runner", "inprocess"]
     process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                text=True, env=env)

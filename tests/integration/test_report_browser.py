@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image, ImageDraw
@@ -187,7 +188,9 @@ def test_report_opens_in_chromium_with_every_plot(tmp_path: Path) -> None:
                     images: imgs.map(i => i.complete && i.naturalWidth > 0)};
         })""")
         kinds = {p["kind"] for p in plots}
-        assert kinds >= EXPECTED_PLOTS, kinds
+        # the EM traces are drawn only when EM iterated more than once
+        expected = EXPECTED_PLOTS - (set() if metrics["em_iterations"] > 1 else {"trace"})
+        assert kinds >= expected and ("trace" in kinds) == (metrics["em_iterations"] > 1), kinds
         for plot in plots:
             assert plot["width"] > 100 and plot["height"] > 100, plot
             assert plot["svg"] > 5 or (plot["images"] and all(plot["images"])), plot
@@ -199,21 +202,14 @@ def test_report_opens_in_chromium_with_every_plot(tmp_path: Path) -> None:
             patches: document.querySelectorAll('img[alt^="prototype"]').length})""")
         assert counts["clusters"] == 2 and counts["patches"] >= 2 and counts["images"] >= 20
 
-        # a person names the clusters in the page; the CSV it writes names them on the next run
-        browser.evaluate("""document.querySelectorAll('input.cluster-name').forEach(
-            (input, k) => { input.value = 'species "' + k + '"'; })""")
-        # ... and labels the images the page lists to check with their true class (the name of
-        # the cluster that holds most of their folder)
+        # a person labels the images the page asks for with their class (their folder's name)
         first = pq.read_table(out / "labels.parquet")
-        folder = [u.rsplit("/", 2)[-2] for u in first["uri"].to_pylist()]
-        majority = {f: max(range(2), key=lambda k, f=f: sum(
-            1 for g, label in zip(folder, first["label"].to_pylist(), strict=True)
-            if g == f and label == k)) for f in set(folder)}
-        truth = {u: f'species "{majority[f]}"' for u, f in zip(first["uri"].to_pylist(), folder,
-                                                                strict=True)}
+        truth = {u: u.rsplit("/", 2)[-2] for u in first["uri"].to_pylist()}
         listed = browser.evaluate("""Array.from(document.querySelectorAll('input.image-label'))
             .map(i => i.dataset.uri)""")
-        assert len(listed) == 10 and len(set(listed)) == 10, listed
+        assert len(listed) == 8 and len(set(listed)) == 8, listed  # 4 per class
+        assert browser.evaluate("""document.querySelectorAll(
+            '#goggles-classes option').length""") >= 2  # the run's class names offered
         browser.evaluate(f"""(function(truth){{document.querySelectorAll('input.image-label')
             .forEach(i => {{ i.value = truth[i.dataset.uri]; }});}})({json.dumps(truth)})""")
         csv = browser.evaluate("gogglesDevLabels()")
@@ -231,25 +227,20 @@ def test_report_opens_in_chromium_with_every_plot(tmp_path: Path) -> None:
         shutil.copy(report, Path(keep) / "report.html")
 
     lines = csv.strip().split("\n")
-    # each cluster's 10 most confident images, and the 5 least confident it listed to check
-    assert lines[0] == "uri,label" and len(lines) == 1 + 2 * min(10, 24) + 10
+    # exactly the images labeled in the page: no cluster is named from its exemplars
+    assert lines[0] == "uri,label" and len(lines) == 1 + 8
     (tmp_path / "dev-labels.csv").write_text(csv)
-    labels = pq.read_table(out / "labels.parquet")
     rerun = run_inprocess(RunParameters(
         source_uri=str(source), output_uri=str(out), num_classes=2, backbone="mobilenet_v2",
         seed=0, dev_labels_uri=str(tmp_path / "dev-labels.csv"), follow_symlinks=True))
     named = pq.read_table(out / "labels.parquet")
-    assert named["label"].to_pylist() == labels["label"].to_pylist()
-    assert set(named["label_name"].to_pylist()) == {'species "0"', 'species "1"'}
-    for k in (0, 1):
-        names = {n for n, label in zip(named["label_name"].to_pylist(),
-                                       named["label"].to_pylist(), strict=True) if label == k}
-        assert names == {f'species "{k}"'}
-    assert rerun["dev_set"]["n_images"] == 30 and rerun["dev_set"]["accuracy"] == 1.0
-    # the checked images are seeds of the rerun: each now carries the class it was given
+    assert set(named["label_name"].to_pylist()) <= set(truth.values())  # names from the labels
+    assert rerun["dev_set"]["n_images"] == 8 and rerun["dev_set"]["accuracy"] == 1.0
+    # the labeled images are seeds of the rerun: each now carries the class it was given
     given = dict(zip(named["uri"].to_pylist(), named["label_name"].to_pylist(), strict=True))
     assert all(given[u] == truth[u] for u in listed)
-    assert "accuracy_unlabeled" in rerun["dev_set"] and rerun["dev_set"]["n_unlabeled"] == 18
+    assert "accuracy_unlabeled" in rerun["dev_set"]
+    assert rerun["dev_set"]["n_unlabeled"] == rerun["n_images"] - 8
     # the rerun's page lists other images to check, and keeps the dev labels in its CSV
     browser = DevTools(executable, tmp_path / "profile-2")
     try:
@@ -260,7 +251,7 @@ def test_report_opens_in_chromium_with_every_plot(tmp_path: Path) -> None:
         assert browser.errors() == []
     finally:
         browser.close()
-    assert not set(again) & set(listed) and len(rows) >= 31
+    assert len(again) == 8 and not set(again) & set(listed) and len(rows) == 1 + 8
 
 
 def test_the_browser_check_sees_errors_and_broken_images(tmp_path: Path) -> None:
@@ -280,3 +271,80 @@ def test_the_browser_check_sees_errors_and_broken_images(tmp_path: Path) -> None
         browser.close()
     assert broken == ["bad"]
     assert any("boom" in e for e in errors) and any("undefinedFunction" in e for e in errors)
+
+
+def _first_screen(browser: DevTools, path: Path) -> dict[str, Any]:
+    """Open ``path`` in a 1400×900 window; the boxes (CSS pixels from the page's top) of the
+    verdict, the "Images to check" heading, every image listed to check and the summary."""
+    browser.call("Emulation.setDeviceMetricsOverride", width=1400, height=900,
+                 deviceScaleFactor=1, mobile=False)
+    open_page(browser, path)
+    return browser.evaluate("""(function(){
+        function box(e){ if(!e) return null; const r = e.getBoundingClientRect();
+            return {top: r.top + window.scrollY, bottom: r.bottom + window.scrollY,
+                    visible: r.width > 0 && r.height > 0}; }
+        return {verdict: box(document.querySelector('#verdict')),
+                review: box(document.querySelector('#review')),
+                summary: box(document.querySelector('#summary')),
+                listed: Array.from(document.querySelectorAll('figure.review')).map(box),
+                text: document.querySelector('#verdict').innerText};
+    })()""")
+
+
+def _unsure(out: Path) -> Path:
+    """The run's report again with its labels' confidence spread from 0.5 to 1 (a run whose
+    labels are not all sure), beside the original: ``report-unsure.html``."""
+    from goggles.io import storage
+    from goggles.io.artifacts import output_paths
+    from goggles.report.page import write_report
+
+    paths = output_paths(str(out))
+    labels = pq.read_table(paths["labels"])
+    column = labels.schema.get_field_index("confidence")
+    spread = pa.array(np.linspace(0.5, 1.0, labels.num_rows), labels.schema.field(column).type)
+    pq.write_table(labels.set_column(column, labels.schema.field(column), spread),
+                   paths["labels"])
+    report = out / "report-unsure.html"
+    write_report(str(report), storage.read_json(paths["metrics"]), labels_uri=paths["labels"],
+                 inference_uri=paths["inference"], prototypes_uri=paths["prototypes"],
+                 affinity_uris=sorted(str(p) for p in (out / "artifacts" / "affinity").iterdir()),
+                 manifest_uri=paths["manifest"])
+    return report
+
+
+def test_the_first_screen_holds_the_verdict_and_the_images_to_check(tmp_path: Path) -> None:
+    """At 1400×900, without scrolling: the verdict in words (labels probably right, the truth
+    against the folders, what to do next) and every image the page lists to check; the
+    parameters come after them. A run whose labels are all sure says there is nothing to
+    check, on the first screen too."""
+    executable = _browser()
+    source = _synthetic_source(tmp_path)
+    out = tmp_path / "out"
+    metrics = run_inprocess(RunParameters(source_uri=str(source), output_uri=str(out),
+                                          num_classes=2, backbone="mobilenet_v2", seed=0))
+    sure = (out / "report.html").read_text()
+    surest = min(pq.read_table(out / "labels.parquet")["confidence"].to_pylist())
+    unsure = _unsure(out)
+    browser = DevTools(executable, tmp_path / "profile")
+    try:
+        boxes = _first_screen(browser, unsure)
+        shot = browser.call("Page.captureScreenshot", format="png")
+        (tmp_path / "first-screen.png").write_bytes(base64.b64decode(shot["data"]))
+        assert browser.errors() == []
+    finally:
+        browser.close()
+    assert Image.open(tmp_path / "first-screen.png").size == (1400, 900)
+    assert boxes["verdict"]["visible"] and boxes["verdict"]["bottom"] <= 900, boxes
+    assert boxes["review"]["bottom"] <= 900, boxes
+    assert len(boxes["listed"]) == 8, boxes
+    assert all(b["visible"] and b["bottom"] <= 900 for b in boxes["listed"]), boxes
+    assert boxes["summary"]["top"] > boxes["listed"][-1]["bottom"]  # parameters below them
+    n = metrics["n_images"]
+    assert f"About {n * 3 // 4} of {n} labels (75%) are probably right" in boxes["text"]
+    assert f"Against the folder names: {round(metrics['accuracy'] * n)} of {n}" in boxes["text"]
+    assert "Label next: the 8 images below" in boxes["text"], boxes["text"]
+    assert ("Nothing to check:" in sure) == (surest >= 0.99) != ("Label next" in sure)
+    keep = os.environ.get("GOGGLES_SCREENSHOT_DIR")
+    if keep:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        shutil.copy(tmp_path / "first-screen.png", Path(keep) / "first-screen.png")

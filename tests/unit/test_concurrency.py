@@ -70,12 +70,16 @@ def test_errors_propagate() -> None:
         list(map_bounded(fail_on_three, range(10), max_concurrency=4))
 
 
-def test_progress_is_logged_for_pods(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level("INFO", logger="goggles.io.concurrency")
+def test_progress_is_written_as_plain_lines_off_a_terminal(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from goggles.io import progress
+
+    monkeypatch.setattr(progress, "MIN_SECONDS", 0.0)
     list(map_bounded(lambda x: x, list(range(20)), max_concurrency=2, desc="reading",
                      unit="obj"))
-    messages = [r.getMessage() for r in caplog.records]
-    assert "reading: 20/20 obj" in messages and len(messages) == 10
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 3 and all(progress.LINE.match(line) for line in lines)
+    assert lines[0].startswith("reading: 5/20 obj, ")
 
 
 def test_never_more_cost_in_flight_than_the_budget() -> None:

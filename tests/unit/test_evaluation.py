@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 
@@ -10,6 +12,7 @@ from goggles.report.evaluation import (
     best_mapping,
     cluster_classes,
     coverage_curve,
+    dev_set_metrics,
     evaluate,
     name_clusters,
 )
@@ -150,3 +153,41 @@ def test_coverage_curve_default_thresholds_and_no_images() -> None:
         == list(THRESHOLDS)
     assert all(c["kept"] == 0 and c["accuracy"] is None
                for c in coverage_curve([], np.zeros(0, int), np.zeros(0), {}))
+
+
+def _dev_case(truth_classes: tuple[str, str], dev_names: tuple[str, str]
+              ) -> tuple[list[int], list[str], list[str], list[str]]:
+    """Ten images, every one labeled right: rows 0 and 5 are the dev set, named by
+    ``dev_names``; the truth folders are ``truth_classes``."""
+    truth = [truth_classes[0]] * 5 + [truth_classes[1]] * 5
+    named = [dev_names[0]] * 5 + [dev_names[1]] * 5
+    return [0, 5], [dev_names[0], dev_names[1]], named, truth
+
+
+def test_dev_names_that_differ_from_the_folders_by_a_numeric_prefix_score_as_the_folders(
+        caplog: pytest.LogCaptureFixture) -> None:
+    rows, given, named, truth = _dev_case(("075.Green_Jay", "076.Tree_Swallow"),
+                                          ("Green_Jay", "Tree_Swallow"))
+    with caplog.at_level(logging.WARNING):
+        dev = dev_set_metrics(rows, given, named, truth)
+    assert dev["accuracy_unlabeled"] == 1.0
+    assert dev["names_matched"] == "numeric prefix"
+    assert "warning" not in dev and not caplog.records
+
+
+def test_dev_names_unlike_the_folders_score_through_the_best_mapping_with_a_warning(
+        caplog: pytest.LogCaptureFixture) -> None:
+    rows, given, named, truth = _dev_case(("jays", "swallows"), ("blue", "fork_tail"))
+    named[9] = "blue"  # one wrong label of the eight others
+    with caplog.at_level(logging.WARNING):
+        dev = dev_set_metrics(rows, given, named, truth)
+    assert dev["accuracy_unlabeled"] == 7 / 8
+    assert dev["names_matched"] == "best mapping"
+    assert "blue → jays" in str(dev["warning"]) and caplog.records
+
+
+def test_dev_names_equal_to_the_folders_score_without_a_mapping() -> None:
+    rows, given, named, truth = _dev_case(("cat", "dog"), ("cat", "dog"))
+    named[3] = "dog"
+    dev = dev_set_metrics(rows, given, named, truth)
+    assert dev["accuracy_unlabeled"] == 7 / 8 and dev["names_matched"] == "same"

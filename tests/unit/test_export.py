@@ -74,6 +74,11 @@ def read_labels(out: str) -> dict[str, dict]:
     return {row["uri"]: row for row in table.to_pylist()}
 
 
+def _target(path: str | Path) -> str:
+    """The file the symlink ``path`` names, as an absolute path (links are relative)."""
+    return os.path.normpath(os.path.join(os.path.dirname(path), os.readlink(path)))
+
+
 @pytest.fixture
 def run(tmp_path: Path) -> tuple[str, str]:
     return make_run(tmp_path)
@@ -93,7 +98,7 @@ def test_imagefolder_is_read_back_by_torchvision(run: tuple[str, str], tmp_path:
     assert len(dataset) == summary.written == len(labels) and summary.skipped == 0
     for path, target in dataset.samples:  # each image under the class labels.parquet gives it
         assert os.path.islink(path)
-        assert dataset.classes[target] == labels[os.readlink(path)]["label_name"]
+        assert dataset.classes[target] == labels[_target(path)]["label_name"]
     image, _ = dataset[0]
     assert image.size == (8, 6)
     assert summary.linked and summary.per_class == {
@@ -167,7 +172,7 @@ def test_unsafe_class_names_become_distinct_safe_folders(tmp_path: Path) -> None
     labels = read_labels(out)
     by_folder = {folder: name for name, folder in summary.folders.items()}
     for path, target in dataset.samples:
-        assert by_folder[dataset.classes[target]] == labels[os.readlink(path)]["label_name"]
+        assert by_folder[dataset.classes[target]] == labels[_target(path)]["label_name"]
 
 
 # -- the confidence threshold ---------------------------------------------------------------------
@@ -231,7 +236,7 @@ def test_huggingface_layout_file_by_file(run: tuple[str, str], tmp_path: Path) -
     for line in lines:
         assert set(line) == {"file_name", "image_id", "uri", "label", "confidence", "probs"}
         image = dest / "train" / line["file_name"]
-        assert image.is_file() and os.readlink(image) == line["uri"]
+        assert image.is_file() and _target(image) == line["uri"]
         assert line["file_name"].split("/")[0] == line["label"] == labels[line["uri"]]["label_name"]
 
 
@@ -443,6 +448,54 @@ def test_goggles_export_prints_one_line(run: tuple[str, str], tmp_path: Path,
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and error[0].startswith("goggles: error: DEST")
     assert "not empty" in error[0]
+
+
+def test_links_are_relative_and_the_command_says_they_are_links(
+        run: tuple[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A linked tree moved together with its images still resolves, and the one printed line
+    says plainly that the images are links, not copies."""
+    import shutil
+
+    out, source = run
+    dest = tmp_path / "tree"
+    assert main(["export", out, "--format", "imagefolder", "--output", str(dest)]) == 0
+    printed = capsys.readouterr()
+    lines = printed.out.strip().splitlines()
+    assert len(lines) == 1 and "symlinks" in lines[0] and "--copy" in lines[0]
+    assert lines[0] not in printed.err  # printed once, not logged as well
+    images = [p for p in dest.rglob("*") if p.is_symlink()]
+    assert images and all(not os.path.isabs(os.readlink(p)) for p in images)
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    shutil.move(str(dest), moved / "tree")
+    shutil.move(source, moved / Path(source).name)
+    assert all((moved / "tree" / p.relative_to(dest)).read_bytes() for p in images)
+
+
+def test_names_rename_classes_in_the_export_without_a_rerun(
+        run: tuple[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out, _ = run
+    before = read_labels(out)
+    mapping = {CLASSES[0]: "tabby", CLASSES[1]: "hound"}
+    dest = tmp_path / "named.csv.d"
+    flag = ",".join(f"{old}={new}" for old, new in mapping.items())
+    assert main(["export", out, "--format", "csv", "--output", str(dest), "--names", flag]) == 0
+    rows = list(csv.DictReader((dest / "labels.csv").open()))
+    assert [r["label"] for r in rows] == [
+        mapping.get(before[r["uri"]]["label_name"], before[r["uri"]]["label_name"])
+        for r in rows]
+    assert read_labels(out) == before  # the run is unchanged
+    names_file = tmp_path / "names.txt"
+    names_file.write_text("\n".join(f"{old}={new}" for old, new in mapping.items()) + "\n")
+    tree = tmp_path / "tree"
+    assert main(["export", out, "--format", "imagefolder", "--output", str(tree), "--copy",
+                 "--names", str(names_file)]) == 0
+    assert {p.name for p in tree.iterdir() if p.is_dir()} >= {"tabby", "hound"}
+    capsys.readouterr()
+    assert main(["export", out, "--format", "csv", "--output", str(tmp_path / "x"),
+                 "--names", "cluster_9=owl"]) == 2
+    error = capsys.readouterr().err
+    assert "cluster_9 is not a class of this run" in error and CLASSES[0] in error
 
 
 def test_every_format_is_offered_by_the_command(capsys: pytest.CaptureFixture[str]) -> None:

@@ -12,6 +12,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from PIL import Image
 
@@ -137,7 +138,10 @@ def test_report_of_an_em_run_is_self_contained_and_has_every_section(tmp_path: P
         assert header in ("data:image/png;base64", "data:image/jpeg;base64")
         Image.open(io.BytesIO(base64.b64decode(data))).load()
     assert page.plots.count("heatmap") == 1 and page.plots.count("confusion") == 1
-    assert page.plots.count("trace") == 2 and page.plots.count("histogram") == 6
+    state = json.loads(Path(paths["inference"]).read_text())
+    # the traces are drawn when EM iterated more than once (this run converges at once)
+    assert page.plots.count("trace") == (2 if len(state["change_trace"]) > 1 else 0)
+    assert page.plots.count("histogram") == 6
     metrics = json.loads(Path(paths["metrics"]).read_text())
     assert metrics["accuracy"] == 1.0
     # per cluster: most and least confident thumbnails and the strongest prototypes' patches
@@ -169,7 +173,7 @@ def test_dev_set_names_clusters_and_is_scored_apart(tmp_path: Path) -> None:
     assert labels["label_name"].to_pylist() == truth  # not cluster_0/cluster_1
     metrics = json.loads(Path(paths["metrics"]).read_text())
     assert metrics["dev_set"] == {"n_images": 4, "accuracy": 1.0, "n_unlabeled": 36,
-                                  "accuracy_unlabeled": 1.0}
+                                  "accuracy_unlabeled": 1.0, "names_matched": "same"}
     text, _ = _parse(paths["report"])
     assert "alpha — 20 images" in text and "dev set (4 images)" in text
     assert "No dev set named these clusters" not in text  # the dev set already named them
@@ -352,3 +356,46 @@ def test_the_report_leaves_out_a_picture_that_changed_since_ingest(
     assert set(images) == {str(kept)}
     assert "changed during the run" in caplog.text
     assert set(_load_images({str(kept), str(changed)})) == {str(kept), str(changed)}
+
+
+def _rewrite(paths: dict[str, str], tmp_path: Path, name: str) -> tuple[str, _Page]:
+    """The report again from the run's (possibly edited) artifacts."""
+    metrics = json.loads(Path(paths["metrics"]).read_text())
+    affinity = sorted(str(p) for p in (Path(paths["labels"]).parent / "artifacts" /
+                                       "affinity").glob("shard-*"))
+    report = str(tmp_path / name)
+    write_report(report, metrics, labels_uri=paths["labels"], inference_uri=paths["inference"],
+                 prototypes_uri=paths["prototypes"], affinity_uris=affinity,
+                 manifest_uri=paths["manifest"])
+    return _parse(report)
+
+
+def test_the_page_opens_with_the_verdict_then_the_images_to_check_then_the_parameters(
+        tmp_path: Path) -> None:
+    paths = synthetic_run(tmp_path, num_classes=2)
+    text, _ = _parse(paths["report"])
+    verdict, review, summary = (text.index(anchor) for anchor in (
+        "<section id='verdict'>", "<h2 id='review'>", "<h2 id='summary'>"))
+    assert verdict < review < summary
+    assert "are probably right" in text and "Against the folder names: 40 of 40" in text
+
+
+def test_one_em_iteration_draws_no_trace_and_confidence_near_one_is_nothing_to_check(
+        tmp_path: Path) -> None:
+    paths = synthetic_run(tmp_path, num_classes=2)
+    state = json.loads(Path(paths["inference"]).read_text())
+    state["change_trace"], state["log_likelihood_trace"] = [0.0], [-1.0]
+    Path(paths["inference"]).write_text(json.dumps(state))
+    labels = storage.read_parquet(paths["labels"])
+    sure = labels.set_column(labels.schema.get_field_index("confidence"), "confidence",
+                             pa.array(np.ones(labels.num_rows), labels.schema.field(
+                                 "confidence").type))
+    storage.write_parquet(sure, paths["labels"])
+    text, page = _rewrite(paths, tmp_path, "sure.html")
+    assert "trace" not in page.plots and "EM stopped after its first iteration" in text
+    assert "Nothing to check:" in text and "Label next" not in text
+    assert "<details id='review-anyway'>" in text  # still listed, for naming, folded away
+    state["change_trace"], state["log_likelihood_trace"] = [0.5, 0.1, 0.0], [-3.0, -2.0, -1.0]
+    Path(paths["inference"]).write_text(json.dumps(state))
+    _, page = _rewrite(paths, tmp_path, "iterated.html")
+    assert page.plots.count("trace") == 2

@@ -92,6 +92,8 @@ def evaluate(manifest: Input[Dataset], prototypes: Input[Dataset],
                   f"| named labels agree | {dev['accuracy']:.4f} |"]
         if "accuracy_unlabeled" in dev:
             lines += [f"| other images: named label = truth | {dev['accuracy_unlabeled']:.4f} |"]
+        if dev.get("warning"):
+            lines += [f"| names | {dev['warning']} |"]
     if result.get("warnings"):
         lines += ["", "**Warnings**", ""] + [f"- {warning}" for warning in result["warnings"]]
     storage.write_text("\n".join(lines) + "\n", summary.path)
