@@ -221,7 +221,7 @@ def goggles_pipeline(
     backbone: str = "vgg16",
     weights_uri: str = "",
     top_k: int = 5,
-    max_prototypes: int = 0,
+    max_prototypes: int = -1,
     num_shards: int = 1,
     method: str = "graph-em",
     max_iter: int = 100,
@@ -241,8 +241,8 @@ def goggles_pipeline(
     num_classes : K, the number of classes to find.
     backbone, weights_uri, top_k : the CNN, its weights (``""``: baked into the image) and
         prototypes per image.
-    max_prototypes : cap on the prototypes (columns of A), 0 for none (see
-        goggles.features.budget).
+    max_prototypes : cap on the prototypes (columns of A): -1 chooses it from the images and
+        classes, 0 for none (see goggles.features.budget).
     num_shards : row shards of the images: one extract and one affinity task each.
     method, max_iter, seed : class inference (``graph-em``, ``em``, ``kmeans``, ``em-random``,
         ``pgm``, ``backbone``; see goggles.inference.registry).
@@ -268,7 +268,7 @@ def goggles_pipeline(
         feature_cache_uri=feature_cache_uri).set_display_name("extract (fan-out over shards)")
     gather_task = _resources(gather_features(summaries=parts_task.outputs["summaries"],
                                              top_k=top_k, max_prototypes=max_prototypes,
-                                             seed=seed), "gather")
+                                             num_classes=num_classes, seed=seed), "gather")
     gather_task.set_display_name("gather: prototypes and descriptors")
 
     with dsl.ParallelFor(items=parts_task.outputs["maps"], name="affinity shards (fan-out)",

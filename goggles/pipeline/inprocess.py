@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from goggles.features.budget import prototype_budget
 from goggles.io import listing, storage
 from goggles.io.artifacts import output_paths
 from goggles.io.lock import output_lock
@@ -68,8 +69,11 @@ def _run_stages(params: RunParameters, configs: dict[str, Any]) -> dict[str, Any
             ingest_cfg, params.source_uri, paths["manifest"]), [paths["manifest"]])
     check_counts(ingested["n_images"], params.num_classes, params.num_shards, paths["manifest"])
     extract_params = extract_cfg.to_dict()
-    if not extract_cfg.max_prototypes:
-        extract_params.pop("seed")  # the seed only drives the prototype budget's sample
+    # the cap resolved at this N and K, so a K that leaves it alone reuses the extraction
+    extract_params["max_prototypes"] = prototype_budget(
+        extract_cfg.max_prototypes, ingested["n_images"], params.num_classes).cap
+    if not 0 < extract_params["max_prototypes"] < extract_cfg.top_k * ingested["n_images"]:
+        extract_params.pop("seed")  # the seed only drives a binding budget's sample
     extract_params.pop("feature_cache_uri")  # where features are kept changes no result
     if extract_cfg.weights_uri:  # the weights' content, not their name
         extract_params["weights_uri"] = storage.fingerprint(extract_cfg.weights_uri)
@@ -78,7 +82,7 @@ def _run_stages(params: RunParameters, configs: dict[str, Any]) -> dict[str, Any
     with timed(timings, "extract"):
         extracted = records.run("extract", extract_key, lambda: run_extract(
             extract_cfg, paths["manifest"], paths["features"], paths["prototypes"],
-            num_parts=params.num_shards),
+            num_parts=params.num_shards, num_classes=params.num_classes),
             [storage.join(paths["features"], "meta.json"), paths["prototypes"],
              *(storage.join(part_uri(paths["features"], s), "meta.json")
                for s in range(params.num_shards))])

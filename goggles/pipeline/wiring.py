@@ -177,6 +177,10 @@ def run_record(values: Mapping[str, Any], *, runner: str, weights_source: str,
     for key in FEATURE_COUNTS:
         if extracted is not None and key in extracted:
             record[key] = int(extracted[key])
+    if extracted is not None and "prototype_budget" in extracted:  # the cap used and why
+        record["prototype_budget"] = {**dict(extracted["prototype_budget"]),
+                                      "prototypes_found": int(extracted.get("prototypes_found",
+                                                                            0))}
     return record
 
 
