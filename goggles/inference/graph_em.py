@@ -337,22 +337,12 @@ class GraphEM(Method):
                 confidence: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Posteriors, initial labels and confidence of every image: sampled images keep
         theirs, the others take the mean posterior over their nearest sampled neighbours (which
-        is already a neighbour vote: its top entry is their confidence)."""
-        n = rows.shape[0]
-        full = np.empty((n, self.num_classes))
-        initial = np.empty(n, dtype=np.int64)
-        onehot = np.eye(self.num_classes)[labels]
-        for start, shard in sub_blocks(rows):
-            stop = start + shard.shape[0]
-            near = nearest_references(shard, [d[start:stop] for d in described], parts,
-                                      self.neighbours)
-            full[start:stop] = posteriors[near].mean(axis=1)
-            initial[start:stop] = onehot[near].mean(axis=1).argmax(axis=1)
-        full[sample] = posteriors
-        initial[sample] = labels
-        sure = full.max(axis=1)
-        sure[sample] = confidence
-        return full, initial, sure
+        is already a neighbour vote: its top entry is their confidence), shard by shard
+        (:mod:`goggles.inference.extend`)."""
+        from goggles.inference.extend import SampleFit, label_all
+
+        return label_all(SampleFit(sample, parts, posteriors, labels, confidence,
+                                   self.neighbours), rows, described)
 
 
 def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:
