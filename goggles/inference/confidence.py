@@ -41,7 +41,7 @@ def neighbour_confidence(posteriors: np.ndarray, neighbours: np.ndarray) -> np.n
     posteriors = np.asarray(posteriors, dtype=np.float64)
     labels = posteriors.argmax(axis=1)
     own = posteriors[np.arange(len(labels)), labels]
-    pass
+    around = posteriors[neighbours, labels[:, None]].mean(axis=1)
     return np.asarray(0.5 * (own + around))
 
 
