@@ -3,12 +3,15 @@ shard, from the fit's compact state."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
 from goggles.features.descriptors import bilinear_descriptors
+from goggles.inference.base import DegenerateDataWarning
 from goggles.inference.extend import SampleFit, label_all, label_block
-from goggles.inference.graph_em import GraphEM
+from goggles.inference.graph_em import GraphEM, graph_sample
 from tests.unit.test_graph import accuracy, planted_maps
 from tests.unit.test_inference import planted
 
@@ -120,3 +123,46 @@ def test_graph_em_beyond_its_sample_follows_the_classes(sampled: tuple) -> None:
     assert agree > 0.95
     assert np.isfinite(model.posteriors_).all() and np.allclose(model.posteriors_.sum(1), 1)
     assert (model.confidence_ >= 0.5 - 1e-9).all() and (model.confidence_ <= 1 + 1e-9).all()
+
+
+def test_graph_sample_draws_nothing_when_every_image_fits() -> None:
+    """At n ≤ max_rows the graph takes every image and leaves the seed's stream untouched, so
+    the fit's later draws (spectral and k-means seeds) are those of ``default_rng(seed)``."""
+    for n in (5, 6):
+        rng = np.random.default_rng(7)
+        np.testing.assert_array_equal(graph_sample(n, 6, rng), np.arange(n))
+        assert rng.integers(2 ** 31 - 1) == np.random.default_rng(7).integers(2 ** 31 - 1)
+    rng = np.random.default_rng(7)
+    drawn = graph_sample(10, 6, rng)
+    assert len(drawn) == 6 and (np.diff(drawn) > 0).all()
+
+
+def test_a_class_below_min_class_fraction_stops_em_with_a_warning() -> None:
+    a, source, truth = planted(2, 40, noise=0.1, seed=4)
+    keep = np.r_[np.arange(40), np.arange(40, 48)]  # 40 and 8 images: the small class is 17%
+    cols = np.flatnonzero(np.isin(source, keep))
+    a, source = a[keep][:, cols], np.searchsorted(keep, source[cols])
+    d = bilinear_descriptors(planted_maps(truth[keep], seed=4))
+    for fraction, warned in ((0.3, True), (0.01, False)):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            GraphEM(2, random_state=0, min_class_fraction=fraction).fit(
+                a, source, descriptors=d)
+        said = [str(w.message) for w in caught if issubclass(w.category, DegenerateDataWarning)]
+        assert any("min_class_fraction" in s for s in said) is warned, (fraction, said)
+
+
+def test_as_many_distinct_images_as_classes_is_no_warning() -> None:
+    a = np.repeat(np.array([[1.0, 0.2], [0.2, 1.0]], dtype=np.float32), 6, axis=0)
+    d = np.repeat(np.eye(2, dtype=np.float32), 6, axis=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = GraphEM(2, random_state=0).fit(a, np.arange(2), descriptors=d)
+    assert not [w for w in caught if "can be told apart" in str(w.message)]
+    assert len(np.unique(model.posteriors_.argmax(axis=1))) == 2
+    # too few distinct images for a graph: one axis of the embedding per image
+    np.testing.assert_array_equal(model.embedding_, np.eye(2)[np.repeat([0, 1], 6)])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        GraphEM(3, random_state=0).fit(a, np.arange(2), descriptors=d)
+    assert [w for w in caught if "only 2 of 3 classes can be told apart" in str(w.message)]
