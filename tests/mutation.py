@@ -39,9 +39,9 @@ INGEST_TESTS = ["tests/unit/test_ingest.py", "tests/unit/test_hostile_inputs.py"
 GRAPH_TESTS = ["tests/unit/test_spectral.py", "tests/unit/test_graph.py"]
 CONFIDENCE_TESTS = ["tests/unit/test_confidence.py"]
 EXTEND_TESTS = ["tests/unit/test_extend.py"]
-GRAPH_EM_TESTS = ["tests/unit/test_extend.py", "tests/unit/test_graph.py",
-                  "tests/unit/test_confidence.py"]
-DEV_CHOICE_TESTS = ["tests/unit/test_dev_choice.py"]
+GRAPH_EM_TESTS = ["tests/unit/test_extend.py", "tests/unit/test_spectral.py",
+                  "tests/unit/test_graph.py", "tests/unit/test_confidence.py"]
+DEV_CHOICE_TESTS = ["tests/unit/test_dev_choice_units.py", "tests/unit/test_dev_choice.py"]
 
 #: (python file, qualified function name, tests to run: files or node ids)
 TARGETS: list[tuple[str, str, list[str]]] = [
