@@ -178,9 +178,11 @@ def run_record(values: Mapping[str, Any], *, runner: str, weights_source: str,
         if extracted is not None and key in extracted:
             record[key] = int(extracted[key])
     if extracted is not None and "prototype_budget" in extracted:  # the cap used and why
-        record["prototype_budget"] = {**dict(extracted["prototype_budget"]),
-                                      "prototypes_found": int(extracted.get("prototypes_found",
-                                                                            0))}
+        budget = extracted["prototype_budget"]  # KFP's metadata gives its numbers as floats
+        record["prototype_budget"] = {
+            "requested": int(budget["requested"]), "cap": int(budget["cap"]),
+            "rule": str(budget["rule"]), "binds": bool(budget["binds"]),
+            "prototypes_found": int(extracted.get("prototypes_found", 0))}
     return record
 
 
