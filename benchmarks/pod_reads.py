@@ -1,22 +1,21 @@
-"""Bytes each pod of a cluster run reads, at 10k, 100k and 1M images, from the sizes of the
-artifacts the code writes: before and after extraction was fanned out.
+"""Bytes each pod of a cluster run reads, at 10k, 100k and 1M images with the default
+parameters, from the model ``goggles plan`` prints (:mod:`goggles.pipeline.costs`).
 
-    python benchmarks/pod_reads.py [--sample 32] [--backbone vgg16] [--max-prototypes 20000]
+    python benchmarks/pod_reads.py [--measured [--sample 32] [--backbone vgg16]]
+                                   [--max-prototypes P]
 
-Writes the real artifacts of ``--sample`` cub-dev images (ingest, the extract parts and their
-gather through :mod:`goggles.pipeline`, images read in place) and one affinity shard, measures
-bytes per image (image file, manifest row, filter maps, descriptors, the part's prototype
-candidates), per prototype and per affinity entry, and scales them. KFP's launcher downloads
-every input artifact of a task into its pod before the task starts, so a pod reads all of each
-artifact it takes. **Before**: one extract task; every affinity shard, infer and evaluate took
-the whole features artifact (every image's filter maps). **After** (this code): one extract
-task per row shard, a gather task that reads the parts' summaries (prototype candidates,
-descriptors), affinity shard ``s`` takes part ``s``'s maps alone, infer the gathered
-descriptors. A +10% rerun with the feature cache reads the new images and the cached entries
-of the others.
+With ``--measured`` it writes the real artifacts of ``--sample`` cub-dev images (ingest, the
+extract parts and their gather through :mod:`goggles.pipeline`, images read in place) and one
+affinity shard, measures bytes per image (image file, manifest row, filter maps, descriptors,
+the part's prototype candidates), per prototype and per affinity entry, and feeds them to the
+model instead of its defaults (docs/scale.md's measurement). KFP's launcher downloads every
+input artifact of a task into its pod before the task starts, so a pod reads all of each
+artifact it takes. For each N it prints every task's pods, bytes, peak memory and seconds, the
+largest read of one pod (target: 2 GB) and the sum over pods against the bytes of the images
+and their features (target: 3x).
 
-Shards per run: 8 at 10k, 32 at 100k, 128 at 1M images; the prototypes are capped at
-``--max-prototypes`` (docs/scale.md's 1M projection uses 20,000).
+Shards per run: 8 at 10k, 32 at 100k, 128 at 1M images; the prototypes are capped as the run's
+default (:func:`goggles.features.budget.prototype_budget`) unless ``--max-prototypes`` says.
 """
 
 from __future__ import annotations
@@ -34,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.cub import require_cub, species  # noqa: E402
 from goggles.features.config import AffinityConfig, ExtractConfig  # noqa: E402
 from goggles.ingest.config import IngestConfig  # noqa: E402
-from goggles.pipeline import stages  # noqa: E402
+from goggles.pipeline import costs, stages  # noqa: E402
+from goggles.pipeline.costs import human  # noqa: E402
 from goggles.pipeline.extract import part_uri, run_extract  # noqa: E402
 
 SCALES = {10_000: 8, 100_000: 32, 1_000_000: 128}
@@ -44,14 +44,6 @@ def _size(path: Path) -> int:
     if path.is_file():
         return path.stat().st_size
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
-def _human(count: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if count < 1000:
-            return f"{count:.3g} {unit}"
-        count /= 1000
-    return f"{count:.3g} PB"
 
 
 def measure(sample: int, backbone: str) -> dict[str, float]:
@@ -88,62 +80,33 @@ def measure(sample: int, backbone: str) -> dict[str, float]:
                 "prototypes_per_image": m / n}
 
 
-def reads(b: dict[str, float], n: int, shards: int, max_prototypes: int,
-          ) -> dict[tuple[str, str], tuple[float, float]]:
-    """(pod, what it reads) → bytes (before, after) at ``n`` images over ``shards`` shards."""
-    m = min(max_prototypes, b["prototypes_per_image"] * n)
-    manifest, prototypes = n * b["manifest"], m * b["prototype"]
-    features = n * (b["maps"] + b["descriptors"] + b["logits"])  # before: one artifact
-    gathered = n * (b["descriptors"] + b["logits"])  # after: no maps
-    affinity = n * m * b["affinity_entry"]
-    cache_entries = 0.9 * n * (b["maps"] + b["descriptors"] / 2)
-    return {
-        ("list-source", "the listing"): (0.0, 0.0),
-        ("ingest", "every image"): (n * b["image"],) * 2,
-        ("extract (before: one pod; after: each of the shards)", "manifest + its images"):
-            (manifest + n * b["image"], manifest + n / shards * b["image"]),
-        ("extract, +10% rerun with the feature cache", "manifest + new images + cached "
-         "entries"): (manifest + 0.1 * n * b["image"] + cache_entries,
-                      manifest + (0.1 * n * b["image"] + cache_entries) / shards),
-        ("gather (after only)", "every part's prototype candidates and descriptors"):
-            (0.0, n * (b["candidates"] + b["descriptors"] + b["logits"])),
-        ("each affinity shard", "before: every image's maps; after: its own rows' maps, + "
-         "prototypes"): (features + prototypes, n / shards * b["maps"] + prototypes),
-        ("infer", "manifest + features (before: maps too) + prototypes + every shard"):
-            (manifest + features + prototypes + affinity,
-             manifest + gathered + prototypes + affinity),
-        ("evaluate", "manifest + prototypes + every shard"):
-            (manifest + prototypes + affinity,) * 2,
-    }
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sample", type=int, default=32)
     parser.add_argument("--backbone", default="vgg16")
-    parser.add_argument("--max-prototypes", type=int, default=20_000)
+    parser.add_argument("--max-prototypes", type=int, default=None,
+                        help="the run's --max-prototypes (default: the run's default)")
+    parser.add_argument("--measured", action="store_true",
+                        help="measure the sizes on cub-dev (default: goggles.pipeline.costs')")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     warnings.filterwarnings("ignore")
-    b = measure(args.sample, args.backbone)
-    print(f"per image: JPEG {_human(b['image'])}, manifest row {_human(b['manifest'])}, "
-          f"filter maps {_human(b['maps'])}, descriptors {_human(b['descriptors'])}, "
-          f"prototype candidates {_human(b['candidates'])}; per prototype "
-          f"{_human(b['prototype'])}; {b['prototypes_per_image']:.2f} prototypes per image "
-          f"before the cap of {args.max_prototypes:,}")
-    print()
-    header = " | ".join(f"N = {n // 1000:,}k ({shards} shards) before | after"
-                        for n, shards in SCALES.items())
-    print(f"| pod | reads | {header} |")
-    print("|---|---|" + "---|---|" * len(SCALES))
-    rows: dict[str, list[str]] = {}
+    b = measure(args.sample, args.backbone) if args.measured else dict(costs.MEASURED)
+    print(f"per image: JPEG {human(b['image'])}, manifest row {human(b['manifest'])}, "
+          f"filter maps {human(b['maps'])}, descriptors {human(b['descriptors'])}, "
+          f"prototype candidates {human(b['candidates'])}; per prototype "
+          f"{human(b['prototype'])}; {b['prototypes_per_image']:.2f} prototypes per image "
+          f"({'measured' if args.measured else 'docs/scale.md'})")
     for n, shards in SCALES.items():
-        for (pod, what), (before, after) in reads(b, n, shards, args.max_prototypes).items():
-            rows.setdefault(f"| {pod} | {what} |", []).extend(
-                ["—" if before == 0 and pod.startswith("gather") else _human(before),
-                 _human(after)])
-    for head, values in rows.items():
-        print(head + " " + " | ".join(values) + " |")
+        planned = costs.plan(n, shards=shards, max_prototypes=args.max_prototypes, sizes=b)
+        total = costs.totals(planned)["bytes_read"]
+        data = n * (b["image"] + b["maps"] + b["descriptors"] + b["logits"])
+        worst = max(planned, key=lambda c: c.bytes_read)
+        print(f"\nN = {n:,} ({shards} shards)\n{costs.table(planned)}")
+        print(f"largest read of one pod: {worst.task} {human(worst.bytes_read)} (target "
+              f"<= 2 GB: {'met' if worst.bytes_read <= 2e9 else 'NOT met'}); all pods "
+              f"{human(total)} = {total / data:.2f}x the images + features ({human(data)}; "
+              f"target <= 3x: {'met' if total <= 3 * data else 'NOT met'})")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 100k images.
 
     python benchmarks/scale.py [--images 100000] [--max-prototypes 2048] [--shards 25]
-                               [--method graph-em|em]
+                               [--method graph-em|em] [--fanout 1,4,16]
 
 Extracting 100k real images here would take hours (VGG-16 runs ~3.7 images/s on this CPU), so the
 filter maps are synthetic: each image is ReLU noise over a 512x7x7 map plus one to three "parts" of
@@ -14,7 +14,10 @@ written to disk with the affinity stage's layout, and the inference streaming th
 default ``GraphEM`` (its graph on a 20,000-image sample, with the bilinear descriptors the
 extract stage would write, computed here shard by shard; every other image placed by its nearest
 sampled neighbours in one more pass over the shards; then its per-prototype Gaussians for the
-report, one more pass) or the paper's ``AffinityEM`` (``--method em``).
+report, one more pass) or the paper's ``AffinityEM`` (``--method em``). For graph EM it then runs
+the pass beyond the sample as fanned-out tasks would (``--fanout``: from the fit's compact state,
+:mod:`goggles.inference.extend`, each task its shard's rows) and checks the labels are the same
+for every task count and equal to the fit's own.
 
 Prints seconds per stage, the peak RSS of the process, the accuracy on the planted classes, and a
 projection of the cost for 1M images on a cluster of S pods with and without GPUs.
@@ -37,7 +40,8 @@ from goggles.features.affinity import affinity_block, shard_bounds  # noqa: E402
 from goggles.features.budget import select_within_budget  # noqa: E402
 from goggles.features.descriptors import SKETCH_DIM, bilinear_descriptors  # noqa: E402
 from goggles.features.prototypes import select_prototypes  # noqa: E402
-from goggles.inference.graph_em import GraphEM  # noqa: E402
+from goggles.inference.extend import SampleFit, label_block  # noqa: E402
+from goggles.inference.graph_em import GraphEM, reference_parts  # noqa: E402
 from goggles.inference.paper_em import AffinityEM  # noqa: E402
 from goggles.io import storage  # noqa: E402
 from goggles.io.artifacts import (
@@ -75,6 +79,38 @@ def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
+def label_fanout(model: GraphEM, rows: StoredShards, descriptors: np.ndarray,
+                 counts: list[int]) -> str:
+    """The pass beyond graph EM's sample as the fanned-out infer tasks run it
+    (:mod:`goggles.inference.extend`): the fit's compact state, then each task labels its
+    shard's rows alone. Returns lines: per-task seconds at the largest count, and whether the
+    labels are identical for every count and to the fit's own pass."""
+    assert model.sample_ is not None and model.posteriors_ is not None
+    sample = model.sample_
+    state = SampleFit(sample, reference_parts(rows, [descriptors], sample),
+                      model.posteriors_[sample], np.asarray(model.initial_labels_)[sample],
+                      np.asarray(model.confidence_)[sample], model.neighbours)
+    state_bytes = sum(p.nbytes for p in state.parts) + state.posteriors.nbytes
+    matrix = np.concatenate([block for _, block in rows.blocks()])
+    results, times = [], []
+    for count in counts:
+        posteriors = np.empty_like(model.posteriors_)
+        times = []
+        for a, b in shard_bounds(len(matrix), count):
+            t0 = time.perf_counter()
+            posteriors[a:b] = label_block(state, a, matrix[a:b], [descriptors[a:b]])[0]
+            times.append(time.perf_counter() - t0)
+        results.append(posteriors)
+    same = all(np.array_equal(r, results[0]) for r in results)
+    own = np.array_equal(results[0], model.posteriors_)
+    return (f"  infer fan-out: fit state {state_bytes / 2**20:.0f} MiB; {counts[-1]} label "
+            f"tasks, each its shard's rows of A: {np.mean(times):.1f} s mean, "
+            f"{max(times):.1f} s max (one pod: {sum(times):.1f} s)\n"
+            f"  labels identical for {', '.join(map(str, counts))} tasks: "
+            f"{'yes' if same else 'NO'}; identical to graph EM's own pass: "
+            f"{'yes' if own else 'NO'}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=100_000)
@@ -82,9 +118,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shards", type=int, default=25)
     parser.add_argument("--max-iter", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--graph-sample", type=int, default=GraphEM.max_rows,
+                        help="graph-em: images its graph is built on (default: the method's)")
+    parser.add_argument("--fanout", default="1,4,16",
+                        help="graph-em: label the images beyond the sample in this many tasks "
+                             "(comma-separated counts; the labels must agree)")
     parser.add_argument("--method", default="graph-em", choices=("graph-em", "em"),
                         help="graph EM (the default method) or the paper's EM")
     args = parser.parse_args(argv)
+    args.fanout = [int(count) for count in args.fanout.split(",")]
     n = args.images
     parts = templates(args.seed)
     bounds = shard_bounds(n, args.shards)
@@ -131,10 +173,13 @@ def main(argv: list[str] | None = None) -> int:
         if descriptors is not None:
             seconds["descriptors (bilinear pooling + count sketch)"] = describe
             start = time.perf_counter()
-            model = GraphEM(CLASSES, max_iter=args.max_iter, random_state=args.seed)
+            model = GraphEM(CLASSES, max_iter=args.max_iter, random_state=args.seed,
+                            max_rows=args.graph_sample)
             model.fit(StoredShards(uris), kept.image_id, descriptors=[descriptors])
             infer = time.perf_counter() - start
             seconds["infer (graph EM on a 20k sample + nearest-sample pass)"] = infer
+            fit_rss = peak_rss_gib()  # before the fan-out below holds A whole to split it
+            fanout = label_fanout(model, StoredShards(uris), descriptors, args.fanout)
         else:
             start = time.perf_counter()
             model = AffinityEM(CLASSES, max_iter=args.max_iter, random_state=args.seed)
@@ -157,7 +202,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  method {args.method}: EM iterations {model.n_iter_}, converged {model.converged_}; "
           "accuracy "
           f"{accuracy['accuracy']:.4f} (k-means start {accuracy['accuracy_kmeans']:.4f})")
-    print(f"  peak RSS {peak_rss_gib():.2f} GiB (target < 4 GiB)")
+    if descriptors is not None:
+        print(f"  peak RSS {fit_rss:.2f} GiB (target < 4 GiB)\n{fanout}")
+    else:
+        print(f"  peak RSS {peak_rss_gib():.2f} GiB (target < 4 GiB)")
 
     # -- projection to 1M images ----------------------------------------------------------------
     per_entry_affinity = seconds["affinity (GEMM + max, written per shard)"] / (n * len(kept))

@@ -11,6 +11,7 @@
     goggles submit  --host URL [--experiment NAME] [--no-cache] [PARAM=VALUE ...]
     goggles schedule --host URL --cron "0 0 3 * * *" [PARAM=VALUE ...]
     goggles upload  --host URL [--pipeline-name goggles] [--version NAME]
+    goggles plan --images N [--num-classes K] [--shards S] [--max-prototypes P] [--gpu] [--json]
     goggles export OUT --format imagefolder|csv|jsonl|label-studio|huggingface --output DEST
                    [--min-confidence P] [--copy] [--label-studio-root DIR]
 
@@ -94,6 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     _upload_arguments(sub)
     run_commands.add_export(sub)
     run_commands.add_suggest(sub)
+    run_commands.add_plan(sub)
     return parser
 
 

@@ -1,6 +1,7 @@
-"""The commands on a finished run: ``goggles train``, ``goggles apply`` and ``goggles export``
-(their options and what they do; :mod:`goggles.cli` parses, dispatches and prints), and the
-argument parser every command uses (:class:`Parser`: no abbreviated options)."""
+"""The commands on a finished run: ``goggles train``, ``goggles apply``, ``goggles export`` and
+``goggles suggest``, and before one, ``goggles plan`` (their options and what they do;
+:mod:`goggles.cli` parses, dispatches and prints), and the argument parser every command uses
+(:class:`Parser`: no abbreviated options)."""
 
 from __future__ import annotations
 
@@ -113,6 +114,24 @@ def add_suggest(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     suggest.add_argument("--seed", type=int, default=None, help="default: the run's seed")
 
 
+def add_plan(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    plan = sub.add_parser("plan", help="pods, bytes, memory and seconds of each task of a "
+                                        "cluster run at N images (goggles.pipeline.costs)")
+    plan.add_argument("--images", type=int, required=True, metavar="N",
+                      help="number of images")
+    plan.add_argument("--num-classes", type=int, default=2, metavar="K",
+                      help="number of classes (default: 2)")
+    plan.add_argument("--shards", type=int, default=0, metavar="S",
+                      help="row shards (default: one per 8,192 images)")
+    plan.add_argument("--max-prototypes", type=int, default=None, metavar="P",
+                      help="the run's --max-prototypes (default: the run's default, -1)")
+    plan.add_argument("--gpu", action="store_true",
+                      help="extract and affinity on a GPU each (assumed rates)")
+    plan.add_argument("--json", action="store_true",
+                      help="a JSON list of objects: task, pods, bytes_read, bytes_written, "
+                           "peak_memory_bytes, seconds (per pod), reads")
+
+
 def add_train_and_apply(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from goggles.training.config import HEADS, LABELERS, TARGETS
 
@@ -173,6 +192,18 @@ def _apply(args: argparse.Namespace) -> str:
     return f"{json.dumps(summary, indent=2)}\nlabels: {args.output.rstrip('/')}/labels.parquet"
 
 
+def _plan(args: argparse.Namespace) -> str:
+    from goggles.pipeline.costs import plan, recommended_shards, table
+
+    shards = args.shards or recommended_shards(args.images)
+    costs = plan(args.images, num_classes=args.num_classes, shards=shards,
+                 max_prototypes=args.max_prototypes, gpu=args.gpu)
+    if args.json:
+        return json.dumps([c.to_dict() for c in costs], indent=2)
+    return (f"{args.images:,} images, {args.num_classes} classes, {shards} shards "
+            f"({'GPU' if args.gpu else 'CPU'} pods); per pod:\n{table(costs)}")
+
+
 def _export(args: argparse.Namespace) -> str:
     from goggles.export import export_labels
     from goggles.export.naming import parse_names
@@ -200,6 +231,7 @@ def _suggest(args: argparse.Namespace) -> str:
             f"column; {done['labeled_before']} labeled before); then rerun with --dev-labels")
 
 
-COMMANDS = {"train": _train, "apply": _apply, "export": _export, "suggest": _suggest}
+COMMANDS = {"train": _train, "apply": _apply, "export": _export, "suggest": _suggest,
+            "plan": _plan}
 """Handlers by command name: each takes the parsed arguments, does the work and returns what
 the command prints on success (the CLI prints it; errors are raised)."""

@@ -94,7 +94,8 @@ class RunParameters:
     top_k: int = _parameter(5, "prototypes per image (the paper: 5)", minimum=1,
                             stages=("extract",))
     max_prototypes: int = _parameter(
-        0, "cap on the prototypes (columns of A) for large datasets; 0: no cap", minimum=0,
+        -1, "cap on the prototypes (columns of A); -1: chosen from the number of images and "
+        "classes, never binding below 2,000 images (docs/scale.md); 0: no cap", minimum=-1,
         stages=("extract",))
     num_shards: int = _parameter(1, "row shards of the images: one extract and one affinity "
                                  "task (pod) each",

@@ -36,6 +36,12 @@ LIKELIHOOD_TESTS = ["tests/unit/test_inference.py", "tests/unit/test_device.py"]
 STORAGE_TESTS = ["tests/unit/test_storage.py"]
 RESUME_TESTS = ["tests/unit/test_resume.py"]
 INGEST_TESTS = ["tests/unit/test_ingest.py", "tests/unit/test_hostile_inputs.py"]
+GRAPH_TESTS = ["tests/unit/test_spectral.py", "tests/unit/test_graph.py"]
+CONFIDENCE_TESTS = ["tests/unit/test_confidence.py"]
+EXTEND_TESTS = ["tests/unit/test_extend.py"]
+GRAPH_EM_TESTS = ["tests/unit/test_extend.py", "tests/unit/test_spectral.py",
+                  "tests/unit/test_graph.py", "tests/unit/test_confidence.py"]
+DEV_CHOICE_TESTS = ["tests/unit/test_dev_choice_units.py", "tests/unit/test_dev_choice.py"]
 
 #: (python file, qualified function name, tests to run: files or node ids)
 TARGETS: list[tuple[str, str, list[str]]] = [
@@ -63,6 +69,30 @@ TARGETS: list[tuple[str, str, list[str]]] = [
     ("goggles/ingest/manifest.py", "precheck", INGEST_TESTS),
     ("goggles/ingest/manifest.py", "inspect_data", INGEST_TESTS),
     ("goggles/ingest/manifest.py", "build_manifest", INGEST_TESTS),
+    # the default method, graph EM: its graph, its EM, its confidence, its pass beyond the
+    # sample and its choice between the clusters and a classifier of the dev labels
+    ("goggles/inference/graph.py", "top_k", GRAPH_TESTS),
+    ("goggles/inference/graph.py", "neighbour_lists", GRAPH_TESTS),
+    ("goggles/inference/graph.py", "knn_graph", GRAPH_TESTS),
+    ("goggles/inference/graph.py", "connected_knn_graph", GRAPH_TESTS),
+    ("goggles/inference/graph.py", "_bridges", GRAPH_TESTS),
+    ("goggles/inference/graph.py", "spectral_coordinates", GRAPH_TESTS),
+    ("goggles/inference/graph.py", "_standardised", GRAPH_TESTS),
+    ("goggles/inference/mixture.py", "gaussian_mixture_em", GRAPH_TESTS),
+    ("goggles/inference/confidence.py", "neighbour_confidence", CONFIDENCE_TESTS),
+    ("goggles/inference/confidence.py", "drifted", CONFIDENCE_TESTS),
+    ("goggles/inference/graph_em.py", "graph_sample", GRAPH_EM_TESTS),
+    ("goggles/inference/graph_em.py", "reference_parts", GRAPH_EM_TESTS),
+    ("goggles/inference/graph_em.py", "nearest_references", GRAPH_EM_TESTS),
+    ("goggles/inference/graph_em.py", "GraphEM._fit_graph", GRAPH_EM_TESTS),
+    ("goggles/inference/graph_em.py", "GraphEM._graph", GRAPH_EM_TESTS),
+    ("goggles/inference/extend.py", "label_block", EXTEND_TESTS),
+    ("goggles/inference/extend.py", "label_all", EXTEND_TESTS),
+    ("goggles/inference/dev_choice.py", "seed_folds", DEV_CHOICE_TESTS),
+    ("goggles/inference/dev_choice.py", "brier", DEV_CHOICE_TESTS),
+    ("goggles/inference/dev_choice.py", "tempered", DEV_CHOICE_TESTS),
+    ("goggles/inference/dev_choice.py", "fit_temperature", DEV_CHOICE_TESTS),
+    ("goggles/inference/dev_choice.py", "choose", DEV_CHOICE_TESTS),
 ]
 
 #: (name, python file, a distinctive piece of the line, what that piece becomes, tests)
@@ -82,6 +112,12 @@ NAMED_MUTATIONS: list[tuple[str, str, str, str, list[str]]] = [
      'stage_key("infer", shard_keys, ', RESUME_TESTS),
     ("inference: E-step without the prior",
      "goggles/inference/paper_em.py", "weighted += log_prior", "pass", EM_TESTS),
+    ("graph EM: initial labels beyond the sample by argmin",
+     "goggles/inference/extend.py", "initial[others] = votes.argmax(axis=1)",
+     "initial[others] = votes.argmin(axis=1)", EXTEND_TESTS),
+    ("graph EM: the sampled images' own posteriors not written back",
+     "goggles/inference/extend.py", "posteriors[local] = fit.posteriors[inside]", "pass",
+     EXTEND_TESTS),
     ("ingest: truncated images accepted",
      "goggles/io/images.py", "ImageFile.LOAD_TRUNCATED_IMAGES = False",
      "ImageFile.LOAD_TRUNCATED_IMAGES = True", INGEST_TESTS),

@@ -39,8 +39,9 @@ class ExtractConfig(Config):
     precision : autocast of the forward pass: ``auto`` is bfloat16 (float16 on GPUs without it)
         on a GPU and float32 on a CPU; see :func:`goggles.features.device.autocast_dtype`.
     shard_size : images per filter-map shard file.
-    max_prototypes : cap on the number of prototypes (columns of A); 0 keeps all. See
-        :mod:`goggles.features.budget` for the selection rule.
+    max_prototypes : cap on the number of prototypes (columns of A); -1 chooses it from the
+        number of images and classes, 0 keeps all. See :mod:`goggles.features.budget` for the
+        rule and the selection.
     seed : seed of the budget's sampling.
     descriptor_backbone : a second network whose bilinear descriptors graph EM adds to its
         graph (:mod:`goggles.features.descriptors`); ``none`` for none. Ignored when equal to

@@ -48,42 +48,24 @@ from goggles.inference.graph import (
     connected_knn_graph,
     neighbour_lists,
     spectral_coordinates,
-    top_k,
 )
 from goggles.inference.mixture import MixtureFit, gaussian_mixture_em
 from goggles.inference.summary import fit_gaussians
-from goggles.inference.views import (  # noqa: F401  (graph_sample: the labeler's)
-    _unit_rows,
+from goggles.inference.views import (  # noqa: F401  (graph_sample, nearest_references: the labeler's)
+    EXTEND_ROWS,
     as_described,
     graph_features,
     graph_sample,
+    nearest_references,
     reference_parts,
 )
-from goggles.io.blocks import RowBlocks, as_rows, sub_blocks
+from goggles.io.blocks import RowBlocks, as_rows
 
 if TYPE_CHECKING:
     from goggles.inference.seeds import Seeds
     from goggles.io.features_folder import FilterMaps
 
 logger = logging.getLogger(__name__)
-
-EXTEND_ROWS = 1024
-
-
-def nearest_references(rows: np.ndarray, described: Sequence[np.ndarray],
-                       parts: Sequence[np.ndarray], neighbours: int) -> np.ndarray:
-    """[n, k] indices into the graph's images of the ``neighbours`` most similar to each of
-    ``n`` other images, by the sum of the parts' cosines: ``rows`` [n, M] are their rows of A
-    (raw), ``described`` their descriptors, ``parts`` :func:`reference_parts`."""
-    near = np.empty((rows.shape[0], min(neighbours, len(parts[0]))), dtype=np.int64)
-    for first in range(0, rows.shape[0], EXTEND_ROWS):  # bounds the [rows, sample] sort
-        stop = first + EXTEND_ROWS
-        similarity = _unit_rows(rows[first:stop]) @ parts[0].T
-        for d, part in zip(described, parts[1:], strict=True):
-            similarity += np.asarray(d[first:stop], dtype=np.float32) @ part.T
-        near[first:first + len(similarity)] = top_k(similarity, near.shape[1])[0]
-    return near
-
 
 @dataclass
 class GraphEM(Method):
@@ -348,22 +330,12 @@ class GraphEM(Method):
                 confidence: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Posteriors, initial labels and confidence of every image: sampled images keep
         theirs, the others take the mean posterior over their nearest sampled neighbours (which
-        is already a neighbour vote: its top entry is their confidence)."""
-        n = rows.shape[0]
-        full = np.empty((n, self.num_classes))
-        initial = np.empty(n, dtype=np.int64)
-        onehot = np.eye(self.num_classes)[labels]
-        for start, shard in sub_blocks(rows):
-            stop = start + shard.shape[0]
-            near = nearest_references(shard, [d[start:stop] for d in described], parts,
-                                      self.neighbours)
-            full[start:stop] = posteriors[near].mean(axis=1)
-            initial[start:stop] = onehot[near].mean(axis=1).argmax(axis=1)
-        full[sample] = posteriors
-        initial[sample] = labels
-        sure = full.max(axis=1)
-        sure[sample] = confidence
-        return full, initial, sure
+        is already a neighbour vote: its top entry is their confidence), shard by shard
+        (:mod:`goggles.inference.extend`)."""
+        from goggles.inference.extend import SampleFit, label_all
+
+        return label_all(SampleFit(sample, parts, posteriors, labels, confidence,
+                                   self.neighbours), rows, described)
 
 
 def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:

@@ -9,10 +9,12 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+from goggles.inference.graph import top_k
 from goggles.inference.likelihood import EXACT_SCALE, kmeans_rows
 from goggles.io.blocks import RowBlocks, as_rows, sub_blocks
 
-__all__ = ["as_described", "graph_features", "graph_sample", "reference_parts", "row_features"]
+__all__ = ["EXTEND_ROWS", "as_described", "graph_features", "graph_sample", "nearest_references",
+           "reference_parts", "row_features"]
 
 _NO_CELLS = np.zeros(0, dtype=np.int64)
 
@@ -69,3 +71,21 @@ def row_features(rows: RowBlocks, described: Sequence[np.ndarray]
         stop = start + block.shape[0]
         yield start, graph_features(as_rows(block), [d[start:stop] for d in described],
                                     np.arange(stop - start))
+
+
+EXTEND_ROWS = 1024
+
+
+def nearest_references(rows: np.ndarray, described: Sequence[np.ndarray],
+                       parts: Sequence[np.ndarray], neighbours: int) -> np.ndarray:
+    """[n, k] indices into the graph's images of the ``neighbours`` most similar to each of
+    ``n`` other images, by the sum of the parts' cosines: ``rows`` [n, M] are their rows of A
+    (raw), ``described`` their descriptors, ``parts`` :func:`reference_parts`."""
+    near = np.empty((rows.shape[0], min(neighbours, len(parts[0]))), dtype=np.int64)
+    for first in range(0, rows.shape[0], EXTEND_ROWS):  # bounds the [rows, sample] sort
+        stop = first + EXTEND_ROWS
+        similarity = _unit_rows(rows[first:stop]) @ parts[0].T
+        for d, part in zip(described, parts[1:], strict=True):
+            similarity += np.asarray(d[first:stop], dtype=np.float32) @ part.T
+        near[first:first + len(similarity)] = top_k(similarity, near.shape[1])[0]
+    return near

@@ -224,7 +224,7 @@ def goggles_pipeline(
     weights_uri: str = "",
     weights_sha256: str = "",
     top_k: int = 5,
-    max_prototypes: int = 0,
+    max_prototypes: int = -1,
     num_shards: int = 1,
     method: str = "graph-em",
     max_iter: int = 100,
@@ -247,8 +247,8 @@ def goggles_pipeline(
         docs/backbones.md), its weights (``""``: baked into the image or the library's cache)
         and prototypes per image.
     weights_sha256 : the SHA-256 the weights file must have (``""``: not checked).
-    max_prototypes : cap on the prototypes (columns of A), 0 for none (see
-        goggles.features.budget).
+    max_prototypes : cap on the prototypes (columns of A): -1 chooses it from the images and
+        classes, 0 for none (see goggles.features.budget).
     num_shards : row shards of the images: one extract and one affinity task each.
     method, max_iter, seed : class inference (``graph-em``, ``em``, ``kmeans``, ``em-random``,
         ``pgm``, ``backbone``; see goggles.inference.registry).
@@ -278,7 +278,7 @@ def goggles_pipeline(
         feature_cache_uri=feature_cache_uri).set_display_name("extract (fan-out over shards)")
     gather_task = _resources(gather_features(summaries=parts_task.outputs["summaries"],
                                              top_k=top_k, max_prototypes=max_prototypes,
-                                             seed=seed), "gather")
+                                             num_classes=num_classes, seed=seed), "gather")
     gather_task.set_display_name("gather: prototypes and descriptors")
 
     with dsl.ParallelFor(items=parts_task.outputs["maps"], name="affinity shards (fan-out)",

@@ -227,21 +227,23 @@ def read_parts(summary_uris: Sequence[str]) -> list[dict[str, Any]]:
 
 
 def run_gather(config: ExtractConfig, summary_uris: Sequence[str], features_uri: str,
-               prototypes_uri: str) -> dict[str, Any]:
+               prototypes_uri: str, *, num_classes: int = 2) -> dict[str, Any]:
     """Join the parts (:func:`read_parts`): the prototypes of every image in image order, cut to
-    ``config.max_prototypes`` by a seeded uniform sample (:mod:`goggles.features.budget`); the
+    the cap ``config.max_prototypes`` asks for at this many images and ``num_classes`` classes
+    by a seeded uniform sample (:mod:`goggles.features.budget`; the result's
+    ``prototype_budget`` says which cap and why); the
     descriptors and ImageNet logits of every image. Writes the features folder's ``meta.json``,
     descriptors and logits (not the maps: they stay in the parts) and the prototypes."""
-    from goggles.features.budget import select_within_budget
+    from goggles.features.budget import prototype_budget, select_within_budget
 
     parts = read_parts(summary_uris)
     first = parts[0]
     candidates = [artifacts.read_prototypes(storage.join(p["uri"], CANDIDATES)) for p in parts]
     prototypes = artifacts.Prototypes.concatenate(candidates, int(first["shape"][0]))
     found = len(prototypes)
-    if config.max_prototypes:
-        prototypes = prototypes.take(select_within_budget(found, config.max_prototypes,
-                                                          seed=config.seed))
+    budget = prototype_budget(config.max_prototypes, int(parts[-1]["stop"]), num_classes)
+    if budget.cap:
+        prototypes = prototypes.take(select_within_budget(found, budget.cap, seed=config.seed))
     storage.write_parquet(prototypes.to_table(), prototypes_uri)
     for network in first["descriptors"]:
         name = features_folder.descriptor_file(network)
@@ -264,16 +266,18 @@ def run_gather(config: ExtractConfig, summary_uris: Sequence[str], features_uri:
     meta.update(described)
     storage.write_json(meta, storage.join(features_uri, "meta.json"))
     return {"n_images": n_images, "num_prototypes": len(prototypes), "prototypes_found": found,
+            "prototype_budget": {**budget.to_dict(), "binds": found > len(prototypes)},
             "filter_map_shape": first["shape"], "backbone": first["backbone"],
             "weights_source": first["weights"], "device": first["device"], **counts,
             **{key: value for key, value in described.items() if key == "preprocessing"}}
 
 
 def run_extract(config: ExtractConfig, manifest_uri: str, features_uri: str,
-                prototypes_uri: str, num_parts: int = 1) -> dict[str, Any]:
+                prototypes_uri: str, num_parts: int = 1, *, num_classes: int = 2,
+                ) -> dict[str, Any]:
     """The whole extract stage in this process: every part (its maps and summary in
     :func:`part_uri`) one after another, then the gather."""
     uris = [part_uri(features_uri, s) for s in range(num_parts)]
     for shard_id, uri in enumerate(uris):
         run_extract_part(config, manifest_uri, shard_id, num_parts, uri, uri)
-    return run_gather(config, uris, features_uri, prototypes_uri)
+    return run_gather(config, uris, features_uri, prototypes_uri, num_classes=num_classes)

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from goggles.features.budget import prototype_budget
 from goggles.io import listing, source_state, storage
 from goggles.io.artifacts import output_paths
 from goggles.io.lock import output_lock
@@ -87,11 +88,11 @@ def ingest_record_key(params: RunParameters, ingest_cfg: Any) -> str:
     return stage_key("ingest", settings, params.source_uri)
 
 
-def run_keys(params: RunParameters, configs: dict[str, Any],
-             content: Any = None) -> RunKeys:
+def run_keys(params: RunParameters, configs: dict[str, Any], content: Any = None,
+             n_images: int = 0) -> RunKeys:
     """The stage keys of a run; ``content`` (:func:`goggles.io.source_state.content_listing` of
-    what ingest read), else the output's ingest record when the source is unchanged since
-    (lists the source once), else the later keys are ``None``."""
+    what ingest read, ``n_images`` of them accepted), else the output's ingest record when the
+    source is unchanged since (lists the source once), else the later keys are ``None``."""
     ingest_cfg, extract_cfg = configs["ingest"], configs["extract"]
     ingest_key = ingest_record_key(params, ingest_cfg)
     if content is None:
@@ -103,11 +104,15 @@ def run_keys(params: RunParameters, configs: dict[str, Any],
             if source_state.first_change(files, done.get("source"),
                                          verify=ingest_cfg.verify) is None:
                 content = source_state.content_listing(done["source"])
+                n_images = int(done["n_images"])
     if content is None:
         return RunKeys(ingest_key, None, None, None, None)
     extract_params = extract_cfg.to_dict()
-    if not extract_cfg.max_prototypes:
-        extract_params.pop("seed")  # the seed only drives the prototype budget's sample
+    # the cap resolved at this N and K, so a K that leaves it alone reuses the extraction
+    extract_params["max_prototypes"] = prototype_budget(
+        extract_cfg.max_prototypes, n_images, params.num_classes).cap
+    if not 0 < extract_params["max_prototypes"] < extract_cfg.top_k * n_images:
+        extract_params.pop("seed")  # the seed only drives a binding budget's sample
     extract_params.pop("feature_cache_uri")  # where features are kept changes no result
     if extract_cfg.weights_uri:  # the weights' content, not their name
         extract_params["weights_uri"] = storage.fingerprint(extract_cfg.weights_uri)
@@ -178,7 +183,8 @@ def record_finished_run(params: RunParameters, configs: dict[str, Any],
                                follow_symlinks=ingest_cfg.follow_symlinks)
     source = source_state.record(files, storage.read_parquet(paths["manifest"],
                                                              columns=["uri", "sha256"]))
-    keys = run_keys(params, configs, source_state.content_listing(source))
+    keys = run_keys(params, configs, source_state.content_listing(source),
+                    int(metrics["n_images"]))
     assert keys.extract is not None and keys.affinity is not None and keys.infer is not None
     features = storage.read_json(storage.join(paths["features"], "meta.json"))
     done: list[tuple[str, str, dict[str, Any]]] = [
@@ -222,7 +228,7 @@ def _extract(params: RunParameters, config: Any, records: StageRecords, paths: d
 
     def work() -> dict[str, Any]:
         return run_extract(config, paths["manifest"], paths["features"], paths["prototypes"],
-                           num_parts=params.num_shards)
+                           num_parts=params.num_shards, num_classes=params.num_classes)
 
     try:
         return records.run("extract", key, work, outputs), key
@@ -274,7 +280,8 @@ def run_stages(params: RunParameters, configs: dict[str, Any], *,
     console.finished("ingest", timings["ingest"], ingested, reused=reused)
     check_counts(ingested["n_images"], params.num_classes, params.num_shards, paths["manifest"])
     check_dev_labels_ingested(params.dev_labels_uri, paths["manifest"], params.num_classes)
-    keys = run_keys(params, configs, source_state.content_listing(ingested["source"]))
+    keys = run_keys(params, configs, source_state.content_listing(ingested["source"]),
+                    int(ingested["n_images"]))
     assert keys.extract is not None
     console.started("extract")
     reused = records.finished("extract", keys.extract, outputs["extract"]) is not None

@@ -237,6 +237,12 @@ def run_record(values: Mapping[str, Any], *, runner: str, weights_source: str,
             record[key] = int(extracted[key])
     if extracted is not None and "preprocessing" in extracted:  # each network's own
         record["preprocessing"] = dict(extracted["preprocessing"])
+    if extracted is not None and "prototype_budget" in extracted:  # the cap used and why
+        budget = extracted["prototype_budget"]  # KFP's metadata gives its numbers as floats
+        record["prototype_budget"] = {
+            "requested": int(budget["requested"]), "cap": int(budget["cap"]),
+            "rule": str(budget["rule"]), "binds": bool(budget["binds"]),
+            "prototypes_found": int(extracted.get("prototypes_found", 0))}
     return record
 
 

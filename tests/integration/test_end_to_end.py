@@ -27,6 +27,10 @@ def test_cli_labels_two_species(cub_pair: Path, tmp_path: Path) -> None:
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n_images"] == 120 and metrics["n_rejected"] == 0
     assert metrics["num_prototypes"] > 120
+    # the default prototype cap, recorded with its reason; it never binds on 120 images
+    budget = metrics["prototype_budget"]
+    assert (budget["requested"], budget["cap"], budget["binds"]) == (-1, 10_000, False)
+    assert budget["prototypes_found"] == metrics["num_prototypes"] and budget["rule"]
     assert metrics["accuracy"] >= 0.97, metrics
     assert set(metrics["timings_s"]) >= {"ingest", "extract", "affinity", "infer"}
     report = (out / "report.html").read_text()

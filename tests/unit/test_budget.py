@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from goggles.features.budget import select_within_budget
+from goggles.features.budget import (
+    AUTO,
+    AUTO_CEILING,
+    Budget,
+    auto_cap,
+    prototype_budget,
+    select_within_budget,
+)
+from goggles.parameters import default
 
 
 def test_no_budget_keeps_everything() -> None:
@@ -25,3 +34,32 @@ def test_classes_keep_proportional_shares() -> None:
     cls = np.r_[np.ones(3000, int), np.zeros(6000, int)]  # a third of the prototypes are class 1
     share = cls[select_within_budget(len(cls), 900, seed=3)].mean()
     assert abs(share - 1 / 3) < 0.05
+
+
+def test_the_default_cap_never_binds_up_to_2000_images() -> None:
+    """At the default top_k=5 a task of N ≤ 2,000 images finds at most 5·N ≤ 10,000
+    prototypes: the automatic cap keeps them all (every cub-dev task keeps its accuracy)."""
+    assert default("max_prototypes") == AUTO
+    for n in (10, 300, 2000):
+        for k in (2, 5, 50):
+            budget = prototype_budget(AUTO, n, k)
+            assert budget.cap >= 5 * n, (n, k)
+            assert len(select_within_budget(5 * n, budget.cap)) == 5 * n
+
+
+def test_the_default_cap_follows_n_up_to_its_ceiling_and_grows_with_k() -> None:
+    assert prototype_budget(AUTO, 15_000, 2).cap == 15_000  # one per image
+    assert prototype_budget(AUTO, 1_000_000, 2).cap == AUTO_CEILING == 20_000
+    assert prototype_budget(AUTO, 1_000_000, 20).cap == 40_000  # 2,000 per class
+    assert prototype_budget(AUTO, 100, 8).cap == 16_000
+    assert auto_cap(3_000, 2) == 10_000
+    assert "N=15,000" in prototype_budget(AUTO, 15_000, 2).rule
+    assert "floor" in prototype_budget(AUTO, 100, 2).rule
+
+
+def test_an_explicit_cap_or_none_overrides_the_rule() -> None:
+    assert prototype_budget(0, 1_000_000, 2) == Budget(0, 0, prototype_budget(0, 1, 2).rule)
+    assert prototype_budget(500, 1_000_000, 2).cap == 500
+    assert prototype_budget(500, 10, 2).requested == 500
+    with pytest.raises(ValueError, match="max_prototypes must be"):
+        prototype_budget(-2, 10, 2)

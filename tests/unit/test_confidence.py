@@ -29,6 +29,16 @@ def test_neighbour_confidence_pools_own_and_neighbours_posterior_of_the_label() 
     np.testing.assert_allclose(neighbour_confidence(posteriors, neighbours), expected)
 
 
+def test_neighbour_confidence_takes_lists_and_float32_alike() -> None:
+    posteriors = np.array([[0.9, 0.1], [0.35, 0.65], [0.3, 0.7]], dtype=np.float32)
+    neighbours = np.array([[1], [2], [0]])
+    expected = neighbour_confidence(posteriors.astype(np.float64), neighbours)
+    for given in (posteriors, posteriors.tolist()):
+        got = neighbour_confidence(given, neighbours)  # type: ignore[arg-type]
+        assert got.dtype == np.float64
+        np.testing.assert_array_equal(got, expected)
+
+
 def two_groups() -> tuple[np.ndarray, np.ndarray]:
     """Labels of two groups of 20 and each row's 5 neighbours, all in its own group."""
     start = np.repeat([0, 1], 20)
@@ -49,6 +59,14 @@ def test_guard_flags_labels_moved_against_their_neighbours() -> None:
     few = start.copy()
     few[:2] = 1
     assert not drifted(start, few, neighbours)[0]
+
+
+def test_guard_takes_label_lists() -> None:
+    start, neighbours = two_groups()
+    end = start.copy()
+    end[:8] = 1
+    assert drifted(start.tolist(), end.tolist(), neighbours) == drifted(start, end, neighbours)  # type: ignore[arg-type]
+    assert drifted(start.tolist(), start, neighbours) == (False, 1.0)  # type: ignore[arg-type]
 
 
 def test_guard_leaves_alone_moves_that_join_the_neighbours() -> None:

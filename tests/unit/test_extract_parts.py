@@ -5,6 +5,7 @@ maps), the backbone method included."""
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from goggles.io import storage
 from goggles.io.features_folder import read_filter_maps
 from goggles.pipeline import stages
 from goggles.pipeline.extract import part_bounds, part_uri, run_extract, run_gather
+from goggles.pipeline.wiring import run_record
 from tests.conftest import small_source
 
 
@@ -68,6 +70,25 @@ def test_any_number_of_parts_gives_the_same_features_and_prototypes(extracted: d
     assert extracted[3]["result"]["num_prototypes"] == 9
     found = extracted[3]["result"]["prototypes_found"]
     assert found == extracted[1]["result"]["prototypes_found"] and 9 < found <= 21
+    budget = extracted[3]["result"]["prototype_budget"]  # what metrics.json records
+    assert (budget["requested"], budget["cap"], budget["binds"]) == (9, 9, True)
+
+
+def test_the_default_budget_keeps_every_prototype_of_a_small_task(extracted: dict,
+                                                                    tmp_path: Path) -> None:
+    folder = extracted[3]["folder"] / "features"
+    config = dataclasses.replace(extracted["config"], max_prototypes=-1)
+    result = run_gather(config, [part_uri(str(folder), s) for s in range(3)],
+                        str(tmp_path / "f"), str(tmp_path / "p.parquet"), num_classes=2)
+    assert result["num_prototypes"] == result["prototypes_found"]
+    assert result["prototype_budget"]["cap"] == 10_000
+    assert not result["prototype_budget"]["binds"]
+    assert "automatic" in result["prototype_budget"]["rule"]
+    record = run_record({"backbone": "b", "seed": 0, "top_k": 3, "num_shards": 3,
+                         "source_uri": "/in"}, runner="inprocess", weights_source="",
+                        num_prototypes=result["num_prototypes"], extracted=result)
+    assert record["prototype_budget"]["cap"] == 10_000
+    assert record["prototype_budget"]["prototypes_found"] == result["prototypes_found"]
 
 
 def test_the_gather_refuses_parts_that_are_not_one_runs(extracted: dict, tmp_path: Path) -> None:

@@ -58,7 +58,8 @@ def extract_part(manifest: Input[Dataset], shard_id: int, num_shards: int, backb
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
 def gather_features(summaries: Input[list[Dataset]], top_k: int, max_prototypes: int,
-                    seed: int, features: Output[Dataset], prototypes: Output[Dataset]) -> None:
+                    num_classes: int, seed: int, features: Output[Dataset],
+                    prototypes: Output[Dataset]) -> None:
     """Join the extraction parts (:func:`goggles.pipeline.extract.run_gather`): it reads their
     summaries, never their filter maps.
 
@@ -66,7 +67,9 @@ def gather_features(summaries: Input[list[Dataset]], top_k: int, max_prototypes:
     ----------
     summaries : the fan-in (``dsl.Collected``) of every part's summary, any order.
     top_k : prototypes per image (recorded).
-    max_prototypes, seed : the cap on the prototypes and the seed of its uniform sample.
+    max_prototypes, seed : the cap on the prototypes (-1: chosen from the images and
+        ``num_classes``, :func:`goggles.features.budget.prototype_budget`) and the seed of its
+        uniform sample.
     features : ``meta.json`` (listing the parts), ``descriptors-<network>.npy`` ([N, D]) and
         the ImageNet logits when there are any: what infer and train read; metadata lists the
         parts' maps (``maps_uris``, in row order).
@@ -85,7 +88,7 @@ def gather_features(summaries: Input[list[Dataset]], top_k: int, max_prototypes:
     config = stage_config("extract", {"top_k": top_k, "max_prototypes": max_prototypes,
                                       "seed": seed})
     result = run_gather(config, [part.path for part in summaries], features.path,
-                        prototypes.path)
+                        prototypes.path, num_classes=num_classes)
     parts = sorted(summaries, key=lambda part: int(part.metadata["shard_id"]))
     seconds = sum(float(part.metadata.get("seconds", 0.0)) for part in parts)
     common = {"backbone": result["backbone"], "weights_source": result["weights_source"],
@@ -100,4 +103,5 @@ def gather_features(summaries: Input[list[Dataset]], top_k: int, max_prototypes:
     prototypes.metadata.update({**common, "format": "parquet",
                                 "num_prototypes": result["num_prototypes"],
                                 "prototypes_found": result["prototypes_found"],
+                                "prototype_budget": result["prototype_budget"],
                                 "top_k": top_k, "vector_dim": result["filter_map_shape"][0]})

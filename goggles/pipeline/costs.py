@@ -1,0 +1,165 @@
+"""What each task of a cluster run costs at N images: pods, bytes read and written, peak memory
+and seconds, from per-image and per-entry sizes and rates (``goggles plan``; the benchmark
+``benchmarks/pod_reads.py`` measures the sizes on real artifacts and prints the same model).
+
+KFP's launcher downloads every input artifact of a task into its pod, so a pod reads all of each
+artifact it takes. The tasks and their inputs are those :mod:`goggles.kubeflow.pipeline` wires
+with the default parameters (no end model): list-source, ingest, plan, one extract and one
+affinity task per row shard, gather, infer, evaluate. The sizes default to docs/scale.md's
+measurement (VGG-16 on 32 cub-dev images, :data:`MEASURED`); the rates to the figures measured on
+a 2-core CPU there (:data:`RATES`), so the seconds are CPU seconds of such a pod (``gpu``: extract
+and affinity at the assumed GPU rates).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from goggles.features.budget import prototype_budget
+from goggles.parameters import MAX_SHARDS, default
+
+MEASURED: dict[str, float] = {
+    "image": 8_890.0,  # a cub-dev JPEG
+    "manifest": 172.0,  # one manifest row
+    "maps": 100_000.0,  # one image's VGG-16 filter maps (512 x 7 x 7 float32)
+    "descriptors": 16_400.0,  # one image's descriptors (both networks, float32)
+    "logits": 0.0,  # ImageNet logits (VGG-16's torchvision weights: none)
+    "candidates": 2_840.0,  # one image's prototype candidates
+    "prototype": 948.0,  # one prototype row of prototypes.parquet
+    "affinity_entry": 4.0,  # one float32 entry of A
+    "prototypes_per_image": 3.0,  # prototypes found per image at top_k=5
+    "label": 120.0,  # one row of labels.parquet
+}
+"""Bytes per unit, docs/scale.md ("What each pod reads"); ``benchmarks/pod_reads.py`` measures
+them again."""
+
+RATES: dict[str, float] = {
+    "extract_s_per_image": 0.2,  # VGG-16 + MobileNetV2 on 2 CPU cores (6.11 images/s + 25%)
+    "extract_gpu_s_per_image": 1 / 2000,  # assumed, not measured
+    "affinity_s_per_entry": 3.2e-7,  # benchmarks/scale.py: 100k x 2,048 in 65.9 s
+    "affinity_gpu_s_per_entry": 3.2e-9,  # assumed: 100x the CPU rate
+    "infer_flops_per_s": 7.6e10,  # graph EM's pass beyond its sample: 0.9 h at 1M x 2,048
+    "infer_fit_s": 150.0,  # graph EM's fit on its 20,000-image sample
+    "io_bytes_per_s": 2e8,  # reading or writing artifacts
+    "process_bytes": 1.5e9,  # python, torch and the networks of one task
+}
+"""Seconds per unit of work, from docs/scale.md's measurements."""
+
+GRAPH_SAMPLE = 20_000
+"""Images graph EM builds its graph on (:class:`goggles.inference.graph_em.GraphEM`'s
+``max_rows``)."""
+IMAGES_PER_SHARD = 8_192
+"""``recommended_shards``: row shards of about this many images (≈ 1 GB of filter maps)."""
+
+
+@dataclass(frozen=True)
+class TaskCost:
+    """One kind of task: ``pods`` of it, and per pod ``bytes_read``, ``bytes_written``,
+    ``peak_memory_bytes``, ``seconds``; ``reads`` says what."""
+
+    task: str
+    pods: int
+    bytes_read: float
+    bytes_written: float
+    peak_memory_bytes: float
+    seconds: float
+    reads: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {key: (round(value) if isinstance(value, float) else value)
+                for key, value in asdict(self).items()}
+
+
+def recommended_shards(n_images: int) -> int:
+    """Row shards for ``n_images``: one per :data:`IMAGES_PER_SHARD` images, at most
+    ``MAX_SHARDS``."""
+    return max(1, min(MAX_SHARDS, math.ceil(n_images / IMAGES_PER_SHARD)))
+
+
+def plan(n_images: int, *, num_classes: int = 2, shards: int = 0,
+         max_prototypes: int | None = None, gpu: bool = False,
+         sizes: Mapping[str, float] | None = None,
+         rates: Mapping[str, float] | None = None) -> list[TaskCost]:
+    """Every task kind of a run at ``n_images`` images and ``num_classes`` classes over
+    ``shards`` row shards (0: :func:`recommended_shards`), with the prototype cap
+    ``max_prototypes`` asks for (``None``: the default, :mod:`goggles.features.budget`)."""
+    if n_images < 1:
+        raise ValueError(f"n_images must be at least 1, got {n_images}")
+    b = {**MEASURED, **(sizes or {})}
+    r = {**RATES, **(rates or {})}
+    n = float(n_images)
+    s = shards or recommended_shards(n_images)
+    rows = math.ceil(n / s)  # images per shard
+    requested = default("max_prototypes") if max_prototypes is None else max_prototypes
+    found = b["prototypes_per_image"] * n
+    cap = prototype_budget(requested, n_images, num_classes).cap
+    m = min(found, cap) if cap else found
+    manifest, prototypes = n * b["manifest"], m * b["prototype"]
+    features = n * (b["descriptors"] + b["logits"])
+    entry = b["affinity_entry"]
+    affinity = n * m * entry
+    labels = n * (b["label"] + 8 * num_classes)
+    io, base = r["io_bytes_per_s"], r["process_bytes"]
+    extract_rate = r["extract_gpu_s_per_image" if gpu else "extract_s_per_image"]
+    affinity_rate = r["affinity_gpu_s_per_entry" if gpu else "affinity_s_per_entry"]
+    sample = min(n, GRAPH_SAMPLE)
+    dims = b["descriptors"] / 4
+    beyond = 2 * sample * (m + dims) * (n - sample) / r["infer_flops_per_s"]
+    part_summary = rows * (b["candidates"] + b["descriptors"] + b["logits"])
+
+    def task(name: str, pods: int, read: float, written: float, memory: float,
+             compute: float, what: str) -> TaskCost:
+        return TaskCost(name, pods, read, written, base + memory,
+                        compute + (read + written) / io, what)
+
+    return [
+        task("list-source", 1, 0.0, 200.0, 0.0, 1e-4 * n, "the listing"),
+        task("ingest", 1, n * b["image"], manifest, manifest, 1e-3 * n, "every image"),
+        task("plan", 1, manifest, 100.0 * s, manifest, 1.0, "the manifest"),
+        task("extract", s, manifest + rows * b["image"], rows * b["maps"] + part_summary,
+             manifest + 32 * b["maps"], rows * extract_rate, "manifest + its shard's images"),
+        task("gather", 1, n * (b["candidates"] + b["descriptors"] + b["logits"]),
+             features + prototypes, n * (b["candidates"] + b["descriptors"]) + prototypes,
+             1e-5 * n, "every part's prototype candidates and descriptors"),
+        task("affinity", s, rows * b["maps"] + prototypes, rows * m * entry,
+             rows * b["maps"] + rows * m * entry + prototypes, rows * m * affinity_rate,
+             "its shard's filter maps + prototypes"),
+        task("infer", 1, manifest + features + prototypes + affinity, labels + 1e4 * m,
+             features + rows * m * entry + sample * (m + dims) * 4 + n * num_classes * 8,
+             r["infer_fit_s"] + beyond, "manifest + descriptors + prototypes + every shard"),
+        task("evaluate", 1, manifest + prototypes + affinity + labels, 1e6,
+             rows * m * entry + labels + manifest, 1e-4 * n,
+             "manifest + prototypes + every shard + labels"),
+    ]
+
+
+def totals(costs: list[TaskCost]) -> dict[str, float]:
+    """Sums over every pod: ``bytes_read``, ``bytes_written``, ``seconds``."""
+    return {key: sum(getattr(c, key) * c.pods for c in costs)
+            for key in ("bytes_read", "bytes_written", "seconds")}
+
+
+def human(count: float) -> str:
+    """``count`` bytes in decimal units: 1.23 GB."""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if count < 1000:
+            return f"{count:.3g} {unit}"
+        count /= 1000
+    return f"{count:.3g} PB"
+
+
+def table(costs: list[TaskCost]) -> str:
+    """A Markdown table of ``costs`` with the sums over all pods."""
+    lines = ["| task | pods | reads | read per pod | written per pod | peak memory | seconds "
+             "per pod |", "|---|---|---|---|---|---|---|"]
+    for c in costs:
+        lines.append(f"| {c.task} | {c.pods} | {c.reads} | {human(c.bytes_read)} | "
+                     f"{human(c.bytes_written)} | {human(c.peak_memory_bytes)} | "
+                     f"{c.seconds:,.0f} |")
+    total = totals(costs)
+    lines.append(f"| all pods | {sum(c.pods for c in costs)} | | {human(total['bytes_read'])} | "
+                 f"{human(total['bytes_written'])} | | {total['seconds']:,.0f} |")
+    return "\n".join(lines)

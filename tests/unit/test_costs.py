@@ -1,0 +1,66 @@
+"""The cost model of a cluster run (goggles.pipeline.costs) and ``goggles plan``."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from goggles.cli import main
+from goggles.pipeline.costs import MEASURED, plan, recommended_shards, totals
+
+KEYS = {"task", "pods", "bytes_read", "bytes_written", "peak_memory_bytes", "seconds"}
+
+
+def _by_task(n: int, **options: object) -> dict:
+    return {c.task: c for c in plan(n, **options)}  # type: ignore[arg-type]
+
+
+def test_every_task_kind_of_the_default_run_with_its_pods() -> None:
+    costs = _by_task(100_000, shards=32)
+    assert list(costs) == ["list-source", "ingest", "plan", "extract", "gather", "affinity",
+                           "infer", "evaluate"]
+    assert costs["extract"].pods == costs["affinity"].pods == 32
+    assert all(costs[t].pods == 1 for t in ("ingest", "gather", "infer", "evaluate"))
+    assert recommended_shards(1_000_000) == 123 and recommended_shards(10) == 1
+
+
+def test_bytes_follow_the_shards_and_the_default_prototype_cap() -> None:
+    n, shards = 1_000_000, 128
+    costs = _by_task(n, shards=shards)
+    rows = n / shards
+    assert costs["extract"].bytes_read == pytest.approx(
+        n * MEASURED["manifest"] + rows * MEASURED["image"], rel=1e-3)
+    # the default cap at 1M images is 20,000 prototypes: A is N x 20,000 float32
+    affinity = n * 20_000 * 4
+    assert costs["affinity"].bytes_written == pytest.approx(affinity / shards, rel=1e-3)
+    assert costs["evaluate"].bytes_read > affinity
+    uncapped = _by_task(n, shards=shards, max_prototypes=0)
+    assert uncapped["evaluate"].bytes_read > 100 * costs["evaluate"].bytes_read
+    # twice the shards: each shard's pod reads about half
+    half = _by_task(n, shards=2 * shards)["affinity"].bytes_read
+    assert half < 0.6 * costs["affinity"].bytes_read
+    assert totals(plan(n, shards=shards))["bytes_read"] == pytest.approx(
+        sum(c.bytes_read * c.pods for c in costs.values()))
+
+
+def test_the_cap_does_not_bind_on_small_runs() -> None:
+    small, free = _by_task(300), _by_task(300, max_prototypes=0)
+    assert small["affinity"].bytes_written == free["affinity"].bytes_written
+
+
+def test_goggles_plan_prints_a_json_list_of_task_objects(capsys: pytest.CaptureFixture[str],
+                                                         ) -> None:
+    assert main(["plan", "--images", "1000000", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [item["task"] for item in listed][3:6] == ["extract", "gather", "affinity"]
+    assert all(KEYS <= set(item) for item in listed)
+    assert next(i for i in listed if i["task"] == "extract")["pods"] == 123
+    assert main(["plan", "--images", "1000", "--shards", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "4 shards" in out and "| affinity | 4 |" in out
+
+
+def test_plan_refuses_no_images() -> None:
+    with pytest.raises(ValueError, match="n_images must be at least 1"):
+        plan(0)
