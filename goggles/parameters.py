@@ -107,7 +107,9 @@ class RunParameters:
     seed: int = _parameter(0, "the one seed of everything random", minimum=0,
                            stages=("extract", "infer", "train"))
     dev_labels_uri: str = _parameter(
-        "", "CSV or Parquet of uri,label for a few images; names the clusters",
+        "", "labels of a few images (the ones goggles suggest asks for): a CSV or Parquet of "
+        "uri,label, or a Label Studio JSON / JSON-MIN export; they name the classes and guide "
+        "inference",
         flag="--dev-labels", uri=True, metavar="FILE")
     device: str = _parameter(
         "auto", "where the CNN, the affinity GEMM and the E-step run; auto: a GPU when there "
