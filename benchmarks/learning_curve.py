@@ -115,6 +115,17 @@ def draw(curves: dict[tuple[str, str], list[tuple[int, float]]], path: Path) -> 
     image.save(path)
 
 
+def save(cache: Path, store: dict[str, float]) -> None:
+    """Merge ``store`` into the cache file (another run may have added points meanwhile)."""
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    merged = json.loads(cache.read_text()) if cache.exists() else {}
+    merged.update(store)
+    store.update(merged)
+    temporary = cache.with_suffix(".tmp")
+    temporary.write_text(json.dumps(merged, indent=1, sort_keys=True))
+    temporary.replace(cache)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", default="trash,hard")
@@ -138,8 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             values = []
             for n in counts:
                 values.append(point(group, n, mode, seeds, store))
-                cache.parent.mkdir(parents=True, exist_ok=True)
-                cache.write_text(json.dumps(store, indent=1, sort_keys=True))
+                save(cache, store)
             curves[(group, mode)] = list(zip(counts, values, strict=True))
             print(f"{GROUPS[group][1]:<28} {MODES[mode]:<30}"
                   + "".join(f"{v:>8.4f}" for v in values), flush=True)
