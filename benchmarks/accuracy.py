@@ -49,7 +49,7 @@ import argparse
 import logging
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,7 +62,7 @@ from benchmarks.datasets import Task, task_id  # noqa: E402
 from benchmarks.views import print_views, unit_rows, view_scores  # noqa: E402
 from goggles.features.affinity import affinity_block  # noqa: E402
 from goggles.features.prototypes import select_prototypes  # noqa: E402
-from goggles.inference.base import Method, label_confidence  # noqa: E402
+from goggles.inference.base import label_confidence  # noqa: E402
 from goggles.inference.config import InferConfig  # noqa: E402
 from goggles.inference.registry import create, fit_method  # noqa: E402
 from goggles.inference.seeds import Seeds  # noqa: E402
@@ -134,13 +134,8 @@ def run_task(task: Task, maps_by_class: dict[str, np.ndarray], extract_s_per_ima
         if hasattr(model, "guard"):
             model.guard = guard
         if dev_from == "report":
-            def rerun(rows: np.ndarray, config: InferConfig = config) -> Method:
-                return fit_method(config, affinity, prototypes.image_id, filter_maps=filter_maps,
-                                  descriptors=descriptors, seeds=Seeds.from_names(
-                                      rows, [truth[i] for i in rows], len(task.classes)))
-
             dev_rows = suggested_dev_set(affinity, descriptors, dev_per_class * len(task.classes),
-                                         len(task.classes), seed, fit=rerun)
+                                         len(task.classes), seed)
             dev_names = [truth[i] for i in dev_rows]
         else:
             dev_rows = dev_sample(truth, dev_per_class, seed)
@@ -204,27 +199,19 @@ def run_task(task: Task, maps_by_class: dict[str, np.ndarray], extract_s_per_ima
 
 
 def suggested_dev_set(affinity: np.ndarray, descriptors: list[np.ndarray], budget: int,
-                      num_classes: int, seed: int,
-                      fit: Callable[[np.ndarray], Method] | None = None) -> np.ndarray:
+                      num_classes: int, seed: int) -> np.ndarray:
     """The rows a person labels who labels exactly what the tool asks for, round by round
     (``goggles suggest`` / the report's list: :data:`goggles.inference.suggest.PER_CLASS` per
-    class a round), ``budget`` in all; sorted. Between rounds ``fit(rows)`` (the rerun with the
-    labels so far) decides how the next round is chosen, as the infer stage does."""
-    from goggles.inference.suggest import PER_CLASS, strategy_for, suggest_images
+    class a round, the earlier rounds' labels given back), ``budget`` in all; sorted."""
+    from goggles.inference.suggest import PER_CLASS, suggest_images
 
     rows = np.zeros(0, dtype=np.int64)
-    model: Method | None = None
     while len(rows) < budget:
         ask = min(PER_CLASS * num_classes, budget - len(rows))
-        picked = suggest_images(
-            affinity, descriptors, ask, labeled=rows, seed=seed,
-            strategy=strategy_for(model.dev_choice_) if model is not None else "typical",
-            confidence=label_confidence(model) if model is not None else None)
+        picked = suggest_images(affinity, descriptors, ask, labeled=rows, seed=seed)
         if not len(picked):
             break
         rows = np.union1d(rows, picked)
-        if fit is not None and len(rows) < budget:
-            model = fit(rows)
     return rows
 
 

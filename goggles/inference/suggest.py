@@ -14,15 +14,10 @@ mean distance to its :data:`TYPICAL_NEIGHBOURS` nearest cluster mates). Each clu
 of the data a label should cover, whatever class it holds; a later round, with the labels of the
 earlier ones, asks for the modes they left uncovered.
 
-Once labels have shown that the graph's clusters follow the classes (graph EM's dev-label
-choice kept graph EM or the fit without labels, :func:`strategy_for`), later rounds ask for
-uncertain images spread over the data instead: among the ``CANDIDATES_PER_PICK × budget``
-unlabeled images of lowest confidence, k-means into ``budget`` groups and the least sure of
-each (uncertainty sampling with diversity, as cluster-margin, Citovsky et al. 2021): there the
-wrong labels sit at the clusters' borders, where typical images teach nothing new. Where a
-classifier of the labeled images won, the clusters are not the classes, and uncertainty picks
-measured worse than typical ones (TrashNet, 10 labels per class: 0.617 against 0.709;
-docs/methods.md, "Asking for the right labels").
+Uncertain images spread over the data (margin sampling with diversity, cluster-margin) were
+measured as later rounds and did worse at these budgets, as the low-budget literature finds:
+on TrashNet with 10 labels per class, typical images in every round 0.709 against 0.617 with
+margin picks in rounds 2 and 3 (docs/methods.md, "Which images to label").
 
 Above ``max_rows`` images it works on a seeded uniform sample (with the labeled images in it): a
 person labels tens of images, never enough to need the rest.
@@ -38,8 +33,7 @@ import numpy as np
 from goggles.inference.views import as_described, graph_features, graph_sample
 from goggles.io.blocks import RowBlocks, as_rows
 
-__all__ = ["CANDIDATES_PER_PICK", "MAX_ROWS", "PER_CLASS", "TYPICAL_NEIGHBOURS", "strategy_for",
-           "suggest_images", "typical_images", "uncertain_images"]
+__all__ = ["MAX_ROWS", "PER_CLASS", "TYPICAL_NEIGHBOURS", "suggest_images", "typical_images"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,9 +43,6 @@ TYPICAL_NEIGHBOURS = 20
 MAX_ROWS = 5000
 """Above this many images the suggestions are drawn from a seeded sample of this size (its
 features, the rows of A beside the descriptors, then stay within a few hundred MB)."""
-
-CANDIDATES_PER_PICK = 5
-"""Uncertain picks are drawn from this many times ``budget`` of the least sure images."""
 
 PER_CLASS = 4
 """Images a round asks for per class by default (the report's list; ``goggles suggest
@@ -106,53 +97,18 @@ def _typicality(members: np.ndarray) -> np.ndarray:
     return 1.0 / (np.sqrt(nearest).mean(axis=1) + 1e-9)
 
 
-def uncertain_images(x: np.ndarray, confidence: np.ndarray, budget: int, *,
-                     labeled: Sequence[int] | np.ndarray = (), seed: int = 0) -> np.ndarray:
-    """[≤ budget] sorted rows of ``x`` [N, D] to label next: among the
-    ``CANDIDATES_PER_PICK × budget`` unlabeled rows of lowest ``confidence`` [N], k-means on
-    their ``x`` into ``budget`` groups and the least sure row of each."""
-    sure = np.asarray(confidence, dtype=np.float64).copy()
-    sure[np.asarray(labeled, dtype=np.int64)] = np.inf
-    free = int(np.isfinite(sure).sum())
-    budget = min(budget, free)
-    if budget <= 0:
-        return np.zeros(0, dtype=np.int64)
-    candidates = np.argsort(sure, kind="stable")[:min(free, CANDIDATES_PER_PICK * budget)]
-    groups = _kmeans(x[candidates], budget, seed)
-    picks = [int(members[np.argmin(sure[members])])
-             for g in range(budget) if len(members := candidates[groups == g])]
-    return np.sort(np.asarray(picks, dtype=np.int64))
-
-
-def strategy_for(dev_choice: dict[str, object] | None) -> str:
-    """``"uncertain"`` once the labels' cross-validation kept graph EM's clusters (graph EM, or
-    the fit without labels, predicted held-out labels best: the clusters follow the classes),
-    else ``"typical"`` (no labels yet, too few to tell, or a classifier of them won)."""
-    chosen = (dev_choice or {}).get("chosen")
-    return "uncertain" if chosen in ("graph-em", "unlabeled") else "typical"
-
-
 def suggest_images(affinity: np.ndarray | RowBlocks, descriptors: Sequence[np.ndarray],
                    budget: int, *, labeled: Sequence[int] | np.ndarray = (), seed: int = 0,
-                   max_rows: int = MAX_ROWS, strategy: str = "typical",
-                   confidence: np.ndarray | None = None) -> np.ndarray:
+                   max_rows: int = MAX_ROWS) -> np.ndarray:
     """[≤ budget] sorted rows of the N images (A [N, M] as an array or row blocks, and graph EM's
     descriptors, one [N, D] per network) that a person should label next, none of ``labeled``
-    (the rows labeled in earlier rounds): with ``strategy`` ``"typical"``
-    (:func:`typical_images`) or ``"uncertain"`` (:func:`uncertain_images` by the labels'
-    ``confidence`` [N]) on the images as graph EM sees them, on a seeded sample above
-    ``max_rows`` images."""
+    (the rows labeled in earlier rounds): :func:`typical_images` of the images as graph EM
+    sees them, on a seeded sample above ``max_rows`` images."""
     rows = as_rows(affinity)
     labeled = np.unique(np.asarray(labeled, dtype=np.int64))
     sample = np.union1d(graph_sample(rows.shape[0], max_rows, np.random.default_rng(seed)),
                         labeled)
     x = graph_features(rows, as_described(descriptors), sample)
-    inside = np.searchsorted(sample, labeled)
-    if strategy == "uncertain" and confidence is not None:
-        picks = uncertain_images(x, np.asarray(confidence)[sample], budget, labeled=inside,
-                                 seed=seed)
-    else:
-        picks = typical_images(x, budget, labeled=inside, seed=seed)
-    logger.info("suggested %d %s image(s) to label (%d labeled before)", len(picks), strategy,
-                len(labeled))
+    picks = typical_images(x, budget, labeled=np.searchsorted(sample, labeled), seed=seed)
+    logger.info("suggested %d image(s) to label (%d labeled before)", len(picks), len(labeled))
     return sample[picks]

@@ -134,27 +134,23 @@ def run_infer(config: InferConfig, manifest_uri: str, prototypes_uri: str,
                           labels_uri)
     state = inference_state(model, config.method, names, dev)
     state["suggestions"] = _suggestions(affinity, inputs.get("descriptors"), config,
-                                        dev_rows if dev is not None else (), model)
+                                        dev_rows if dev is not None else ())
     storage.write_json(state, inference_uri)
     return {"num_prototypes": int(len(source_index)), "em_iterations": state["em_iterations"],
             "converged": state["converged"], "num_classes": config.num_classes}
 
 
 def _suggestions(affinity: artifacts.StoredShards, descriptors: Sequence[np.ndarray] | None,
-                 config: InferConfig, labeled: Sequence[int] | np.ndarray,
-                 model: Any) -> dict[str, Any]:
+                 config: InferConfig, labeled: Sequence[int] | np.ndarray
+                 ) -> dict[str, Any]:
     """inference.json's ``suggestions``: the images to label next (the report lists them;
-    :mod:`goggles.inference.suggest`), ``PER_CLASS`` per class, none of the dev images; typical
-    images, or uncertain ones once the dev labels kept graph EM's clusters."""
-    from goggles.inference.base import label_confidence
-    from goggles.inference.suggest import PER_CLASS, strategy_for, suggest_images
+    :mod:`goggles.inference.suggest`), ``PER_CLASS`` per class, none of the dev images."""
+    from goggles.inference.suggest import PER_CLASS, suggest_images
 
     budget = PER_CLASS * config.num_classes
-    strategy = strategy_for(model.dev_choice_)
     rows = suggest_images(affinity, list(descriptors or []), budget, labeled=labeled,
-                          seed=config.seed, strategy=strategy,
-                          confidence=label_confidence(model))
-    return {"rows": rows.tolist(), "budget": budget, "how": strategy}
+                          seed=config.seed)
+    return {"rows": rows.tolist(), "budget": budget, "how": "typical"}
 
 
 def run_train(config: TrainConfig, manifest_uri: str, features_uri: str, labels_uri: str,

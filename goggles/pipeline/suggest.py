@@ -33,7 +33,7 @@ def suggest_for_run(run_uri: str, budget: int, output_uri: str, *,
     """Write the ``budget`` images of the run in ``run_uri`` to label next to ``output_uri`` (a
     CSV ``uri,label`` with empty labels); returns ``{"suggested", "labeled_before", "output"}``.
     """
-    from goggles.inference.suggest import strategy_for, suggest_images
+    from goggles.inference.suggest import suggest_images
     from goggles.training.labeler import shard_uris
 
     reason = uris.refusal(run_uri) or uris.refusal(output_uri)
@@ -42,8 +42,7 @@ def suggest_for_run(run_uri: str, budget: int, output_uri: str, *,
     if budget < 1:
         raise ConfigError(f"--budget must be at least 1 image, got {budget}", "budget")
     paths = output_paths(run_uri)
-    missing = [name for name in ("manifest", "labels", "inference")
-               if not storage.exists(paths[name])]
+    missing = [name for name in ("manifest", "inference") if not storage.exists(paths[name])]
     if missing or not storage.exists(storage.join(paths["features"], "meta.json")):
         raise ConfigError(f"{uris.redact(run_uri)} is not a finished goggles run (no "
                           f"{', '.join(missing) or 'artifacts/features'}); give the --output "
@@ -62,11 +61,8 @@ def suggest_for_run(run_uri: str, budget: int, output_uri: str, *,
         raise ConfigError(f"the run's affinity has {affinity.shape[0]} rows for "
                           f"{rows.num_rows} images; rerun it", "output_uri")
     run_seed = artifacts.run_seed(run_uri) if seed is None else seed
-    confidence = storage.read_parquet(paths["labels"]).sort_by("image_id")["confidence"]
     picks = suggest_images(affinity, descriptors, budget, labeled=sorted(labeled),
-                           seed=run_seed, strategy=strategy_for((state.get("dev") or {})
-                                                                .get("choice")),
-                           confidence=confidence.to_numpy())
+                           seed=run_seed)
     image_uris = rows["uri"].to_pylist()
     table = pa.table({"uri": [image_uris[i] for i in picks], "label": [""] * len(picks)})
     buffer = io.BytesIO()

@@ -11,12 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from goggles.cli import main
-from goggles.inference.suggest import (
-    strategy_for,
-    suggest_images,
-    typical_images,
-    uncertain_images,
-)
+from goggles.inference.suggest import suggest_images, typical_images
 
 
 def blobs(sizes: tuple[int, ...], dim: int = 8, spread: float = 0.05,
@@ -102,20 +97,3 @@ def test_goggles_suggest_writes_images_to_label_and_skips_earlier_rounds(
     assert len(again) == 4 and not again & {r["uri"] for r in rows}
     assert "4 labeled before" in capsys.readouterr().out
     assert main(["suggest", str(out), "--budget", "4", "--output", str(second)]) == 2  # kept
-
-
-def test_uncertain_images_are_the_least_sure_spread_over_the_data() -> None:
-    x, mode, _ = blobs((50, 50, 50, 50))
-    confidence = np.ones(len(x))
-    unsure = np.concatenate([np.flatnonzero(mode == m)[:6] for m in range(4)])
-    confidence[unsure] = np.linspace(0.5, 0.6, len(unsure))  # 6 unsure images in each mode
-    picks = uncertain_images(x, confidence, 4, labeled=unsure[:2], seed=0)
-    assert set(picks) <= set(unsure[2:].tolist())  # unsure, never labeled
-    assert sorted(mode[picks].tolist()) == [0, 1, 2, 3]  # spread: one per mode, not 4 of one
-
-
-def test_the_strategy_follows_the_labels_choice() -> None:
-    assert strategy_for(None) == "typical"  # no labels yet
-    assert strategy_for({"chosen": "classifier"}) == "typical"  # clusters are not classes
-    assert strategy_for({"chosen": "graph-em"}) == "uncertain"
-    assert strategy_for({"chosen": "unlabeled"}) == "uncertain"
