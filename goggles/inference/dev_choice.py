@@ -49,17 +49,18 @@ seeds)."""
 
 
 def seed_folds(seeds: Seeds, num_classes: int, max_folds: int = MAX_FOLDS) -> np.ndarray | None:
-    """[D] the fold of each seed (−1: never held out, the one seed of its class), or ``None``
-    when no class has two seeds or fewer than two classes have any. F = min(5, the smallest
-    count among the classes with two or more seeds): the j-th seed of such a class (in row
-    order) is in fold j mod F, so every fold leaves every seeded class a seed to learn from."""
+    """[D] the fold of each seed, or ``None`` when a class has fewer than two seeds.
+    F = min(5, the smallest class's seed count): the j-th seed of each class (in row order) is
+    in fold j mod F, so every fold leaves every class a seed to learn from. (Letting classes of
+    one seed take part, never held out, was measured: with 2 labels per class from the tool the
+    choice on a few held-out labels went wrong more often than right, TrashNet 0.5865 → 0.5514.)
+    """
     counts = np.bincount(seeds.classes, minlength=num_classes)
-    split = counts >= 2
-    if len(counts) != num_classes or not split.any() or (counts > 0).sum() < 2:
+    if len(counts) != num_classes or counts.min() < 2:
         return None
-    folds_n = int(min(max_folds, counts[split].min()))
-    folds = np.full(len(seeds.rows), -1, dtype=np.int64)
-    for k in np.flatnonzero(split):
+    folds_n = int(min(max_folds, counts.min()))
+    folds = np.empty(len(seeds.rows), dtype=np.int64)
+    for k in range(num_classes):
         mine = np.flatnonzero(seeds.classes == k)
         mine = mine[np.argsort(seeds.rows[mine], kind="stable")]
         folds[mine] = np.arange(len(mine)) % folds_n
