@@ -14,6 +14,10 @@ END_MODEL_SCORES = (
 )
 
 
+SCORED = {"graph-em": "graph EM", "classifier": "classifier", "unlabeled": "without labels"}
+"""How the summary names each way of using the dev labels."""
+
+
 def end_model_rows(end_model: dict[str, Any]) -> list[tuple[str, Any]]:
     """Rows for the end model (``goggles run --train`` / ``goggles train``): its head and the
     scores that exist (accuracy and the bounds need ground truth; agreement does not)."""
@@ -53,11 +57,12 @@ def summary_rows(metrics: dict[str, Any], state: dict[str, Any]) -> list[tuple[s
         chosen = dev.get("labels_from")
         if chosen:
             brier = chosen["held_out_brier"]
-            source = "a classifier of the dev images" if chosen["chosen"] == "classifier" \
-                else "graph EM seeded by the dev images"
-            rows.append(("labels from (predicts held-out dev labels better)",
-                         f"{source} (Brier per image, {chosen['folds']} folds: graph EM "
-                         f"{brier['graph-em']:.3f}, classifier {brier['classifier']:.3f})"))
+            source = {"classifier": "a classifier of the dev images",
+                      "unlabeled": "the fit without labels, named by the dev images"}.get(
+                chosen["chosen"], "graph EM seeded by the dev images")
+            scores = ", ".join(f"{SCORED.get(k, k)} {v:.3f}" for k, v in brier.items())
+            rows.append(("labels from (predicts held-out dev labels best)",
+                         f"{source} (Brier per image, {chosen['folds']} folds: {scores})"))
     rows += end_model_rows(metrics.get("end_model") or {})
     timings = metrics.get("timings_s") or {}
     if timings:

@@ -146,8 +146,8 @@ def test_report_of_an_em_run_is_self_contained_and_has_every_section(tmp_path: P
     assert metrics["accuracy"] == 1.0
     # per cluster: most and least confident thumbnails and the strongest prototypes' patches
     assert len([i for i in page.images if i["alt"].startswith("prototype")]) == 6 + 3 * 5
-    assert len([i for i in page.inputs if "cluster-name" in i.get("class", "")]) == 3
-    assert "download-dev-labels" in text
+    assert not [i for i in page.inputs if "cluster-name" in i.get("class", "")]  # no naming
+    assert "download-review" in text  # by exemplars: the person labels the listed images
     state = json.loads(Path(paths["inference"]).read_text())
     assert len(state["prototypes"]) == 15 and all(len(p["mean"]) == 3 for p in state["prototypes"])
     for k in range(3):
@@ -177,9 +177,12 @@ def test_dev_set_names_clusters_and_is_scored_apart(tmp_path: Path) -> None:
     text, _ = _parse(paths["report"])
     assert "alpha — 20 images" in text and "dev set (4 images)" in text
     assert "No dev set named these clusters" not in text  # the dev set already named them
-    # the review loop goes on: images to check, and the dev labels carried into the next CSV
+    # the loop goes on: images to label (4 per class, none labeled before), and the dev
+    # labels carried into the next CSV
     page = Path(paths["report"]).read_text()
-    assert "Images to check" in text and page.count("class='image-label'") == 10
+    assert "Images to label" in text and page.count("class='image-label'") == 8
+    state = json.loads(Path(paths["inference"]).read_text())
+    assert not set(state["suggestions"]["rows"]) & set(state["dev"]["rows"])
     given = json.loads(re.search(r"var GOGGLES_DEV=(.*?);\n", page).group(1))  # type: ignore[union-attr]
     assert sorted(map(tuple, given)) == sorted((u.replace(str(tmp_path / "a"),
                                                           str(tmp_path / "b")), n)
@@ -197,14 +200,15 @@ def test_graph_em_records_how_its_dev_labels_were_used(tmp_path: Path) -> None:
     paths = synthetic_run(tmp_path / "b", num_classes=2, method="graph-em", dev_labels=dev)
     metrics = json.loads(Path(paths["metrics"]).read_text())
     chosen = metrics["dev_set"]["labels_from"]
-    assert chosen["chosen"] in ("graph-em", "classifier") and chosen["folds"] == 3
-    assert set(chosen["held_out_brier"]) == {"graph-em", "classifier"}
+    assert chosen["chosen"] in ("graph-em", "classifier", "unlabeled") and chosen["folds"] == 3
+    assert set(chosen["held_out_brier"]) == {"graph-em", "classifier", "unlabeled"}
     assert metrics["dev_set"]["accuracy_unlabeled"] == 1.0
     state = json.loads(Path(paths["inference"]).read_text())
     assert state["dev"]["choice"] == chosen
     text, _ = _parse(paths["report"])
-    assert "labels from (predicts held-out dev labels better)" in text
-    assert f"{chosen['held_out_brier']['classifier']:.3f}" in text
+    assert "labels from (predicts held-out dev labels best)" in text
+    assert f"classifier {chosen['held_out_brier']['classifier']:.3f}" in text
+    assert f"without labels {chosen['held_out_brier']['unlabeled']:.3f}" in text
 
 
 def test_coverage_table_shows_what_each_confidence_threshold_keeps(tmp_path: Path) -> None:
