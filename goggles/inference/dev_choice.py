@@ -208,9 +208,9 @@ def uneven_message(seeds: Seeds, num_classes: int) -> str:
              for k in range(num_classes) if counts[k] < 2]
     return (f"the dev labels give {len(short)} of the {num_classes} classes fewer than 2 images "
             f"({', '.join(short[:5])}{', …' if len(short) > 5 else ''}), so they only seed "
-            "graph EM and no classifier of them is tried; label at least 2 images of every "
-            "class (5 each is better: images picked from the report's clusters alone often "
-            "miss a class where the clusters do not follow the classes)")
+            "graph EM and neither a classifier of them nor the fit without labels is tried; "
+            "ask for more images (goggles suggest, the report's list) until every class has "
+            "at least 2")
 
 
 def classifier_labels(affinity: np.ndarray | RowBlocks,

@@ -144,16 +144,15 @@ def test_too_few_seeds_to_split_keep_graph_ems_seeded_labels() -> None:
     x, truth = nuisance()
     rows = np.array([np.flatnonzero(truth == 0)[0], *np.flatnonzero(truth == 1)[:3]])
     seeds = Seeds(rows, truth[rows], ("cat", "dog"))  # one seed of class 0
-    with pytest.warns(DegenerateDataWarning, match="label at least 2 images of every class"):
+    with pytest.warns(DegenerateDataWarning, match="until every class has at least 2"):
         model, alone = fitted(x, seeds)
     assert model.dev_choice_ is None
     np.testing.assert_array_equal(model.posteriors_, alone.posteriors_)
     assert model.warnings_ == ["the dev labels give 1 of the 2 classes fewer than 2 images "
-                               "('cat': 1), so they only seed graph EM and no "
-                               "classifier of them is tried; label at least 2 images of "
-                               "every class (5 each is better: images picked from the "
-                               "report's clusters alone often miss a class where the "
-                               "clusters do not follow the classes)"]
+                               "('cat': 1), so they only seed graph EM and neither a "
+                               "classifier of them nor the fit without labels is tried; ask "
+                               "for more images (goggles suggest, the report's list) until "
+                               "every class has at least 2"]
     named_one = Seeds(rows[1:], truth[rows[1:]] * 0, ("dog",))  # a second class never named
     assert "('class 1': 0)" in uneven_message(named_one, 2)
 
