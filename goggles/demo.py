@@ -142,8 +142,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--fashion-mnist", default="",
                         help="folder with the idx files (default: Debian's package)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    # the demo's and goggles' own lines; kfp's task output (coloured, per task) only as warnings
+    handler.addFilter(lambda record: record.levelno >= logging.WARNING
+                      or record.name.startswith(("goggles", "__main__")))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     from goggles.parameters import RunParameters
     from goggles.pipeline.inprocess import run_inprocess
 
