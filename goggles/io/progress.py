@@ -64,8 +64,11 @@ class Progress:
         if quarter > self._quarter and self.done < self.total and now - self.last >= MIN_SECONDS:
             self._quarter = quarter
             self.last = now
-            print(plain_line(self.desc, self.done, self.total, self.unit, now - self.started),
-                  file=self.stream, flush=True)
+            # the display itself, as tqdm's bar on a terminal: a line on the bar's stream,
+            # which the runners' consoles read (a task's stderr), not a log record
+            self.stream.write(plain_line(self.desc, self.done, self.total, self.unit,
+                                         now - self.started) + "\n")
+            self.stream.flush()
 
     def close(self) -> None:
         """Remove the bar (the stage's own line says it ended)."""
