@@ -171,16 +171,14 @@ def choose(fit_seeded: Callable[[Seeds], np.ndarray], seed_features: np.ndarray,
             total["unlabeled"] += brier(named_by(unlabeled, subset)[seeds.rows[held]],
                                         seeds.classes[held])
     chosen = min(total, key=lambda k: (total[k], ("graph-em", "unlabeled", "classifier").index(k)))
-    scored = folds >= 0
-    scores = {k: round(v / int(scored.sum()), 6) for k, v in total.items()}
+    scores = {k: round(v / len(seeds.rows), 6) for k, v in total.items()}
     logger.info("dev labels: %s predicts the held-out dev labels best (Brier per image: %s; "
                 "%d folds)", chosen, ", ".join(f"{k} {v:.4f}" for k, v in scores.items()),
                 int(folds.max()) + 1)
     record: dict[str, Any] = {"chosen": chosen, "folds": int(folds.max()) + 1,
                               "held_out_brier": scores}
     if chosen == "classifier":
-        record["temperature"] = round(fit_temperature(held_out[scored], seeds.classes[scored]),
-                                      4)
+        record["temperature"] = round(fit_temperature(held_out, seeds.classes), 4)
     return record
 
 

@@ -42,7 +42,13 @@ import numpy as np
 from goggles.features.descriptors import descriptors_of
 from goggles.inference.base import Method, MethodParameters
 from goggles.inference.confidence import drifted, neighbour_confidence
-from goggles.inference.dev_choice import choose, classifier_labels, named_by, uneven_message
+from goggles.inference.dev_choice import (
+    choose,
+    classifier_labels,
+    named_by,
+    seed_folds,
+    uneven_message,
+)
 from goggles.inference.graph import (
     MAX_NEIGHBOUR_GROWTH,
     connected_knn_graph,
@@ -185,15 +191,16 @@ class GraphEM(Method):
             assert posteriors is not None
             return posteriors
 
+        if seed_folds(seeds, self.num_classes) is None:  # too few to split: no choice to make
+            self._warn(uneven_message(seeds, self.num_classes))
+            return
         unlabeled = fit_copy(None)
         assert unlabeled.posteriors_ is not None and unlabeled.confidence_ is not None
         seed_features = graph_features(rows, described, seeds.rows)
         record = choose(fit_seeded, seed_features, seeds, self.num_classes,
                         unlabeled=unlabeled.posteriors_)
+        assert record is not None  # the seeds split (above)
         self.dev_choice_ = record
-        if record is None:
-            self._warn(uneven_message(seeds, self.num_classes))
-            return
         if record["chosen"] == "unlabeled":
             self.posteriors_ = seeds.clamp(named_by(unlabeled.posteriors_, seeds))
             confidence = unlabeled.confidence_.copy()
