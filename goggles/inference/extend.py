@@ -4,7 +4,8 @@ Above ``max_rows`` images graph EM (:mod:`goggles.inference.graph_em`) fits on a
 every other image takes the mean posterior of its ``neighbours`` nearest sampled images (by the
 sum of the cosines of its parts: its row of A and its descriptors). What that pass needs of the
 fit is small and fixed, :class:`SampleFit`: the sample's parts, posteriors, initial labels and
-confidence (at 20,000 sampled images and 2,048 prototypes, about 0.5 GB). Each row's labels
+confidence (at 20,000 sampled images and 20,000 prototypes, about 1 GB: the parts are kept in
+half precision). Each row's labels
 depend on that state and on the row alone, so the rows can be labelled in any blocks, by any
 number of tasks, each reading only its own rows of A and their descriptors
 (:func:`label_block`), and the labels are the same however the rows are split.
@@ -31,7 +32,7 @@ class SampleFit:
     sample : [S] sorted indices of the sampled images among all N.
     parts : the sample's unit-length parts: [S, M] rows of A (quantised and normalised as in
         the fit, :func:`goggles.inference.graph_em.reference_parts`) and one [S, D] array per
-        descriptor network.
+        descriptor network, rounded to float16 (stored so; float32 in memory).
     posteriors : [S, K] the sample's posteriors.
     labels : [S] the sample's initial (k-means) labels.
     confidence : [S] the sample's confidence.
@@ -45,6 +46,12 @@ class SampleFit:
     confidence: np.ndarray
     neighbours: int
 
+    def __post_init__(self) -> None:
+        # the parts as half floats (held as float32): the state a shard task reads stays small
+        # (20,000 x 20,000 entries: 0.8 GB), and every runner labels from the same values
+        self.parts = [np.asarray(part, dtype=np.float16).astype(np.float32)
+                      for part in self.parts]
+
     @property
     def num_classes(self) -> int:
         return int(self.posteriors.shape[1])
@@ -54,7 +61,7 @@ class SampleFit:
         for name in ("sample", "posteriors", "labels", "confidence"):
             storage.write_npy(getattr(self, name), storage.join(uri, f"{name}.npy"))
         for i, part in enumerate(self.parts):
-            storage.write_npy(part, storage.join(uri, f"part-{i}.npy"))
+            storage.write_npy(part.astype(np.float16), storage.join(uri, f"part-{i}.npy"))
         storage.write_json({"parts": len(self.parts), "neighbours": self.neighbours},
                            storage.join(uri, "meta.json"))
 

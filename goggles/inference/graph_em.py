@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from goggles.features.descriptors import descriptors_of
-from goggles.inference.base import Method, MethodParameters
+from goggles.inference.base import Method, MethodParameters, label_confidence
 from goggles.inference.confidence import drifted, neighbour_confidence
 from goggles.inference.dev_choice import (
     choose,
@@ -49,6 +49,7 @@ from goggles.inference.dev_choice import (
     seed_folds,
     uneven_message,
 )
+from goggles.inference.extend import SampleFit, label_all
 from goggles.inference.graph import (
     MAX_NEIGHBOUR_GROWTH,
     connected_knn_graph,
@@ -60,12 +61,13 @@ from goggles.inference.summary import fit_gaussians
 from goggles.inference.views import (  # noqa: F401  (graph_sample, nearest_references: the labeler's)
     EXTEND_ROWS,
     as_described,
+    fit_sample,
     graph_features,
     graph_sample,
     nearest_references,
     reference_parts,
 )
-from goggles.io.blocks import RowBlocks, as_rows
+from goggles.io.blocks import RowBlocks, SampleRows, as_rows
 
 if TYPE_CHECKING:
     from goggles.inference.seeds import Seeds
@@ -154,6 +156,17 @@ class GraphEM(Method):
                 raise ValueError("graph EM needs the images' descriptors or their filter maps "
                                  "(the extract stage's features)")
             descriptors = [descriptors_of(filter_maps.blocks())]
+        rows, described = as_rows(affinity), as_described(descriptors)
+        n = rows.shape[0]
+        sample = fit_sample(n, self.max_rows, self.random_state,
+                            None if seeds is None else seeds.rows)
+        if len(sample) < n:  # fit on the sample, then every image by its nearest sampled ones
+            state = self.fit_sample(SampleRows(rows, sample), [d[sample] for d in described],
+                                    sample, source_index, seeds)
+            self.posteriors_, self.initial_labels_, self.confidence_ = label_all(state, rows,
+                                                                                 described)
+            self.prototype_class_ = self.posteriors_.argmax(axis=1)[source_index]
+            return self
         self._graph_cache = self.dev_choice_ = None  # a graph is shared within one fit only
         try:
             self._fit_graph(affinity, descriptors, seeds)
@@ -166,6 +179,34 @@ class GraphEM(Method):
             affinity, self.posteriors_.argmax(axis=1), source_index, self.num_classes,
             variance_floor=self.variance_floor, exclude_self=self.exclude_self)
         return self
+
+    def fit_sample(self, rows: RowBlocks, described: Sequence[np.ndarray], sample: np.ndarray,
+                   source_index: np.ndarray, seeds: Seeds | None = None) -> SampleFit:
+        """Graph EM above ``max_rows`` images, on its sample alone: ``rows`` [S, M] are the rows
+        of A of the images ``sample`` (:func:`~goggles.inference.views.fit_sample`),
+        ``described`` their descriptors, ``source_index`` [M] every prototype's image among all
+        N, ``seeds`` rows among all N. Fits this model on the sample exactly as on a set of S
+        images (graph, EM, dev-label choice, the report's Gaussians) and returns what labelling
+        every other image needs (:class:`goggles.inference.extend.SampleFit`): the in-process
+        fit and a cluster's fit task both call it, and each shard of the other images is then
+        labelled apart (:func:`goggles.inference.extend.label_block`)."""
+        sample = np.asarray(sample, dtype=np.int64)
+        position = np.searchsorted(sample, source_index)
+        inside = (position < len(sample)) & (sample[np.minimum(position, len(sample) - 1)]
+                                             == source_index)
+        local_source = np.where(inside, position, -1)  # prototypes of other images: no self
+        alone = dataclasses.replace(self, max_rows=len(sample))
+        alone.fit(rows, local_source, descriptors=list(described),
+                  seeds=None if seeds is None else seeds.within(sample))
+        for name in ("n_iter_", "converged_", "log_likelihood_trace_", "change_trace_",
+                     "warnings_", "params_", "embedding_", "restart_log_likelihoods_",
+                     "neighbours_used_", "bridges_", "guarded_", "dev_choice_"):
+            setattr(self, name, getattr(alone, name))
+        self.sample_ = sample
+        assert alone.posteriors_ is not None and alone.initial_labels_ is not None
+        return SampleFit(sample, reference_parts(rows, described, np.arange(len(sample))),
+                         alone.posteriors_, alone.initial_labels_, label_confidence(alone),
+                         self.neighbours)
 
     def _choose_dev(self, affinity: np.ndarray | RowBlocks,
                     descriptors: np.ndarray | Sequence[np.ndarray], seeds: Seeds) -> None:
@@ -241,7 +282,7 @@ class GraphEM(Method):
         key = (sample.tobytes(), seed)
         if self._graph_cache is None or self._graph_cache[0] != key:
             self._graph_cache = (key, self._graph(rows, described, sample, seed))
-        parts, node, first, embedding, cols = self._graph_cache[1]
+        _parts, node, first, embedding, cols = self._graph_cache[1]
         distinct = len(first)
         min_mass = max(1.0, self.min_class_fraction * len(sample))
         best: tuple[MixtureFit, np.ndarray] | None = None
@@ -286,8 +327,7 @@ class GraphEM(Method):
             confidence = neighbour_confidence(posteriors[first], near)[node]
         initial = labels
         if len(sample) < n:
-            posteriors, initial, confidence = self._extend(rows, described, sample, parts,
-                                                           posteriors, labels, confidence)
+            raise AssertionError("fit() fits above max_rows images on the sample (fit_sample)")
         self.sample_ = sample
         self.embedding_ = embedding
         self.initial_labels_ = initial
@@ -331,18 +371,6 @@ class GraphEM(Method):
                         "classes: built with %d neighbours and %d bridging edges",
                         self.neighbours, self.num_classes, used, bridges)
         return parts, node, first, spectral_coordinates(graph, self.num_classes, seed)[node], cols
-
-    def _extend(self, rows: RowBlocks, described: list[np.ndarray], sample: np.ndarray,
-                parts: list[np.ndarray], posteriors: np.ndarray, labels: np.ndarray,
-                confidence: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Posteriors, initial labels and confidence of every image: sampled images keep
-        theirs, the others take the mean posterior over their nearest sampled neighbours (which
-        is already a neighbour vote: its top entry is their confidence), shard by shard
-        (:mod:`goggles.inference.extend`)."""
-        from goggles.inference.extend import SampleFit, label_all
-
-        return label_all(SampleFit(sample, parts, posteriors, labels, confidence,
-                                   self.neighbours), rows, described)
 
 
 def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:

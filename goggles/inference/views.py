@@ -13,8 +13,8 @@ from goggles.inference.graph import top_k
 from goggles.inference.likelihood import EXACT_SCALE, kmeans_rows
 from goggles.io.blocks import RowBlocks, as_rows, sub_blocks
 
-__all__ = ["EXTEND_ROWS", "as_described", "graph_features", "graph_sample", "nearest_references",
-           "reference_parts", "row_features"]
+__all__ = ["EXTEND_ROWS", "as_described", "fit_sample", "graph_features", "graph_sample",
+           "nearest_references", "reference_parts", "row_features"]
 
 _NO_CELLS = np.zeros(0, dtype=np.int64)
 
@@ -47,6 +47,15 @@ def graph_sample(n: int, max_rows: int, rng: np.random.Generator) -> np.ndarray:
     if n <= max_rows:
         return np.arange(n)
     return np.sort(rng.choice(n, size=max_rows, replace=False))
+
+
+def fit_sample(n: int, max_rows: int, random_state: int,
+               kept: np.ndarray | None = None) -> np.ndarray:
+    """The images graph EM fits on: :func:`graph_sample` of ``default_rng(random_state)``, with
+    the rows ``kept`` (the dev-labeled images) always in it. It depends on ``n`` and the dev rows
+    alone, so a cluster run's plan task draws it before any row of A exists."""
+    sample = graph_sample(n, max_rows, np.random.default_rng(random_state))
+    return sample if kept is None else np.union1d(sample, np.asarray(kept, dtype=np.int64))
 
 
 def reference_parts(rows: RowBlocks, described: Sequence[np.ndarray],

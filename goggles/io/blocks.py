@@ -55,6 +55,31 @@ class InMemoryRows:
         yield 0, self.matrix
 
 
+@dataclass
+class SampleRows:
+    """The rows ``index`` (sorted, distinct) of a block source, served as their own [S, M]
+    matrix in that order and streamed: one pass over ``source`` per pass over them."""
+
+    source: RowBlocks
+    index: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (len(self.index), self.source.shape[1])
+
+    def blocks(self) -> Iterator[tuple[int, np.ndarray]]:
+        index = np.asarray(self.index, dtype=np.int64)
+        done = 0
+        for start, block in self.source.blocks():
+            stop = int(np.searchsorted(index, start + block.shape[0]))
+            if stop > done:
+                yield done, np.asarray(block[index[done:stop] - start])
+                done = stop
+        if done != len(index):
+            raise ValueError(f"rows {index[done:done + 3].tolist()}... are not among the "
+                             f"{self.source.shape[0]} rows of the source")
+
+
 def as_rows(affinity: np.ndarray | RowBlocks) -> RowBlocks:
     """A as row blocks: an [N, M] array is wrapped, a block source passes through."""
     if isinstance(affinity, np.ndarray) or not hasattr(affinity, "blocks"):
