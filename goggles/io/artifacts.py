@@ -176,6 +176,87 @@ class StoredShards:
             yield start, block
 
 
+# -- the fit's sample, part by part --------------------------------------------------------------
+
+_SAMPLE_META, _SAMPLE_ROWS, _SAMPLE_INDEX = "meta.json", "rows.npy", "index.npy"
+_SAMPLE_LOGITS = "imagenet-logits.npy"
+
+
+def write_sample_part(block: np.ndarray, start: int, descriptors: Sequence[np.ndarray],
+                      sample_uri: str, part_uri: str,
+                      imagenet_logits: np.ndarray | None = None) -> int:
+    """The rows ``start .. start+len(block)`` of A that are in the sample at ``sample_uri``
+    (:func:`goggles.pipeline.fanout.run_plan_sample`), with their descriptors and ImageNet
+    logits (when the backbone has them), as folder ``part_uri``; returns how many."""
+    sample = storage.read_npy(storage.join(sample_uri, "sample.npy"))
+    stop = start + block.shape[0]
+    local = sample[(sample >= start) & (sample < stop)] - start
+    storage.write_npy(np.ascontiguousarray(block[local]), storage.join(part_uri, _SAMPLE_ROWS))
+    storage.write_npy((local + start).astype(np.int64), storage.join(part_uri, _SAMPLE_INDEX))
+    for i, values in enumerate(descriptors):
+        storage.write_npy(np.ascontiguousarray(values[local]),
+                          storage.join(part_uri, f"descriptors-{i}.npy"))
+    if imagenet_logits is not None:
+        storage.write_npy(np.ascontiguousarray(imagenet_logits[local]),
+                          storage.join(part_uri, _SAMPLE_LOGITS))
+    storage.write_json({"start": start, "stop": stop, "rows": len(local),
+                        "columns": int(block.shape[1]), "descriptors": len(descriptors),
+                        "imagenet_logits": imagenet_logits is not None},
+                       storage.join(part_uri, _SAMPLE_META))
+    return len(local)
+
+
+class SampleParts:
+    """The sample's rows of A from the affinity shards' sample parts, in row order (a
+    :class:`goggles.io.blocks.RowBlocks`, one part in memory at a time), with ``index`` [S] the
+    rows they are among all N and ``descriptors`` (one [S, D] array per network)."""
+
+    def __init__(self, uris: Sequence[str]):
+        metas = sorted(((storage.read_json(storage.join(uri, _SAMPLE_META)), uri)
+                        for uri in uris), key=lambda item: int(item[0]["start"]))
+        if not metas:
+            raise ValueError("no sample parts to read; pass every affinity shard's sample part")
+        expected = 0
+        for meta, uri in metas:
+            if int(meta["start"]) != expected:
+                raise ValueError(f"the sample's parts do not tile the rows: expected one from "
+                                 f"row {expected}, found {meta['start']} ({uri}); rerun the "
+                                 "affinity shard that is missing")
+            expected = int(meta["stop"])
+        self._uris = [uri for _, uri in metas]
+        self._meta = metas[0][0]
+        self.index = np.concatenate([storage.read_npy(storage.join(uri, _SAMPLE_INDEX))
+                                     for uri in self._uris])
+        self.descriptors = [self._joined(f"descriptors-{i}.npy")
+                            for i in range(int(self._meta["descriptors"]))]
+        self._shape = (len(self.index), int(self._meta["columns"]))
+
+    def _joined(self, name: str) -> np.ndarray:
+        return np.concatenate([storage.read_npy(storage.join(uri, name)) for uri in self._uris])
+
+    def arrays(self, name: str) -> Any:
+        """What an inference method ``reads`` (:class:`goggles.inference.base.Method`) of the
+        sample's images: ``descriptors`` or ``imagenet_logits``."""
+        if name == "descriptors":
+            return self.descriptors
+        if name == "imagenet_logits" and self._meta.get("imagenet_logits"):
+            return self._joined(_SAMPLE_LOGITS)
+        raise ValueError(f"the sample parts hold no {name}; this backbone does not give them "
+                         "(choose another method or backbone)")
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self._shape
+
+    def blocks(self) -> Iterator[tuple[int, np.ndarray]]:
+        done = 0
+        for uri in self._uris:
+            block = storage.read_npy(storage.join(uri, _SAMPLE_ROWS))
+            if len(block):
+                yield done, block
+            done += len(block)
+
+
 # -- labels ----------------------------------------------------------------------------------------
 
 LABELS_SCHEMA = pa.schema([

@@ -4,7 +4,8 @@ refit), for scheduled runs over images that keep arriving.
 ``goggles compile --pipeline apply`` writes it; ``goggles schedule --package FILE`` (or
 ``submit``) runs it with ``model_uri=gs://bucket/run source_uri=gs://bucket/new``. The labels,
 manifest and metrics follow the labeling run's contract (goggles.io.artifacts); the apply task
-runs the CNN, so it gets extract's GPU settings (``goggles.kubeflow.pipeline._gpu``).
+runs the CNN, so it gets extract's GPU settings
+(:meth:`goggles.kubeflow.pipeline.TaskSettings.gpu`).
 """
 
 from typing import NamedTuple
@@ -31,36 +32,44 @@ class ApplyOutputs(NamedTuple):
     metrics: Artifact
 
 
-@dsl.pipeline(**APPLY_INFO)
-def goggles_apply_pipeline(
-    model_uri: str = "",
-    source_uri: str = "",
-    labeler: str = "auto",
-    device: str = "auto",
-    follow_symlinks: bool = False,
-) -> ApplyOutputs:
-    """Labels for the images under ``source_uri`` from the trained run at ``model_uri``.
+def build_apply(tasks: labels_pipeline.TaskSettings) -> dsl.base_component.BaseComponent:
+    """The apply pipeline with ``tasks``' settings on every task."""
 
-    Parameters
-    ----------
-    model_uri : a finished run's output (or its ``model/`` folder) the pods can read.
-    source_uri : folder or bucket prefix of the new images; first-level folders are truth.
-    labeler : ``auto``, ``end-model`` or ``affinity`` (docs/training.md).
-    device : ``auto`` uses the GPU where the task has one.
-    follow_symlinks : read what symlinks in a local source lead to outside it.
-    """
-    # new images in the bucket are never answered from an earlier run's cache
-    ingest_task = labels_pipeline.listed_ingest(source_uri, follow_symlinks)
-    apply_task = labels_pipeline._bucket_access(labels_pipeline._resources(
-        apply_model(manifest=ingest_task.outputs["manifest"], model_uri=model_uri,
-                    labeler=labeler, device=device), "extract"))
-    # uncached: the model at model_uri may have been retrained since (same URI, new weights)
-    (apply_task.set_caching_options(enable_caching=False)
-     .set_display_name("apply: label with the trained run"))
-    labels_pipeline._gpu(apply_task)
-    return ApplyOutputs(manifest=ingest_task.outputs["manifest"],
-                        labels=apply_task.outputs["labels"],
-                        metrics=apply_task.outputs["metrics_json"])
+    @dsl.pipeline(**APPLY_INFO)
+    def goggles_apply_pipeline(
+        model_uri: str = "",
+        source_uri: str = "",
+        labeler: str = "auto",
+        device: str = "auto",
+        follow_symlinks: bool = False,
+    ) -> ApplyOutputs:
+        """Labels for the images under ``source_uri`` from the trained run at ``model_uri``.
+
+        Parameters
+        ----------
+        model_uri : a finished run's output (or its ``model/`` folder) the pods can read.
+        source_uri : folder or bucket prefix of the new images; first-level folders are truth.
+        labeler : ``auto``, ``end-model`` or ``affinity`` (docs/training.md).
+        device : ``auto`` uses the GPU where the task has one.
+        follow_symlinks : read what symlinks in a local source lead to outside it.
+        """
+        # new images in the bucket are never answered from an earlier run's cache
+        ingest_task = tasks.listed_ingest(source_uri, follow_symlinks)
+        apply_task = tasks.bucket_access(tasks.resources(
+            apply_model(manifest=ingest_task.outputs["manifest"], model_uri=model_uri,
+                        labeler=labeler, device=device), "extract"))
+        # uncached: the model at model_uri may have been retrained since (same URI, new weights)
+        (apply_task.set_caching_options(enable_caching=False)
+         .set_display_name("apply: label with the trained run"))
+        tasks.gpu(apply_task)
+        return ApplyOutputs(manifest=ingest_task.outputs["manifest"],
+                            labels=apply_task.outputs["labels"],
+                            metrics=apply_task.outputs["metrics_json"])
+
+    return goggles_apply_pipeline
+
+
+goggles_apply_pipeline = build_apply(labels_pipeline.TaskSettings())
 
 
 APPLY_HELP = {
@@ -76,15 +85,6 @@ def compile_apply_pipeline(package_path: str = "goggles_apply_pipeline.yaml",
                            settings: ClusterSettings | None = None) -> str:
     """Compile :func:`goggles_apply_pipeline` with a profile's cluster settings and ``settings``
     (images, pull secret, GPU), the parameters described as the labeling pipeline's are."""
-    if profile not in labels_pipeline.PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; choose one of "
-                         f"{', '.join(labels_pipeline.PROFILES)}")
-    settings = labels_pipeline._profile_settings(profile, settings or ClusterSettings())
-    labels_pipeline._build.update(labels_pipeline.PROFILES[profile], settings=settings)
-    try:
-        built = dsl.pipeline(**APPLY_INFO)(goggles_apply_pipeline.pipeline_func)
-        compiler.Compiler().compile(built, package_path=package_path)
-    finally:
-        labels_pipeline._build.update(labels_pipeline.PROFILES["default"],
-                                      settings=ClusterSettings())
+    built = build_apply(labels_pipeline.task_settings(profile, settings))
+    compiler.Compiler().compile(built, package_path=package_path)
     return describe_parameters(package_path, extra=APPLY_HELP)

@@ -18,8 +18,9 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 """A terminal colour code (kfp colours task names and statuses)."""
 
 TASK_STAGES = {"list-source": "ingest", "ingest": "ingest", "extract-part": "extract",
-               "gather-features": "extract", "affinity-shard": "affinity", "infer": "infer",
-               "train": "train", "evaluate": "evaluate"}
+               "gather-features": "extract", "affinity-shard": "affinity", "infer-fit": "infer",
+               "label-shard": "infer", "gather-labels": "infer", "train": "train",
+               "evaluate": "evaluate"}
 """The stage the console names for each task of the pipeline (the others are not named)."""
 _EXECUTING = re.compile(r"Executing task '(?P<task>[^']+)'")
 _OUTPUTS = re.compile(r"Task '(?P<task>[^']+)' outputs:")

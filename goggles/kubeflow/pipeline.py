@@ -1,6 +1,9 @@
-"""The goggles Kubeflow pipeline: ingest → extract (fan-out over row shards) → gather →
-affinity (fan-out: shard s reads part s's filter maps alone) → infer → [train, when ``train``] →
-evaluate/report, with the task settings a cluster needs chained here, not in the components.
+"""The goggles Kubeflow pipeline: ingest → plan → extract (fan-out over row shards) → gather →
+affinity (fan-out: shard s reads part s's filter maps alone) → infer (a fit on the plan's
+sample, then a label task per shard and a gather) → [train, when ``train``] → evaluate/report,
+with the task settings a cluster needs chained here, not in the components. With graph EM (the
+default) no task reads all of A: its fit reads a sample of at most 20,000 rows
+(:mod:`goggles.pipeline.fanout`); the other methods fit on every row, in one task.
 
 ``python pipeline.py [--output goggles_pipeline.yaml] [--profile dev|prod]`` compiles it for a
 Kubeflow Pipelines cluster (the repository's ``pipeline.py`` is this file, as is its
@@ -31,8 +34,10 @@ from goggles.kubeflow.components import (
     evaluate,
     extract_part,
     gather_features,
-    infer,
+    gather_labels,
+    infer_fit,
     ingest,
+    label_shard,
     list_source,
     no_train,
     plan_shards,
@@ -45,11 +50,12 @@ from goggles.kubeflow.settings import (
 )
 
 PIPELINE_NAME = "goggles"
-__all__ = ["IMAGES", "PIPELINE_NAME", "PROFILES", "compile_pipeline", "goggles_pipeline",
-           "pipeline_for"]
+__all__ = ["IMAGES", "PIPELINE_NAME", "PROFILES", "TaskSettings", "build", "compile_pipeline",
+           "goggles_pipeline", "pipeline_for", "task_settings"]
 DEFAULT_PACKAGE = "goggles_pipeline.yaml"
 SHARD_PARALLELISM = 8
-"""At most this many extract or affinity shard pods at once (kfp's local runner caps it at 2)."""
+"""At most this many extract, affinity or label shard pods at once (kfp's local runner caps it
+at 2)."""
 
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
@@ -84,10 +90,6 @@ NetworkPolicy selects (k8s/). Secret and ConfigMap are optional: with workload i
 is needed. ``service_account`` is who runs submit and schedule use unless told otherwise
 (``""``: the namespace's default for pipelines, e.g. ``default-editor``); a run's service
 account is not part of the compiled pipeline."""
-_build: dict = {**PROFILES["default"], "settings": ClusterSettings()}
-"""The profile and cluster settings being built: kfp runs the pipeline body once, when it is
-decorated."""
-
 RESOURCES = {
     # stage: (cpu request, memory request, memory limit)
     "ingest": ("1", "2Gi", "4Gi"),
@@ -96,6 +98,7 @@ RESOURCES = {
     "gather": ("1", "4Gi", "8Gi"),
     "affinity": ("2", "8Gi", "12Gi"),
     "infer": ("2", "8Gi", "16Gi"),
+    "label": ("1", "4Gi", "6Gi"),
     "train": ("2", "4Gi", "8Gi"),
     "evaluate": ("1", "4Gi", "8Gi"),
 }
@@ -115,62 +118,71 @@ class Outputs(NamedTuple):
     """Where the train task wrote the end model (``""`` when the run trains none)."""
 
 
-def _resources(task: dsl.PipelineTask, stage: str) -> dsl.PipelineTask:
-    cpu, memory, memory_limit = RESOURCES[stage]
-    settings: ClusterSettings = _build["settings"]
-    if task.container_spec is not None:  # the image of --image-repository/--image-tag
-        task.set_container_image(settings.image_for(task.container_spec.image))
-    if settings.image_pull_secret:
-        kubernetes.set_image_pull_secrets(task, [settings.image_pull_secret])
-    if _build["namespace"]:
-        kubernetes.set_security_context(task, run_as_user=IMAGE_USER, run_as_group=IMAGE_USER,
-                                        run_as_non_root=True)
-        kubernetes.add_pod_label(task, *TASK_POD_LABEL)
-    return (task.set_cpu_request(cpu).set_memory_request(memory)
-            .set_memory_limit(memory_limit).set_caching_options(enable_caching=True))
+@dataclasses.dataclass(frozen=True)
+class TaskSettings:
+    """What one compile sets on every task: the profile's switches (:data:`PROFILES`) and the
+    cluster settings (images, pull secret, GPU). Each build of a pipeline has its own; nothing
+    is kept between builds."""
 
+    profile: str = "default"
+    settings: ClusterSettings = dataclasses.field(default_factory=ClusterSettings)
 
-def _bucket_access(task: dsl.PipelineTask) -> dsl.PipelineTask:
-    """The namespace's bucket credentials and defaults, for a task that reads URIs it is given."""
-    if _build["namespace"]:
-        kubernetes.use_secret_as_env(task, BUCKET_SECRET, BUCKET_SECRET_ENV, optional=True)
-        kubernetes.use_secret_as_volume(task, BUCKET_SECRET, BUCKET_SECRET_MOUNT, optional=True)
-        kubernetes.use_config_map_as_env(task, DEFAULTS_CONFIG_MAP,
-                                         {key: key for key in DEFAULTS_ENV}, optional=True)
-    return task
+    @property
+    def namespaced(self) -> bool:
+        return bool(PROFILES[self.profile]["namespace"])
 
+    def resources(self, task: dsl.PipelineTask, stage: str) -> dsl.PipelineTask:
+        """The stage's requests and limits, image, pull secret, security context and caching."""
+        cpu, memory, memory_limit = RESOURCES[stage]
+        if task.container_spec is not None:  # the image of --image-repository/--image-tag
+            task.set_container_image(self.settings.image_for(task.container_spec.image))
+        if self.settings.image_pull_secret:
+            kubernetes.set_image_pull_secrets(task, [self.settings.image_pull_secret])
+        if self.namespaced:
+            kubernetes.set_security_context(task, run_as_user=IMAGE_USER,
+                                            run_as_group=IMAGE_USER, run_as_non_root=True)
+            kubernetes.add_pod_label(task, *TASK_POD_LABEL)
+        return (task.set_cpu_request(cpu).set_memory_request(memory)
+                .set_memory_limit(memory_limit).set_caching_options(enable_caching=True))
 
-def _gpu(task: dsl.PipelineTask) -> None:
-    """Extract on a GPU unless the settings say CPU; node selector and toleration only when
-    asked (a stock GKE or EKS node has no ``nvidia.com/gpu.present`` label)."""
-    settings: ClusterSettings = _build["settings"]
-    if settings.extract_device != "gpu":
-        return
-    task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(1)
-    selector = settings.node_selector()
-    if selector:
-        kubernetes.add_node_selector(task, *selector)
-    if settings.gpu_toleration:
-        kubernetes.add_toleration(task, **GPU_TOLERATION)
+    def bucket_access(self, task: dsl.PipelineTask) -> dsl.PipelineTask:
+        """The namespace's bucket credentials and defaults, for a task that reads URIs it is
+        given."""
+        if self.namespaced:
+            kubernetes.use_secret_as_env(task, BUCKET_SECRET, BUCKET_SECRET_ENV, optional=True)
+            kubernetes.use_secret_as_volume(task, BUCKET_SECRET, BUCKET_SECRET_MOUNT,
+                                            optional=True)
+            kubernetes.use_config_map_as_env(task, DEFAULTS_CONFIG_MAP,
+                                             {key: key for key in DEFAULTS_ENV}, optional=True)
+        return task
 
+    def gpu(self, task: dsl.PipelineTask) -> None:
+        """Extract on a GPU unless the settings say CPU; node selector and toleration only when
+        asked (a stock GKE or EKS node has no ``nvidia.com/gpu.present`` label)."""
+        if self.settings.extract_device != "gpu":
+            return
+        task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(1)
+        selector = self.settings.node_selector()
+        if selector:
+            kubernetes.add_node_selector(task, *selector)
+        if self.settings.gpu_toleration:
+            kubernetes.add_toleration(task, **GPU_TOLERATION)
 
-def listed_ingest(source_uri: str, follow_symlinks: bool,
-                  verify: bool = False) -> dsl.PipelineTask:
-    """The ingest task, after an uncached listing task whose digest of the source (each image's
-    path, size and version) is one of ingest's inputs: a changed source is ingested again (and
-    every later task recomputed), an unchanged one reuses KFP's cache. Every pipeline that reads
-    a source starts with it."""
-    listing_task = _bucket_access(_resources(list_source(source_uri=source_uri,
-                                                         follow_symlinks=follow_symlinks,
-                                                         verify=verify),
-                                             "ingest"))
-    (listing_task.set_caching_options(enable_caching=False)
-     .set_display_name("list the source (uncached)"))
-    ingest_task = _bucket_access(_resources(ingest(source_uri=source_uri,
-                                                   follow_symlinks=follow_symlinks,
-                                                   source_fingerprint=listing_task.output),
-                                            "ingest"))
-    return ingest_task.set_display_name("ingest: list and validate images")
+    def listed_ingest(self, source_uri: str, follow_symlinks: bool,
+                      verify: bool = False) -> dsl.PipelineTask:
+        """The ingest task, after an uncached listing task whose digest of the source (each
+        image's path, size and version) is one of ingest's inputs: a changed source is ingested
+        again (and every later task recomputed), an unchanged one reuses KFP's cache. Every
+        pipeline that reads a source starts with it."""
+        listing_task = self.bucket_access(self.resources(
+            list_source(source_uri=source_uri, follow_symlinks=follow_symlinks, verify=verify),
+            "ingest"))
+        (listing_task.set_caching_options(enable_caching=False)
+         .set_display_name("list the source (uncached)"))
+        ingest_task = self.bucket_access(self.resources(
+            ingest(source_uri=source_uri, follow_symlinks=follow_symlinks,
+                   source_fingerprint=listing_task.output), "ingest"))
+        return ingest_task.set_display_name("ingest: list and validate images")
 
 
 class Parts(NamedTuple):
@@ -180,34 +192,14 @@ class Parts(NamedTuple):
     summaries: List[Dataset]  # noqa: UP006
 
 
-def _extract_parts(manifest: Input[Dataset], shard_ids: list, num_shards: int, backbone: str,
-                   weights_uri: str, weights_sha256: str, top_k: int, device: str,
-                   descriptor_backbone: str, feature_cache_uri: str) -> Parts:
-    """Extraction fanned out over the row shards: one task (on a GPU node, unless the
-    settings say CPU) per shard. A sub-pipeline, because a ``dsl.ParallelFor`` can iterate over
-    the list of artifacts a pipeline returns: the affinity loop takes part s's maps as its
-    item."""
-    with dsl.ParallelFor(items=shard_ids, name="extract shards (fan-out)",
-                         parallelism=SHARD_PARALLELISM) as shard_id:
-        part_task = _resources(extract_part(
-            manifest=manifest, shard_id=shard_id, num_shards=num_shards, backbone=backbone,
-            weights_uri=weights_uri, weights_sha256=weights_sha256, top_k=top_k, device=device,
-            descriptor_backbone=descriptor_backbone, feature_cache_uri=feature_cache_uri),
-            "extract")
-        (_bucket_access(part_task).set_display_name("extract: CNN filter maps of one row shard")
-         .set_retry(num_retries=2, backoff_duration="30s", backoff_factor=2,
-                    backoff_max_duration="600s"))
-        _gpu(part_task)
-    return Parts(maps=dsl.Collected(part_task.outputs["maps"]),
-                 summaries=dsl.Collected(part_task.outputs["summary"]))
+class Shards(NamedTuple):
+    """The gathered features and prototypes, the affinity shards (one per row shard) and each
+    one's rows in graph EM's sample."""
 
-
-def _parts_pipeline() -> dsl.base_component.BaseComponent:
-    """:func:`_extract_parts` built with the settings being built (``_build``)."""
-    return dsl.pipeline(name="extract-parts")(_extract_parts)
-
-
-_build["extract_parts"] = _parts_pipeline()
+    features: Dataset
+    prototypes: Dataset
+    affinity: List[Dataset]  # noqa: UP006
+    sample_parts: List[Dataset]  # noqa: UP006
 
 
 PIPELINE_INFO = {"name": PIPELINE_NAME,
@@ -216,139 +208,209 @@ PIPELINE_INFO = {"name": PIPELINE_NAME,
                                 "(GOGGLES)."}
 
 
-@dsl.pipeline(**PIPELINE_INFO)
-def goggles_pipeline(
-    source_uri: str = "",
-    num_classes: int = 2,
-    backbone: str = "vgg16",
-    weights_uri: str = "",
-    weights_sha256: str = "",
-    top_k: int = 5,
-    max_prototypes: int = -1,
-    num_shards: int = 1,
-    method: str = "graph-em",
-    max_iter: int = 100,
-    seed: int = 0,
-    dev_labels_uri: str = "",
-    device: str = "auto",
-    follow_symlinks: bool = False,
-    verify: bool = False,
-    feature_cache_uri: str = "",
-    descriptor_backbone: str = "mobilenet_v2",
-    train: bool = False,
-) -> Outputs:
-    """Probabilistic labels for the images under ``source_uri`` (README, "2. Run").
+def _skip_loop_name() -> None:
+    """Number the next ``dsl.ParallelFor`` of the pipeline being built 2, not 1. Each pipeline
+    numbers its loops from 1, so the label loop (root) and the sub-pipelines' loops would all be
+    ``for-loop-1``; kfp renames clashing components in the order of a protobuf map, which
+    changes between processes, so the compiled package would not be reproducible."""
+    from kfp.dsl import pipeline_context
 
-    Parameters
-    ----------
-    source_uri : folder or bucket prefix of images; first-level folders are ground truth.
-    num_classes : K, the number of classes to find.
-    backbone, weights_uri, top_k : the network (``vgg16``, ``mobilenet_v2`` or a model spec:
-        docs/backbones.md), its weights (``""``: baked into the image or the library's cache)
-        and prototypes per image.
-    weights_sha256 : the SHA-256 the weights file must have (``""``: not checked).
-    max_prototypes : cap on the prototypes (columns of A): -1 chooses it from the images and
-        classes, 0 for none (see goggles.features.budget).
-    num_shards : row shards of the images: one extract and one affinity task each.
-    method, max_iter, seed : class inference (``graph-em``, ``em``, ``kmeans``, ``em-random``,
-        ``pgm``, ``backbone``; see goggles.inference.registry).
-    dev_labels_uri : optional CSV/Parquet of ``uri,label`` naming the clusters.
-    device : ``auto`` uses the GPU where the task has one.
-    follow_symlinks : read what symlinks in a local source lead to outside it.
-    verify : key the listing of a local source by every file's content (sha256), not by its
-        size, modification and change times and inode.
-    feature_cache_uri : keep each image's features here and extract only images not seen
-        before (``""``: no cache).
-    descriptor_backbone : graph EM's second network (``none`` to skip it).
-    train : also train an end classifier on the labels (the train task's ``model``).
-    """
-    ingest_task = listed_ingest(source_uri, follow_symlinks, verify)
+    pipeline_context.Pipeline.get_default_pipeline().get_next_group_id()
 
-    plan_task = _resources(plan_shards(manifest=ingest_task.outputs["manifest"],
-                                       num_shards=num_shards, num_classes=num_classes,
-                                       dev_labels_uri=dev_labels_uri), "plan")
-    plan_task.set_display_name("plan the row shards")
 
-    # the plan's shard ids start the extraction: parameters that cannot work fail before it
-    parts_task = _build["extract_parts"](
-        manifest=ingest_task.outputs["manifest"], shard_ids=plan_task.output,
-        num_shards=num_shards, backbone=backbone, weights_uri=weights_uri,
-        weights_sha256=weights_sha256, top_k=top_k, device=device,
-        descriptor_backbone=descriptor_backbone,
-        feature_cache_uri=feature_cache_uri).set_display_name("extract (fan-out over shards)")
-    gather_task = _resources(gather_features(summaries=parts_task.outputs["summaries"],
-                                             top_k=top_k, max_prototypes=max_prototypes,
-                                             num_classes=num_classes, seed=seed), "gather")
-    gather_task.set_display_name("gather: prototypes and descriptors")
+def build(tasks: TaskSettings) -> dsl.base_component.BaseComponent:
+    """The goggles pipeline with ``tasks``' settings on every task. Extraction and affinity
+    are sub-pipelines, because a ``dsl.ParallelFor`` can iterate over the list of artifacts a
+    pipeline returns (kfp's local runner resolves a loop's items from a task's output, not from
+    a sub-pipeline's input): the affinity loop takes part s's maps as its item, graph EM's label
+    loop shard s's rows of A."""
 
-    with dsl.ParallelFor(items=parts_task.outputs["maps"], name="affinity shards (fan-out)",
-                         parallelism=SHARD_PARALLELISM) as part_maps:
-        shard_task = _resources(affinity_shard(maps=part_maps,
-                                               prototypes=gather_task.outputs["prototypes"],
-                                               num_shards=num_shards, device=device), "affinity")
-        (shard_task.set_display_name("affinity: one row shard")
-         .set_retry(num_retries=3, backoff_duration="10s", backoff_factor=2,
-                    backoff_max_duration="300s"))
+    @dsl.pipeline(name="extract-parts")
+    def extract_parts(manifest: Input[Dataset], shard_ids: list, num_shards: int,
+                      backbone: str, weights_uri: str, weights_sha256: str, top_k: int,
+                      device: str, descriptor_backbone: str, feature_cache_uri: str) -> Parts:
+        """Extraction fanned out over the row shards: one task (on a GPU node, unless the
+        settings say CPU) per shard."""
+        with dsl.ParallelFor(items=shard_ids, name="extract shards (fan-out)",
+                             parallelism=SHARD_PARALLELISM) as shard_id:
+            part_task = tasks.resources(extract_part(
+                manifest=manifest, shard_id=shard_id, num_shards=num_shards, backbone=backbone,
+                weights_uri=weights_uri, weights_sha256=weights_sha256, top_k=top_k,
+                device=device, descriptor_backbone=descriptor_backbone,
+                feature_cache_uri=feature_cache_uri), "extract")
+            (tasks.bucket_access(part_task)
+             .set_display_name("extract: CNN filter maps of one row shard")
+             .set_retry(num_retries=2, backoff_duration="30s", backoff_factor=2,
+                        backoff_max_duration="600s"))
+            tasks.gpu(part_task)
+        return Parts(maps=dsl.Collected(part_task.outputs["maps"]),
+                     summaries=dsl.Collected(part_task.outputs["summary"]))
 
-    infer_task = _resources(infer(manifest=ingest_task.outputs["manifest"],
-                                  features=gather_task.outputs["features"],
-                                  prototypes=gather_task.outputs["prototypes"],
-                                  affinity_shards=dsl.Collected(shard_task.outputs["affinity"]),
-                                  num_classes=num_classes, method=method,
-                                  max_iter=max_iter, seed=seed, device=device,
-                                  dev_labels_uri=dev_labels_uri),
-                            "infer")
-    _bucket_access(infer_task).set_display_name("infer: labels by EM")
+    @dsl.pipeline(name="features-and-affinity")
+    def features_and_affinity(manifest: Input[Dataset], sample: Input[Dataset], shard_ids: list,
+                              num_shards: int, backbone: str, weights_uri: str,
+                              weights_sha256: str, top_k: int, max_prototypes: int,
+                              num_classes: int, seed: int, device: str,
+                              descriptor_backbone: str, feature_cache_uri: str) -> Shards:
+        """Extraction, the gather and affinity fanned out: shard s's affinity task reads part
+        s's filter maps alone, and writes its rows of A and its rows in graph EM's sample
+        apart."""
+        parts_task = extract_parts(
+            manifest=manifest, shard_ids=shard_ids, num_shards=num_shards, backbone=backbone,
+            weights_uri=weights_uri, weights_sha256=weights_sha256, top_k=top_k, device=device,
+            descriptor_backbone=descriptor_backbone,
+            feature_cache_uri=feature_cache_uri).set_display_name("extract (fan-out over shards)")
+        gather_task = tasks.resources(gather_features(
+            summaries=parts_task.outputs["summaries"], top_k=top_k,
+            max_prototypes=max_prototypes, num_classes=num_classes, seed=seed), "gather")
+        gather_task.set_display_name("gather: prototypes and descriptors")
+        with dsl.ParallelFor(items=parts_task.outputs["maps"], name="affinity shards (fan-out)",
+                             parallelism=SHARD_PARALLELISM) as part_maps:
+            shard_task = tasks.resources(affinity_shard(
+                maps=part_maps, prototypes=gather_task.outputs["prototypes"], sample=sample,
+                num_shards=num_shards, device=device), "affinity")
+            (shard_task.set_display_name("affinity: one row shard")
+             .set_retry(num_retries=3, backoff_duration="10s", backoff_factor=2,
+                        backoff_max_duration="300s"))
+        return Shards(features=gather_task.outputs["features"],
+                      prototypes=gather_task.outputs["prototypes"],
+                      affinity=dsl.Collected(shard_task.outputs["affinity"]),
+                      sample_parts=dsl.Collected(shard_task.outputs["sample_part"]))
 
-    with dsl.If(train == True, name="train an end model"):  # noqa: E712 - a kfp condition
-        train_task = _resources(train_end_model(manifest=ingest_task.outputs["manifest"],
-                                                features=gather_task.outputs["features"],
-                                                labels=infer_task.outputs["labels"],
-                                                inference=infer_task.outputs["inference"],
-                                                seed=seed), "train")
-        train_task.set_display_name("train: end classifier on the labels")
-    with dsl.Else(name="no end model"):
-        skip_task = _resources(no_train(), "plan").set_display_name("no end model")
-    end_model = dsl.OneOf(train_task.outputs["end_model"], skip_task.outputs["end_model"])
-    model_uri = dsl.OneOf(train_task.outputs["model_uri"], skip_task.outputs["model_uri"])
+    @dsl.pipeline(**PIPELINE_INFO)
+    def goggles_pipeline(
+        source_uri: str = "",
+        num_classes: int = 2,
+        backbone: str = "vgg16",
+        weights_uri: str = "",
+        weights_sha256: str = "",
+        top_k: int = 5,
+        max_prototypes: int = -1,
+        num_shards: int = 1,
+        method: str = "graph-em",
+        max_iter: int = 100,
+        seed: int = 0,
+        dev_labels_uri: str = "",
+        device: str = "auto",
+        follow_symlinks: bool = False,
+        verify: bool = False,
+        feature_cache_uri: str = "",
+        descriptor_backbone: str = "mobilenet_v2",
+        train: bool = False,
+    ) -> Outputs:
+        """Probabilistic labels for the images under ``source_uri`` (README, "2. Run").
 
-    evaluate_task = _resources(evaluate(manifest=ingest_task.outputs["manifest"],
-                                        prototypes=gather_task.outputs["prototypes"],
-                                        affinity_shards=dsl.Collected(shard_task.outputs["affinity"]),
-                                        labels=infer_task.outputs["labels"],
-                                        inference=infer_task.outputs["inference"],
-                                        source_uri=source_uri, backbone=backbone, top_k=top_k,
-                                        num_shards=num_shards, seed=seed, end_model=end_model),
-                               "evaluate")
-    _bucket_access(evaluate_task).set_display_name("evaluate and report")
+        Parameters
+        ----------
+        source_uri : folder or bucket prefix of images; first-level folders are ground truth.
+        num_classes : K, the number of classes to find.
+        backbone, weights_uri, top_k : the network (``vgg16``, ``mobilenet_v2`` or a model
+            spec: docs/backbones.md), its weights (``""``: baked into the image or the
+            library's cache) and prototypes per image.
+        weights_sha256 : the SHA-256 the weights file must have (``""``: not checked).
+        max_prototypes : cap on the prototypes (columns of A): -1 chooses it from the images
+            and classes, 0 for none (see goggles.features.budget).
+        num_shards : row shards of the images: one extract, one affinity and (graph EM) one
+            label task each.
+        method, max_iter, seed : class inference (``graph-em``, ``em``, ``kmeans``,
+            ``em-random``, ``pgm``, ``backbone``; see goggles.inference.registry).
+        dev_labels_uri : optional CSV/Parquet of ``uri,label`` naming the clusters.
+        device : ``auto`` uses the GPU where the task has one.
+        follow_symlinks : read what symlinks in a local source lead to outside it.
+        verify : key the listing of a local source by every file's content (sha256), not by
+            its size, modification and change times and inode.
+        feature_cache_uri : keep each image's features here and extract only images not seen
+            before (``""``: no cache).
+        descriptor_backbone : graph EM's second network (``none`` to skip it).
+        train : also train an end classifier on the labels (the train task's ``model``).
+        """
+        ingest_task = tasks.listed_ingest(source_uri, follow_symlinks, verify)
+        manifest = ingest_task.outputs["manifest"]
 
-    return Outputs(manifest=ingest_task.outputs["manifest"],
-                   features=gather_task.outputs["features"],
-                   prototypes=gather_task.outputs["prototypes"],
-                   labels=infer_task.outputs["labels"],
-                   inference=infer_task.outputs["inference"],
-                   metrics=evaluate_task.outputs["metrics_json"],
-                   report=evaluate_task.outputs["report"],
-                   model_uri=model_uri)
+        plan_task = tasks.resources(plan_shards(manifest=manifest, num_shards=num_shards,
+                                                num_classes=num_classes, method=method,
+                                                dev_labels_uri=dev_labels_uri, seed=seed),
+                                    "plan")
+        tasks.bucket_access(plan_task).set_display_name("plan the shards and the fit's sample")
+
+        # the plan's shard ids start the extraction: parameters that cannot work fail before it
+        shards_task = features_and_affinity(
+            manifest=manifest, sample=plan_task.outputs["sample"],
+            shard_ids=plan_task.outputs["Output"], num_shards=num_shards, backbone=backbone,
+            weights_uri=weights_uri, weights_sha256=weights_sha256, top_k=top_k,
+            max_prototypes=max_prototypes, num_classes=num_classes, seed=seed, device=device,
+            descriptor_backbone=descriptor_backbone, feature_cache_uri=feature_cache_uri,
+        ).set_display_name("extract, gather and affinity (fan-out over shards)")
+        features, prototypes = shards_task.outputs["features"], shards_task.outputs["prototypes"]
+
+        # inference fanned out: a fit on the plan's sample (graph EM's; every image for the
+        # other methods), a label task per shard, a gather
+        _skip_loop_name()
+        fit_task = tasks.resources(infer_fit(
+            sample=plan_task.outputs["sample"], sample_parts=shards_task.outputs["sample_parts"],
+            prototypes=prototypes, num_classes=num_classes, method=method, max_iter=max_iter,
+            seed=seed, device=device), "infer")
+        fit_task.set_display_name("infer: fit on the sample")
+        with dsl.ParallelFor(items=shards_task.outputs["affinity"],
+                             name="label shards (fan-out)",
+                             parallelism=SHARD_PARALLELISM) as shard:
+            # shard s's task reads its rows of A and the fit alone
+            label_task = tasks.resources(label_shard(fit=fit_task.outputs["fit"],
+                                                     affinity=shard, num_shards=num_shards),
+                                         "label")
+            (label_task.set_display_name("infer: label one row shard")
+             .set_retry(num_retries=3, backoff_duration="10s", backoff_factor=2,
+                        backoff_max_duration="300s"))
+        joined_task = tasks.resources(gather_labels(
+            manifest=manifest, fit=fit_task.outputs["fit"],
+            parts=dsl.Collected(label_task.outputs["labels"]), prototypes=prototypes,
+            num_classes=num_classes, method=method, seed=seed), "gather")
+        joined_task.set_display_name("infer: gather the labels")
+        labels, inference = joined_task.outputs["labels"], joined_task.outputs["inference"]
+
+        with dsl.If(train == True, name="train an end model"):  # noqa: E712 - a kfp condition
+            train_task = tasks.resources(train_end_model(
+                manifest=manifest, features=features, labels=labels,
+                inference=inference, seed=seed), "train")
+            train_task.set_display_name("train: end classifier on the labels")
+        with dsl.Else(name="no end model"):
+            skip_task = tasks.resources(no_train(), "plan").set_display_name("no end model")
+        end_model = dsl.OneOf(train_task.outputs["end_model"], skip_task.outputs["end_model"])
+        model_uri = dsl.OneOf(train_task.outputs["model_uri"], skip_task.outputs["model_uri"])
+
+        evaluate_task = tasks.resources(evaluate(
+            manifest=manifest, prototypes=prototypes,
+            affinity_sample=shards_task.outputs["sample_parts"], labels=labels,
+            inference=inference, source_uri=source_uri, backbone=backbone, top_k=top_k,
+            num_shards=num_shards, seed=seed, end_model=end_model), "evaluate")
+        tasks.bucket_access(evaluate_task).set_display_name("evaluate and report")
+
+        return Outputs(manifest=manifest, features=features,
+                       prototypes=prototypes, labels=labels, inference=inference,
+                       metrics=evaluate_task.outputs["metrics_json"],
+                       report=evaluate_task.outputs["report"], model_uri=model_uri)
+
+    return goggles_pipeline
+
+
+goggles_pipeline = build(TaskSettings())
+"""The pipeline as ``goggles run`` runs it and ``python pipeline.py`` compiles it by default."""
 
 
 def pipeline_for(profile: str = "default", settings: ClusterSettings | None = None,
                  ) -> dsl.base_component.BaseComponent:
     """:func:`goggles_pipeline` built with a profile's cluster settings (see :data:`PROFILES`)
     and ``settings`` (images, pull secret, GPU; :class:`ClusterSettings`)."""
+    return build(task_settings(profile, settings))
+
+
+def task_settings(profile: str = "default", settings: ClusterSettings | None = None
+                  ) -> TaskSettings:
+    """The :class:`TaskSettings` of a profile (checked) with ``settings`` adjusted to its node
+    pools."""
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
-    settings = _profile_settings(profile, settings or ClusterSettings())
-    if profile == "default" and settings == ClusterSettings():
-        return goggles_pipeline
-    default_parts = _build["extract_parts"]
-    _build.update(PROFILES[profile], settings=settings)
-    try:
-        _build["extract_parts"] = _parts_pipeline()
-        return dsl.pipeline(**PIPELINE_INFO)(goggles_pipeline.pipeline_func)
-    finally:
-        _build.update(PROFILES["default"], settings=ClusterSettings(),
-                      extract_parts=default_parts)
+    return TaskSettings(profile, _profile_settings(profile, settings or ClusterSettings()))
 
 
 def _profile_settings(profile: str, settings: ClusterSettings) -> ClusterSettings:

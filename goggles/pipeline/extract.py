@@ -7,8 +7,8 @@ after another (:func:`run_extract`). A part writes two artifacts, so that what i
 apart from what is big:
 
 * its **maps** (a features folder of its rows: ``shard-NNNNN.npy``, ``index.parquet``,
-  ``meta.json`` whose ``part`` names ``shard_id``, ``num_parts``, ``start``, ``stop``), read by
-  its affinity shard alone;
+  ``meta.json`` whose ``part`` names ``shard_id``, ``num_parts``, ``start``, ``stop`` and the
+  ``descriptors`` of its rows, also here), read by its affinity shard alone;
 * its **summary** (``part.json``, ``candidates.parquet``: its images' prototypes before the
   budget, ``descriptors-<network>.npy`` of its rows, and ``imagenet-logits.npy`` when the
   backbone's weights carry an ImageNet classifier), read by the gather step.
@@ -146,13 +146,16 @@ def run_extract_part(config: ExtractConfig, manifest_uri: str, shard_id: int, nu
             config, second, uris, hashes, options)
     part = {"shard_id": shard_id, "num_parts": num_parts, "start": start, "stop": stop}
     meta = writer.finish(backbone=config.backbone, weights=weights_source,
-                         image_size=config.image_size, part=part)
-    for network, values in descriptors.items():
-        storage.write_npy(values, storage.join(summary_uri,
-                                               features_folder.descriptor_file(network)))
+                         image_size=config.image_size,
+                         part={**part, "descriptors": list(descriptors),
+                               "imagenet_logits": head is not None})
+    for network, values in descriptors.items():  # the maps carry them to the shard tasks too
+        for uri in dict.fromkeys((summary_uri, maps_uri)):
+            storage.write_npy(values, storage.join(uri, features_folder.descriptor_file(network)))
     if head is not None:
-        storage.write_npy(np.concatenate(logits).astype(np.float32),
-                          storage.join(summary_uri, features_folder.IMAGENET_LOGITS))
+        for uri in dict.fromkeys((summary_uri, maps_uri)):
+            storage.write_npy(np.concatenate(logits).astype(np.float32),
+                              storage.join(uri, features_folder.IMAGENET_LOGITS))
     storage.write_parquet(artifacts.Prototypes.concatenate(candidates,
                                                            int(meta["shape"][0])).to_table(),
                           storage.join(summary_uri, CANDIDATES))

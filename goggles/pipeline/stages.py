@@ -61,10 +61,14 @@ def run_ingest(config: IngestConfig, source_uri: str, manifest_uri: str) -> dict
 
 
 def run_affinity(config: AffinityConfig, maps_uri: str, prototypes_uri: str,
-                 affinity_uri: str) -> dict[str, Any]:
+                 affinity_uri: str, sample_uri: str = "", sample_part_uri: str = ""
+                 ) -> dict[str, Any]:
     """Rows of the affinity matrix (§3.2) for the images of one extraction part
     (:mod:`goggles.pipeline.extract`): its filter maps at ``maps_uri`` and every prototype. The
-    part's ``meta.json`` says which rows; ``config.num_shards`` must be its run's part count."""
+    part's ``meta.json`` says which rows; ``config.num_shards`` must be its run's part count.
+    With ``sample_uri`` (graph EM's sample, drawn by the plan) the shard also keeps its rows'
+    descriptors beside its rows of A and writes its rows in the sample to ``sample_part_uri``
+    (:mod:`goggles.pipeline.fanout`)."""
     from goggles.features.affinity import affinity_block
     from goggles.features.device import resolve_device
 
@@ -84,8 +88,19 @@ def run_affinity(config: AffinityConfig, maps_uri: str, prototypes_uri: str,
     shard_id = int(part["shard_id"])
     artifacts.write_affinity_shard(affinity_uri, block, start=start, shard_id=shard_id,
                                    num_shards=config.num_shards, dtype=config.dtype)
-    return {"start": start, "stop": stop, "shard_id": shard_id,
-            "num_prototypes": len(prototypes)}
+    result = {"start": start, "stop": stop, "shard_id": shard_id,
+              "num_prototypes": len(prototypes)}
+    if sample_uri:
+        from goggles.pipeline.fanout import keep_shard_descriptors
+
+        described = [storage.read_npy(storage.join(maps_uri, features_folder.descriptor_file(
+            network))) for network in part.get("descriptors", [])]
+        logits = storage.read_npy(storage.join(maps_uri, features_folder.IMAGENET_LOGITS)) \
+            if part.get("imagenet_logits") else None
+        keep_shard_descriptors(affinity_uri, described)
+        result["sample_rows"] = artifacts.write_sample_part(
+            block, start, described, sample_uri, sample_part_uri, imagenet_logits=logits)
+    return result
 
 
 def run_infer(config: InferConfig, manifest_uri: str, prototypes_uri: str,
@@ -134,23 +149,29 @@ def run_infer(config: InferConfig, manifest_uri: str, prototypes_uri: str,
                           labels_uri)
     state = inference_state(model, config.method, names, dev)
     state["suggestions"] = _suggestions(affinity, inputs.get("descriptors"), config,
-                                        dev_rows if dev is not None else ())
+                                        dev_rows if dev is not None else (),
+                                        getattr(model, "sample_", None))
     storage.write_json(state, inference_uri)
     return {"num_prototypes": int(len(source_index)), "em_iterations": state["em_iterations"],
             "converged": state["converged"], "num_classes": config.num_classes}
 
 
 def _suggestions(affinity: artifacts.StoredShards, descriptors: Sequence[np.ndarray] | None,
-                 config: InferConfig, labeled: Sequence[int] | np.ndarray
-                 ) -> dict[str, Any]:
+                 config: InferConfig, labeled: Sequence[int] | np.ndarray,
+                 sample: np.ndarray | None) -> dict[str, Any]:
     """inference.json's ``suggestions``: the images to label next (the report lists them;
-    :mod:`goggles.inference.suggest`), ``PER_CLASS`` per class, none of the dev images."""
-    from goggles.inference.suggest import PER_CLASS, suggest_images
+    :mod:`goggles.inference.suggest`), ``PER_CLASS`` per class, none of the dev images; from
+    the images graph EM fitted on (``sample``, when it sampled), as a cluster's fit task
+    chooses them (:func:`goggles.pipeline.fanout.sample_suggestions`)."""
+    from goggles.io.blocks import SampleRows
+    from goggles.pipeline.fanout import sample_suggestions
 
-    budget = PER_CLASS * config.num_classes
-    rows = suggest_images(affinity, list(descriptors or []), budget, labeled=labeled,
-                          seed=config.seed)
-    return {"rows": rows.tolist(), "budget": budget, "how": "typical"}
+    described = list(descriptors or [])
+    if sample is None or len(sample) == affinity.shape[0]:
+        sample = np.arange(affinity.shape[0])
+        return sample_suggestions(affinity, described, sample, config, list(labeled))
+    return sample_suggestions(SampleRows(affinity, sample), [d[sample] for d in described],
+                              sample, config, list(labeled))
 
 
 def run_train(config: TrainConfig, manifest_uri: str, features_uri: str, labels_uri: str,

@@ -249,10 +249,13 @@ def run_record(values: Mapping[str, Any], *, runner: str, weights_source: str,
 def evaluate_and_report(*, manifest_uri: str, labels_uri: str, inference_uri: str,
                         prototypes_uri: str, affinity_uris: Sequence[str], metrics_uri: str,
                         report_uri: str, record: dict[str, Any], timings: dict[str, float],
-                        end_model: dict[str, Any] | None = None) -> dict[str, Any]:
+                        end_model: dict[str, Any] | None = None,
+                        affinity_sample: bool = False) -> dict[str, Any]:
     """Write ``metrics.json`` (with ``record``, the stages' ``timings`` and, when the run
     trained one, the end model's held-out scores ``end_model``) and ``report.html``; returns
-    the metrics. Every runner trains before it evaluates, so ``metrics.json`` is written once."""
+    the metrics. Every runner trains before it evaluates, so ``metrics.json`` is written once.
+    ``affinity_sample``: ``affinity_uris`` are graph EM's sample parts
+    (:class:`goggles.io.artifacts.SampleParts`), not every shard of A."""
     from goggles.pipeline.stages import run_evaluate
     from goggles.report.page import write_report
 
@@ -260,5 +263,5 @@ def evaluate_and_report(*, manifest_uri: str, labels_uri: str, inference_uri: st
                            timings=timings, end_model=end_model)
     write_report(report_uri, metrics, labels_uri=labels_uri, inference_uri=inference_uri,
                  prototypes_uri=prototypes_uri, affinity_uris=list(affinity_uris),
-                 manifest_uri=manifest_uri)
+                 manifest_uri=manifest_uri, affinity_sample=affinity_sample)
     return metrics

@@ -32,7 +32,7 @@ from PIL import Image
 from scipy import sparse
 
 from goggles.io import storage
-from goggles.io.artifacts import StoredShards, accepted
+from goggles.io.artifacts import SampleParts, StoredShards, accepted
 from goggles.io.images import CHANGED, changed_since_ingest, decode_image
 from goggles.io.uris import redact
 from goggles.report.evaluation import cluster_classes, coverage_curve
@@ -353,10 +353,13 @@ def render(metrics: dict[str, Any], labels: Any, state: dict[str, Any], *,
 
 def write_report(report_uri: str, metrics: dict[str, Any], *, labels_uri: str,
                  inference_uri: str, prototypes_uri: str, affinity_uris: list[str],
-                 image_size: int = 224, manifest_uri: str = "") -> str:
+                 image_size: int = 224, manifest_uri: str = "",
+                 affinity_sample: bool = False) -> str:
     """Render ``report.html`` from a run's artifacts; returns ``report_uri``. The backbone (for
     the receptive fields) is ``metrics["backbone"]``; the manifest's ground truth, when
-    ``metrics`` has a ``cluster_to_class`` mapping, gives the coverage table."""
+    ``metrics`` has a ``cluster_to_class`` mapping, gives the coverage table. The affinity
+    matrix is drawn from the shards at ``affinity_uris`` or, with ``affinity_sample``, from
+    graph EM's sample of its rows (:class:`goggles.io.artifacts.SampleParts`)."""
 
     labels = storage.read_parquet(labels_uri).sort_by("image_id")
     state = storage.read_json(inference_uri)
@@ -370,9 +373,11 @@ def write_report(report_uri: str, metrics: dict[str, Any], *, labels_uri: str,
         h, w = protos["h"].to_numpy(), protos["w"].to_numpy()
         drawn = {p["column"]: (int(image_id[p["column"]]), int(h[p["column"]]),
                                int(w[p["column"]])) for p in chosen}
-        view = affinity_view(StoredShards(affinity_uris), label,
-                             labels["confidence"].to_numpy(), label[image_id],
-                             sorted({p["column"] for p in chosen}))
+        source: SampleParts | StoredShards = (SampleParts if affinity_sample
+                                              else StoredShards)(affinity_uris)
+        index = source.index if isinstance(source, SampleParts) else slice(None)
+        view = affinity_view(source, label[index], labels["confidence"].to_numpy()[index],
+                             label[image_id], sorted({p["column"] for p in chosen}))
     except Exception as error:  # noqa: BLE001 - the report degrades, it does not fail
         logger.warning("report: affinity matrix unavailable (%s)", error)
     coverage, hashes = None, None

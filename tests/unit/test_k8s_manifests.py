@@ -271,7 +271,8 @@ def test_the_profile_refers_to_what_the_overlay_provides(overlay: str, compiled)
     # every key the namespace sets reaches the tasks (an unmapped key would be ignored silently)
     assert set(secret.get("data", {})) <= set(module.BUCKET_SECRET_ENV)
     assert set(config_map["data"]) <= set(module.DEFAULTS_ENV), set(config_map["data"])
-    bucket_tasks = {"exec-list-source", "exec-ingest", "exec-extract-part", "exec-infer",
+    # the plan reads the dev labels (it matches them to rows for the fit), evaluate the images
+    bucket_tasks = {"exec-list-source", "exec-ingest", "exec-plan-shards", "exec-extract-part",
                     "exec-evaluate"}
     for name in bucket_tasks:
         settings = executors[name]
@@ -289,8 +290,9 @@ def test_the_profile_refers_to_what_the_overlay_provides(overlay: str, compiled)
     assert users == [(str(module.IMAGE_USER), str(module.IMAGE_USER))]
     assert set(executors) == {"exec-list-source", "exec-ingest", "exec-plan-shards",
                               "exec-extract-part", "exec-gather-features",
-                              "exec-affinity-shard", "exec-infer",
-                              "exec-train", "exec-no-train", "exec-evaluate"}
+                              "exec-affinity-shard", "exec-infer-fit", "exec-label-shard",
+                              "exec-gather-labels", "exec-train", "exec-no-train",
+                              "exec-evaluate"}
     for name, settings in executors.items():
         assert settings["securityContext"] == {"runAsUser": str(module.IMAGE_USER),
                                                "runAsGroup": str(module.IMAGE_USER),

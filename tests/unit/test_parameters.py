@@ -35,7 +35,8 @@ def test_the_pipeline_function_spells_out_the_declared_names_types_and_defaults(
                                        components.plan_shards,
                                        components.extract_part, components.gather_features,
                                        components.affinity_shard,
-                                       components.infer, components.train,
+                                       components.infer_fit, components.label_shard,
+                                       components.gather_labels, components.train,
                                        components.evaluate])
 def test_every_component_parameter_is_a_declared_run_parameter(component) -> None:  # type: ignore[no-untyped-def]
     kinds = {"String": str, "Integer": int, "Boolean": bool}
@@ -67,7 +68,7 @@ def test_every_stage_parameter_reaches_its_stage_config() -> None:
 
 
 def test_the_infer_component_receives_the_device() -> None:
-    assert "device" in inspect.signature(components.infer.python_func).parameters
+    assert "device" in inspect.signature(components.infer_fit.python_func).parameters
 
 
 def test_the_command_line_offers_every_parameter_with_its_default() -> None:

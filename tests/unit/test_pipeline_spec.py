@@ -24,7 +24,10 @@ from tests.conftest import ROOT
 ParameterType = pipeline_spec_pb2.ParameterType
 STAGES = {"ingest": "comp-ingest", "extract": "comp-extract-part",
           "gather": "comp-gather-features", "affinity": "comp-affinity-shard",
-          "infer": "comp-infer", "train": "comp-train", "evaluate": "comp-evaluate"}
+          "infer": "comp-infer-fit", "train": "comp-train", "evaluate": "comp-evaluate"}
+FANNED_OUT_INFER = {"comp-label-shard", "comp-gather-labels"}
+"""Infer fanned out: the fit on the plan's sample (``STAGES["infer"]``), a label task per
+shard, a gather."""
 
 
 @pytest.fixture(scope="module")
@@ -71,11 +74,26 @@ def _loop(spec: pipeline_spec_pb2.PipelineSpec,
     return loops[0], spec.components[component]
 
 
+def _dag_of(spec: pipeline_spec_pb2.PipelineSpec, task: str) -> pipeline_spec_pb2.DagSpec:
+    """The DAG that holds the task named ``task`` (task names of components are unique)."""
+    dags = [spec.root.dag] + [c.dag for c in spec.components.values()
+                              if c.WhichOneof("implementation") == "dag"]
+    found = [dag for dag in dags if task in dag.tasks]
+    assert len(found) == 1, f"task {task!r} is in {len(found)} DAGs"
+    return found[0]
+
+
+def _features_dag(spec: pipeline_spec_pb2.PipelineSpec) -> pipeline_spec_pb2.DagSpec:
+    """The extraction, gather and affinity sub-pipeline's DAG."""
+    task = _task(spec.root.dag, "features-and-affinity")
+    return spec.components[task.component_ref.name].dag
+
+
 def _extract_loop(spec: pipeline_spec_pb2.PipelineSpec,
                   ) -> tuple[pipeline_spec_pb2.PipelineTaskSpec, str,
                              pipeline_spec_pb2.ComponentSpec]:
     """The extraction sub-pipeline's task and its ParallelFor (name, body)."""
-    parts = _task(spec.root.dag, "extract-parts")
+    parts = _task(_features_dag(spec), "extract-parts")
     name, body = _loop(spec, spec.components[parts.component_ref.name].dag)
     return parts, name, body
 
@@ -103,8 +121,8 @@ def test_six_stage_components_the_shard_plan_and_the_no_train_branch(compiled) -
         assert spec.components[component].WhichOneof("implementation") == "executor_label"
     leaves = {name for name, c in spec.components.items()
               if c.WhichOneof("implementation") == "executor_label"}
-    assert leaves == set(STAGES.values()) | {"comp-plan-shards", "comp-list-source",
-                                             "comp-no-train"}
+    assert leaves == set(STAGES.values()) | FANNED_OUT_INFER | {
+        "comp-plan-shards", "comp-list-source", "comp-no-train"}
     assert spec.pipeline_info.name == "goggles"
 
 
@@ -113,9 +131,11 @@ def test_extraction_fans_out_over_the_planned_shard_ids(compiled) -> None:
     the plan's shard ids); the gather step reads the parts' summaries, never their maps."""
     spec, _, _ = compiled
     parts, loop_name, body = _extract_loop(spec)
-    assert {"plan-shards", "ingest"} <= set(parts.dependent_tasks)
-    shard_ids = parts.inputs.parameters["shard_ids"].task_output_parameter
+    features = _task(spec.root.dag, "features-and-affinity")
+    assert {"plan-shards", "ingest"} <= set(features.dependent_tasks)
+    shard_ids = features.inputs.parameters["shard_ids"].task_output_parameter
     assert (shard_ids.producer_task, shard_ids.output_parameter_key) == ("plan-shards", "Output")
+    assert parts.inputs.parameters["shard_ids"].component_input_parameter == "shard_ids"
     dag = spec.components[parts.component_ref.name].dag
     loop_task = dag.tasks[loop_name]
     assert loop_task.parameter_iterator.items.input_parameter == "pipelinechannel--shard_ids"
@@ -128,7 +148,7 @@ def test_extraction_fans_out_over_the_planned_shard_ids(compiled) -> None:
     outputs = spec.components[parts.component_ref.name].output_definitions.artifacts
     assert set(outputs) == {"maps", "summaries"}
     assert all(output.is_artifact_list for output in outputs.values())
-    gather = _task(spec.root.dag, "gather-features")
+    gather = _task(_features_dag(spec), "gather-features")
     assert set(gather.inputs.artifacts) == {"summaries"}
     source = gather.inputs.artifacts["summaries"].task_output_artifact
     assert (source.producer_task, source.output_artifact_key) == ("extract-parts", "summaries")
@@ -144,17 +164,18 @@ def test_extraction_fans_out_over_the_planned_shard_ids(compiled) -> None:
 
 def test_each_affinity_task_reads_only_its_own_parts_maps(compiled) -> None:
     """The affinity loop iterates over the parts' maps: a shard task's inputs are one part's
-    maps (the loop item) and the gathered prototypes, nothing else."""
+    maps (the loop item), the gathered prototypes and the plan's sample, nothing else."""
     spec, _, _ = compiled
-    loop_name, loop = _loop(spec)
-    loop_task = spec.root.dag.tasks[loop_name]
+    dag = _features_dag(spec)
+    loop_name, loop = _loop(spec, dag)
+    loop_task = dag.tasks[loop_name]
     assert loop_task.artifact_iterator.items.input_artifact == \
         "pipelinechannel--extract-parts-maps"
     assert {"extract-parts", "gather-features"} <= set(loop_task.dependent_tasks)
     assert loop_task.iterator_policy.parallelism_limit >= 2
     shard = _task(loop.dag, "affinity-shard")
     assert shard.component_ref.name == STAGES["affinity"]
-    assert set(shard.inputs.artifacts) == {"maps", "prototypes"}
+    assert set(shard.inputs.artifacts) == {"maps", "prototypes", "sample"}
     assert shard.inputs.artifacts["maps"].component_input_artifact == \
         loop_task.artifact_iterator.item_input
     assert shard.inputs.artifacts["prototypes"].component_input_artifact == \
@@ -168,39 +189,54 @@ def test_each_affinity_task_reads_only_its_own_parts_maps(compiled) -> None:
 
 
 def test_infer_evaluate_and_train_read_no_filter_maps(compiled) -> None:
-    """infer and train take the gathered features (descriptors, logits), evaluate the
-    prototypes and shards: none is given a part's maps."""
+    """Train takes the gathered features (descriptors, logits); infer's fit its sample's parts,
+    its label tasks one shard each; evaluate the prototypes and the sample: none is given a
+    part's maps, and infer not even the gathered features."""
     spec, _, _ = compiled
-    infer = _task(spec.root.dag, "infer")
-    source = infer.inputs.artifacts["features"].task_output_artifact
-    assert (source.producer_task, source.output_artifact_key) == ("gather-features",
-                                                                  "features")
-    assert "extract-parts" not in infer.dependent_tasks
+    fit = _task(spec.root.dag, "infer-fit")
+    assert set(fit.inputs.artifacts) == {"sample", "sample_parts", "prototypes"}
+    label = _task(_dag_of(spec, "label-shard"), "label-shard")
+    assert set(label.inputs.artifacts) == {"fit", "affinity"}
+    train = _task(_dag_of(spec, "train"), "train")
+    assert train.inputs.artifacts["features"].component_input_artifact == \
+        "pipelinechannel--features-and-affinity-features"
     evaluate = _task(spec.root.dag, "evaluate")
     assert "features" not in evaluate.inputs.artifacts
-    assert "extract-parts" not in evaluate.dependent_tasks
     gather_outputs = spec.components[STAGES["gather"]].output_definitions.artifacts
     assert set(gather_outputs) == {"features", "prototypes"}
 
 
-def test_infer_and_evaluate_consume_the_collected_shards(compiled) -> None:
+def test_no_task_reads_every_shard_of_a(compiled) -> None:
+    """Infer's fit reads the sample's parts (graph EM's sample; every image only for the other
+    methods), each label task the shard that is its loop item, evaluate the sample: no task is
+    given the collected shards of A."""
     spec, _, _ = compiled
+    leaves = {name: task for name, task in _all_tasks(spec).items()
+              if spec.components[task.component_ref.name].WhichOneof("implementation")
+              == "executor_label"}
+    readers = {name: key for name, task in leaves.items()
+               for key, artifact in task.inputs.artifacts.items()
+               if artifact.component_input_artifact.endswith("features-and-affinity-affinity")
+               or artifact.task_output_artifact.output_artifact_key == "affinity"}
+    assert readers == {}, readers
     loop_name, loop = _loop(spec)
-    collected = "pipelinechannel--affinity-shard-affinity"
-    assert collected in loop.output_definitions.artifacts
-    assert loop.output_definitions.artifacts[collected].is_artifact_list
-    assert collected in loop.dag.outputs.artifacts
-    selector = loop.dag.outputs.artifacts[collected].artifact_selectors[0]
-    assert (selector.producer_subtask, selector.output_artifact_key) == ("affinity-shard",
-                                                                        "affinity")
-    for consumer in ("infer", "evaluate"):
-        task = _task(spec.root.dag, consumer)
-        assert "affinity_shards" in task.inputs.artifacts
-        source = task.inputs.artifacts["affinity_shards"].task_output_artifact
-        assert (source.producer_task, source.output_artifact_key) == (loop_name, collected)
-        assert loop_name in task.dependent_tasks
-        inputs = spec.components[STAGES[consumer]].input_definitions.artifacts
-        assert "affinity_shards" in inputs and inputs["affinity_shards"].is_artifact_list
+    loop_task = spec.root.dag.tasks[loop_name]
+    assert loop_task.artifact_iterator.items.input_artifact == \
+        "pipelinechannel--features-and-affinity-affinity"
+    label = _task(loop.dag, "label-shard")
+    assert label.inputs.artifacts["affinity"].component_input_artifact == \
+        loop_task.artifact_iterator.item_input
+    gather = _task(spec.root.dag, "gather-labels")
+    assert loop_name in gather.dependent_tasks and "infer-fit" in gather.dependent_tasks
+    evaluate = _task(spec.root.dag, "evaluate")
+    source = evaluate.inputs.artifacts["affinity_sample"].task_output_artifact
+    assert (source.producer_task, source.output_artifact_key) == ("features-and-affinity",
+                                                                  "sample_parts")
+    fit = _task(spec.root.dag, "infer-fit")
+    source = fit.inputs.artifacts["sample_parts"].task_output_artifact
+    assert (source.producer_task, source.output_artifact_key) == ("features-and-affinity",
+                                                                  "sample_parts")
+    assert fit.inputs.parameters["method"].component_input_parameter == "method"
 
 
 def test_train_is_an_if_branch_after_infer_whose_scores_evaluate_records(compiled) -> None:
@@ -210,10 +246,12 @@ def test_train_is_an_if_branch_after_infer_whose_scores_evaluate_records(compile
     spec, _, _ = compiled
     groups = [name for name, task in spec.root.dag.tasks.items()
               if spec.components[task.component_ref.name].WhichOneof("implementation") == "dag"
-              and name.startswith("condition-branches")]
+              and name.startswith("condition-branches")
+              and any("train" in spec.components[b.component_ref.name].dag.tasks
+                      for b in spec.components[task.component_ref.name].dag.tasks.values())]
     assert len(groups) == 1, groups
     group = spec.root.dag.tasks[groups[0]]
-    assert "infer" in group.dependent_tasks
+    assert "gather-labels" in group.dependent_tasks
     branches = spec.components[group.component_ref.name].dag.tasks
     conditions = {}
     for branch in branches.values():
@@ -311,28 +349,27 @@ def test_every_parameter_has_its_declared_description(compiled) -> None:
 
 def test_retries_with_backoff_on_extract_and_shards_only(compiled) -> None:
     spec, _, _ = compiled
-    _, loop = _loop(spec)
-    _, _, extract_body = _extract_loop(spec)
-    retried = {"extract-part": _task(extract_body.dag, "extract-part"),
-               "affinity-shard": _task(loop.dag, "affinity-shard")}
-    for name, task in retried.items():
+    for name in ("extract-part", "affinity-shard", "label-shard"):
+        task = _task(_dag_of(spec, name), name)
         assert task.retry_policy.max_retry_count >= 2, name
         assert task.retry_policy.backoff_duration.seconds > 0, name
         assert task.retry_policy.backoff_factor > 1, name
-    for name in ("ingest", "plan-shards", "gather-features", "infer", "evaluate"):
-        assert _task(spec.root.dag, name).retry_policy.max_retry_count == 0, name
+    for name in ("ingest", "plan-shards", "gather-features", "infer-fit", "gather-labels",
+                 "evaluate"):
+        assert _task(_dag_of(spec, name), name).retry_policy.max_retry_count == 0, name
 
 
 def test_every_task_has_a_display_name_and_caching(compiled) -> None:
     spec, _, _ = compiled
     tasks = _all_tasks(spec)
-    # list, ingest, plan, the extraction sub-pipeline, its loop, its extract task, gather, the
-    # affinity loop, its shard task, infer, the If/Else group, its two branches, train,
-    # no-train, evaluate (the two loops share kfp's name "for-loop-1", each in its own DAG)
+    # list, ingest, plan, the features sub-pipeline (its extraction sub-pipeline with its loop
+    # and extract task, gather, the affinity loop and its shard task), infer's fit, its label
+    # loop and task, its gather, the train If/Else group (train; no-train), evaluate: the
+    # three loops share kfp's name "for-loop-1", each in its own DAG
     dags = [spec.root.dag] + [c.dag for c in spec.components.values()
                               if c.WhichOneof("implementation") == "dag"]
-    assert sum(len(dag.tasks) for dag in dags) == 16
-    assert len(tasks) == 15
+    assert sum(len(dag.tasks) for dag in dags) == 20
+    assert len(tasks) == 19
     for name, task in tasks.items():
         if name.startswith("condition-branches-"):
             continue  # the If/Else pair's group, which kfp makes and names itself

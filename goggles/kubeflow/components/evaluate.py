@@ -17,7 +17,7 @@ from goggles.kubeflow.components.image import BASE_IMAGE
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
 def evaluate(manifest: Input[Dataset], prototypes: Input[Dataset],
-             affinity_shards: Input[list[Dataset]], labels: Input[Dataset],
+             affinity_sample: Input[list[Dataset]], labels: Input[Dataset],
              inference: Input[Artifact], source_uri: str, backbone: str, top_k: int,
              num_shards: int, seed: int, end_model: dict, metrics_json: Output[Artifact],
              report: Output[HTML],
@@ -28,8 +28,11 @@ def evaluate(manifest: Input[Dataset], prototypes: Input[Dataset],
 
     Parameters
     ----------
-    manifest, prototypes, affinity_shards, labels, inference : upstream outputs; their metadata
-        carry each stage's ``seconds`` (collected as ``timings_s``).
+    manifest, prototypes, labels, inference : upstream outputs; their metadata carry each
+        stage's ``seconds`` (collected as ``timings_s``).
+    affinity_sample : each affinity shard's rows in graph EM's sample (at most 20,000 rows of
+        A in all): the report's affinity matrix is drawn from them, so this task never reads
+        all of A.
     source_uri, backbone, top_k, num_shards, seed : recorded in ``metrics.json``.
     end_model : the train branch's held-out scores (``{}`` when the run trains no model).
     metrics_json : the run's ``metrics.json``.
@@ -52,12 +55,13 @@ def evaluate(manifest: Input[Dataset], prototypes: Input[Dataset],
     timings = {
         "ingest": float(manifest.metadata.get("seconds", 0.0)),
         "extract": float(prototypes.metadata.get("seconds", 0.0)),
-        "affinity": round(sum(float(s.metadata.get("seconds", 0.0)) for s in affinity_shards), 3),
+        "affinity": round(sum(float(s.metadata.get("seconds", 0.0)) for s in affinity_sample), 3),
         "infer": float(labels.metadata.get("seconds", 0.0)),
     }
     result = evaluate_and_report(
         manifest_uri=manifest.path, labels_uri=labels.path, inference_uri=inference.path,
-        prototypes_uri=prototypes.path, affinity_uris=[shard.path for shard in affinity_shards],
+        prototypes_uri=prototypes.path, affinity_uris=[part.path for part in affinity_sample],
+        affinity_sample=True,
         metrics_uri=metrics_json.path, report_uri=report.path, record=record, timings=timings,
         end_model=end_model or None)
     metrics_json.metadata.update({"format": "json", "n_images": result["n_images"]})

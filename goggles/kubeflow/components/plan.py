@@ -1,28 +1,41 @@
-"""The shard plan: the shard ids the affinity stage fans out over (``dsl.ParallelFor``)."""
+"""The shard plan: the shard ids the fan-outs iterate over (``dsl.ParallelFor``) and graph EM's
+sample."""
 
 from kfp import dsl
-from kfp.dsl import Dataset, Input
+from kfp.dsl import Dataset, Input, Output
 
 from goggles.kubeflow.components.image import BASE_IMAGE
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
-def plan_shards(manifest: Input[Dataset], num_shards: int, num_classes: int,
-                dev_labels_uri: str = "") -> list[int]:
+def plan_shards(manifest: Input[Dataset], num_shards: int, num_classes: int, method: str,
+                sample: Output[Dataset], dev_labels_uri: str = "", seed: int = 0
+                ) -> list[int]:
     """Shard ids ``0 .. num_shards-1``, after checking the run fits the accepted images
-    (:func:`goggles.pipeline.wiring.check_counts`, as the in-process runner does).
+    (:func:`goggles.pipeline.wiring.check_counts`, as the in-process runner does), and graph
+    EM's sample of the images (:func:`goggles.pipeline.fanout.run_plan_sample`).
 
     Reads the manifest's metadata (written by ``ingest``) and, with dev labels, the manifest's
     ``uri, status, error`` (:func:`goggles.pipeline.wiring.check_dev_labels_ingested`: dev labels
     that name only rejected images), so it starts in about a second and fails before the
     expensive extraction when the run cannot work.
 
+    Parameters
+    ----------
+    method : the inference method (graph EM fits on a sample, the others on every image).
+    sample : ``sample.npy`` (the rows the fit reads: graph EM's, at most 20,000 and the
+        dev-labeled ones) and ``meta.json`` (N, the dev labels matched to rows): each affinity
+        shard writes its rows in it apart, so the fit reads no other row of A.
+
     Returns
     -------
     [num_shards] shard ids.
     """
-    from goggles.pipeline.wiring import check_counts, check_dev_labels_ingested
+    from goggles.pipeline.fanout import run_plan_sample
+    from goggles.pipeline.wiring import check_counts, check_dev_labels_ingested, stage_config
 
     check_counts(int(manifest.metadata["n_images"]), num_classes, num_shards)
     check_dev_labels_ingested(dev_labels_uri, manifest.path, num_classes)
+    config = stage_config("infer", {"num_classes": num_classes, "method": method, "seed": seed})
+    sample.metadata.update(run_plan_sample(config, manifest.path, dev_labels_uri, sample.path))
     return list(range(num_shards))
