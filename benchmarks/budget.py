@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.cub import cached_maps, draw_tasks, hard_tasks  # noqa: E402
 from goggles.features.affinity import affinity_block, shard_bounds  # noqa: E402
-from goggles.features.budget import select_within_budget  # noqa: E402
+from goggles.features.budget import candidate_keys, select_within_budget  # noqa: E402
 from goggles.features.prototypes import select_prototypes  # noqa: E402
 from goggles.inference.config import InferConfig  # noqa: E402
 from goggles.inference.registry import fit_method  # noqa: E402
@@ -68,8 +68,8 @@ def main(argv: list[str] | None = None) -> int:
                 fraction = FRACTIONS.get(column)
                 budget = n if column == "N" else (
                     0 if fraction is None else int(len(everything) * fraction))
-                kept = everything.take(select_within_budget(len(everything), budget,
-                                                            seed=args.seed))
+                kept = everything.take(select_within_budget(candidate_keys(
+                    everything.image_id, everything.h, everything.w, seed=args.seed), budget))
                 folder = Path(scratch) / f"{task_number}-{column.replace('/', '_')}"
                 shards = sharded_affinity(maps, kept.vectors, folder, args.shards)
                 probs = fit_method(config, shards, kept.image_id).posteriors_

@@ -14,7 +14,7 @@ artifact it takes. For each N it prints every task's pods, bytes, peak memory an
 largest read of one pod (target: 2 GB) and the sum over pods against the bytes of the images
 and their features (target: 3x).
 
-Shards per run: 8 at 10k, 32 at 100k, 128 at 1M images; the prototypes are capped as the run's
+Shards per run: ``goggles plan``'s (one per 10,240 images); the prototypes are capped as the run's
 default (:func:`goggles.features.budget.prototype_budget`) unless ``--max-prototypes`` says.
 """
 
@@ -37,7 +37,7 @@ from goggles.pipeline import costs, stages  # noqa: E402
 from goggles.pipeline.costs import human  # noqa: E402
 from goggles.pipeline.extract import part_uri, run_extract  # noqa: E402
 
-SCALES = {10_000: 8, 100_000: 32, 1_000_000: 128}
+SCALES = {n: costs.recommended_shards(n) for n in (10_000, 100_000, 1_000_000)}
 
 
 def _size(path: Path) -> int:

@@ -37,7 +37,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from goggles.features.affinity import affinity_block, shard_bounds  # noqa: E402
-from goggles.features.budget import select_within_budget  # noqa: E402
+from goggles.features.budget import candidate_keys, select_within_budget  # noqa: E402
 from goggles.features.descriptors import SKETCH_DIM, bilinear_descriptors  # noqa: E402
 from goggles.features.prototypes import select_prototypes  # noqa: E402
 from goggles.inference.extend import SampleFit, label_block  # noqa: E402
@@ -139,8 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         found.append(select_prototypes(maps, np.arange(a, b), 5))
     everything = Prototypes.concatenate(found, CHANNELS)
     del found
-    kept = everything.take(select_within_budget(len(everything), args.max_prototypes,
-                                                seed=args.seed))
+    kept = everything.take(select_within_budget(candidate_keys(
+        everything.image_id, everything.h, everything.w, seed=args.seed), args.max_prototypes))
     m_found = len(everything)
     del everything
     seconds["prototypes (generate + select + budget)"] = time.perf_counter() - start

@@ -122,7 +122,7 @@ def add_plan(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     plan.add_argument("--num-classes", type=int, default=2, metavar="K",
                       help="number of classes (default: 2)")
     plan.add_argument("--shards", type=int, default=0, metavar="S",
-                      help="row shards (default: one per 8,192 images)")
+                      help="row shards (default: one per 10,240 images)")
     plan.add_argument("--max-prototypes", type=int, default=None, metavar="P",
                       help="the run's --max-prototypes (default: the run's default, -1)")
     plan.add_argument("--gpu", action="store_true",

@@ -81,18 +81,50 @@ def prototype_budget(requested: int, n_images: int, num_classes: int) -> Budget:
                              "docs/scale.md, 'Large datasets'")
 
 
-def select_within_budget(num_prototypes: int, max_prototypes: int, *, seed: int = 0,
-                         ) -> np.ndarray:
-    """Sorted indices of the prototypes kept under ``max_prototypes`` (0 keeps all).
+OVERSAMPLE = 4.0
+"""A part keeps about this many times its share of the cap (:func:`part_share`), so the gather
+has enough candidates to choose the cap from while reading a few times the cap, not every
+candidate of every image."""
+
+
+def candidate_keys(image_id: np.ndarray, h: np.ndarray, w: np.ndarray, *,
+                   seed: int = 0) -> np.ndarray:
+    """[P] a uniform key in [0, 1) per candidate prototype, a hash of its image, its position
+    and ``seed`` (splitmix64): the same candidate gets the same key whichever part or task
+    holds it, so choosing by key does not depend on how the images are sharded."""
+    with np.errstate(over="ignore"):
+        x = ((np.asarray(image_id, dtype=np.uint64) << np.uint64(20))
+             ^ (np.asarray(h, dtype=np.uint64) << np.uint64(10))
+             ^ np.asarray(w, dtype=np.uint64))
+        x = x + np.uint64(0x9E3779B97F4A7C15) * np.uint64(seed + 1)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        x = x ^ (x >> np.uint64(31))
+    return (x >> np.uint64(11)).astype(np.float64) / float(2 ** 53)
+
+
+def part_share(cap: int, n_images: int, top_k: int) -> float:
+    """The key below which an extraction part keeps a candidate: 1 (all) without a cap or
+    when ``OVERSAMPLE·cap`` covers ``top_k`` candidates per image, else that share of them."""
+    if cap <= 0:
+        return 1.0
+    return min(1.0, OVERSAMPLE * cap / (max(top_k, 1) * max(n_images, 1)))
+
+
+def select_within_budget(keys: np.ndarray, max_prototypes: int) -> np.ndarray:
+    """Sorted indices of the prototypes kept under ``max_prototypes`` (0 keeps all): those of
+    the smallest :func:`candidate_keys`, a uniform sample that does not depend on the order or
+    the sharding of the candidates.
 
     Parameters
     ----------
-    num_prototypes : M, the number of prototypes found.
+    keys : [M] the candidates' keys.
     max_prototypes : the budget (a resolved cap, :func:`prototype_budget`); ``0`` or less
         means no budget.
-    seed : seed of the sample.
     """
-    if max_prototypes <= 0 or num_prototypes <= max_prototypes:
-        return np.arange(num_prototypes, dtype=np.int64)
-    rng = np.random.default_rng(seed)
-    return np.sort(rng.choice(num_prototypes, size=max_prototypes, replace=False))
+    keys = np.asarray(keys, dtype=np.float64)
+    if max_prototypes <= 0 or len(keys) <= max_prototypes:
+        return np.arange(len(keys), dtype=np.int64)
+    # ties (equal keys: never for distinct candidates) are broken by index, stably
+    chosen = np.argsort(keys, kind="stable")[:max_prototypes]
+    return np.sort(chosen).astype(np.int64)

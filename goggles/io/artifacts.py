@@ -184,11 +184,13 @@ _SAMPLE_LOGITS = "imagenet-logits.npy"
 
 def write_sample_part(block: np.ndarray, start: int, descriptors: Sequence[np.ndarray],
                       sample_uri: str, part_uri: str,
-                      imagenet_logits: np.ndarray | None = None) -> int:
+                      imagenet_logits: np.ndarray | None = None, *,
+                      rows: str = "sample.npy") -> int:
     """The rows ``start .. start+len(block)`` of A that are in the sample at ``sample_uri``
-    (:func:`goggles.pipeline.fanout.run_plan_sample`), with their descriptors and ImageNet
-    logits (when the backbone has them), as folder ``part_uri``; returns how many."""
-    sample = storage.read_npy(storage.join(sample_uri, "sample.npy"))
+    (:func:`goggles.pipeline.fanout.run_plan_sample`; ``rows``: its file of row numbers, e.g.
+    ``view.npy``), with their descriptors and ImageNet logits (when the backbone has them), as
+    folder ``part_uri``; returns how many."""
+    sample = storage.read_npy(storage.join(sample_uri, rows))
     stop = start + block.shape[0]
     local = sample[(sample >= start) & (sample < stop)] - start
     storage.write_npy(np.ascontiguousarray(block[local]), storage.join(part_uri, _SAMPLE_ROWS))

@@ -12,7 +12,7 @@ run's output folder; :mod:`goggles.pipeline.extract`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -148,14 +148,31 @@ def stored_filter_maps(features_uri: str, rows_per_block: int = 1024,
     return FilterMaps(backbone=str(meta["backbone"]), blocks=blocks, weights_uri=weights_uri)
 
 
-def stored_descriptors(features_uri: str,
-                       meta: dict[str, Any] | None = None) -> list[np.ndarray] | None:
-    """The descriptors a features folder holds ([N, D] per network), or ``None`` for a folder
-    from before they existed (graph EM then computes them from the maps)."""
+def stored_array(features_uri: str, name: str, meta: dict[str, Any] | None = None, *,
+                 part_uris: Sequence[str] | None = None) -> np.ndarray:
+    """One per-image array of a features folder (a network's descriptors, the ImageNet logits:
+    file ``name``), [N, ...]: the folder's own file, else joined from its parts in row order
+    (the parts of a gathered folder lie under it, ``part-NNNNN``; ``part_uris`` names them
+    where they lie elsewhere, e.g. a cluster's extract artifacts, in row order)."""
+    meta = meta if meta is not None else read_features_meta(features_uri)
+    joined = storage.join(features_uri, name)
+    if part_uris is None and ("parts" not in meta or storage.exists(joined)):
+        return storage.read_npy(joined)
+    uris = list(part_uris) if part_uris is not None else [
+        storage.join(features_uri, f"part-{int(part['shard_id']):05d}")
+        for part in sorted(meta["parts"], key=lambda part: int(part["start"]))]
+    return np.concatenate([storage.read_npy(storage.join(uri, name)) for uri in uris])
+
+
+def stored_descriptors(features_uri: str, meta: dict[str, Any] | None = None, *,
+                       part_uris: Sequence[str] | None = None) -> list[np.ndarray] | None:
+    """The descriptors a features folder holds ([N, D] per network; :func:`stored_array`), or
+    ``None`` for a folder from before they existed (graph EM then computes them from the
+    maps)."""
     meta = meta if meta is not None else read_features_meta(features_uri)
     if "descriptors" not in meta:
         return None
-    return [storage.read_npy(storage.join(features_uri, descriptor_file(name)))
+    return [stored_array(features_uri, descriptor_file(name), meta, part_uris=part_uris)
             for name in meta["descriptors"]]
 
 
@@ -178,7 +195,7 @@ def method_inputs(features_uri: str, reads: Iterable[str]) -> dict[str, Any]:
             if not meta.get("imagenet_logits"):
                 raise ValueError(f"the features at {features_uri} hold no ImageNet logits: "
                                  f"{meta.get('backbone')}'s weights carry no classifier")
-            inputs[name] = storage.read_npy(storage.join(features_uri, IMAGENET_LOGITS))
+            inputs[name] = stored_array(features_uri, IMAGENET_LOGITS, meta)
         elif name == "filter_maps":
             inputs[name] = stored_filter_maps(features_uri, meta=meta)
         else:

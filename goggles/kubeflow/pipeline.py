@@ -190,6 +190,7 @@ class Parts(NamedTuple):
 
     maps: List[Dataset]  # noqa: UP006
     summaries: List[Dataset]  # noqa: UP006
+    descriptors: List[Dataset]  # noqa: UP006
 
 
 class Shards(NamedTuple):
@@ -198,8 +199,10 @@ class Shards(NamedTuple):
 
     features: Dataset
     prototypes: Dataset
+    descriptors: List[Dataset]  # noqa: UP006
     affinity: List[Dataset]  # noqa: UP006
     sample_parts: List[Dataset]  # noqa: UP006
+    view_parts: List[Dataset]  # noqa: UP006
 
 
 PIPELINE_INFO = {"name": PIPELINE_NAME,
@@ -228,7 +231,8 @@ def build(tasks: TaskSettings) -> dsl.base_component.BaseComponent:
     @dsl.pipeline(name="extract-parts")
     def extract_parts(manifest: Input[Dataset], shard_ids: list, num_shards: int,
                       backbone: str, weights_uri: str, weights_sha256: str, top_k: int,
-                      device: str, descriptor_backbone: str, feature_cache_uri: str) -> Parts:
+                      max_prototypes: int, num_classes: int, seed: int, device: str,
+                      descriptor_backbone: str, feature_cache_uri: str) -> Parts:
         """Extraction fanned out over the row shards: one task (on a GPU node, unless the
         settings say CPU) per shard."""
         with dsl.ParallelFor(items=shard_ids, name="extract shards (fan-out)",
@@ -236,6 +240,7 @@ def build(tasks: TaskSettings) -> dsl.base_component.BaseComponent:
             part_task = tasks.resources(extract_part(
                 manifest=manifest, shard_id=shard_id, num_shards=num_shards, backbone=backbone,
                 weights_uri=weights_uri, weights_sha256=weights_sha256, top_k=top_k,
+                max_prototypes=max_prototypes, num_classes=num_classes, seed=seed,
                 device=device, descriptor_backbone=descriptor_backbone,
                 feature_cache_uri=feature_cache_uri), "extract")
             (tasks.bucket_access(part_task)
@@ -244,7 +249,8 @@ def build(tasks: TaskSettings) -> dsl.base_component.BaseComponent:
                         backoff_max_duration="600s"))
             tasks.gpu(part_task)
         return Parts(maps=dsl.Collected(part_task.outputs["maps"]),
-                     summaries=dsl.Collected(part_task.outputs["summary"]))
+                     summaries=dsl.Collected(part_task.outputs["summary"]),
+                     descriptors=dsl.Collected(part_task.outputs["descriptors"]))
 
     @dsl.pipeline(name="features-and-affinity")
     def features_and_affinity(manifest: Input[Dataset], sample: Input[Dataset], shard_ids: list,
@@ -257,7 +263,8 @@ def build(tasks: TaskSettings) -> dsl.base_component.BaseComponent:
         apart."""
         parts_task = extract_parts(
             manifest=manifest, shard_ids=shard_ids, num_shards=num_shards, backbone=backbone,
-            weights_uri=weights_uri, weights_sha256=weights_sha256, top_k=top_k, device=device,
+            weights_uri=weights_uri, weights_sha256=weights_sha256, top_k=top_k,
+            max_prototypes=max_prototypes, num_classes=num_classes, seed=seed, device=device,
             descriptor_backbone=descriptor_backbone,
             feature_cache_uri=feature_cache_uri).set_display_name("extract (fan-out over shards)")
         gather_task = tasks.resources(gather_features(
@@ -274,8 +281,10 @@ def build(tasks: TaskSettings) -> dsl.base_component.BaseComponent:
                         backoff_max_duration="300s"))
         return Shards(features=gather_task.outputs["features"],
                       prototypes=gather_task.outputs["prototypes"],
+                      descriptors=parts_task.outputs["descriptors"],
                       affinity=dsl.Collected(shard_task.outputs["affinity"]),
-                      sample_parts=dsl.Collected(shard_task.outputs["sample_part"]))
+                      sample_parts=dsl.Collected(shard_task.outputs["sample_part"]),
+                      view_parts=dsl.Collected(shard_task.outputs["view_part"]))
 
     @dsl.pipeline(**PIPELINE_INFO)
     def goggles_pipeline(
@@ -370,7 +379,8 @@ def build(tasks: TaskSettings) -> dsl.base_component.BaseComponent:
 
         with dsl.If(train == True, name="train an end model"):  # noqa: E712 - a kfp condition
             train_task = tasks.resources(train_end_model(
-                manifest=manifest, features=features, labels=labels,
+                manifest=manifest, features=features,
+                descriptors=shards_task.outputs["descriptors"], labels=labels,
                 inference=inference, seed=seed), "train")
             train_task.set_display_name("train: end classifier on the labels")
         with dsl.Else(name="no end model"):
@@ -380,7 +390,7 @@ def build(tasks: TaskSettings) -> dsl.base_component.BaseComponent:
 
         evaluate_task = tasks.resources(evaluate(
             manifest=manifest, prototypes=prototypes,
-            affinity_sample=shards_task.outputs["sample_parts"], labels=labels,
+            affinity_sample=shards_task.outputs["view_parts"], labels=labels,
             inference=inference, source_uri=source_uri, backbone=backbone, top_k=top_k,
             num_shards=num_shards, seed=seed, end_model=end_model), "evaluate")
         tasks.bucket_access(evaluate_task).set_display_name("evaluate and report")

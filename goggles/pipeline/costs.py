@@ -4,8 +4,9 @@ and seconds, from per-image and per-entry sizes and rates (``goggles plan``; the
 
 KFP's launcher downloads every input artifact of a task into its pod, so a pod reads all of each
 artifact it takes. The tasks and their inputs are those :mod:`goggles.kubeflow.pipeline` wires
-with the default parameters (no end model): list-source, ingest, plan, one extract and one
-affinity task per row shard, gather, infer, evaluate. The sizes default to docs/scale.md's
+with the default parameters (graph EM, no end model): list-source, ingest, plan, one extract
+and one affinity task per row shard, gather, infer (the fit on graph EM's sample), one label
+task per row shard, gather-labels, evaluate. The sizes default to docs/scale.md's
 measurement (VGG-16 on 32 cub-dev images, :data:`MEASURED`); the rates to the figures measured on
 a 2-core CPU there (:data:`RATES`), so the seconds are CPU seconds of such a pod (``gpu``: extract
 and affinity at the assumed GPU rates).
@@ -18,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from goggles.features.budget import prototype_budget
+from goggles.features.budget import part_share, prototype_budget
 from goggles.parameters import MAX_SHARDS, default
 
 MEASURED: dict[str, float] = {
@@ -51,8 +52,12 @@ RATES: dict[str, float] = {
 GRAPH_SAMPLE = 20_000
 """Images graph EM builds its graph on (:class:`goggles.inference.graph_em.GraphEM`'s
 ``max_rows``)."""
-IMAGES_PER_SHARD = 8_192
-"""``recommended_shards``: row shards of about this many images (≈ 1 GB of filter maps)."""
+REPORT_ROWS = 2_000
+"""Rows of A evaluate reads for the report (:data:`goggles.pipeline.fanout.REPORT_ROWS`)."""
+IMAGES_PER_SHARD = 10_240
+"""``recommended_shards``: row shards of about this many images (≈ 1 GB of filter maps), as
+many as keep each label task's reads (the fit, about 1 GB at 20,000 prototypes, and its rows of
+A) under 2 GB: fewer, larger shards mean fewer pods each reading the fit."""
 
 
 @dataclass(frozen=True)
@@ -80,12 +85,14 @@ def recommended_shards(n_images: int) -> int:
 
 
 def plan(n_images: int, *, num_classes: int = 2, shards: int = 0,
-         max_prototypes: int | None = None, gpu: bool = False,
+         max_prototypes: int | None = None, top_k: int | None = None, gpu: bool = False,
          sizes: Mapping[str, float] | None = None,
          rates: Mapping[str, float] | None = None) -> list[TaskCost]:
     """Every task kind of a run at ``n_images`` images and ``num_classes`` classes over
     ``shards`` row shards (0: :func:`recommended_shards`), with the prototype cap
-    ``max_prototypes`` asks for (``None``: the default, :mod:`goggles.features.budget`)."""
+    ``max_prototypes`` asks for (``None``: the default, :mod:`goggles.features.budget`) and
+    graph EM, the default method (its fit reads a sample of at most :data:`GRAPH_SAMPLE`
+    images: :mod:`goggles.pipeline.fanout`)."""
     if n_images < 1:
         raise ValueError(f"n_images must be at least 1, got {n_images}")
     b = {**MEASURED, **(sizes or {})}
@@ -94,21 +101,26 @@ def plan(n_images: int, *, num_classes: int = 2, shards: int = 0,
     s = shards or recommended_shards(n_images)
     rows = math.ceil(n / s)  # images per shard
     requested = default("max_prototypes") if max_prototypes is None else max_prototypes
+    k = default("top_k") if top_k is None else top_k
     found = b["prototypes_per_image"] * n
     cap = prototype_budget(requested, n_images, num_classes).cap
     m = min(found, cap) if cap else found
+    kept = found * part_share(cap, n_images, k)  # the candidates the parts keep for the gather
+    candidate = b["candidates"] / b["prototypes_per_image"]  # bytes of one candidate
     manifest, prototypes = n * b["manifest"], m * b["prototype"]
-    features = n * (b["descriptors"] + b["logits"])
+    described = b["descriptors"] + b["logits"]  # per image
     entry = b["affinity_entry"]
-    affinity = n * m * entry
     labels = n * (b["label"] + 8 * num_classes)
+    label_parts = rows * (8 * num_classes + 16)
     io, base = r["io_bytes_per_s"], r["process_bytes"]
     extract_rate = r["extract_gpu_s_per_image" if gpu else "extract_s_per_image"]
     affinity_rate = r["affinity_gpu_s_per_entry" if gpu else "affinity_s_per_entry"]
     sample = min(n, GRAPH_SAMPLE)
+    view = min(sample, REPORT_ROWS)
     dims = b["descriptors"] / 4
-    beyond = 2 * sample * (m + dims) * (n - sample) / r["infer_flops_per_s"]
-    part_summary = rows * (b["candidates"] + b["descriptors"] + b["logits"])
+    sample_parts = sample * (m * entry + described)
+    fit_state = sample * (m + dims) * 2 + sample * (8 * num_classes + 16) + m * num_classes * 24
+    beyond = 2 * sample * (m + dims) * rows / r["infer_flops_per_s"]  # one label task
 
     def task(name: str, pods: int, read: float, written: float, memory: float,
              compute: float, what: str) -> TaskCost:
@@ -118,21 +130,29 @@ def plan(n_images: int, *, num_classes: int = 2, shards: int = 0,
     return [
         task("list-source", 1, 0.0, 200.0, 0.0, 1e-4 * n, "the listing"),
         task("ingest", 1, n * b["image"], manifest, manifest, 1e-3 * n, "every image"),
-        task("plan", 1, manifest, 100.0 * s, manifest, 1.0, "the manifest"),
-        task("extract", s, manifest + rows * b["image"], rows * b["maps"] + part_summary,
+        task("plan", 1, manifest, 100.0 * s + 8 * (sample + view), manifest, 1.0,
+             "the manifest"),
+        task("extract", s, manifest + rows * b["image"],
+             rows * (b["maps"] + 2 * described) + kept / s * candidate,
              manifest + 32 * b["maps"], rows * extract_rate, "manifest + its shard's images"),
-        task("gather", 1, n * (b["candidates"] + b["descriptors"] + b["logits"]),
-             features + prototypes, n * (b["candidates"] + b["descriptors"]) + prototypes,
-             1e-5 * n, "every part's prototype candidates and descriptors"),
-        task("affinity", s, rows * b["maps"] + prototypes, rows * m * entry,
-             rows * b["maps"] + rows * m * entry + prototypes, rows * m * affinity_rate,
+        task("gather", 1, kept * candidate, prototypes, kept * candidate + prototypes,
+             1e-5 * n, "the candidates the parts kept"),
+        task("affinity", s, rows * (b["maps"] + described) + prototypes + 8 * (sample + view),
+             rows * (m * entry + b["descriptors"]) + sample_parts / s + view * m * entry / s,
+             rows * (b["maps"] + m * entry) + prototypes, rows * m * affinity_rate,
              "its shard's filter maps + prototypes"),
-        task("infer", 1, manifest + features + prototypes + affinity, labels + 1e4 * m,
-             features + rows * m * entry + sample * (m + dims) * 4 + n * num_classes * 8,
-             r["infer_fit_s"] + beyond, "manifest + descriptors + prototypes + every shard"),
-        task("evaluate", 1, manifest + prototypes + affinity + labels, 1e6,
-             rows * m * entry + labels + manifest, 1e-4 * n,
-             "manifest + prototypes + every shard + labels"),
+        task("infer", 1, sample_parts + prototypes + 8 * sample, fit_state,
+             sample_parts + sample * (m + dims) * 4 + sample * sample * 4,
+             r["infer_fit_s"], "the sample's rows of A + descriptors"),
+        task("label", s, fit_state + rows * (m * entry + b["descriptors"]), label_parts,
+             sample * (m + dims) * 4 + rows * (m * entry + b["descriptors"]), beyond,
+             "its shard's rows of A + the fit"),
+        task("gather-labels", 1, manifest + fit_state + s * label_parts + prototypes,
+             labels + 8 * n, manifest + labels + n * (8 * num_classes + 16), 1e-5 * n,
+             "manifest + the fit + every label part"),
+        task("evaluate", 1, manifest + prototypes + view * m * entry + labels + 8 * n, 1e6,
+             view * m * entry + labels + manifest, 1e-4 * n,
+             "manifest + prototypes + the view's rows of A + labels"),
     ]
 
 

@@ -1,5 +1,5 @@
 """The extract stage in parts: each part extracts one row shard of the accepted images, a gather
-step selects and budgets the prototypes and joins the descriptors.
+step selects and budgets the prototypes.
 
 On a cluster every part is its own task (``dsl.ParallelFor``, one GPU each) and each affinity
 shard task reads only its own part's filter maps; the in-process runner runs the same parts one
@@ -7,26 +7,28 @@ after another (:func:`run_extract`). A part writes two artifacts, so that what i
 apart from what is big:
 
 * its **maps** (a features folder of its rows: ``shard-NNNNN.npy``, ``index.parquet``,
-  ``meta.json`` whose ``part`` names ``shard_id``, ``num_parts``, ``start``, ``stop`` and the
-  ``descriptors`` of its rows, also here), read by its affinity shard alone;
-* its **summary** (``part.json``, ``candidates.parquet``: its images' prototypes before the
-  budget, ``descriptors-<network>.npy`` of its rows, and ``imagenet-logits.npy`` when the
-  backbone's weights carry an ImageNet classifier), read by the gather step.
+  ``descriptors-<network>.npy`` and ``imagenet-logits.npy`` when the backbone's weights carry
+  an ImageNet classifier, ``meta.json`` whose ``part`` names ``shard_id``, ``num_parts``,
+  ``start``, ``stop``), read by its affinity shard alone;
+* its **summary** (``part.json``, ``candidates.parquet``: the candidate prototypes it kept for
+  the budget), read by the gather step;
+* on a cluster, its **descriptors** apart, which only the train task reads.
 
-The gather step writes the run's **features** folder (``meta.json``, every network's
-descriptors [N, D] and the ImageNet logits [N, 1000] when there are any: what infer, train and
-the fitted labeler read) and its **prototypes**. In a run's output folder each part's maps lie
-in ``artifacts/features/part-NNNNN``; the features' ``meta.json`` lists the parts, so
-:func:`goggles.io.features_folder.read_filter_maps` still reads any rows.
+The gather step writes the run's **features** folder (``meta.json``, listing the parts) and
+its **prototypes**: it reads no descriptor or filter map. In a run's output folder each part's
+maps and descriptors lie in ``artifacts/features/part-NNNNN``; the features' ``meta.json``
+lists the parts, so :func:`goggles.io.features_folder.read_filter_maps` and
+:func:`~goggles.io.features_folder.stored_descriptors` read any rows there.
 
 Parts are whole extraction batches (:func:`part_bounds`), so an image's filter maps are the same
-bytes however many parts there are; the prototypes are concatenated in image order before the
-seeded budget, so the labels do not depend on the number of parts (the local-runner tests check
-1 and 4).
+bytes however many parts there are; the prototypes are chosen by keys of the images and
+positions (:func:`goggles.features.budget.candidate_keys`), so the labels do not depend on the
+number of parts (the local-runner tests check 1, 3 and 4).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -36,6 +38,8 @@ from goggles import __version__
 from goggles.config import StageError
 from goggles.features.config import ExtractConfig
 from goggles.io import artifacts, features_folder, storage
+
+logger = logging.getLogger(__name__)
 
 CANDIDATES = "candidates.parquet"
 PART_META = "part.json"
@@ -64,12 +68,19 @@ def part_bounds(num_rows: int, num_parts: int, batch_size: int) -> list[tuple[in
 
 
 def run_extract_part(config: ExtractConfig, manifest_uri: str, shard_id: int, num_parts: int,
-                     maps_uri: str, summary_uri: str) -> dict[str, Any]:
+                     maps_uri: str, summary_uri: str, *, num_classes: int = 2,
+                     descriptors_uri: str = "") -> dict[str, Any]:
     """Filter maps, prototypes (paper §3.1) and descriptors of row shard ``shard_id`` of
-    ``num_parts`` of the manifest's accepted images (:func:`part_bounds`). With
+    ``num_parts`` of the manifest's accepted images (:func:`part_bounds`). The part keeps the
+    candidate prototypes whose key is below its share of the cap ``config.max_prototypes`` asks
+    for at this many images and ``num_classes`` classes (:func:`goggles.features.budget.
+    part_share`), so the gather reads a few times the cap, not every candidate. The
+    descriptors (and ImageNet logits) go with the maps and, when given, to ``descriptors_uri``
+    (what a cluster's train task reads), not into the summary the gather reads. With
     ``config.feature_cache_uri`` only the images the cache lacks are computed. Returns the
     part's meta (``features_computed``, ``features_reused`` ...)."""
     from goggles.features.backbones import SPECS, load_backbone, preprocessing_of
+    from goggles.features.budget import candidate_keys, part_share, prototype_budget
     from goggles.features.descriptors import bilinear_descriptors
     from goggles.features.device import resolve_device
     from goggles.features.extraction import extract_filter_maps
@@ -81,6 +92,7 @@ def run_extract_part(config: ExtractConfig, manifest_uri: str, shard_id: int, nu
     if rows.num_rows == 0:
         raise StageError("the manifest has no accepted images; every file was rejected — see "
                          "the manifest's error column")
+    n_images = rows.num_rows
     if not 0 <= shard_id < num_parts:
         raise StageError(f"shard_id {shard_id} is outside 0..{num_parts - 1}")
     start, stop = part_bounds(rows.num_rows, num_parts, config.batch_size)[shard_id]
@@ -150,16 +162,20 @@ def run_extract_part(config: ExtractConfig, manifest_uri: str, shard_id: int, nu
                          part={**part, "descriptors": list(descriptors),
                                "imagenet_logits": head is not None})
     for network, values in descriptors.items():  # the maps carry them to the shard tasks too
-        for uri in dict.fromkeys((summary_uri, maps_uri)):
+        for uri in dict.fromkeys(u for u in (maps_uri, descriptors_uri) if u):
             storage.write_npy(values, storage.join(uri, features_folder.descriptor_file(network)))
     if head is not None:
-        for uri in dict.fromkeys((summary_uri, maps_uri)):
+        for uri in dict.fromkeys(u for u in (maps_uri, descriptors_uri) if u):
             storage.write_npy(np.concatenate(logits).astype(np.float32),
                               storage.join(uri, features_folder.IMAGENET_LOGITS))
-    storage.write_parquet(artifacts.Prototypes.concatenate(candidates,
-                                                           int(meta["shape"][0])).to_table(),
-                          storage.join(summary_uri, CANDIDATES))
-    summary = {**part, "shape": meta["shape"], "backbone": config.backbone,
+    found = artifacts.Prototypes.concatenate(candidates, int(meta["shape"][0]))
+    share = part_share(prototype_budget(config.max_prototypes, n_images, num_classes).cap,
+                       n_images, config.top_k)
+    kept = found if share >= 1.0 else found.take(np.flatnonzero(
+        candidate_keys(found.image_id, found.h, found.w, seed=config.seed) < share))
+    storage.write_parquet(kept.to_table(), storage.join(summary_uri, CANDIDATES))
+    summary = {**part, "candidates_found": len(found), "candidates_kept": len(kept),
+               "shape": meta["shape"], "backbone": config.backbone,
                "weights": weights_source, "image_size": config.image_size,
                "descriptors": list(descriptors), "imagenet_logits": head is not None,
                "channels": channels, "preprocessing": preprocessing,
@@ -231,34 +247,35 @@ def read_parts(summary_uris: Sequence[str]) -> list[dict[str, Any]]:
 
 def run_gather(config: ExtractConfig, summary_uris: Sequence[str], features_uri: str,
                prototypes_uri: str, *, num_classes: int = 2) -> dict[str, Any]:
-    """Join the parts (:func:`read_parts`): the prototypes of every image in image order, cut to
-    the cap ``config.max_prototypes`` asks for at this many images and ``num_classes`` classes
-    by a seeded uniform sample (:mod:`goggles.features.budget`; the result's
-    ``prototype_budget`` says which cap and why); the
-    descriptors and ImageNet logits of every image. Writes the features folder's ``meta.json``,
-    descriptors and logits (not the maps: they stay in the parts) and the prototypes."""
-    from goggles.features.budget import prototype_budget, select_within_budget
+    """Join the parts (:func:`read_parts`): the candidate prototypes they kept, in image order,
+    cut to the cap ``config.max_prototypes`` asks for at this many images and ``num_classes``
+    classes by their keys (:func:`goggles.features.budget.select_within_budget`: a uniform
+    sample that does not depend on the parts; the result's ``prototype_budget`` says which cap
+    and why). Writes the prototypes and the features folder's ``meta.json``, which lists the
+    parts: each image's descriptors and ImageNet logits stay in its part
+    (:func:`goggles.io.features_folder.stored_descriptors` reads them there), so this step
+    reads no descriptor."""
+    from goggles.features.budget import candidate_keys, prototype_budget, select_within_budget
 
     parts = read_parts(summary_uris)
     first = parts[0]
     candidates = [artifacts.read_prototypes(storage.join(p["uri"], CANDIDATES)) for p in parts]
     prototypes = artifacts.Prototypes.concatenate(candidates, int(first["shape"][0]))
-    found = len(prototypes)
-    budget = prototype_budget(config.max_prototypes, int(parts[-1]["stop"]), num_classes)
+    found = sum(int(p.get("candidates_found", len(c))) for p, c in zip(parts, candidates,
+                                                                         strict=True))
+    n_images = int(parts[-1]["stop"])
+    budget = prototype_budget(config.max_prototypes, n_images, num_classes)
     if budget.cap:
-        prototypes = prototypes.take(select_within_budget(found, budget.cap, seed=config.seed))
+        prototypes = prototypes.take(select_within_budget(
+            candidate_keys(prototypes.image_id, prototypes.h, prototypes.w, seed=config.seed),
+            budget.cap))
+    if budget.cap and len(prototypes) < min(found, budget.cap):
+        logger.warning("the parts kept %d candidate prototypes, fewer than the cap %d of the %d "
+                       "found: A has %d columns", len(prototypes), budget.cap, found,
+                       len(prototypes))
     storage.write_parquet(prototypes.to_table(), prototypes_uri)
-    for network in first["descriptors"]:
-        name = features_folder.descriptor_file(network)
-        joined = np.concatenate([storage.read_npy(storage.join(p["uri"], name)) for p in parts])
-        storage.write_npy(joined, storage.join(features_uri, name))
-    if first["imagenet_logits"]:
-        storage.write_npy(np.concatenate([storage.read_npy(storage.join(
-            p["uri"], features_folder.IMAGENET_LOGITS)) for p in parts]),
-                          storage.join(features_uri, features_folder.IMAGENET_LOGITS))
     counts = {key: sum(int(p[key]) for p in parts)
               for key in ("features_computed", "features_reused")}
-    n_images = int(parts[-1]["stop"])
     meta = {"shape": first["shape"], "num_images": n_images, "backbone": first["backbone"],
             "weights": first["weights"], "image_size": first["image_size"],
             "descriptors": first["descriptors"], "imagenet_logits": first["imagenet_logits"],
@@ -282,5 +299,6 @@ def run_extract(config: ExtractConfig, manifest_uri: str, features_uri: str,
     :func:`part_uri`) one after another, then the gather."""
     uris = [part_uri(features_uri, s) for s in range(num_parts)]
     for shard_id, uri in enumerate(uris):
-        run_extract_part(config, manifest_uri, shard_id, num_parts, uri, uri)
+        run_extract_part(config, manifest_uri, shard_id, num_parts, uri, uri,
+                         num_classes=num_classes)
     return run_gather(config, uris, features_uri, prototypes_uri, num_classes=num_classes)

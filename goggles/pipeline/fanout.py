@@ -5,8 +5,8 @@ fit_sample`) and labels every other image from its nearest sampled ones, row by 
 (:mod:`goggles.inference.extend`). The sample depends on the number of images and the dev rows
 alone, so the tasks split as follows:
 
-* **plan** draws the sample (:func:`run_plan_sample`: ``sample.npy``, and ``meta.json`` with N
-  and the dev labels matched to rows);
+* **plan** draws the sample (:func:`run_plan_sample`: ``sample.npy``, ``view.npy`` the rows the
+  report draws, and ``meta.json`` with N and the dev labels matched to rows);
 * each **affinity** shard writes, besides its rows of A, the rows of its shard that are in the
   sample with their descriptors (:func:`goggles.io.artifacts.write_sample_part`) and a copy
   of its rows' descriptors beside its rows of A (for its label task);
@@ -17,7 +17,9 @@ alone, so the tasks split as follows:
 * one **label** task per shard reads its rows of A, their descriptors and the fit
   (:func:`run_label_shard`);
 * **gather** joins the shards' labels into ``labels.parquet`` and ``inference.json``
-  (:func:`run_gather_labels`).
+  (:func:`run_gather_labels`);
+* **evaluate** draws the report's affinity matrix from the view's rows, which each affinity
+  shard also writes apart.
 
 The labels are the in-process run's, byte for byte, for any number of shards (the local-runner
 tests check 1 and 3 shards).
@@ -36,7 +38,11 @@ from goggles.io import artifacts, storage
 from goggles.io.dev_labels import read_dev_labels
 
 SAMPLE = "sample.npy"
+VIEW = "view.npy"
 META = "meta.json"
+REPORT_ROWS = 2000
+"""Rows of A the report's affinity matrix is drawn from (it pools them to at most 256 rows):
+a seeded subset of the sample, every image up to this many."""
 FIT = "fit"
 STATE = "state.json"
 
@@ -71,6 +77,9 @@ def run_plan_sample(config: InferConfig, manifest_uri: str, dev_labels_uri: str,
     else:  # the other methods fit on every row of A, in one task
         sample = np.arange(rows.num_rows)
     storage.write_npy(sample.astype(np.int64), storage.join(sample_uri, SAMPLE))
+    view = sample if len(sample) <= REPORT_ROWS else np.sort(
+        np.random.default_rng(config.seed).choice(sample, REPORT_ROWS, replace=False))
+    storage.write_npy(view.astype(np.int64), storage.join(sample_uri, VIEW))
     storage.write_json({"n_images": rows.num_rows, "dev": dev}, storage.join(sample_uri, META))
     return {"n_images": rows.num_rows, "n_sample": len(sample)}
 

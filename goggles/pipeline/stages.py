@@ -61,14 +61,14 @@ def run_ingest(config: IngestConfig, source_uri: str, manifest_uri: str) -> dict
 
 
 def run_affinity(config: AffinityConfig, maps_uri: str, prototypes_uri: str,
-                 affinity_uri: str, sample_uri: str = "", sample_part_uri: str = ""
-                 ) -> dict[str, Any]:
+                 affinity_uri: str, sample_uri: str = "", sample_part_uri: str = "",
+                 view_part_uri: str = "") -> dict[str, Any]:
     """Rows of the affinity matrix (§3.2) for the images of one extraction part
     (:mod:`goggles.pipeline.extract`): its filter maps at ``maps_uri`` and every prototype. The
     part's ``meta.json`` says which rows; ``config.num_shards`` must be its run's part count.
     With ``sample_uri`` (graph EM's sample, drawn by the plan) the shard also keeps its rows'
     descriptors beside its rows of A and writes its rows in the sample to ``sample_part_uri``
-    (:mod:`goggles.pipeline.fanout`)."""
+    and its rows in the report's view to ``view_part_uri`` (:mod:`goggles.pipeline.fanout`)."""
     from goggles.features.affinity import affinity_block
     from goggles.features.device import resolve_device
 
@@ -100,6 +100,9 @@ def run_affinity(config: AffinityConfig, maps_uri: str, prototypes_uri: str,
         keep_shard_descriptors(affinity_uri, described)
         result["sample_rows"] = artifacts.write_sample_part(
             block, start, described, sample_uri, sample_part_uri, imagenet_logits=logits)
+        if view_part_uri:
+            artifacts.write_sample_part(block, start, [], sample_uri, view_part_uri,
+                                        rows="view.npy")
     return result
 
 
@@ -175,11 +178,13 @@ def _suggestions(affinity: artifacts.StoredShards, descriptors: Sequence[np.ndar
 
 
 def run_train(config: TrainConfig, manifest_uri: str, features_uri: str, labels_uri: str,
-              inference_uri: str, model_uri: str) -> dict[str, Any]:
+              inference_uri: str, model_uri: str, *,
+              descriptor_uris: Sequence[str] | None = None) -> dict[str, Any]:
     """Train the end classifier on the run's labels and the descriptors its extract stage wrote
-    (:mod:`goggles.training.train`); write it as a model folder at ``model_uri``
-    (:mod:`goggles.training.model`). Returns its held-out scores, ``metrics.json``'s
-    ``end_model``."""
+    (:mod:`goggles.training.train`; in the features folder's parts, or at ``descriptor_uris``,
+    the parts' descriptors in row order, on a cluster); write it as a model folder at
+    ``model_uri`` (:mod:`goggles.training.model`). Returns its held-out scores,
+    ``metrics.json``'s ``end_model``."""
     from goggles.features.descriptors import descriptors_of
     from goggles.training.model import describe, network_entry, save_model
     from goggles.training.train import train_end_model
@@ -191,7 +196,8 @@ def run_train(config: TrainConfig, manifest_uri: str, features_uri: str, labels_
     probs = np.asarray(labels["probs"].to_pylist(), dtype=np.float64)
     state = storage.read_json(inference_uri)
     meta = features_folder.read_features_meta(features_uri)
-    descriptors = features_folder.stored_descriptors(features_uri, meta=meta)
+    descriptors = features_folder.stored_descriptors(features_uri, meta=meta,
+                                                     part_uris=descriptor_uris)
     networks = list(meta.get("descriptors", []))
     if descriptors is None:  # a features folder from before descriptors: from its maps
         descriptors = [descriptors_of(features_folder.stored_filter_maps(features_uri,

@@ -17,7 +17,7 @@ from goggles.features.config import AffinityConfig, ExtractConfig
 from goggles.inference.config import InferConfig
 from goggles.ingest.config import IngestConfig
 from goggles.io import storage
-from goggles.io.features_folder import read_filter_maps
+from goggles.io.features_folder import read_filter_maps, stored_array
 from goggles.pipeline import stages
 from goggles.pipeline.extract import part_bounds, part_uri, run_extract, run_gather
 from goggles.pipeline.wiring import run_record
@@ -59,7 +59,12 @@ def test_any_number_of_parts_gives_the_same_features_and_prototypes(extracted: d
     one, three = extracted[1]["folder"], extracted[3]["folder"]
     assert (one / "prototypes.parquet").read_bytes() == (three / "prototypes.parquet").read_bytes()
     for name in ("descriptors-mobilenet_v2.npy", "imagenet-logits.npy"):
-        assert (one / "features" / name).read_bytes() == (three / "features" / name).read_bytes()
+        # the gather joins none: each part keeps its rows' (the gather reads no descriptor)
+        assert not (three / "features" / name).exists()
+        assert np.array_equal(stored_array(str(one / "features"), name),
+                              stored_array(str(three / "features"), name))
+        assert len(stored_array(str(three / "features"), name)) == 7
+        assert len(list((three / "features").glob(f"part-*/{name}"))) == 3
     assert np.array_equal(read_filter_maps(str(one / "features"), 0, 7),
                           read_filter_maps(str(three / "features"), 0, 7))
     # rows across a part boundary, from the gathered folder's list of parts
@@ -121,24 +126,34 @@ def test_an_affinity_shard_takes_one_part_and_checks_the_shard_count(extracted: 
 
 @pytest.mark.parametrize("method", ["graph-em", "backbone"])
 def test_infer_reads_no_filter_maps(extracted: dict, tmp_path: Path, method: str) -> None:
-    """With every part's maps removed after affinity (as an infer pod never has them), infer
-    runs on the gathered descriptors, or for ``backbone`` the ImageNet logits."""
+    """With every part removed after affinity (as an infer pod never has them), the fanned-out
+    infer runs on what the affinity shards wrote: the sample's rows with their descriptors, or
+    for ``backbone`` the ImageNet logits."""
+    from goggles.pipeline import fanout
+
     run = tmp_path / "run"
     shutil.copytree(extracted[3]["folder"], run)
-    shards = []
+    config = InferConfig(num_classes=2, method=method, device="cpu")
+    fanout.run_plan_sample(config, extracted["manifest"], "", str(run / "sample"))
+    shards, parts = [], []
     for shard in range(3):
         uri = str(run / "affinity" / f"shard-{shard:05d}")
         stages.run_affinity(AffinityConfig(num_shards=3, device="cpu"),
                             part_uri(str(run / "features"), shard),
-                            str(run / "prototypes.parquet"), uri)
+                            str(run / "prototypes.parquet"), uri,
+                            sample_uri=str(run / "sample"),
+                            sample_part_uri=str(run / f"sample-{shard}"))
         shards.append(uri)
-    for part in (run / "features").glob("part-*"):
-        shutil.rmtree(part)
-    result = stages.run_infer(InferConfig(num_classes=2, method=method, device="cpu"),
-                              extracted["manifest"], str(run / "prototypes.parquet"), shards,
-                              str(run / "labels.parquet"), str(run / "inference.json"),
-                              features_uri=str(run / "features"))
-    assert result["num_classes"] == 2
+        parts.append(str(run / f"sample-{shard}"))
+    shutil.rmtree(run / "features")
+    fanout.run_fit(config, str(run / "sample"), parts, str(run / "prototypes.parquet"),
+                   str(run / "fit"))
+    labelled = [str(run / f"labels-{s}") for s in range(3)]
+    for shard, out in zip(shards, labelled, strict=True):
+        fanout.run_label_shard(str(run / "fit"), shard, out, num_shards=3)
+    fanout.run_gather_labels(extracted["manifest"], str(run / "fit"), labelled,
+                             str(run / "prototypes.parquet"), str(run / "labels.parquet"),
+                             str(run / "inference.json"))
     labels = storage.read_parquet(str(run / "labels.parquet"))
     assert labels.num_rows == 7
     if method == "backbone":  # clusters named after ImageNet classes

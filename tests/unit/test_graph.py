@@ -197,12 +197,12 @@ def test_graph_em_on_part_templates_above_the_dense_eigensolver_size() -> None:
     # gets 1.0)
     from benchmarks.scale import synthetic_maps, templates
     from goggles.features.affinity import affinity_block
-    from goggles.features.budget import select_within_budget
+    from goggles.features.budget import candidate_keys, select_within_budget
     from goggles.features.prototypes import select_prototypes
 
     maps, truth = synthetic_maps(0, 3200, templates(0), 0)
     found = select_prototypes(maps, np.arange(3200), 5)
-    kept = found.take(select_within_budget(len(found), 256, seed=0))
+    kept = found.take(select_within_budget(candidate_keys(found.image_id, found.h, found.w), 256))
     model = GraphEM(4, restarts=2).fit(affinity_block(maps, kept.vectors), kept.image_id,
                                        descriptors=[])
     assert model.bridges_ > 0

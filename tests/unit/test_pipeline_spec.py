@@ -231,7 +231,7 @@ def test_no_task_reads_every_shard_of_a(compiled) -> None:
     evaluate = _task(spec.root.dag, "evaluate")
     source = evaluate.inputs.artifacts["affinity_sample"].task_output_artifact
     assert (source.producer_task, source.output_artifact_key) == ("features-and-affinity",
-                                                                  "sample_parts")
+                                                                  "view_parts")
     fit = _task(spec.root.dag, "infer-fit")
     source = fit.inputs.artifacts["sample_parts"].task_output_artifact
     assert (source.producer_task, source.output_artifact_key) == ("features-and-affinity",

@@ -30,9 +30,9 @@ def evaluate(manifest: Input[Dataset], prototypes: Input[Dataset],
     ----------
     manifest, prototypes, labels, inference : upstream outputs; their metadata carry each
         stage's ``seconds`` (collected as ``timings_s``).
-    affinity_sample : each affinity shard's rows in graph EM's sample (at most 20,000 rows of
-        A in all): the report's affinity matrix is drawn from them, so this task never reads
-        all of A.
+    affinity_sample : each affinity shard's rows in the report's view (at most 2,000 rows of A
+        in all, :data:`goggles.pipeline.fanout.REPORT_ROWS`): the report's affinity matrix is
+        drawn from them, so this task never reads all of A.
     source_uri, backbone, top_k, num_shards, seed : recorded in ``metrics.json``.
     end_model : the train branch's held-out scores (``{}`` when the run trains no model).
     metrics_json : the run's ``metrics.json``.

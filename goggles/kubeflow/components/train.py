@@ -10,7 +10,8 @@ from goggles.kubeflow.components.image import BASE_IMAGE
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
-def train(manifest: Input[Dataset], features: Input[Dataset], labels: Input[Dataset],
+def train(manifest: Input[Dataset], features: Input[Dataset],
+          descriptors: Input[list[Dataset]], labels: Input[Dataset],
           inference: Input[Artifact], seed: int, model: Output[Model],
           scores: Output[Metrics]
           ) -> NamedTuple("Trained", [("end_model", dict),  # type: ignore[valid-type]  # noqa: UP014
@@ -19,8 +20,8 @@ def train(manifest: Input[Dataset], features: Input[Dataset], labels: Input[Data
 
     Parameters
     ----------
-    manifest, features, labels, inference : the run's artifacts (the descriptors the extract
-        stage wrote are the head's input).
+    manifest, features, labels, inference : the run's artifacts.
+    descriptors : every extract part's descriptors, any order: the head's input.
     seed : the held-out split's seed.
     model : ``model.safetensors`` and ``model.json`` (:mod:`goggles.training.model`); its
         metadata holds the classes, the head and the held-out scores.
@@ -38,8 +39,10 @@ def train(manifest: Input[Dataset], features: Input[Dataset], labels: Input[Data
     from goggles.pipeline.wiring import stage_config
 
     start = time.perf_counter()
+    parts = sorted(descriptors, key=lambda part: int(part.metadata["start"]))
     result = stages.run_train(stage_config("train", {"seed": seed}), manifest.path,
-                              features.path, labels.path, inference.path, model.path)
+                              features.path, labels.path, inference.path, model.path,
+                              descriptor_uris=[part.path for part in parts])
     model.metadata.update({"format": "goggles-end-model", "framework": "pytorch",
                            "goggles_version": goggles.__version__,
                            "seconds": round(time.perf_counter() - start, 3),
