@@ -21,6 +21,10 @@ for every task count and equal to the fit's own.
 
 Prints seconds per stage, the peak RSS of the process, the accuracy on the planted classes, and a
 projection of the cost for 1M images on a cluster of S pods with and without GPUs.
+
+``--tasks [--images N] [--shards 1,4]`` runs every task of a cluster run instead, each in its
+own process on the artifacts the one before wrote, and prints what each reads and writes, its
+peak memory and seconds against the cost model (:mod:`benchmarks.scale_tasks`).
 """
 
 from __future__ import annotations
@@ -112,6 +116,10 @@ def label_fanout(model: GraphEM, rows: StoredShards, descriptors: np.ndarray,
 
 
 def main(argv: list[str] | None = None) -> int:
+    if "--tasks" in (sys.argv[1:] if argv is None else argv):  # every cluster task apart
+        from benchmarks.scale_tasks import main as tasks
+
+        return tasks([a for a in (sys.argv[1:] if argv is None else argv) if a != "--tasks"])
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=100_000)
     parser.add_argument("--max-prototypes", type=int, default=2048)
