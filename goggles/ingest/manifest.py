@@ -28,7 +28,9 @@ import stat
 from collections.abc import Collection
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 
 from goggles.ingest.config import IngestConfig
 from goggles.io import listing, storage
@@ -159,6 +161,12 @@ def build_manifest(source_uri: str, config: IngestConfig) -> pa.Table:
     pa.Table with ``MANIFEST_SCHEMA``: one row per listed file, accepted ones numbered
     ``image_id`` 0..N-1 in path order.
     """
+    listed = list_source(source_uri, config)
+    return manifest_table(inspect_listed(listed, config))
+
+
+def list_source(source_uri: str, config: IngestConfig) -> list[listing.ListedFile]:
+    """The image files under ``source_uri`` in path order; an error when there are none."""
     listed = listing.list_files(source_uri, config.extensions,
                                 follow_symlinks=config.follow_symlinks)
     if not listed:
@@ -166,6 +174,11 @@ def build_manifest(source_uri: str, config: IngestConfig) -> pa.Table:
             f"no image files under {source_uri!r} (looked for {', '.join(config.extensions)}); "
             "check the source URI")
     logger.info("ingest: %d files listed under %s", len(listed), printable(source_uri))
+    return listed
+
+
+def inspect_listed(listed: list[listing.ListedFile], config: IngestConfig) -> list[Record]:
+    """One :class:`Record` per listed file, in order: each checked, read and validated."""
     records: list[Record | None] = [None] * len(listed)
     to_read: list[int] = []
     for index, file in enumerate(listed):
@@ -185,9 +198,15 @@ def build_manifest(source_uri: str, config: IngestConfig) -> pa.Table:
                                        "may have vanished after listing)"))
     done = [record for record in records if record is not None]  # all of them: one per file
     _log_summary(done)
+    return done
+
+
+def manifest_table(records: list[Record]) -> pa.Table:
+    """The manifest of ``records`` (in path order): accepted ones numbered ``image_id``
+    0..N-1."""
     image_ids: list[int | None] = []
     next_id = 0
-    for record in done:
+    for record in records:
         if record.error is None:
             image_ids.append(next_id)
             next_id += 1
@@ -195,14 +214,26 @@ def build_manifest(source_uri: str, config: IngestConfig) -> pa.Table:
             image_ids.append(None)
     return pa.table({
         "image_id": pa.array(image_ids, pa.int64()),
-        "uri": pa.array([r.uri for r in done], pa.string()),
-        "sha256": pa.array([r.sha256 for r in done], pa.string()),
-        "width": pa.array([r.width for r in done], pa.int32()),
-        "height": pa.array([r.height for r in done], pa.int32()),
-        "label": pa.array([r.label for r in done], pa.string()),
-        "status": pa.array(["accepted" if r.error is None else "rejected" for r in done]),
-        "error": pa.array([r.error for r in done], pa.string()),
+        "uri": pa.array([r.uri for r in records], pa.string()),
+        "sha256": pa.array([r.sha256 for r in records], pa.string()),
+        "width": pa.array([r.width for r in records], pa.int32()),
+        "height": pa.array([r.height for r in records], pa.int32()),
+        "label": pa.array([r.label for r in records], pa.string()),
+        "status": pa.array(["accepted" if r.error is None else "rejected" for r in records]),
+        "error": pa.array([r.error for r in records], pa.string()),
     }, schema=MANIFEST_SCHEMA)
+
+
+def join_manifests(parts: list[pa.Table]) -> pa.Table:
+    """The manifest of the files of ``parts`` (manifests of consecutive slices of one listing,
+    in order), the accepted rows numbered ``image_id`` 0..N-1 again: the manifest
+    :func:`build_manifest` writes for the whole listing."""
+    joined = pa.concat_tables(parts).combine_chunks() if parts else MANIFEST_SCHEMA.empty_table()
+    accepted = pa.compute.equal(joined["status"], "accepted").to_numpy(zero_copy_only=False)
+    ids = np.full(len(accepted), -1, dtype=np.int64)
+    ids[accepted] = np.arange(int(accepted.sum()))
+    column = pa.array(ids, pa.int64(), mask=~accepted)
+    return joined.set_column(joined.schema.get_field_index("image_id"), "image_id", column)
 
 
 def reject(manifest: pa.Table, uris: Collection[str], reason: str) -> pa.Table:

@@ -34,6 +34,7 @@ class ApplyOutputs(NamedTuple):
 
 def build_apply(tasks: labels_pipeline.TaskSettings) -> dsl.base_component.BaseComponent:
     """The apply pipeline with ``tasks``' settings on every task."""
+    ingest_parts = tasks.ingest_parts()
 
     @dsl.pipeline(**APPLY_INFO)
     def goggles_apply_pipeline(
@@ -54,7 +55,7 @@ def build_apply(tasks: labels_pipeline.TaskSettings) -> dsl.base_component.BaseC
         follow_symlinks : read what symlinks in a local source lead to outside it.
         """
         # new images in the bucket are never answered from an earlier run's cache
-        ingest_task = tasks.listed_ingest(source_uri, follow_symlinks)
+        ingest_task = tasks.listed_ingest(ingest_parts, source_uri, follow_symlinks)
         apply_task = tasks.bucket_access(tasks.resources(
             apply_model(manifest=ingest_task.outputs["manifest"], model_uri=model_uri,
                         labeler=labeler, device=device), "extract"))

@@ -17,7 +17,8 @@ from goggles.pipeline import console
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 """A terminal colour code (kfp colours task names and statuses)."""
 
-TASK_STAGES = {"list-source": "ingest", "ingest": "ingest", "extract-part": "extract",
+TASK_STAGES = {"list-source": "ingest", "ingest-part": "ingest", "join-manifest": "ingest",
+               "extract-part": "extract",
                "gather-features": "extract", "affinity-shard": "affinity", "infer-fit": "infer",
                "label-shard": "infer", "gather-labels": "infer", "train": "train",
                "evaluate": "evaluate"}

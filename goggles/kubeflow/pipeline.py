@@ -36,7 +36,8 @@ from goggles.kubeflow.components import (
     gather_features,
     gather_labels,
     infer_fit,
-    ingest,
+    ingest_part,
+    join_manifest,
     label_shard,
     list_source,
     no_train,
@@ -168,21 +169,52 @@ class TaskSettings:
         if self.settings.gpu_toleration:
             kubernetes.add_toleration(task, **GPU_TOLERATION)
 
-    def listed_ingest(self, source_uri: str, follow_symlinks: bool,
-                      verify: bool = False) -> dsl.PipelineTask:
-        """The ingest task, after an uncached listing task whose digest of the source (each
+    def ingest_parts(self) -> dsl.base_component.BaseComponent:
+        """The ingest fan-out, a sub-pipeline (built outside any pipeline, as kfp requires):
+        one task per slice of the listing, each validating its own files."""
+
+        @dsl.pipeline(name="ingest-parts")
+        def ingest_parts(source_uri: str, follow_symlinks: bool, source_fingerprint: str,
+                         listing: str, shard_ids: list, num_parts: int
+                         ) -> List[Dataset]:  # noqa: UP006
+            _number_next_loop("ingest")
+            with dsl.ParallelFor(items=shard_ids, name="ingest slices (fan-out)",
+                                 parallelism=SHARD_PARALLELISM) as shard_id:
+                part_task = self.bucket_access(self.resources(ingest_part(
+                    source_uri=source_uri, follow_symlinks=follow_symlinks,
+                    source_fingerprint=source_fingerprint, listing=listing,
+                    shard_id=shard_id, num_parts=num_parts), "ingest"))
+                (part_task.set_display_name("ingest: validate one slice of the images")
+                 .set_retry(num_retries=2, backoff_duration="30s", backoff_factor=2,
+                            backoff_max_duration="600s"))
+            return dsl.Collected(part_task.outputs["part"])
+
+        return ingest_parts
+
+    def listed_ingest(self, ingest_parts: dsl.base_component.BaseComponent, source_uri: str,
+                      follow_symlinks: bool, verify: bool = False) -> dsl.PipelineTask:
+        """The manifest's task, after an uncached listing task whose digest of the source (each
         image's path, size and version) is one of ingest's inputs: a changed source is ingested
-        again (and every later task recomputed), an unchanged one reuses KFP's cache. Every
-        pipeline that reads a source starts with it."""
+        again (and every later task recomputed), an unchanged one reuses KFP's cache. The
+        images are validated in slices (``ingest_parts``, :meth:`ingest_parts`: one task per
+        10,240 files), then joined. Every pipeline that reads a source starts with it; the
+        returned task's ``manifest`` is the run's."""
         listing_task = self.bucket_access(self.resources(
             list_source(source_uri=source_uri, follow_symlinks=follow_symlinks, verify=verify),
-            "ingest"))
+            "plan"))
         (listing_task.set_caching_options(enable_caching=False)
          .set_display_name("list the source (uncached)"))
-        ingest_task = self.bucket_access(self.resources(
-            ingest(source_uri=source_uri, follow_symlinks=follow_symlinks,
-                   source_fingerprint=listing_task.output), "ingest"))
-        return ingest_task.set_display_name("ingest: list and validate images")
+        parts_task = ingest_parts(
+            source_uri=source_uri, follow_symlinks=follow_symlinks,
+            source_fingerprint=listing_task.outputs["fingerprint"],
+            listing=listing_task.outputs["listing"],
+            shard_ids=listing_task.outputs["shard_ids"],
+            num_parts=listing_task.outputs["num_parts"]).set_display_name(
+                "ingest (fan-out over slices of the listing)")
+        join_task = self.resources(join_manifest(
+            parts=parts_task.output, source_uri=source_uri,
+            source_fingerprint=listing_task.outputs["fingerprint"]), "plan")
+        return join_task.set_display_name("ingest: the manifest")
 
 
 class Parts(NamedTuple):
@@ -211,14 +243,20 @@ PIPELINE_INFO = {"name": PIPELINE_NAME,
                                 "(GOGGLES)."}
 
 
-def _skip_loop_name() -> None:
-    """Number the next ``dsl.ParallelFor`` of the pipeline being built 2, not 1. Each pipeline
-    numbers its loops from 1, so the label loop (root) and the sub-pipelines' loops would all be
-    ``for-loop-1``; kfp renames clashing components in the order of a protobuf map, which
-    changes between processes, so the compiled package would not be reproducible."""
+LOOP_NUMBERS = {"ingest": 1, "extract": 2, "affinity": 3, "label": 4}
+"""Each fan-out's ``dsl.ParallelFor`` number (its component is ``comp-for-loop-<n>``)."""
+
+
+def _number_next_loop(fan_out: str) -> None:
+    """Number the next ``dsl.ParallelFor`` of the pipeline being built (which has no group yet)
+    :data:`LOOP_NUMBERS`' number. Each pipeline numbers its groups from 1, so the fan-outs'
+    loops, each in its own (sub-)pipeline, would all be ``for-loop-1``; kfp renames clashing
+    components in the order of a protobuf map, which changes between processes, so the compiled
+    package would not be reproducible."""
     from kfp.dsl import pipeline_context
 
-    pipeline_context.Pipeline.get_default_pipeline().get_next_group_id()
+    for _ in range(LOOP_NUMBERS[fan_out] - 1):
+        pipeline_context.Pipeline.get_default_pipeline().get_next_group_id()
 
 
 def build(tasks: TaskSettings) -> dsl.base_component.BaseComponent:
@@ -235,6 +273,7 @@ def build(tasks: TaskSettings) -> dsl.base_component.BaseComponent:
                       descriptor_backbone: str, feature_cache_uri: str) -> Parts:
         """Extraction fanned out over the row shards: one task (on a GPU node, unless the
         settings say CPU) per shard."""
+        _number_next_loop("extract")
         with dsl.ParallelFor(items=shard_ids, name="extract shards (fan-out)",
                              parallelism=SHARD_PARALLELISM) as shard_id:
             part_task = tasks.resources(extract_part(
@@ -271,6 +310,7 @@ def build(tasks: TaskSettings) -> dsl.base_component.BaseComponent:
             summaries=parts_task.outputs["summaries"], top_k=top_k,
             max_prototypes=max_prototypes, num_classes=num_classes, seed=seed), "gather")
         gather_task.set_display_name("gather: prototypes and descriptors")
+        _number_next_loop("affinity")
         with dsl.ParallelFor(items=parts_task.outputs["maps"], name="affinity shards (fan-out)",
                              parallelism=SHARD_PARALLELISM) as part_maps:
             shard_task = tasks.resources(affinity_shard(
@@ -285,6 +325,8 @@ def build(tasks: TaskSettings) -> dsl.base_component.BaseComponent:
                       affinity=dsl.Collected(shard_task.outputs["affinity"]),
                       sample_parts=dsl.Collected(shard_task.outputs["sample_part"]),
                       view_parts=dsl.Collected(shard_task.outputs["view_part"]))
+
+    ingest_parts = tasks.ingest_parts()
 
     @dsl.pipeline(**PIPELINE_INFO)
     def goggles_pipeline(
@@ -333,7 +375,7 @@ def build(tasks: TaskSettings) -> dsl.base_component.BaseComponent:
         descriptor_backbone : graph EM's second network (``none`` to skip it).
         train : also train an end classifier on the labels (the train task's ``model``).
         """
-        ingest_task = tasks.listed_ingest(source_uri, follow_symlinks, verify)
+        ingest_task = tasks.listed_ingest(ingest_parts, source_uri, follow_symlinks, verify)
         manifest = ingest_task.outputs["manifest"]
 
         plan_task = tasks.resources(plan_shards(manifest=manifest, num_shards=num_shards,
@@ -354,7 +396,7 @@ def build(tasks: TaskSettings) -> dsl.base_component.BaseComponent:
 
         # inference fanned out: a fit on the plan's sample (graph EM's; every image for the
         # other methods), a label task per shard, a gather
-        _skip_loop_name()
+        _number_next_loop("label")
         fit_task = tasks.resources(infer_fit(
             sample=plan_task.outputs["sample"], sample_parts=shards_task.outputs["sample_parts"],
             prototypes=prototypes, num_classes=num_classes, method=method, max_iter=max_iter,

@@ -4,9 +4,10 @@ and seconds, from per-image and per-entry sizes and rates (``goggles plan``; the
 
 KFP's launcher downloads every input artifact of a task into its pod, so a pod reads all of each
 artifact it takes. The tasks and their inputs are those :mod:`goggles.kubeflow.pipeline` wires
-with the default parameters (graph EM, no end model): list-source, ingest, plan, one extract
-and one affinity task per row shard, gather, infer (the fit on graph EM's sample), one label
-task per row shard, gather-labels, evaluate. The sizes default to docs/scale.md's
+with the default parameters (graph EM, no end model): list-source, one ingest task per slice
+of the listing (as many as row shards), join-manifest, plan, one extract and one affinity task
+per row shard, gather, infer (the fit on graph EM's sample), one label task per row shard,
+gather-labels, evaluate. The sizes default to docs/scale.md's
 measurement (VGG-16 on 32 cub-dev images, :data:`MEASURED`); the rates to the figures measured on
 a 2-core CPU there (:data:`RATES`), so the seconds are CPU seconds of such a pod (``gpu``: extract
 and affinity at the assumed GPU rates).
@@ -129,7 +130,10 @@ def plan(n_images: int, *, num_classes: int = 2, shards: int = 0,
 
     return [
         task("list-source", 1, 0.0, 200.0, 0.0, 1e-4 * n, "the listing"),
-        task("ingest", 1, n * b["image"], manifest, manifest, 1e-3 * n, "every image"),
+        task("ingest", s, rows * b["image"], rows * b["manifest"], rows * b["manifest"],
+             1e-3 * rows, "its slice of the images"),
+        task("join-manifest", 1, manifest, manifest, 2 * manifest, 1e-5 * n,
+             "every slice's manifest rows"),
         task("plan", 1, manifest, 100.0 * s + 8 * (sample + view), manifest, 1.0,
              "the manifest"),
         task("extract", s, manifest + rows * b["image"],

@@ -21,7 +21,7 @@ from goggles.config import StageError
 from goggles.features.config import AffinityConfig
 from goggles.inference.config import InferConfig
 from goggles.ingest.config import IngestConfig
-from goggles.io import artifacts, features_folder, storage
+from goggles.io import artifacts, features_folder, storage, uris
 from goggles.io.dev_labels import read_dev_labels
 from goggles.training.config import ApplyConfig, TrainConfig
 
@@ -42,11 +42,77 @@ def source_fingerprint(config: IngestConfig, source_uri: str) -> dict[str, Any]:
     from goggles.io import listing, source_state
     from goggles.io.resume import stage_key
 
-    files = source_state.fingerprint_entries(
-        listing.list_files(source_uri, config.extensions, follow_symlinks=config.follow_symlinks),
-        verify=config.verify)
+    listed = listing.list_files(source_uri, config.extensions,
+                                follow_symlinks=config.follow_symlinks)
+    files = source_state.fingerprint_entries(listed, verify=config.verify)
     return {"fingerprint": "sha256:" + stage_key("source", config.to_dict(), files),
-            "n_files": len(files)}
+            "n_files": len(files), "listing": listing_digest(listed)}
+
+
+def listing_digest(listed: Sequence[Any]) -> str:
+    """A digest of a listing's paths, sizes and versions, read from the listing alone (no
+    file is opened): the ingest parts of a cluster run check they list what the listing task
+    listed, so their slices tile one listing."""
+    from goggles.io.resume import stage_key
+
+    return "sha256:" + stage_key("listing", {}, [(f.relative, f.size, f.version, f.identity)
+                                                 for f in listed])
+
+
+def ingest_parts(n_files: int) -> int:
+    """Ingest tasks of a cluster run for ``n_files`` listed files: one per
+    :data:`goggles.pipeline.costs.IMAGES_PER_SHARD` files, so each reads about 100 MB of
+    images."""
+    from goggles.pipeline.costs import recommended_shards
+
+    return recommended_shards(max(n_files, 1))
+
+
+def run_ingest_part(config: IngestConfig, source_uri: str, shard_id: int, num_parts: int,
+                    listing: str, part_uri: str) -> dict[str, Any]:
+    """Validate slice ``shard_id`` of ``num_parts`` of the files under ``source_uri`` (their
+    manifest rows, numbered within the part; :func:`run_join_manifest` numbers them all),
+    written under folder ``part_uri``. ``listing`` is the listing task's
+    :func:`listing_digest`: a source that changed since is refused, so the parts tile one
+    listing."""
+    from goggles.features.affinity import shard_bounds
+    from goggles.ingest.manifest import inspect_listed, list_source, manifest_table
+
+    listed = list_source(source_uri, config)
+    if listing_digest(listed) != listing:
+        raise StageError(f"{uris.redact(source_uri)} changed while this run was ingesting it "
+                         "(files added, removed or rewritten since the listing task); rerun "
+                         "the pipeline")
+    if num_parts > len(listed):
+        raise StageError(f"{num_parts} ingest parts for {len(listed)} files; rerun the pipeline")
+    start, stop = shard_bounds(len(listed), num_parts)[shard_id]
+    table = manifest_table(inspect_listed(listed[start:stop], config))
+    storage.write_parquet(table, storage.join(part_uri, "manifest.parquet"))
+    n_images = int(pc.sum(pc.equal(table["status"], "accepted")).as_py() or 0)
+    storage.write_json({"shard_id": shard_id, "num_parts": num_parts, "start": start,
+                        "stop": stop, "n_images": n_images}, storage.join(part_uri, "part.json"))
+    return {"start": start, "stop": stop, "n_images": n_images}
+
+
+def run_join_manifest(part_uris: Sequence[str], manifest_uri: str) -> dict[str, Any]:
+    """Join the ingest parts (:func:`run_ingest_part`) into the run's manifest, the accepted
+    images numbered 0..N-1 in path order: the manifest :func:`run_ingest` writes."""
+    from goggles.ingest.manifest import join_manifests
+
+    parts = sorted(((storage.read_json(storage.join(uri, "part.json")), uri)
+                    for uri in part_uris), key=lambda item: int(item[0]["shard_id"]))
+    expected = 0
+    for meta, uri in parts:
+        if int(meta["start"]) != expected:
+            raise StageError(f"the ingest parts do not tile the listing: expected one from file "
+                             f"{expected}, found {meta['start']} ({uri}); rerun that part")
+        expected = int(meta["stop"])
+    manifest = join_manifests([storage.read_parquet(storage.join(uri, "manifest.parquet"))
+                               for _, uri in parts])
+    storage.write_parquet(manifest, manifest_uri)
+    n_images = int(pc.sum(pc.equal(manifest["status"], "accepted")).as_py() or 0)
+    return {"n_listed": manifest.num_rows, "n_images": n_images,
+            "n_rejected": manifest.num_rows - n_images}
 
 
 def run_ingest(config: IngestConfig, source_uri: str, manifest_uri: str) -> dict[str, Any]:

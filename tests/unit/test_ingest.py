@@ -13,6 +13,7 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
+from goggles.config import StageError
 from goggles.ingest.config import IngestConfig
 from goggles.ingest.manifest import (
     build_manifest,
@@ -25,6 +26,7 @@ from goggles.ingest.manifest import (
 from goggles.io import listing, storage
 from goggles.io.artifacts import MANIFEST_SCHEMA, accepted
 from goggles.io.images import ImageRejected, decode_image, to_rgb
+from tests.conftest import small_source
 
 
 def encode(image: Image.Image, fmt: str, **options: object) -> bytes:
@@ -300,3 +302,42 @@ def test_symlinks_out_of_the_source_are_followed_only_when_asked(
         str(source), IngestConfig(follow_symlinks=True)).to_pylist()}
     assert followed == {"own.png": "accepted", "inside.png": "accepted",
                         "linked.png": "accepted", "more.png": "accepted"}
+
+
+@pytest.mark.parametrize("parts", [1, 3, 7])
+def test_ingest_in_parts_joins_to_the_one_task_manifest(tmp_path: Path, parts: int) -> None:
+    """A cluster validates the listing in slices (one task each) and joins them: the manifest
+    is byte for byte the one a single ingest writes, a rejected file in a middle slice and the
+    ids renumbered 0..N-1 across slices."""
+    from goggles.pipeline import stages
+
+    source = small_source(tmp_path / "source", 6)
+    config = IngestConfig()
+    stages.run_ingest(config, str(source), str(tmp_path / "one.parquet"))
+    listed = stages.source_fingerprint(config, str(source))
+    uris = [str(tmp_path / f"part-{s}") for s in range(parts)]
+    for shard_id, uri in enumerate(uris):
+        stages.run_ingest_part(config, str(source), shard_id, parts, listed["listing"], uri)
+    counts = stages.run_join_manifest(uris[::-1], str(tmp_path / "joined.parquet"))
+    assert counts == {"n_listed": 7, "n_images": 6, "n_rejected": 1}
+    one = storage.read_parquet(str(tmp_path / "one.parquet"))
+    joined = storage.read_parquet(str(tmp_path / "joined.parquet"))
+    assert joined.equals(one)
+    assert joined["image_id"].to_pylist().count(None) == 1
+
+
+def test_an_ingest_part_refuses_a_source_that_changed_since_the_listing(tmp_path: Path) -> None:
+    from goggles.pipeline import stages
+
+    source = small_source(tmp_path / "source", 4, bad=False)
+    listed = stages.source_fingerprint(IngestConfig(), str(source))
+    (source / "b" / "new.png").write_bytes((source / "b" / "0.png").read_bytes())
+    with pytest.raises(StageError, match="changed while this run was ingesting it"):
+        stages.run_ingest_part(IngestConfig(), str(source), 0, 2, listed["listing"],
+                               str(tmp_path / "part"))
+    stages.run_ingest_part(IngestConfig(), str(source), 0, 2,
+                           stages.source_fingerprint(IngestConfig(), str(source))["listing"],
+                           str(tmp_path / "part"))
+    with pytest.raises(StageError, match="do not tile the listing"):
+        stages.run_join_manifest([str(tmp_path / "part"), str(tmp_path / "part")],
+                                 str(tmp_path / "m.parquet"))

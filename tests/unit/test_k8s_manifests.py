@@ -272,8 +272,8 @@ def test_the_profile_refers_to_what_the_overlay_provides(overlay: str, compiled)
     assert set(secret.get("data", {})) <= set(module.BUCKET_SECRET_ENV)
     assert set(config_map["data"]) <= set(module.DEFAULTS_ENV), set(config_map["data"])
     # the plan reads the dev labels (it matches them to rows for the fit), evaluate the images
-    bucket_tasks = {"exec-list-source", "exec-ingest", "exec-plan-shards", "exec-extract-part",
-                    "exec-evaluate"}
+    bucket_tasks = {"exec-list-source", "exec-ingest-part", "exec-plan-shards",
+                    "exec-extract-part", "exec-evaluate"}
     for name in bucket_tasks:
         settings = executors[name]
         assert [s["secretName"] for s in settings["secretAsEnv"]] == [module.BUCKET_SECRET]
@@ -288,7 +288,8 @@ def test_the_profile_refers_to_what_the_overlay_provides(overlay: str, compiled)
     dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
     users = re.findall(r"^USER (\d+):(\d+)$", dockerfile, re.MULTILINE)
     assert users == [(str(module.IMAGE_USER), str(module.IMAGE_USER))]
-    assert set(executors) == {"exec-list-source", "exec-ingest", "exec-plan-shards",
+    assert set(executors) == {"exec-list-source", "exec-ingest-part", "exec-join-manifest",
+                              "exec-plan-shards",
                               "exec-extract-part", "exec-gather-features",
                               "exec-affinity-shard", "exec-infer-fit", "exec-label-shard",
                               "exec-gather-labels", "exec-train", "exec-no-train",

@@ -146,7 +146,8 @@ def test_the_apply_pipeline_compiles_and_schedules_with_its_own_checks(client, t
                                    "source_uri": "gs://bucket/incoming"}
     spec = recurring["package"]["spec"]
     assert spec["pipelineInfo"]["name"] == "goggles-apply"
-    assert {"comp-list-source", "comp-ingest", "comp-apply-model"} <= set(spec["components"])
+    assert {"comp-list-source", "comp-ingest-part", "comp-join-manifest",
+            "comp-apply-model"} <= set(spec["components"])
     tasks = spec["root"]["dag"]["tasks"]
     # a grown bucket or a retrained model is never answered from the cache
     assert tasks["list-source"]["cachingOptions"].get("enableCache") is not True

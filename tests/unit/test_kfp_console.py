@@ -25,7 +25,9 @@ def _kfp_log() -> str:
                 f"                  metadata={metadata} )\n" + "-" * 80 + "\n")
 
     return (task("list-source", "{'n_files': 12.0}")
-            + task("ingest", "{'n_images': 12.0, 'n_rejected': 1.0, 'seconds': 0.3}")
+            + task("ingest-part", "{'n_images': 7.0, 'start': 0.0, 'stop': 7.0}")
+            + task("ingest-part", "{'n_images': 5.0, 'start': 7.0, 'stop': 13.0}")
+            + task("join-manifest", "{'n_images': 12.0, 'n_rejected': 1.0, 'seconds': 0.3}")
             + task("extract-part", "{'features_computed': 6.0, 'features_reused': 0.0}",
                    "    extract: 3/6 images, 1.0 images/s, 3 s left\n    some chatter\n")
             + task("extract-part", "{'features_computed': 6.0, 'features_reused': 0.0}")

@@ -31,7 +31,8 @@ def test_the_pipeline_function_spells_out_the_declared_names_types_and_defaults(
     assert "output_uri" not in signature.parameters  # a cluster's outputs go to its root
 
 
-@pytest.mark.parametrize("component", [components.list_source, components.ingest,
+@pytest.mark.parametrize("component", [components.list_source, components.ingest_part,
+                                       components.join_manifest,
                                        components.plan_shards,
                                        components.extract_part, components.gather_features,
                                        components.affinity_shard,
@@ -43,8 +44,8 @@ def test_every_component_parameter_is_a_declared_run_parameter(component) -> Non
     parameters_of = {name: kinds[i.type] for name, i in component.component_spec.inputs.items()
                      if i.type in ("String", "Integer", "Float", "Boolean")}
     for name, kind in parameters_of.items():
-        if name in ("shard_id", "source_fingerprint"):  # the fan-out's item; the listing's
-            continue                                   # digest that keys ingest's cache
+        if name in ("shard_id", "num_parts", "source_fingerprint", "listing"):
+            continue  # a fan-out's item and count; the listing's digests (ingest's cache key)
         assert name in names(), f"{component.name}: {name} is not a run parameter"
         assert kind is types()[name], f"{component.name}: {name}"
 

@@ -22,12 +22,13 @@ from goggles.parameters import default, names
 from tests.conftest import ROOT
 
 ParameterType = pipeline_spec_pb2.ParameterType
-STAGES = {"ingest": "comp-ingest", "extract": "comp-extract-part",
+STAGES = {"ingest": "comp-ingest-part", "extract": "comp-extract-part",
           "gather": "comp-gather-features", "affinity": "comp-affinity-shard",
           "infer": "comp-infer-fit", "train": "comp-train", "evaluate": "comp-evaluate"}
-FANNED_OUT_INFER = {"comp-label-shard", "comp-gather-labels"}
-"""Infer fanned out: the fit on the plan's sample (``STAGES["infer"]``), a label task per
-shard, a gather."""
+FANNED_OUT_INFER = {"comp-label-shard", "comp-gather-labels", "comp-join-manifest"}
+"""The joins of the fan-outs: infer's (after the fit on the plan's sample, ``STAGES["infer"]``,
+a label task per shard, a gather) and ingest's (a task per slice of the listing, the
+manifest joined)."""
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +133,7 @@ def test_extraction_fans_out_over_the_planned_shard_ids(compiled) -> None:
     spec, _, _ = compiled
     parts, loop_name, body = _extract_loop(spec)
     features = _task(spec.root.dag, "features-and-affinity")
-    assert {"plan-shards", "ingest"} <= set(features.dependent_tasks)
+    assert {"plan-shards", "join-manifest"} <= set(features.dependent_tasks)
     shard_ids = features.inputs.parameters["shard_ids"].task_output_parameter
     assert (shard_ids.producer_task, shard_ids.output_parameter_key) == ("plan-shards", "Output")
     assert parts.inputs.parameters["shard_ids"].component_input_parameter == "shard_ids"
@@ -146,7 +147,7 @@ def test_extraction_fans_out_over_the_planned_shard_ids(compiled) -> None:
         loop_task.parameter_iterator.item_input
     assert set(part.inputs.artifacts) == {"manifest"}
     outputs = spec.components[parts.component_ref.name].output_definitions.artifacts
-    assert set(outputs) == {"maps", "summaries"}
+    assert set(outputs) == {"maps", "summaries", "descriptors"}
     assert all(output.is_artifact_list for output in outputs.values())
     gather = _task(_features_dag(spec), "gather-features")
     assert set(gather.inputs.artifacts) == {"summaries"}
@@ -185,7 +186,8 @@ def test_each_affinity_task_reads_only_its_own_parts_maps(compiled) -> None:
                for artifact in task.inputs.artifacts.values()
                if "maps" in artifact.task_output_artifact.output_artifact_key
                or "extract-parts-maps" in artifact.component_input_artifact]
-    assert readers == ["affinity-shard"], readers
+    # the affinity loop (which hands its item on) and its shard task
+    assert sorted(readers) == ["affinity-shard", loop_name], readers
 
 
 def test_infer_evaluate_and_train_read_no_filter_maps(compiled) -> None:
@@ -349,27 +351,28 @@ def test_every_parameter_has_its_declared_description(compiled) -> None:
 
 def test_retries_with_backoff_on_extract_and_shards_only(compiled) -> None:
     spec, _, _ = compiled
-    for name in ("extract-part", "affinity-shard", "label-shard"):
+    for name in ("ingest-part", "extract-part", "affinity-shard", "label-shard"):
         task = _task(_dag_of(spec, name), name)
         assert task.retry_policy.max_retry_count >= 2, name
         assert task.retry_policy.backoff_duration.seconds > 0, name
         assert task.retry_policy.backoff_factor > 1, name
-    for name in ("ingest", "plan-shards", "gather-features", "infer-fit", "gather-labels",
-                 "evaluate"):
+    for name in ("join-manifest", "plan-shards", "gather-features", "infer-fit",
+                 "gather-labels", "evaluate"):
         assert _task(_dag_of(spec, name), name).retry_policy.max_retry_count == 0, name
 
 
 def test_every_task_has_a_display_name_and_caching(compiled) -> None:
     spec, _, _ = compiled
     tasks = _all_tasks(spec)
-    # list, ingest, plan, the features sub-pipeline (its extraction sub-pipeline with its loop
-    # and extract task, gather, the affinity loop and its shard task), infer's fit, its label
-    # loop and task, its gather, the train If/Else group (train; no-train), evaluate: the
-    # three loops share kfp's name "for-loop-1", each in its own DAG
+    # list, the ingest sub-pipeline (its loop and task), the manifest's join, plan, the
+    # features sub-pipeline (its extraction sub-pipeline with its loop and extract task,
+    # gather, the affinity loop and its shard task), infer's fit, its label loop and task, its
+    # gather, the train If/Else group (train; no-train), evaluate: every loop has its own
+    # number (goggles.kubeflow.pipeline.LOOP_NUMBERS), so every task name is unique
     dags = [spec.root.dag] + [c.dag for c in spec.components.values()
                               if c.WhichOneof("implementation") == "dag"]
-    assert sum(len(dag.tasks) for dag in dags) == 20
-    assert len(tasks) == 19
+    assert sum(len(dag.tasks) for dag in dags) == 23
+    assert len(tasks) == 23
     for name, task in tasks.items():
         if name.startswith("condition-branches-"):
             continue  # the If/Else pair's group, which kfp makes and names itself
@@ -402,14 +405,19 @@ def test_no_task_reading_the_source_is_cached_without_an_uncached_listing_first(
     listing = _task(spec.root.dag, "list-source")
     assert not listing.caching_options.enable_cache
     assert listing.inputs.parameters["source_uri"].component_input_parameter == "source_uri"
-    ingest = _task(spec.root.dag, "ingest")
-    fingerprint = ingest.inputs.parameters["source_fingerprint"].task_output_parameter
+    ingest = _task(_dag_of(spec, "ingest-part"), "ingest-part")
+    assert ingest.inputs.parameters["source_fingerprint"].component_input_parameter == \
+        "pipelinechannel--source_fingerprint"
+    parts = _task(spec.root.dag, "ingest-parts")
+    fingerprint = parts.inputs.parameters["source_fingerprint"].task_output_parameter
     assert (fingerprint.producer_task, fingerprint.output_parameter_key) == ("list-source",
-                                                                             "Output")
+                                                                             "fingerprint")
+    items = parts.inputs.parameters["shard_ids"].task_output_parameter
+    assert (items.producer_task, items.output_parameter_key) == ("list-source", "shard_ids")
     readers = [name for name, task in tasks.items()
                if any(p.component_input_parameter == "source_uri"
                       for p in task.inputs.parameters.values())]
-    assert {"list-source", "ingest", "evaluate"} <= set(readers)
+    assert {"list-source", "ingest-parts", "evaluate"} <= set(readers)
     for name in readers:
         if tasks[name].caching_options.enable_cache:
             assert "list-source" in _upstream(tasks, name), f"{name} is cached on the URI alone"
@@ -417,7 +425,8 @@ def test_no_task_reading_the_source_is_cached_without_an_uncached_listing_first(
 
 def test_every_stage_requests_cpu_and_memory_and_runs_the_project_image(compiled) -> None:
     spec, _, text = compiled
-    for component in [*STAGES.values(), "comp-plan-shards", "comp-no-train"]:
+    for component in [*STAGES.values(), "comp-plan-shards", "comp-no-train",
+                      "comp-join-manifest"]:
         container = _executor(spec, component)
         resources = container.get("resources", {})
         assert resources.get("resourceCpuRequest"), component

@@ -14,11 +14,11 @@ from goggles.kubeflow.components.extract import extract_part, gather_features
 from goggles.kubeflow.components.fingerprint import list_source
 from goggles.kubeflow.components.image import BASE_IMAGE, GPU_IMAGE, IMAGES
 from goggles.kubeflow.components.infer import gather_labels, infer_fit, label_shard
-from goggles.kubeflow.components.ingest import ingest
+from goggles.kubeflow.components.ingest import ingest_part, join_manifest
 from goggles.kubeflow.components.plan import plan_shards
 from goggles.kubeflow.components.train import no_train, train
 
-STAGES = {"ingest": ingest, "extract": extract_part, "gather": gather_features,
+STAGES = {"ingest": ingest_part, "extract": extract_part, "gather": gather_features,
           "affinity": affinity_shard, "infer": infer_fit, "train": train, "evaluate": evaluate}
 """The stage components by stage name (``plan_shards`` is the fan-outs' helper,
 ``list_source`` the uncached listing that keys ingest's cache, ``no_train`` the train branch's
@@ -26,5 +26,5 @@ STAGES = {"ingest": ingest, "extract": extract_part, "gather": gather_features,
 ``gather_labels``)."""
 
 __all__ = ["BASE_IMAGE", "GPU_IMAGE", "IMAGES", "STAGES", "affinity_shard", "evaluate",
-           "extract_part", "gather_features", "gather_labels", "infer_fit", "ingest",
-           "label_shard", "list_source", "no_train", "plan_shards", "train"]
+           "extract_part", "gather_features", "gather_labels", "infer_fit", "ingest_part",
+           "join_manifest", "label_shard", "list_source", "no_train", "plan_shards", "train"]
