@@ -93,7 +93,7 @@ def candidate_keys(image_id: np.ndarray, h: np.ndarray, w: np.ndarray, *,
     and ``seed`` (splitmix64): the same candidate gets the same key whichever part or task
     holds it, so choosing by key does not depend on how the images are sharded."""
     with np.errstate(over="ignore"):
-        x = ((np.asarray(image_id, dtype=np.uint64) << np.uint64(20))
+        x: np.ndarray = ((np.asarray(image_id, dtype=np.uint64) << np.uint64(20))
              ^ (np.asarray(h, dtype=np.uint64) << np.uint64(10))
              ^ np.asarray(w, dtype=np.uint64))
         x = x + np.uint64(0x9E3779B97F4A7C15) * np.uint64(seed + 1)

@@ -168,13 +168,13 @@ def run_extract_part(config: ExtractConfig, manifest_uri: str, shard_id: int, nu
         for uri in dict.fromkeys(u for u in (maps_uri, descriptors_uri) if u):
             storage.write_npy(np.concatenate(logits).astype(np.float32),
                               storage.join(uri, features_folder.IMAGENET_LOGITS))
-    found = artifacts.Prototypes.concatenate(candidates, int(meta["shape"][0]))
+    every = artifacts.Prototypes.concatenate(candidates, int(meta["shape"][0]))
     share = part_share(prototype_budget(config.max_prototypes, n_images, num_classes).cap,
                        n_images, config.top_k)
-    kept = found if share >= 1.0 else found.take(np.flatnonzero(
-        candidate_keys(found.image_id, found.h, found.w, seed=config.seed) < share))
+    kept = every if share >= 1.0 else every.take(np.flatnonzero(
+        candidate_keys(every.image_id, every.h, every.w, seed=config.seed) < share))
     storage.write_parquet(kept.to_table(), storage.join(summary_uri, CANDIDATES))
-    summary = {**part, "candidates_found": len(found), "candidates_kept": len(kept),
+    summary = {**part, "candidates_found": len(every), "candidates_kept": len(kept),
                "shape": meta["shape"], "backbone": config.backbone,
                "weights": weights_source, "image_size": config.image_size,
                "descriptors": list(descriptors), "imagenet_logits": head is not None,
