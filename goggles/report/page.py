@@ -63,13 +63,16 @@ MAX_HISTOGRAMS = 6
 @dataclass
 class AffinityView:
     """What the report draws from A: ``pooled`` [R, C] means of row and column groups sorted by
-    cluster, the cluster of each group, and the full columns [N, P] of ``column_ids``."""
+    cluster, the cluster of each group, and the full columns [N, P] of ``column_ids`` of the
+    rows drawn (every image, or a cluster run's view of A), whose clusters are
+    ``row_labels`` [N]."""
 
     pooled: np.ndarray
     row_clusters: np.ndarray
     column_clusters: np.ndarray
     column_ids: list[int]
     columns: np.ndarray
+    row_labels: np.ndarray
 
 
 def _groups(clusters: np.ndarray, order: np.ndarray, limit: int) -> np.ndarray:
@@ -129,7 +132,7 @@ def affinity_view(source, labels: np.ndarray, confidence: np.ndarray,  # type: i
     counts = np.diff(np.append(starts, m))
     return AffinityView(pooled=summed / counts, row_clusters=group_cluster,
                         column_clusters=column_class[column_order][starts],
-                        column_ids=column_ids, columns=columns)
+                        column_ids=column_ids, columns=columns, row_labels=labels)
 
 
 # -- images ----------------------------------------------------------------------------------------
@@ -316,7 +319,7 @@ def render(metrics: dict[str, Any], labels: Any, state: dict[str, Any], *,
                 continue
             title = (f"prototype {p['column']} of {names[p['class']]}, "
                      f"separation {p['separation']:.2f}")
-            svg = histogram_svg(view.columns[:, column], label, np.asarray(p["mean"]),
+            svg = histogram_svg(view.columns[:, column], view.row_labels, np.asarray(p["mean"]),
                                 np.asarray(p["std"]), colors, names, title=title)
             parts.append(_figure("histogram", svg + "<br>" + patches[p["column"]]))
         parts.append("</div>")

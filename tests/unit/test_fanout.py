@@ -38,7 +38,9 @@ def planted_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
                          "sha256": ["0" * 64] * N})
     storage.write_parquet(manifest, str(tmp / "manifest.parquet"))
     storage.write_parquet(pa.table({"prototype_id": pa.array(range(len(source)), pa.int64()),
-                                    "image_id": pa.array(source, pa.int64())}),
+                                    "image_id": pa.array(source, pa.int64()),
+                                    "h": pa.array([0] * len(source), pa.int32()),
+                                    "w": pa.array([0] * len(source), pa.int32())}),
                           str(tmp / "prototypes.parquet"))
     dev_rows = [int(np.flatnonzero(truth == k)[j]) for k in (0, 1) for j in (0, 1)]
     names = ["cat" if truth[r] == 0 else "dog" for r in dev_rows]
@@ -71,6 +73,8 @@ def fanned_out(run: dict, shards: int, dev: bool, out: Path,
         fanout.keep_shard_descriptors(uri, [d[start:stop]])
         artifacts.write_sample_part(a[start:stop], int(start), [d[start:stop]],
                                     str(out / "sample"), part)
+        artifacts.write_sample_part(a[start:stop], int(start), [], str(out / "sample"),
+                                    str(out / f"view-{s}"), rows="view.npy")
         shard_uris.append(uri)
         part_uris.append(part)
     fanout.run_fit(config, str(out / "sample"), part_uris[::-1], str(tmp / "prototypes.parquet"),
@@ -155,3 +159,27 @@ def test_other_methods_fit_every_image_in_one_task(planted_run: dict, tmp_path: 
     assert state["method"] == method and state["em_iterations"] == model.n_iter_
     expected = None if model.initial_labels_ is None else model.initial_labels_.tolist()
     assert state["initial_labels"] == expected
+
+
+def test_the_report_draws_a_view_of_a_not_all_of_it(planted_run: dict, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Evaluate reads the plan's view of A (at most REPORT_ROWS rows, each shard's apart) and
+    draws the report's matrix and histograms from those rows and their labels."""
+    from goggles.pipeline.wiring import evaluate_and_report
+
+    monkeypatch.setattr(fanout, "REPORT_ROWS", 40)
+    fanned_out(planted_run, 3, False, tmp_path)
+    view = storage.read_npy(str(tmp_path / "sample" / "view.npy"))
+    assert len(view) == 40 and set(view) <= set(storage.read_npy(
+        str(tmp_path / "sample" / "sample.npy")))
+    parts = [str(tmp_path / f"view-{s}") for s in range(3)]
+    assert artifacts.SampleParts(parts).shape == (40, planted_run["a"].shape[1])
+    metrics = evaluate_and_report(
+        manifest_uri=str(planted_run["tmp"] / "manifest.parquet"),
+        labels_uri=str(tmp_path / "labels.parquet"), inference_uri=str(tmp_path / "inference.json"),
+        prototypes_uri=str(planted_run["tmp"] / "prototypes.parquet"), affinity_uris=parts,
+        metrics_uri=str(tmp_path / "metrics.json"), report_uri=str(tmp_path / "report.html"),
+        record={}, timings={}, affinity_sample=True)
+    assert metrics["n_images"] == N
+    page = (tmp_path / "report.html").read_text()
+    assert "Affinity matrix sorted by cluster" in page and "Score distributions" in page
