@@ -31,10 +31,20 @@ def plan_shards(manifest: Input[Dataset], num_shards: int, num_classes: int, met
     -------
     [num_shards] shard ids.
     """
+    import logging
+
+    from goggles.pipeline.costs import IMAGES_PER_SHARD, recommended_shards
     from goggles.pipeline.fanout import run_plan_sample
     from goggles.pipeline.wiring import check_counts, check_dev_labels_ingested, stage_config
 
-    check_counts(int(manifest.metadata["n_images"]), num_classes, num_shards)
+    n_images = int(manifest.metadata["n_images"])
+    check_counts(n_images, num_classes, num_shards)
+    if num_shards < recommended_shards(n_images):
+        logging.getLogger("goggles").warning(
+            "num_shards=%d for %d images: each extract, affinity and label pod takes %d images, "
+            "more than the %d that keep a pod's reads under 2 GB; goggles plan --images %d "
+            "recommends num_shards=%d", num_shards, n_images, -(-n_images // num_shards),
+            IMAGES_PER_SHARD, n_images, recommended_shards(n_images))
     check_dev_labels_ingested(dev_labels_uri, manifest.path, num_classes)
     config = stage_config("infer", {"num_classes": num_classes, "method": method, "seed": seed})
     sample.metadata.update(run_plan_sample(config, manifest.path, dev_labels_uri, sample.path))
