@@ -48,8 +48,11 @@ def test_cli_labels_two_species(cub_pair: Path, tmp_path: Path) -> None:
     features = out / "artifacts" / "features"
     meta = json.loads((features / "meta.json").read_text())
     assert meta["descriptors"] == ["vgg16", "mobilenet_v2"]
-    own = np.load(features / "descriptors-vgg16.npy")
-    other = np.load(features / "descriptors-mobilenet_v2.npy")
+    from goggles.io.features_folder import stored_array
+
+    # each extraction part keeps its rows' descriptors; the folder joins them
+    own = stored_array(str(features), "descriptors-vgg16.npy")
+    other = stored_array(str(features), "descriptors-mobilenet_v2.npy")
     assert own.shape == other.shape == (120, 2048)
     np.testing.assert_allclose(np.linalg.norm(other, axis=1), 1.0, rtol=1e-5)
     from goggles.features.descriptors import bilinear_descriptors
