@@ -26,7 +26,7 @@ A run's output folder holds them as :func:`output_paths` lays out.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from goggles import __version__
+from goggles.config import StageError
 from goggles.io import storage
 
 logger = logging.getLogger(__name__)
@@ -121,6 +122,22 @@ def read_source_index(prototypes_uri: str) -> np.ndarray:
     """[M] the source image (row of A) of each prototype, in prototype order."""
     table = storage.read_parquet(prototypes_uri, columns=["prototype_id", "image_id"])
     return table.sort_by("prototype_id")["image_id"].to_numpy()  # type: ignore[no-any-return]
+
+
+def in_row_order(parts: Iterable[tuple[dict[str, Any], str]], what: str, unit: str = "row",
+                 ) -> list[tuple[dict[str, Any], str]]:
+    """The ``(meta, uri)`` of a fan-out's parts sorted by their ``start``, checked to tile the
+    rows from 0 (each ``start`` is the ``stop`` before it); a gap or an overlap names the part to
+    rerun (``what``: the parts' name, e.g. "label parts"; ``unit``: what they cover)."""
+    ordered = sorted(parts, key=lambda item: int(item[0]["start"]))
+    expected = 0
+    for meta, uri in ordered:
+        if int(meta["start"]) != expected:
+            raise StageError(f"the {what} do not tile the {unit}s: expected one from {unit} "
+                             f"{expected}, found one from {meta['start']} ({uri}); rerun the "
+                             "missing or repeated task")
+        expected = int(meta["stop"])
+    return ordered
 
 
 # -- affinity shards -------------------------------------------------------------------------------
@@ -214,17 +231,10 @@ class SampleParts:
     rows they are among all N and ``descriptors`` (one [S, D] array per network)."""
 
     def __init__(self, uris: Sequence[str]):
-        metas = sorted(((storage.read_json(storage.join(uri, _SAMPLE_META)), uri)
-                        for uri in uris), key=lambda item: int(item[0]["start"]))
+        metas = in_row_order(((storage.read_json(storage.join(uri, _SAMPLE_META)), uri)
+                              for uri in uris), "sample's parts")
         if not metas:
-            raise ValueError("no sample parts to read; pass every affinity shard's sample part")
-        expected = 0
-        for meta, uri in metas:
-            if int(meta["start"]) != expected:
-                raise ValueError(f"the sample's parts do not tile the rows: expected one from "
-                                 f"row {expected}, found {meta['start']} ({uri}); rerun the "
-                                 "affinity shard that is missing")
-            expected = int(meta["stop"])
+            raise StageError("no sample parts to read; pass every affinity shard's sample part")
         self._uris = [uri for _, uri in metas]
         self._meta = metas[0][0]
         self.index = np.concatenate([storage.read_npy(storage.join(uri, _SAMPLE_INDEX))

@@ -225,14 +225,9 @@ def run_gather_labels(manifest_uri: str, fit_uri: str, part_uris: Sequence[str],
 
     rows = artifacts.accepted(storage.read_parquet(manifest_uri))
     state = storage.read_json(storage.join(fit_uri, STATE))
-    parts = sorted(((storage.read_json(storage.join(uri, META)), uri) for uri in part_uris),
-                   key=lambda item: int(item[0]["start"]))
-    expected = 0
-    for meta, uri in parts:
-        if int(meta["start"]) != expected:
-            raise StageError(f"the label parts do not tile the images: expected one from row "
-                             f"{expected}, found {meta['start']} ({uri}); rerun that label task")
-        expected = int(meta["stop"])
+    parts = artifacts.in_row_order(((storage.read_json(storage.join(uri, META)), uri)
+                                    for uri in part_uris), "label parts", "image")
+    expected = int(parts[-1][0]["stop"]) if parts else 0
     if expected != rows.num_rows or int(state.pop("n_images")) != rows.num_rows:
         raise StageError(f"the label parts cover {expected} images but the manifest accepts "
                          f"{rows.num_rows}; rerun infer on this run's shards")

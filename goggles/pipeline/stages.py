@@ -99,14 +99,8 @@ def run_join_manifest(part_uris: Sequence[str], manifest_uri: str) -> dict[str, 
     images numbered 0..N-1 in path order: the manifest :func:`run_ingest` writes."""
     from goggles.ingest.manifest import join_manifests
 
-    parts = sorted(((storage.read_json(storage.join(uri, "part.json")), uri)
-                    for uri in part_uris), key=lambda item: int(item[0]["shard_id"]))
-    expected = 0
-    for meta, uri in parts:
-        if int(meta["start"]) != expected:
-            raise StageError(f"the ingest parts do not tile the listing: expected one from file "
-                             f"{expected}, found {meta['start']} ({uri}); rerun that part")
-        expected = int(meta["stop"])
+    parts = artifacts.in_row_order(((storage.read_json(storage.join(uri, "part.json")), uri)
+                                    for uri in part_uris), "ingest parts", "file")
     manifest = join_manifests([storage.read_parquet(storage.join(uri, "manifest.parquet"))
                                for _, uri in parts])
     storage.write_parquet(manifest, manifest_uri)

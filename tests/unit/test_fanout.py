@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from goggles.config import StageError
 from goggles.features.descriptors import bilinear_descriptors
 from goggles.inference.config import InferConfig
 from goggles.inference.registry import create
@@ -135,11 +136,11 @@ def test_each_task_reads_its_shard_or_the_sample(planted_run: dict, tmp_path: Pa
 def test_a_missing_sample_part_is_refused(planted_run: dict, tmp_path: Path) -> None:
     fanned_out(planted_run, 3, False, tmp_path)
     config = InferConfig(num_classes=2, seed=0)
-    with pytest.raises(Exception, match="do not tile the rows"):
+    with pytest.raises(StageError, match="sample.s parts do not tile the rows"):
         fanout.run_fit(config, str(tmp_path / "sample"),
                        [str(tmp_path / "sample-0"), str(tmp_path / "sample-2")],
                        str(planted_run["tmp"] / "prototypes.parquet"), str(tmp_path / "f2"))
-    with pytest.raises(Exception, match="do not tile the images"):
+    with pytest.raises(StageError, match="label parts do not tile the images"):
         fanout.run_gather_labels(str(planted_run["tmp"] / "manifest.parquet"),
                                  str(tmp_path / "fit"), [str(tmp_path / "labels-1")],
                                  str(planted_run["tmp"] / "prototypes.parquet"),

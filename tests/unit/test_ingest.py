@@ -338,6 +338,6 @@ def test_an_ingest_part_refuses_a_source_that_changed_since_the_listing(tmp_path
     stages.run_ingest_part(IngestConfig(), str(source), 0, 2,
                            stages.source_fingerprint(IngestConfig(), str(source))["listing"],
                            str(tmp_path / "part"))
-    with pytest.raises(StageError, match="do not tile the listing"):
+    with pytest.raises(StageError, match="ingest parts do not tile the files"):
         stages.run_join_manifest([str(tmp_path / "part"), str(tmp_path / "part")],
                                  str(tmp_path / "m.parquet"))
