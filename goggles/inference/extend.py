@@ -48,9 +48,9 @@ class SampleFit:
 
     def __post_init__(self) -> None:
         # the parts as half floats (held as float32): the state a shard task reads stays small
-        # (20,000 x 20,000 entries: 0.8 GB), and every runner labels from the same values
-        self.parts = [np.asarray(part, dtype=np.float16).astype(np.float32)
-                      for part in self.parts]
+        # (20,000 x 20,000 entries: 0.8 GB), and every runner labels from the same values.
+        # A float32 part is rounded in place, a block of rows at a time: no second copy.
+        self.parts = [_half_rounded(part) for part in self.parts]
 
     @property
     def num_classes(self) -> int:
@@ -74,6 +74,17 @@ class SampleFit:
         parts = [storage.read_npy(storage.join(uri, f"part-{i}.npy"))
                  for i in range(int(meta["parts"]))]
         return cls(parts=parts, neighbours=int(meta["neighbours"]), **arrays)
+
+
+def _half_rounded(part: np.ndarray) -> np.ndarray:
+    """``part`` rounded to float16 and held as float32 (in place when it is a writable float32
+    array)."""
+    if part.dtype != np.float32 or not part.flags.writeable or not part.flags.c_contiguous:
+        return np.asarray(part, dtype=np.float16).astype(np.float32)
+    for first in range(0, len(part), 1024):
+        block = part[first:first + 1024]
+        block[...] = block.astype(np.float16)
+    return part
 
 
 def label_block(fit: SampleFit, start: int, rows: np.ndarray,

@@ -31,6 +31,7 @@ the mean posterior of its nearest sampled neighbours. The paper's EM stays selec
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import warnings
 from collections.abc import Sequence
@@ -350,8 +351,8 @@ class GraphEM(Method):
         spectral embedding, each node's nearest nodes or ``None`` without a graph)."""
         parts = reference_parts(rows, described, sample)
         # identical images become one node, so they get identical coordinates and labels
-        keys: dict[bytes, int] = {}
-        node = np.array([keys.setdefault(b"".join(p.tobytes() for p in row), len(keys))
+        keys: dict[bytes, int] = {}  # a digest of each row's bytes: not a copy of every row
+        node = np.array([keys.setdefault(_row_digest(row), len(keys))
                          for row in zip(*parts, strict=True)], dtype=np.int64)
         first = np.unique(node, return_index=True)[1]
         distinct = len(first)
@@ -361,7 +362,8 @@ class GraphEM(Method):
                        "lower num_classes or check the source for duplicates")
         if distinct <= self.num_classes + 1:  # too few nodes for a graph: one axis per image
             return parts, node, first, np.eye(distinct, self.num_classes)[node], None
-        nodes = [p[first] for p in parts]
+        # the parts themselves when every image is its own node (no 2 GB copy at 20,000 x 20,000)
+        nodes = parts if distinct == len(node) else [p[first] for p in parts]
         cols = neighbour_lists(nodes, min(distinct, self.neighbours * MAX_NEIGHBOUR_GROWTH))
         graph, used, bridges = connected_knn_graph(nodes, self.neighbours, self.num_classes,
                                                    cols=cols)
@@ -371,6 +373,14 @@ class GraphEM(Method):
                         "classes: built with %d neighbours and %d bridging edges",
                         self.neighbours, self.num_classes, used, bridges)
         return parts, node, first, spectral_coordinates(graph, self.num_classes, seed)[node], cols
+
+
+def _row_digest(row: Sequence[np.ndarray]) -> bytes:
+    """A digest of one image's parts (identical images share a node)."""
+    digest = hashlib.blake2b(digest_size=20)
+    for part in row:
+        digest.update(np.ascontiguousarray(part).tobytes())
+    return digest.digest()
 
 
 def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:
