@@ -151,16 +151,19 @@ def inspect_file(listed: listing.ListedFile, config: IngestConfig) -> Record:
     return read_and_inspect(listed, config)
 
 
-def build_manifest(source_uri: str, config: IngestConfig) -> pa.Table:
-    """List and validate every image under ``source_uri``.
+def build_manifest(source_uri: str, config: IngestConfig,
+                   listed: list[listing.ListedFile] | None = None) -> pa.Table:
+    """List and validate every image under ``source_uri`` (``listed``: the run's listing of it,
+    :func:`goggles.io.listing.list_files` with ``config``'s extensions, when it has one).
 
     Returns
     -------
     pa.Table with ``MANIFEST_SCHEMA``: one row per listed file, accepted ones numbered
     ``image_id`` 0..N-1 in path order.
     """
-    listed = listing.list_files(source_uri, config.extensions,
-                                follow_symlinks=config.follow_symlinks)
+    if listed is None:
+        listed = listing.list_files(source_uri, config.extensions,
+                                    follow_symlinks=config.follow_symlinks)
     if not listed:
         raise storage.StorageError(
             f"no image files under {source_uri!r} (looked for {', '.join(config.extensions)}); "
