@@ -296,5 +296,9 @@ def load_backbone(name: str, weights_uri: str = "",
     truncated.eval()
     for parameter in truncated.parameters():
         parameter.requires_grad_(False)
+    # whether the weights carry the ImageNet classifier: without it the extract stage need not
+    # read them again for the head (goggles.inference.imagenet.imagenet_head)
+    setattr(truncated, "has_imagenet_classifier",  # noqa: B010 - a plain attribute of nn.Module
+            any(k.startswith("classifier.") for k in state))
     logger.info("backbone %s: weights from %s", name, source)
     return truncated, source
