@@ -32,9 +32,12 @@ demo: $(STAMP)
 
 # The cluster images (docker/build.sh): targets cpu and gpu, tagged as goggles/kubeflow/components/image.py names
 # them. Where no registry can be reached, GOGGLES_LOCAL_BASE=1 builds the base with debootstrap.
+# BACKBONE=NAME WEIGHTS=PATH-OR-URI [WEIGHTS_SHA256=HEX] also bakes that backbone's weights into
+# them (docs/backbones.md), found offline by pods that run it.
 .PHONY: images
 images:
-	docker/build.sh
+	docker/build.sh $(if $(BACKBONE),--backbone '$(BACKBONE)') $(if $(WEIGHTS),--weights '$(WEIGHTS)') \
+		$(if $(WEIGHTS_SHA256),--weights-sha256 '$(WEIGHTS_SHA256)') $(IMAGES_FLAGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check goggles tests benchmarks docker

@@ -235,18 +235,22 @@ def _run(args: argparse.Namespace) -> int:
     from goggles.pipeline.inprocess import run_inprocess
 
     params = RunParameters(**{name: getattr(args, name) for name in parameters.names()})
+    source = None  # the run's listing of its source, begun by the checks; the run reuses it
     if args.break_lock:
+        from goggles.io.listing import SourceListing
         from goggles.io.lock import break_lock
         from goggles.pipeline.wiring import absolute_uris, check_run
 
         # every other check first: a run that cannot start must not have taken the lock away
-        check_run(absolute_uris(params))
+        checked = absolute_uris(params)
+        source = SourceListing(checked.source_uri)
+        check_run(checked, source=source)
         holder = break_lock(params.output_uri)
         if holder is not None:
             logger.warning("removed the lock of %s held by pid %s on %s since %s",
                            params.output_uri, holder.pid, holder.host, holder.started_at)
     if args.runner == "inprocess":
-        metrics = run_inprocess(params)
+        metrics = run_inprocess(params, source=source)
     else:
         from goggles.kubeflow.runner import run_pipeline
 

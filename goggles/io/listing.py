@@ -148,6 +148,26 @@ def leads_outside(path: str, root: str) -> bool:
     return os.path.islink(path) and _outside(path, os.path.realpath(root))
 
 
+class SourceListing:
+    """One run's listing of its source: the first question for a set of extensions lists the
+    source (:func:`list_files`), every later one gets the same answer, so that a run lists its
+    source once however many steps (the checks, the resume keys, ingest) read it.
+
+    Made per run (never module-level), for the run's absolute ``root_uri``."""
+
+    def __init__(self, root_uri: str) -> None:
+        self.root_uri = root_uri
+        self._listed: dict[tuple[tuple[str, ...], bool], list[ListedFile]] = {}
+
+    def files(self, extensions: tuple[str, ...], *,
+              follow_symlinks: bool = True) -> list[ListedFile]:
+        """:func:`list_files` of the source, listed at the first call with these arguments."""
+        key = (tuple(extensions), follow_symlinks)
+        if key not in self._listed:
+            self._listed[key] = list_files(self.root_uri, key[0], follow_symlinks=follow_symlinks)
+        return self._listed[key]
+
+
 def list_files(root_uri: str, extensions: tuple[str, ...], *,
                follow_symlinks: bool = True) -> list[ListedFile]:
     """List files under ``root_uri`` whose suffix is in ``extensions``, sorted by path.

@@ -38,7 +38,7 @@ import time
 import warnings
 from typing import Any
 
-from goggles.io import storage
+from goggles.io import listing, storage
 from goggles.io.artifacts import output_paths
 from goggles.io.lock import output_lock
 from goggles.io.uris import redact
@@ -234,19 +234,25 @@ def run_pipeline(params: RunParameters, runner: str = "local", *, pipeline_root:
     """
     if runner not in RUNNERS:
         raise ValueError(f"unknown runner {runner!r}; choose one of {', '.join(RUNNERS)}")
-    configs = check_run(params)
+    # one listing of the source for this process: the checks, the resume keys and the record
+    # of the finished run (the pipeline's own tasks list it in the cluster's pods)
+    source = listing.SourceListing(params.source_uri)
+    configs = check_run(params, source=source)
     with output_lock(params.output_uri,
                      owner_note=f"goggles run ({runner} runner) of {redact(params.source_uri)}"):
-        if extraction_reusable(params, configs):
+        ingest_cfg = configs["ingest"]
+        # listed before the pipeline runs: a file rewritten meanwhile reads as changed next time
+        source.files(ingest_cfg.extensions, follow_symlinks=ingest_cfg.follow_symlinks)
+        if extraction_reusable(params, configs, source=source):
             # OUT holds this run's ingest and extraction (same keys, by any runner): only what
             # follows them is redone, by the same stage functions, here
             logger.info("reusing the ingest and extraction in %s (same inputs and parameters); "
                         "running the stages after them in this process",
                         redact(params.output_uri))
-            return run_stages(params, configs, runner=runner)
+            return run_stages(params, configs, runner=runner, source=source)
         metrics = _run_locked(params, runner, pipeline_root, enable_caching,
                               keep_pipeline_root, verbose)
-        record_finished_run(params, configs, metrics)
+        record_finished_run(params, configs, metrics, source=source)
         return metrics
 
 

@@ -102,7 +102,7 @@ def run_extract_part(config: ExtractConfig, manifest_uri: str, shard_id: int, nu
     model, weights_source = load_backbone(config.backbone, config.weights_uri,
                                           config.weights_sha256)
     head = imagenet_head(config.backbone, config.weights_uri) \
-        if config.backbone in SPECS else None
+        if config.backbone in SPECS and getattr(model, "has_imagenet_classifier", True) else None
     embeds = bool(getattr(model, "embeds", False))
     preprocessing = {config.backbone: preprocessing_of(model, config.image_size).to_dict()}
     device = resolve_device(config.device)

@@ -51,16 +51,32 @@ def timed(timings: dict[str, float], stage: str) -> Iterator[None]:
         timings[stage] = round(timings.get(stage, 0.0) + time.perf_counter() - start, 3)
 
 
-def run_inprocess(params: RunParameters) -> dict[str, Any]:
+def run_inprocess(params: RunParameters, *,
+                  source: listing.SourceListing | None = None) -> dict[str, Any]:
     """Run every stage in this process, holding the output's lock (:mod:`goggles.io.lock`: a
     second run into the same output fails at once); returns the metrics written to
     ``metrics.json``. Local URIs are made absolute first, as the Kubeflow runners do, so
-    every URI the outputs record is absolute."""
+    every URI the outputs record is absolute. The source is listed once, for the checks and
+    ingest alike (``source``: the run's listing when the caller has begun one, e.g. the CLI's
+    checks, for the absolute source URI)."""
     params = absolute_uris(params)
-    configs = check_run(params)
+    source = source_listing(params, source)
+    configs = check_run(params, source=source)
     with output_lock(params.output_uri,
                      owner_note=f"goggles run (in process) of {redact(params.source_uri)}"):
-        return run_stages(params, configs)
+        return run_stages(params, configs, source=source)
+
+
+def source_listing(params: RunParameters,
+                   source: listing.SourceListing | None = None) -> listing.SourceListing:
+    """The run's listing of its source: ``source`` if given (it must be of the run's source),
+    else a new one."""
+    if source is None:
+        return listing.SourceListing(params.source_uri)
+    if source.root_uri != params.source_uri:
+        raise ValueError(f"the listing of {redact(source.root_uri)} is not of this run's source "
+                         f"{redact(params.source_uri)}; make it from absolute_uris(params)")
+    return source
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,18 +105,19 @@ def ingest_record_key(params: RunParameters, ingest_cfg: Any) -> str:
 
 
 def run_keys(params: RunParameters, configs: dict[str, Any], content: Any = None,
-             n_images: int = 0) -> RunKeys:
+             n_images: int = 0, *, source: listing.SourceListing | None = None) -> RunKeys:
     """The stage keys of a run; ``content`` (:func:`goggles.io.source_state.content_listing` of
     what ingest read, ``n_images`` of them accepted), else the output's ingest record when the
-    source is unchanged since (lists the source once), else the later keys are ``None``."""
+    source is unchanged since (lists the source, through the run's listing ``source``), else
+    the later keys are ``None``."""
     ingest_cfg, extract_cfg = configs["ingest"], configs["extract"]
     ingest_key = ingest_record_key(params, ingest_cfg)
     if content is None:
         records = StageRecords(storage.join(params.output_uri, "artifacts"))
         done = records.finished("ingest", ingest_key, stage_outputs(params)["ingest"])
         if done is not None:
-            files = listing.list_files(params.source_uri, ingest_cfg.extensions,
-                                       follow_symlinks=ingest_cfg.follow_symlinks)
+            files = source_listing(params, source).files(
+                ingest_cfg.extensions, follow_symlinks=ingest_cfg.follow_symlinks)
             if source_state.first_change(files, done.get("source"),
                                          verify=ingest_cfg.verify) is None:
                 content = source_state.content_listing(done["source"])
@@ -159,10 +176,12 @@ def _shard_record(shard_id: int, num_shards: int) -> str:
     return f"affinity-{shard_id:05d}-of-{num_shards:05d}"
 
 
-def extraction_reusable(params: RunParameters, configs: dict[str, Any]) -> bool:
+def extraction_reusable(params: RunParameters, configs: dict[str, Any], *,
+                        source: listing.SourceListing | None = None) -> bool:
     """Whether the output already holds this run's ingest and extraction, finished with the same
-    keys (by any runner): then only what follows them is left to do."""
-    keys = run_keys(params, configs)
+    keys (by any runner): then only what follows them is left to do (``source``: the run's
+    listing)."""
+    keys = run_keys(params, configs, source=source)
     if keys.extract is None:  # the source changed since its ingest, or was never ingested
         return False
     records = StageRecords(storage.join(params.output_uri, "artifacts"))
@@ -171,26 +190,29 @@ def extraction_reusable(params: RunParameters, configs: dict[str, Any]) -> bool:
 
 
 def record_finished_run(params: RunParameters, configs: dict[str, Any],
-                        metrics: dict[str, Any]) -> None:
+                        metrics: dict[str, Any], *,
+                        source: listing.SourceListing | None = None) -> None:
     """Record every stage of a run another runner (the Kubeflow pipeline) finished into the
     output, under the keys this runner uses, so that a rerun reuses them; ``metrics`` is the
-    run's ``metrics.json``."""
+    run's ``metrics.json``. The source's state recorded is that of ``source``, the run's listing
+    (made before the pipeline ran: a file rewritten meanwhile then reads as changed at the next
+    run, which ingests it again, never as the version the pipeline did not read)."""
     ingest_cfg = configs["ingest"]
     records = StageRecords(storage.join(params.output_uri, "artifacts"))
     outputs = stage_outputs(params)
     paths = output_paths(params.output_uri)
-    files = listing.list_files(params.source_uri, ingest_cfg.extensions,
-                               follow_symlinks=ingest_cfg.follow_symlinks)
-    source = source_state.record(files, storage.read_parquet(paths["manifest"],
-                                                             columns=["uri", "sha256"]))
-    keys = run_keys(params, configs, source_state.content_listing(source),
+    files = source_listing(params, source).files(ingest_cfg.extensions,
+                                                 follow_symlinks=ingest_cfg.follow_symlinks)
+    state = source_state.record(files, storage.read_parquet(paths["manifest"],
+                                                            columns=["uri", "sha256"]))
+    keys = run_keys(params, configs, source_state.content_listing(state),
                     int(metrics["n_images"]))
     assert keys.extract is not None and keys.affinity is not None and keys.infer is not None
     features = storage.read_json(storage.join(paths["features"], "meta.json"))
     done: list[tuple[str, str, dict[str, Any]]] = [
         ("ingest", keys.ingest, {"n_listed": metrics["n_images"] + metrics["n_rejected"],
                                  "n_images": metrics["n_images"],
-                                 "n_rejected": metrics["n_rejected"], "source": source}),
+                                 "n_rejected": metrics["n_rejected"], "source": state}),
         ("extract", keys.extract, {
             "n_images": features["num_images"], "num_prototypes": metrics["num_prototypes"],
             "weights_source": metrics.get("weights_source", features.get("weights", "")),
@@ -247,22 +269,26 @@ def _extract(params: RunParameters, config: Any, records: StageRecords, paths: d
 
 
 def run_stages(params: RunParameters, configs: dict[str, Any], *,
-               runner: str = "inprocess") -> dict[str, Any]:
+               runner: str = "inprocess",
+               source: listing.SourceListing | None = None) -> dict[str, Any]:
     """Every stage in this process, reusing those the output's records hold with the same keys
     (the caller holds the output's lock), a console line as each starts and ends
-    (:mod:`goggles.pipeline.console`); ``runner`` is what ``metrics.json`` records."""
+    (:mod:`goggles.pipeline.console`); ``runner`` is what ``metrics.json`` records. The source
+    is listed once (``source``: the run's listing, which the checks may have made already):
+    ingest reads that listing and the resume record keeps its state."""
     ingest_cfg, extract_cfg = configs["ingest"], configs["extract"]
     affinity_cfg, infer_cfg = configs["affinity"], configs["infer"]
     paths = output_paths(params.output_uri)
     records = StageRecords(storage.join(params.output_uri, "artifacts"))
     timings: dict[str, float] = {}
     outputs = stage_outputs(params)
-    files = listing.list_files(params.source_uri, ingest_cfg.extensions,
-                               follow_symlinks=ingest_cfg.follow_symlinks)
+    files = source_listing(params, source).files(ingest_cfg.extensions,
+                                                 follow_symlinks=ingest_cfg.follow_symlinks)
     ingest_key = ingest_record_key(params, ingest_cfg)
 
     def ingest() -> dict[str, Any]:
-        result = stages.run_ingest(ingest_cfg, params.source_uri, paths["manifest"])
+        result = stages.run_ingest(ingest_cfg, params.source_uri, paths["manifest"],
+                                   listed=files)
         return {**result, "source": source_state.record(
             files, storage.read_parquet(paths["manifest"], columns=["uri", "sha256"]))}
 

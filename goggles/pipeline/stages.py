@@ -23,6 +23,7 @@ from goggles.inference.config import InferConfig
 from goggles.ingest.config import IngestConfig
 from goggles.io import artifacts, features_folder, storage, uris
 from goggles.io.dev_labels import read_dev_labels
+from goggles.io.listing import ListedFile
 from goggles.training.config import ApplyConfig, TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -109,11 +110,13 @@ def run_join_manifest(part_uris: Sequence[str], manifest_uri: str) -> dict[str, 
             "n_rejected": manifest.num_rows - n_images}
 
 
-def run_ingest(config: IngestConfig, source_uri: str, manifest_uri: str) -> dict[str, Any]:
-    """List, decode and validate the images under ``source_uri``; write the manifest."""
+def run_ingest(config: IngestConfig, source_uri: str, manifest_uri: str, *,
+               listed: list[ListedFile] | None = None) -> dict[str, Any]:
+    """List (unless given the run's listing, ``listed``), decode and validate the images under
+    ``source_uri``; write the manifest."""
     from goggles.ingest.manifest import build_manifest
 
-    manifest = build_manifest(source_uri, config)
+    manifest = build_manifest(source_uri, config, listed)
     storage.write_parquet(manifest, manifest_uri)
     n_images = int(pc.sum(pc.equal(manifest["status"], "accepted")).as_py() or 0)
     return {"n_listed": manifest.num_rows, "n_images": n_images,

@@ -76,11 +76,13 @@ def absolute_uris(params: RunParameters) -> RunParameters:
     return dataclasses.replace(params, **changes)
 
 
-def check_run(params: RunParameters, *, local_output: bool = True) -> dict[str, Any]:
+def check_run(params: RunParameters, *, local_output: bool = True,
+              source: listing.SourceListing | None = None) -> dict[str, Any]:
     """Check a run before any work starts (:func:`check_parameters`, then
-    :func:`check_inputs`); returns its stage configs."""
+    :func:`check_inputs`, which lists the source through ``source``, the run's listing, when it
+    must); returns its stage configs."""
     configs = check_parameters(params, local_output=local_output)
-    check_inputs(params)
+    check_inputs(params, source)
     return configs
 
 
@@ -112,16 +114,17 @@ def check_parameters(params: RunParameters, *, local_output: bool = True) -> dic
     return configs
 
 
-def check_inputs(params: RunParameters) -> None:
+def check_inputs(params: RunParameters, source: listing.SourceListing | None = None) -> None:
     """Check what a run reads before it starts: a local source that does not exist, is not a
     folder or holds no image file; a local dev-labels or weights file that does not exist; dev
     labels too large, unparsable, without ``uri,label`` or matching no image of a local source;
     ``method='backbone'`` with weights that lack the ImageNet classifier. Each raises
-    :class:`ConfigError` (or the weights' own error) naming the fix."""
-    source = params.source_uri
-    if storage.is_local(source):
-        path = storage.local_path(source)
-        where = uris.redact(source)
+    :class:`ConfigError` (or the weights' own error) naming the fix. ``source``: the run's
+    listing (:class:`goggles.io.listing.SourceListing`), so that ingest reuses what the checks
+    listed."""
+    if storage.is_local(params.source_uri):
+        path = storage.local_path(params.source_uri)
+        where = uris.redact(params.source_uri)
         check(os.path.exists(path), f"source {where} does not exist; give a folder of images "
                                     "(or a gs:// or s3:// prefix)", "source_uri")
         check(os.path.isdir(path), f"source {where} is a file, not a folder; give the folder "
@@ -141,8 +144,9 @@ def check_inputs(params: RunParameters) -> None:
                   f"{what} {uris.redact(value)} does not exist; check the path", name)
     _check_backbones(params)
     if params.dev_labels_uri:
-        _check_dev_labels(params.dev_labels_uri, source, params.follow_symlinks,
-                          params.num_classes)
+        _check_dev_labels(params.dev_labels_uri,
+                          source or listing.SourceListing(params.source_uri),
+                          params.follow_symlinks, params.num_classes)
     if params.method == "backbone":  # fail now, not after extraction, without a classifier
         from goggles.inference.imagenet import classifier_weights
 
@@ -169,16 +173,16 @@ def _check_backbones(params: RunParameters) -> None:
         read_weights_bytes(params.weights_uri, params.weights_sha256)
 
 
-def _check_dev_labels(dev_labels_uri: str, source: str, follow_symlinks: bool,
-                      num_classes: int) -> None:
+def _check_dev_labels(dev_labels_uri: str, source: listing.SourceListing,
+                      follow_symlinks: bool, num_classes: int) -> None:
     """Read the dev labels now, not after extraction: size, rows, format and columns; names
     (:func:`goggles.io.dev_labels.check_dev_labels`); against a local source, how many of them
     name one of its images (none is an error)."""
     try:
         table = read_dev_labels_table(dev_labels_uri)
         check_dev_labels(table, num_classes, f"dev labels {uris.redact(dev_labels_uri)}")
-        if storage.is_local(source):
-            files = listing.list_files(source, IMAGE_EXTENSIONS, follow_symlinks=follow_symlinks)
+        if storage.is_local(source.root_uri):
+            files = source.files(IMAGE_EXTENSIONS, follow_symlinks=follow_symlinks)
             match_dev_labels(table, [f.uri for f in files],
                              f"dev labels {uris.redact(dev_labels_uri)}")
     except (ValueError, storage.StorageError) as error:

@@ -278,3 +278,107 @@ def test_links_through_a_linked_folder_are_mounted_where_they_point(tmp_path: Pa
     source.mkdir()
     (source / "0.jpg").symlink_to(tmp_path / "shared" / "cub" / "0.jpg")
     assert _symlink_aliases(str(source)) == [(str(real), str(tmp_path / "shared" / "cub"))]
+
+
+# -- a chosen backbone's weights baked in (make images BACKBONE=... WEIGHTS=...) ----------------
+
+def _dockerfile_run(dockerfile: str, marker: str) -> str:
+    """The shell command of the Dockerfile's ``RUN`` instruction that contains ``marker``, its
+    continuation lines joined as Docker joins them."""
+    joined = re.sub(r"\\\n", "", dockerfile)
+    found = [line[len("RUN "):] for line in joined.splitlines()
+             if line.startswith("RUN ") and marker in line]
+    assert len(found) == 1, f"{len(found)} RUN instructions of the Dockerfile hold {marker!r}"
+    return found[0]
+
+
+def _make_images(tmp_path: Path, *variables: str) -> subprocess.CompletedProcess[str]:
+    context = tmp_path / "context"
+    return subprocess.run(["make", "-s", "images", *variables,
+                           f"IMAGES_FLAGS=--save-context {context}"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_make_images_bakes_a_chosen_backbone_that_pods_resolve_offline(tmp_path: Path) -> None:
+    """``make images BACKBONE= WEIGHTS= WEIGHTS_SHA256=`` stages the checkpoint in the build
+    context with the build arguments; the Dockerfile's own bake command (run here as the build
+    runs it, its image paths moved under tmp_path) writes it where the runtime looks, and the
+    runtime stage's own check, offline, resolves the backbone to that file. Docker itself is not
+    needed: what is left to it is copying files and setting the environment."""
+    import io
+    import shutil
+    import sys
+    import tarfile
+    from hashlib import sha256
+
+    import torch
+    from torchvision import models
+
+    name = "torchvision:mobilenet_v3_small"
+    checkpoint = tmp_path / "weights.pth"
+    buffer = io.BytesIO()
+    torch.save(models.mobilenet_v3_small(weights=None).state_dict(), buffer)
+    checkpoint.write_bytes(buffer.getvalue())
+    digest = sha256(checkpoint.read_bytes()).hexdigest()
+    done = _make_images(tmp_path, f"BACKBONE={name}", f"WEIGHTS={checkpoint}",
+                        f"WEIGHTS_SHA256={digest}")
+    assert done.returncode == 0, done.stdout + done.stderr
+    context = tmp_path / "context"
+    unpacked = tmp_path / "unpacked"
+    with tarfile.open(context / "context.tar") as tar:
+        tar.extractall(unpacked, filter="data")
+    assert (unpacked / "baked" / "weights.pth").read_bytes() == checkpoint.read_bytes()
+    arguments = dict(line.split("=", 1) for line in
+                     (context / "build-args").read_text().splitlines())
+    assert arguments["BAKE_BACKBONE"] == name and arguments["BAKE_WEIGHTS_SHA256"] == digest
+    assert arguments["BAKE_WEIGHTS_FILE"] == "/tmp/baked/weights.pth"
+
+    # the build stage's bake command, as the image build runs it
+    dockerfile = (unpacked / "docker" / "Dockerfile").read_text()
+    weights_dir = tmp_path / "opt-goggles-weights"
+    moved = {"/src/docker/bake_weights.py": str(unpacked / "docker" / "bake_weights.py"),
+             "/opt/goggles/weights": str(weights_dir), "/tmp/baked": str(unpacked / "baked")}
+    bake = _dockerfile_run(dockerfile, "bake_weights.py")
+    for image_path, here in moved.items():
+        bake = bake.replace(image_path, here)
+    environment = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+                   "HF_HUB_OFFLINE": "1", **{key: value.replace("/tmp/baked", moved["/tmp/baked"])
+                                             for key, value in arguments.items()}}
+    environment.pop("GOGGLES_WEIGHTS_DIR", None)
+    baked = subprocess.run(["sh", "-c", bake], env=environment, capture_output=True, text=True,
+                           timeout=600)
+    assert baked.returncode == 0, baked.stdout + baked.stderr
+    path = weights_dir / "torchvision--mobilenet_v3_small.safetensors"
+    assert path.is_file() and f"-> {path}" in baked.stdout
+    assert not (unpacked / "baked").exists()  # the staged file does not stay in the layer
+
+    # the runtime stage's check, in the environment the image sets (offline, the weights dir)
+    check = _dockerfile_run(dockerfile, "baked_weights_path")
+    runtime = {**environment, "GOGGLES_WEIGHTS_DIR": str(weights_dir), "GOGGLES_OFFLINE": "1",
+               "BAKE_BACKBONE": name}
+    checked = subprocess.run(["sh", "-c", check], env=runtime, capture_output=True, text=True,
+                             timeout=300)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert f"{name} {path}" in checked.stdout
+    path.unlink()  # without the baked file the same check fails: it is what it found
+    shutil.rmtree(tmp_path / "torch-home", ignore_errors=True)
+    missing = subprocess.run(["sh", "-c", check], capture_output=True, text=True, timeout=300,
+                             env={**runtime, "TORCH_HOME": str(tmp_path / "torch-home")})
+    assert missing.returncode != 0
+
+
+def test_make_images_refuses_a_wrong_pin_and_a_library_the_image_lacks(tmp_path: Path) -> None:
+    checkpoint = tmp_path / "weights.safetensors"
+    checkpoint.write_bytes(b"not the pinned bytes")
+    wrong = _make_images(tmp_path, "BACKBONE=vgg16", f"WEIGHTS={checkpoint}",
+                         "WEIGHTS_SHA256=" + "0" * 64)
+    assert wrong.returncode != 0 and "not the pinned " + "0" * 64 in wrong.stderr
+    lacking = _make_images(tmp_path, "BACKBONE=timm:vit_small_patch14_dinov2",
+                           f"WEIGHTS={checkpoint}")
+    assert lacking.returncode != 0
+    assert "needs timm in the image" in lacking.stderr and "docker/lock.py" in lacking.stderr
+    alone = _make_images(tmp_path, "BACKBONE=vgg16")
+    assert alone.returncode != 0 and "go together" in alone.stderr
+    assert not (tmp_path / "context").exists()
