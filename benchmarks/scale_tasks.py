@@ -2,6 +2,7 @@
 writes, its peak memory and seconds, against the cost model ``goggles plan`` prints.
 
     python benchmarks/scale.py --tasks [--images 10000] [--shards 1,4] [--classes 4]
+                                       [--relabel 1,4]
 
 (``benchmarks/scale.py --tasks`` runs this.) Every task of the default pipeline runs as its own
 Python process, as a pod would, through the stage functions the Kubeflow components call
@@ -14,7 +15,11 @@ labels and evaluate (metrics and the report). A task's reads are the bytes of th
 is given (what KFP's launcher downloads into its pod), its peak memory the process's maximum
 RSS. For each shard count it prints the tasks and the model's bytes for them (with the sizes
 measured here), the accuracy on the planted classes and the per-task seconds of the label
-fan-out; then whether the labels are the same for every shard count.
+fan-out; then whether the labels are the same for every shard count. ``--relabel`` labels the last
+run's images again in fewer label tasks, each over the rows of adjacent shards as one block (as
+a run with that many shards would split them; the rows of A themselves are this run's), to check
+the infer fan-out's labels do not depend on how its rows are split, without running every task
+again.
 """
 
 from __future__ import annotations
@@ -82,6 +87,30 @@ def extract_task(manifest: str, shard: int, shards: int, classes: int, seed: int
                        storage.join(summary, PART_META))
 
 
+def label_group(fit: str, affinity: list[str], labels: str) -> None:
+    """Label the rows of several adjacent affinity shards as one block, as one label task of a
+    run with fewer shards does (:func:`goggles.pipeline.fanout.run_label_shard`: the fit's state
+    and the task's rows of A and descriptors, :func:`goggles.inference.extend.label_block`)."""
+    from goggles.inference.extend import SampleFit, label_block
+    from goggles.io import storage
+    from goggles.pipeline.fanout import FIT, META, shard_descriptors
+
+    state = SampleFit.load(storage.join(fit, FIT))
+    metas = [storage.read_json(storage.join(uri, META)) for uri in affinity]
+    start, stop = int(metas[0]["start"]), int(metas[-1]["stop"])
+    block = np.empty((stop - start, state.parts[0].shape[1]), dtype=np.float32)
+    described: list[np.ndarray] = []
+    for meta, uri in zip(metas, affinity, strict=True):
+        a, b = int(meta["start"]) - start, int(meta["stop"]) - start
+        block[a:b] = storage.read_npy(storage.join(uri, "affinity.npy"))
+        for i, values in enumerate(shard_descriptors(uri)):
+            if len(described) <= i:
+                described.append(np.empty((stop - start, values.shape[1]), dtype=values.dtype))
+            described[i][a:b] = values
+    posteriors = label_block(state, start, block, described)[0]
+    storage.write_npy(posteriors, storage.join(labels, "posteriors.npy"))
+
+
 def run_task(spec: dict[str, Any]) -> None:
     """Run one task described by ``spec`` (``kind`` and its paths)."""
     from goggles.features.config import AffinityConfig, ExtractConfig
@@ -106,6 +135,8 @@ def run_task(spec: dict[str, Any]) -> None:
         fanout.run_fit(infer, a["sample"], a["parts"], a["prototypes"], a["fit"])
     elif kind == "label":
         fanout.run_label_shard(a["fit"], a["affinity"], a["labels"], num_shards=a["shards"])
+    elif kind == "label-group":
+        label_group(a["fit"], a["affinity"], a["labels"])
     elif kind == "gather-labels":
         fanout.run_gather_labels(a["manifest"], a["fit"], a["parts"], a["prototypes"],
                                  a["labels"], a["inference"])
@@ -198,6 +229,37 @@ def pipeline(folder: Path, n: int, shards: int, classes: int) -> tuple[list[dict
     return log, folder
 
 
+def relabel(folder: Path, shards: int, counts: list[int]) -> bool:
+    """The run's images under ``folder`` labelled again by ``count`` label tasks for each of
+    ``counts``, each task the rows of adjacent shards as one block (the label tasks of a run
+    with that many shards, on this run's rows of A); prints each count's tasks, peak RSS and
+    seconds and returns whether the labels equal the run's."""
+    from goggles.features.affinity import shard_bounds
+
+    def joined(parts: list[str]) -> np.ndarray:
+        return np.concatenate([np.load(Path(p) / "posteriors.npy") for p in parts])
+
+    ran = joined([str(folder / f"labels-{s}") for s in range(shards)])
+    same = True
+    for count in counts:
+        log: list[dict] = []
+        parts = []
+        for g, (a, b) in enumerate(shard_bounds(shards, count)):
+            out = str(folder / f"relabel-{count}-{g}")
+            affinity = [str(folder / f"affinity-{s}") for s in range(a, b)]
+            measured("label-group", [str(folder / "fit"), *affinity], [out],
+                     {"fit": str(folder / "fit"), "affinity": affinity, "labels": out}, log)
+            parts.append(out)
+        equal = bool(np.array_equal(joined(parts), ran))
+        same &= equal
+        seconds = [entry["seconds"] for entry in log]
+        print(f"labelled again in {count} task(s), each the rows of adjacent shards: "
+              f"peak RSS {max(e['rss'] for e in log) / 2**30:.2f} GiB, "
+              f"{np.mean(seconds):.1f} s mean, {max(seconds):.1f} s max per task; labels "
+              f"identical to the {shards}-shard run's: {'yes' if equal else 'NO'}")
+    return same
+
+
 def sizes_of(folder: Path, n: int, shards: int) -> dict[str, float]:
     """The cost model's per-unit sizes, measured on this run's artifacts."""
     from goggles.io import storage
@@ -253,6 +315,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shards", default="1,4",
                         help="comma-separated shard counts; the labels must agree")
     parser.add_argument("--classes", type=int, default=4)
+    parser.add_argument("--relabel", default="",
+                        help="comma-separated task counts: after the last run, label its images "
+                             "again in that many label tasks each (adjacent shards' rows as one "
+                             "block, as a run with that many shards would); the labels must "
+                             "agree")
     parser.add_argument("--run", help=argparse.SUPPRESS)
     parser.add_argument("--tasks", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -273,9 +340,12 @@ def main(argv: list[str] | None = None) -> int:
             log, folder = pipeline(Path(scratch) / f"shards-{shards}", args.images, shards,
                                    args.classes)
             results.append(report(log, folder, args.images, shards, args.classes))
-    same = all(np.array_equal(r, results[0]) for r in results)
-    print(f"\nlabels identical for {', '.join(map(str, counts))} shards: "
-          f"{'yes' if same else 'NO'}")
+        relabelled = relabel(folder, counts[-1], [int(c) for c in args.relabel.split(",")]) \
+            if args.relabel else True
+    same = all(np.array_equal(r, results[0]) for r in results) and relabelled
+    if len(counts) > 1:
+        print(f"\nlabels identical for {', '.join(map(str, counts))} shards: "
+              f"{'yes' if same else 'NO'}")
     return 0 if same else 1
 
 

@@ -61,7 +61,7 @@ class SampleFit:
         for name in ("sample", "posteriors", "labels", "confidence"):
             storage.write_npy(getattr(self, name), storage.join(uri, f"{name}.npy"))
         for i, part in enumerate(self.parts):
-            storage.write_npy(part.astype(np.float16), storage.join(uri, f"part-{i}.npy"))
+            storage.write_npy(part, storage.join(uri, f"part-{i}.npy"), dtype=np.float16)
         storage.write_json({"parts": len(self.parts), "neighbours": self.neighbours},
                            storage.join(uri, "meta.json"))
 
@@ -71,7 +71,7 @@ class SampleFit:
         meta = storage.read_json(storage.join(uri, "meta.json"))
         arrays = {name: storage.read_npy(storage.join(uri, f"{name}.npy"))
                   for name in ("sample", "posteriors", "labels", "confidence")}
-        parts = [storage.read_npy(storage.join(uri, f"part-{i}.npy"))
+        parts = [storage.read_npy(storage.join(uri, f"part-{i}.npy"), dtype=np.float32)
                  for i in range(int(meta["parts"]))]
         return cls(parts=parts, neighbours=int(meta["neighbours"]), **arrays)
 

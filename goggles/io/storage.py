@@ -3,12 +3,13 @@ retries, bounded concurrent reads, Parquet, tensors and JSON.
 
 No other module opens a file.
 
-* **Atomic outputs.** Every writer builds its bytes in memory, writes them to a hidden temporary
-  name beside the target (``.NAME.tmp-<random>``) and then commits: ``os.replace`` locally, a
-  server-side copy onto the name and a delete of the temporary on object stores (which have no
-  rename). A writer killed at any point leaves either the complete artifact or none under its
-  name. A folder artifact is complete once the stage that writes it has finished: the stage
-  records of :mod:`goggles.io.resume` (in process) and Kubeflow (on a cluster) say so.
+* **Atomic outputs.** Every writer writes a hidden temporary name beside the target
+  (``.NAME.tmp-<random>``; a local file straight from its arrays, an object from bytes built in
+  memory) and then commits: ``os.replace`` locally, a server-side copy onto the name and a
+  delete of the temporary on object stores (which have no rename). A writer killed at any point
+  leaves either the complete artifact or none under its name. A folder artifact is complete
+  once the stage that writes it has finished: the stage records of :mod:`goggles.io.resume` (in
+  process) and Kubeflow (on a cluster) say so.
 * **Retries.** Transient errors (5xx, throttling, resets, timeouts) are retried with backoff
   (:mod:`goggles.io.retries`); a permanent one (missing object, no permission) raises
   :class:`StorageError` at once, naming the URI and the likely fix.
@@ -206,30 +207,37 @@ def is_temporary(name: str) -> bool:
 
 def write_bytes(uri: str, data: bytes) -> None:
     """Write ``data`` to ``uri`` atomically: a temporary object, then a commit onto the name."""
-    fs, path = filesystem(uri)
     if is_local(uri):
-        path = local_path(uri)
-        parent = os.path.dirname(path)
-        if parent:
-            os.makedirs(parent, exist_ok=True)
-        temporary = os.path.join(parent, os.path.basename(temporary_name(path)))
-        try:
-            with open(temporary, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            _commit(fs, temporary, path, uri)
-        except PermissionError as error:
-            raise _give_up("write", uri)(error, 1) from error
-        finally:
-            if os.path.lexists(temporary):
-                os.unlink(temporary)
+        _write_local(uri, lambda handle: handle.write(data))
         return
+    fs, path = filesystem(uri)
     if protocol_of(uri) == "memory":
         fs.makedirs(posixpath.dirname(path), exist_ok=True)
     temporary = temporary_name(path)
     retrying("write", uri, lambda: fs.pipe_file(temporary, data))
     _commit(fs, temporary, path, uri)
+
+
+def _write_local(uri: str, fill: Callable[[Any], object]) -> None:
+    """A local file written atomically by ``fill(handle)`` straight into its temporary (no copy
+    of the bytes in memory), then committed."""
+    fs, _ = filesystem(uri)
+    path = local_path(uri)
+    parent = os.path.dirname(path)
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+    temporary = os.path.join(parent, os.path.basename(temporary_name(path)))
+    try:
+        with open(temporary, "wb") as handle:
+            fill(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        _commit(fs, temporary, path, uri)
+    except PermissionError as error:
+        raise _give_up("write", uri)(error, 1) from error
+    finally:
+        if os.path.lexists(temporary):
+            os.unlink(temporary)
 
 
 def _commit(fs: fsspec.AbstractFileSystem, temporary: str, path: str, uri: str) -> None:
@@ -258,18 +266,62 @@ def read_parquet(uri: str, columns: list[str] | None = None) -> pa.Table:
     return pq.read_table(io.BytesIO(read_bytes(uri)), columns=columns)
 
 
-def write_npy(array: np.ndarray, uri: str) -> None:
+def write_npy(array: np.ndarray, uri: str, *, dtype: Any = None) -> None:
+    """``array`` as a ``.npy`` file at ``uri``, stored as ``dtype`` (default its own): converted a
+    block of rows at a time and, for a local file, written straight to it, so a large array is
+    never copied whole in memory."""
+    array = np.asarray(array)
+    stored = array.dtype if dtype is None else np.dtype(dtype)
+
+    def fill(handle: Any) -> None:
+        if stored == array.dtype and array.flags.c_contiguous:
+            np.save(handle, array, allow_pickle=False)
+            return
+        np.lib.format.write_array_header_1_0(handle, {
+            "descr": np.lib.format.dtype_to_descr(stored), "fortran_order": False,
+            "shape": array.shape})
+        rows = array.reshape(1, -1) if array.ndim == 0 else array
+        step = max(1, (16 << 20) // max(1, rows[:1].size * stored.itemsize))
+        for first in range(0, len(rows), step):
+            handle.write(np.ascontiguousarray(rows[first:first + step], dtype=stored).tobytes())
+
+    if is_local(uri):
+        _write_local(uri, fill)
+        return
     buffer = io.BytesIO()
-    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    fill(buffer)
     write_bytes(uri, buffer.getvalue())
 
 
-def read_npy(uri: str) -> np.ndarray:
-    if is_local(uri):  # from the file straight into the array: one copy in memory, not two
-        handle = retrying("read", uri, lambda: open(local_path(uri), "rb"))
-        with handle:
+def read_npy(uri: str, *, dtype: Any = None) -> np.ndarray:
+    """The array of the ``.npy`` file at ``uri``, as ``dtype`` (default as stored): a local file
+    is read straight into the array, converted a block of rows at a time (one copy in memory,
+    not two)."""
+    if not is_local(uri):
+        array = np.load(io.BytesIO(read_bytes(uri)), allow_pickle=False)
+        return array if dtype is None else array.astype(dtype, copy=False)
+    handle = retrying("read", uri, lambda: open(local_path(uri), "rb"))
+    with handle:
+        if dtype is None:
             return np.load(handle, allow_pickle=False)  # type: ignore[no-any-return]
-    return np.load(io.BytesIO(read_bytes(uri)), allow_pickle=False)  # type: ignore[no-any-return]
+        version = np.lib.format.read_magic(handle)
+        header = {(1, 0): np.lib.format.read_array_header_1_0,
+                  (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+        shape, fortran, stored = header(handle) if header else ((), True, None)
+        if fortran or stored is None or stored.hasobject:  # rare layouts: numpy's own reader
+            handle.seek(0)
+            return np.load(handle, allow_pickle=False).astype(dtype, copy=False)
+        out = np.empty(shape, dtype=dtype)
+        rows = out.reshape(1, -1) if out.ndim == 0 else out
+        step = max(1, (16 << 20) // max(1, rows[:1].size * stored.itemsize))
+        for first in range(0, len(rows), step):
+            block = rows[first:first + step]
+            data = handle.read(block.size * stored.itemsize)
+            if len(data) != block.size * stored.itemsize:
+                raise StorageError(f"{uri} ends before its {shape} array does: the file is "
+                                   "truncated; rerun the stage that wrote it")
+            block[...] = np.frombuffer(data, dtype=stored).reshape(block.shape)
+        return out
 
 
 def write_json(obj: Any, uri: str) -> None:

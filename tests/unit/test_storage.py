@@ -45,6 +45,36 @@ def test_round_trips(base: str) -> None:
     assert names_under(base) == ["deep/a.npy", "m.json", "r.html", "t.parquet"]  # no temporaries
 
 
+@pytest.mark.parametrize("shape", [(), (0, 3), (5,), (3000, 3000), (3, 70_000), (9, 4, 5)])
+def test_npy_stored_and_read_as_another_type(base: str, shape: tuple[int, ...]) -> None:
+    """A conversion on write or read gives numpy's own file and array: the same bytes as
+    ``np.save`` of the converted array, in one block of rows or several (a large array is
+    converted a block of rows at a time, never copied whole)."""
+    import io
+
+    rng = np.random.default_rng(0)
+    array = rng.normal(size=shape).astype(np.float32)
+    uri = storage.join(base, "half.npy")
+    storage.write_npy(array, uri, dtype=np.float16)
+    expected = io.BytesIO()
+    np.save(expected, array.astype(np.float16))
+    assert storage.read_bytes(uri) == expected.getvalue()
+    back = storage.read_npy(uri, dtype=np.float32)
+    assert back.dtype == np.float32 and back.shape == shape
+    np.testing.assert_array_equal(back, array.astype(np.float16).astype(np.float32))
+    fortran = np.asfortranarray(array.astype(np.float64))  # numpy's reader takes this layout
+    storage.write_npy(fortran, uri)
+    np.testing.assert_array_equal(storage.read_npy(uri, dtype=np.float32), array)
+
+
+def test_truncated_npy_read_with_conversion_names_the_file(tmp_path: Path) -> None:
+    uri = str(tmp_path / "a.npy")
+    storage.write_npy(np.ones((1000, 8), dtype=np.float16), uri)
+    Path(uri).write_bytes(Path(uri).read_bytes()[:-10])
+    with pytest.raises(storage.StorageError, match="a.npy ends before .* rerun the stage"):
+        storage.read_npy(uri, dtype=np.float32)
+
+
 def test_overwrite_replaces_whole_object(base: str) -> None:
     uri = storage.join(base, "x.bin")
     storage.write_bytes(uri, b"a" * 1000)
