@@ -97,9 +97,10 @@ class RunParameters:
         -1, "cap on the prototypes (columns of A); -1: chosen from the number of images and "
         "classes, never binding below 2,000 images (docs/scale.md); 0: no cap", minimum=-1,
         stages=("extract",))
-    num_shards: int = _parameter(1, "row shards of the images: one extract and one affinity "
-                                 "task (pod) each",
-                                 flag="--shards", minimum=1, maximum=MAX_SHARDS,
+    num_shards: int = _parameter(0, "row shards of the images: one extract, affinity and label "
+                                 "task (pod) each; 0: one per 10,240 accepted images (goggles "
+                                 "plan)",
+                                 flag="--shards", minimum=0, maximum=MAX_SHARDS,
                                  stages=("affinity",))
     method: str = _parameter("graph-em", "class inference: one of the methods listed below",
                              stages=("infer",))

@@ -183,7 +183,7 @@ def build(tasks: TaskSettings) -> dsl.base_component.BaseComponent:
         weights_sha256: str = "",
         top_k: int = 5,
         max_prototypes: int = -1,
-        num_shards: int = 1,
+        num_shards: int = 0,
         method: str = "graph-em",
         max_iter: int = 100,
         seed: int = 0,
@@ -208,7 +208,7 @@ def build(tasks: TaskSettings) -> dsl.base_component.BaseComponent:
         max_prototypes : cap on the prototypes (columns of A): -1 chooses it from the images
             and classes, 0 for none (see goggles.features.budget).
         num_shards : row shards of the images: one extract, one affinity and (graph EM) one
-            label task each.
+            label task each; 0: one per 10,240 accepted images (the plan task decides).
         method, max_iter, seed : class inference (``graph-em``, ``em``, ``kmeans``,
             ``em-random``, ``pgm``, ``backbone``; see goggles.inference.registry).
         dev_labels_uri : optional CSV/Parquet of ``uri,label`` naming the clusters.
@@ -231,9 +231,10 @@ def build(tasks: TaskSettings) -> dsl.base_component.BaseComponent:
         tasks.bucket_access(plan_task).set_display_name("plan the shards and the fit's sample")
 
         # the plan's shard ids start the extraction: parameters that cannot work fail before it
+        shards = plan_task.outputs["num_shards"]  # num_shards, or the plan's choice for 0
         shards_task = features_and_affinity(
             manifest=manifest, sample=plan_task.outputs["sample"],
-            shard_ids=plan_task.outputs["Output"], num_shards=num_shards, backbone=backbone,
+            shard_ids=plan_task.outputs["shard_ids"], num_shards=shards, backbone=backbone,
             weights_uri=weights_uri, weights_sha256=weights_sha256, top_k=top_k,
             max_prototypes=max_prototypes, num_classes=num_classes, seed=seed, device=device,
             descriptor_backbone=descriptor_backbone, feature_cache_uri=feature_cache_uri,
@@ -253,7 +254,7 @@ def build(tasks: TaskSettings) -> dsl.base_component.BaseComponent:
                              parallelism=SHARD_PARALLELISM) as shard:
             # shard s's task reads its rows of A and the fit alone
             label_task = tasks.resources(label_shard(fit=fit_task.outputs["fit"],
-                                                     affinity=shard, num_shards=num_shards),
+                                                     affinity=shard, num_shards=shards),
                                          "label")
             (label_task.set_display_name("infer: label one row shard")
              .set_retry(num_retries=3, backoff_duration="10s", backoff_factor=2,
@@ -280,7 +281,7 @@ def build(tasks: TaskSettings) -> dsl.base_component.BaseComponent:
             manifest=manifest, prototypes=prototypes,
             affinity_sample=shards_task.outputs["view_parts"], labels=labels,
             inference=inference, source_uri=source_uri, backbone=backbone, top_k=top_k,
-            num_shards=num_shards, seed=seed, end_model=end_model), "evaluate")
+            num_shards=shards, seed=seed, end_model=end_model), "evaluate")
         tasks.bucket_access(evaluate_task).set_display_name("evaluate and report")
 
         return Outputs(manifest=manifest, features=features,

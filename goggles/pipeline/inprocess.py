@@ -36,6 +36,7 @@ from goggles.pipeline.wiring import (
     check_run,
     evaluate_and_report,
     run_record,
+    shard_count,
 )
 
 logger = logging.getLogger(__name__)
@@ -87,13 +88,27 @@ class RunKeys:
     the other's. ``ingest`` is the ingest record's key (its parameters and the source's URI:
     whether the files changed is decided by :mod:`goggles.io.source_state`); the later keys
     build on the content ingest read (``None`` while the source has not been ingested as it is
-    now)."""
+    now); ``num_shards`` is the run's row shards (``num_shards`` 0 decided at its images,
+    :func:`with_shards`)."""
 
     ingest: str
     extract: str | None
     affinity: list[str] | None
     infer: str | None
     train: str | None
+    num_shards: int = 1
+
+
+def with_shards(params: RunParameters, configs: dict[str, Any], n_images: int,
+                ) -> tuple[RunParameters, dict[str, Any]]:
+    """``params`` and ``configs`` with the run's row shards at ``n_images`` accepted images
+    (:func:`goggles.pipeline.wiring.shard_count`: ``num_shards`` 0 is one per 10,240), as a
+    cluster run's plan task decides them."""
+    shards = shard_count(params.num_shards, n_images)
+    if shards == params.num_shards:
+        return params, configs
+    return (dataclasses.replace(params, num_shards=shards),
+            {**configs, "affinity": dataclasses.replace(configs["affinity"], num_shards=shards)})
 
 
 def ingest_record_key(params: RunParameters, ingest_cfg: Any) -> str:
@@ -124,6 +139,7 @@ def run_keys(params: RunParameters, configs: dict[str, Any], content: Any = None
                 n_images = int(done["n_images"])
     if content is None:
         return RunKeys(ingest_key, None, None, None, None)
+    params, configs = with_shards(params, configs, n_images)
     extract_params = extract_cfg.to_dict()
     # the cap resolved at this N and K, so a K that leaves it alone reuses the extraction
     extract_params["max_prototypes"] = prototype_budget(
@@ -146,7 +162,7 @@ def _later_keys(params: RunParameters, configs: dict[str, Any], ingest_key: str,
     dev_labels = storage.fingerprint(params.dev_labels_uri) if params.dev_labels_uri else ""
     infer_key = stage_key("infer", shard_keys, configs["infer"].to_dict(), dev_labels)
     train_key = stage_key("train", infer_key, extract_key, configs["train"].to_dict())
-    return RunKeys(ingest_key, extract_key, shard_keys, infer_key, train_key)
+    return RunKeys(ingest_key, extract_key, shard_keys, infer_key, train_key, params.num_shards)
 
 
 def stage_outputs(params: RunParameters) -> dict[str, list[str]]:
@@ -185,7 +201,7 @@ def extraction_reusable(params: RunParameters, configs: dict[str, Any], *,
     if keys.extract is None:  # the source changed since its ingest, or was never ingested
         return False
     records = StageRecords(storage.join(params.output_uri, "artifacts"))
-    outputs = stage_outputs(params)
+    outputs = stage_outputs(dataclasses.replace(params, num_shards=keys.num_shards))
     return records.finished("extract", keys.extract, outputs["extract"]) is not None
 
 
@@ -198,6 +214,7 @@ def record_finished_run(params: RunParameters, configs: dict[str, Any],
     (made before the pipeline ran: a file rewritten meanwhile then reads as changed at the next
     run, which ingests it again, never as the version the pipeline did not read)."""
     ingest_cfg = configs["ingest"]
+    params, configs = with_shards(params, configs, int(metrics["n_images"]))
     records = StageRecords(storage.join(params.output_uri, "artifacts"))
     outputs = stage_outputs(params)
     paths = output_paths(params.output_uri)
@@ -305,6 +322,8 @@ def run_stages(params: RunParameters, configs: dict[str, Any], *,
     reused = unchanged == [True]
     console.finished("ingest", timings["ingest"], ingested, reused=reused)
     check_counts(ingested["n_images"], params.num_classes, params.num_shards, paths["manifest"])
+    params, configs = with_shards(params, configs, int(ingested["n_images"]))
+    affinity_cfg, outputs = configs["affinity"], stage_outputs(params)
     check_dev_labels_ingested(params.dev_labels_uri, paths["manifest"], params.num_classes)
     keys = run_keys(params, configs, source_state.content_listing(ingested["source"]),
                     int(ingested["n_images"]))

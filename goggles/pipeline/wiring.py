@@ -29,6 +29,7 @@ from goggles.io.dev_labels import (
     read_dev_labels_table,
 )
 from goggles.parameters import STAGES, RunParameters, check_parameter, names, spec
+from goggles.pipeline.costs import recommended_shards
 
 logger = logging.getLogger(__name__)
 
@@ -187,6 +188,13 @@ def _check_dev_labels(dev_labels_uri: str, source: listing.SourceListing,
                              f"dev labels {uris.redact(dev_labels_uri)}")
     except (ValueError, storage.StorageError) as error:
         raise ConfigError(str(error), "dev_labels_uri") from None
+
+
+def shard_count(num_shards: int, n_images: int) -> int:
+    """The row shards of a run of ``n_images`` accepted images: ``num_shards``, or for 0 one per
+    :data:`goggles.pipeline.costs.IMAGES_PER_SHARD` images (what ``goggles plan`` recommends:
+    each pod's reads stay under 2 GB)."""
+    return num_shards or recommended_shards(n_images)
 
 
 def check_counts(n_images: int, num_classes: int, num_shards: int, manifest_uri: str = "") -> None:

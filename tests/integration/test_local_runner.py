@@ -57,8 +57,8 @@ def _executor_output(root: Path, task: str) -> dict:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """The local-runner runs (3 shards via the CLI, 1 and 4 shards via run_pipeline) and the
-    in-process reference, all with the same seed."""
+    """The local-runner runs (3 shards via the CLI; the default, 1 here, and 4 shards via
+    run_pipeline) and the in-process reference, all with the same seed."""
     tmp = tmp_path_factory.mktemp("local-runner")
     source = cub_task(tmp, "001", "014")
     root = tmp / "kfp-root"
@@ -70,7 +70,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     common = {"source_uri": str(source), "num_classes": 2, "seed": SEED, "backbone": BACKBONE,
               "follow_symlinks": True}
     memory_out = "memory://goggles-local-runner/out-1"
-    metrics1 = run_pipeline(RunParameters(output_uri=memory_out, num_shards=1, **common),
+    # the default num_shards (0): the plan task gives these few images one shard
+    metrics1 = run_pipeline(RunParameters(output_uri=memory_out, **common),
                             pipeline_root=str(root), enable_caching=True)
     out4 = tmp / "out-4"
     metrics4 = run_pipeline(RunParameters(output_uri=str(out4), num_shards=4, train=True,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -73,3 +74,26 @@ def test_goggles_plan_prints_a_json_list_of_task_objects(capsys: pytest.CaptureF
 def test_plan_refuses_no_images() -> None:
     with pytest.raises(ValueError, match="n_images must be at least 1"):
         plan(0)
+
+
+def test_a_run_shards_itself_by_default() -> None:
+    """num_shards 0 (the default) is what goggles plan recommends at the accepted images, on
+    both runners (the plan task, and the in-process keys and records); a set value stays; a run
+    of up to 10,240 images keeps the one shard, and so the keys, it had before."""
+    from goggles.parameters import RunParameters, default
+    from goggles.pipeline.inprocess import run_keys, with_shards
+    from goggles.pipeline.wiring import shard_count, stage_configs
+
+    assert default("num_shards") == 0
+    assert [shard_count(0, n) for n in (1, 10_240, 10_241, 1_000_000)] == [1, 1, 2, 98]
+    assert shard_count(3, 1_000_000) == 3
+    params = RunParameters(source_uri="in", output_uri="out", num_classes=2)
+    configs = stage_configs(params)
+    resolved, resolved_configs = with_shards(params, configs, 25_000)
+    assert resolved.num_shards == resolved_configs["affinity"].num_shards == 3
+    assert params.num_shards == configs["affinity"].num_shards == 0  # not changed in place
+    one = dataclasses.replace(params, num_shards=1)
+    small = run_keys(params, configs, {"a.jpg": "x"}, 500)
+    assert small == run_keys(one, stage_configs(one), {"a.jpg": "x"}, 500)
+    large = run_keys(params, configs, {"a.jpg": "x"}, 25_000)
+    assert large.num_shards == 3 and large.affinity is not None and len(large.affinity) == 3

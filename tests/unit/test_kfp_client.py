@@ -107,7 +107,7 @@ def test_bad_parameters_never_reach_the_server(client, capsys, argv, message) ->
 def test_package_parameters_read_the_compiled_definitions(tmp_path: Path) -> None:
     package = cluster.compile_package(str(tmp_path / "p.yaml"))
     parameters = cluster.package_parameters(package)
-    assert parameters["num_shards"] == {"type": "NUMBER_INTEGER", "default": 1}
+    assert parameters["num_shards"] == {"type": "NUMBER_INTEGER", "default": 0}
     assert parameters["backbone"] == {"type": "STRING", "default": "vgg16"}
     assert cluster.check_cron("0  0 3 * * *") == "0 0 3 * * *"
 

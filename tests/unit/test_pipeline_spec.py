@@ -135,7 +135,13 @@ def test_extraction_fans_out_over_the_planned_shard_ids(compiled) -> None:
     features = _task(spec.root.dag, "features-and-affinity")
     assert {"plan-shards", "join-manifest"} <= set(features.dependent_tasks)
     shard_ids = features.inputs.parameters["shard_ids"].task_output_parameter
-    assert (shard_ids.producer_task, shard_ids.output_parameter_key) == ("plan-shards", "Output")
+    assert (shard_ids.producer_task, shard_ids.output_parameter_key) == (
+        "plan-shards", "shard_ids")
+    # every later task gets the plan's shard count (num_shards, or its choice for 0), not the
+    # pipeline's parameter
+    for task in (features, _task(spec.root.dag, "evaluate")):
+        count = task.inputs.parameters["num_shards"].task_output_parameter
+        assert (count.producer_task, count.output_parameter_key) == ("plan-shards", "num_shards")
     assert parts.inputs.parameters["shard_ids"].component_input_parameter == "shard_ids"
     dag = spec.components[parts.component_ref.name].dag
     loop_task = dag.tasks[loop_name]
@@ -446,7 +452,7 @@ def test_parameters_are_typed_with_literal_defaults(compiled) -> None:
     spec, _, _ = compiled
     parameters = spec.root.input_definitions.parameters
     expected = {name: default(name) for name in names(pipeline=True)}
-    assert expected["num_shards"] == 1 and expected["method"] == "graph-em"
+    assert expected["num_shards"] == 0 and expected["method"] == "graph-em"
     assert set(parameters) == set(expected)
     for name, value in expected.items():
         definition = parameters[name]

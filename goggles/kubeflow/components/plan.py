@@ -1,6 +1,8 @@
 """The shard plan: the shard ids the fan-outs iterate over (``dsl.ParallelFor``) and graph EM's
 sample."""
 
+from typing import NamedTuple
+
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Output
 
@@ -10,8 +12,11 @@ from goggles.kubeflow.components.image import BASE_IMAGE
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
 def plan_shards(manifest: Input[Dataset], num_shards: int, num_classes: int, method: str,
                 sample: Output[Dataset], dev_labels_uri: str = "", seed: int = 0
-                ) -> list[int]:
-    """Shard ids ``0 .. num_shards-1``, after checking the run fits the accepted images
+                ) -> NamedTuple("Plan", [("shard_ids", list),  # type: ignore[valid-type]  # noqa: UP014
+                                         ("num_shards", int)]):
+    """The run's shards (``num_shards``, or for 0 one per 10,240 accepted images:
+    :func:`goggles.pipeline.wiring.shard_count`) and their ids, after checking the run fits the
+    accepted images
     (:func:`goggles.pipeline.wiring.check_counts`, as the in-process runner does), and graph
     EM's sample of the images (:func:`goggles.pipeline.fanout.run_plan_sample`).
 
@@ -29,16 +34,23 @@ def plan_shards(manifest: Input[Dataset], num_shards: int, num_classes: int, met
 
     Returns
     -------
-    [num_shards] shard ids.
+    shard_ids : ``[0 .. S-1]``, the ids the fan-outs iterate over.
+    num_shards : S, the shards every later task is given (and checks its inputs against).
     """
     import logging
 
     from goggles.pipeline.costs import IMAGES_PER_SHARD, recommended_shards
     from goggles.pipeline.fanout import run_plan_sample
-    from goggles.pipeline.wiring import check_counts, check_dev_labels_ingested, stage_config
+    from goggles.pipeline.wiring import (
+        check_counts,
+        check_dev_labels_ingested,
+        shard_count,
+        stage_config,
+    )
 
     n_images = int(manifest.metadata["n_images"])
     check_counts(n_images, num_classes, num_shards)
+    num_shards = shard_count(num_shards, n_images)
     if num_shards < recommended_shards(n_images):
         logging.getLogger("goggles").warning(
             "num_shards=%d for %d images: each extract, affinity and label pod takes %d images, "
@@ -48,4 +60,4 @@ def plan_shards(manifest: Input[Dataset], num_shards: int, num_classes: int, met
     check_dev_labels_ingested(dev_labels_uri, manifest.path, num_classes)
     config = stage_config("infer", {"num_classes": num_classes, "method": method, "seed": seed})
     sample.metadata.update(run_plan_sample(config, manifest.path, dev_labels_uri, sample.path))
-    return list(range(num_shards))
+    return (list(range(num_shards)), num_shards)
