@@ -42,6 +42,7 @@ EXTEND_TESTS = ["tests/unit/test_extend.py"]
 GRAPH_EM_TESTS = ["tests/unit/test_extend.py", "tests/unit/test_spectral.py",
                   "tests/unit/test_graph.py", "tests/unit/test_confidence.py"]
 DEV_CHOICE_TESTS = ["tests/unit/test_dev_choice_units.py", "tests/unit/test_dev_choice.py"]
+FANOUT_TESTS = ["tests/unit/test_fanout.py", "tests/unit/test_extend.py"]
 
 #: (python file, qualified function name, tests to run: files or node ids)
 TARGETS: list[tuple[str, str, list[str]]] = [
@@ -93,6 +94,16 @@ TARGETS: list[tuple[str, str, list[str]]] = [
     ("goggles/inference/dev_choice.py", "tempered", DEV_CHOICE_TESTS),
     ("goggles/inference/dev_choice.py", "fit_temperature", DEV_CHOICE_TESTS),
     ("goggles/inference/dev_choice.py", "choose", DEV_CHOICE_TESTS),
+    # graph EM fanned out on a cluster: the plan's sample, the fit on it, a label task per
+    # shard from the fit's half-precision state, the gather
+    ("goggles/pipeline/fanout.py", "run_plan_sample", FANOUT_TESTS),
+    ("goggles/pipeline/fanout.py", "run_fit", FANOUT_TESTS),
+    ("goggles/pipeline/fanout.py", "run_label_shard", FANOUT_TESTS),
+    ("goggles/pipeline/fanout.py", "run_gather_labels", FANOUT_TESTS),
+    ("goggles/inference/extend.py", "_half_rounded", FANOUT_TESTS),
+    ("goggles/inference/extend.py", "SampleFit.load", FANOUT_TESTS),
+    ("goggles/io/storage.py", "write_npy", STORAGE_TESTS),
+    ("goggles/io/storage.py", "read_npy", STORAGE_TESTS),
 ]
 
 #: (name, python file, a distinctive piece of the line, what that piece becomes, tests)

@@ -79,6 +79,11 @@ class TaskCost:
                 for key, value in asdict(self).items()}
 
 
+GRAPH_BLOCK = 2048
+"""Rows of graph EM's neighbour search at a time
+(:func:`goggles.inference.graph.neighbour_lists`)."""
+
+
 def recommended_shards(n_images: int) -> int:
     """Row shards for ``n_images``: one per :data:`IMAGES_PER_SHARD` images, at most
     ``MAX_SHARDS``."""
@@ -145,8 +150,10 @@ def plan(n_images: int, *, num_classes: int = 2, shards: int = 0,
              rows * (m * entry + b["descriptors"]) + sample_parts / s + view * m * entry / s,
              rows * (b["maps"] + m * entry) + prototypes, rows * m * affinity_rate,
              "its shard's filter maps + prototypes"),
+        # the fit streams the sample's parts into one float32 copy of its unit-length rows and
+        # descriptors; the graph's neighbours come 2,048 rows at a time (similarities, ranks)
         task("infer", 1, sample_parts + prototypes + 8 * sample, fit_state,
-             sample_parts + sample * (m + dims) * 4 + sample * sample * 4,
+             sample * (m + 3 * dims) * 4 + GRAPH_BLOCK * sample * 16,
              r["infer_fit_s"], "the sample's rows of A + descriptors"),
         task("label", s, fit_state + rows * (m * entry + b["descriptors"]), label_parts,
              sample * (m + dims) * 4 + rows * (m * entry + b["descriptors"]), beyond,
