@@ -80,7 +80,7 @@ def _half_rounded(part: np.ndarray) -> np.ndarray:
     """``part`` rounded to float16 and held as float32 (in place when it is a writable float32
     array)."""
     if part.dtype != np.float32 or not part.flags.writeable or not part.flags.c_contiguous:
-        return np.asarray(part, dtype=np.float16).astype(np.float32)
+        return np.asarray(part, dtype=np.float16).astype(np.float32, order="C")
     for first in range(0, len(part), 1024):
         block = part[first:first + 1024]
         block[...] = block.astype(np.float16)

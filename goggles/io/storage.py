@@ -282,8 +282,8 @@ def write_npy(array: np.ndarray, uri: str, *, dtype: Any = None) -> None:
             "shape": array.shape})
         rows = array.reshape(1, -1) if array.ndim == 0 else array
         step = max(1, (16 << 20) // max(1, rows[:1].size * stored.itemsize))
-        for first in range(0, len(rows), step):
-            handle.write(np.ascontiguousarray(rows[first:first + step], dtype=stored).tobytes())
+        for first in range(0, len(rows), step):  # each block's own buffer, not a bytes copy
+            handle.write(np.ascontiguousarray(rows[first:first + step], dtype=stored).data)
 
     if is_local(uri):
         _write_local(uri, fill)
@@ -314,13 +314,14 @@ def read_npy(uri: str, *, dtype: Any = None) -> np.ndarray:
         out = np.empty(shape, dtype=dtype)
         rows = out.reshape(1, -1) if out.ndim == 0 else out
         step = max(1, (16 << 20) // max(1, rows[:1].size * stored.itemsize))
-        for first in range(0, len(rows), step):
+        buffer = np.empty(min(len(rows), step) * rows[:1].size, dtype=stored)
+        for first in range(0, len(rows), step):  # read into one reused block, then converted
             block = rows[first:first + step]
-            data = handle.read(block.size * stored.itemsize)
-            if len(data) != block.size * stored.itemsize:
+            data = buffer[:block.size]
+            if handle.readinto(data.data.cast("B")) != data.nbytes:
                 raise StorageError(f"{uri} ends before its {shape} array does: the file is "
                                    "truncated; rerun the stage that wrote it")
-            block[...] = np.frombuffer(data, dtype=stored).reshape(block.shape)
+            block[...] = data.reshape(block.shape)
         return out
 
 

@@ -230,8 +230,12 @@ def run_gather_labels(manifest_uri: str, fit_uri: str, part_uris: Sequence[str],
     parts = artifacts.in_row_order(((storage.read_json(storage.join(uri, META)), uri)
                                     for uri in part_uris), "label parts", "image")
     expected = int(parts[-1][0]["stop"]) if parts else 0
-    if expected != rows.num_rows or int(state.pop("n_images")) != rows.num_rows:
+    if expected != rows.num_rows:
         raise StageError(f"the label parts cover {expected} images but the manifest accepts "
+                         f"{rows.num_rows}; rerun infer on this run's shards")
+    fitted = int(state.pop("n_images"))
+    if fitted != rows.num_rows:
+        raise StageError(f"the fit is of a run of {fitted} images but the manifest accepts "
                          f"{rows.num_rows}; rerun infer on this run's shards")
     posteriors, initial, confidence = (
         np.concatenate([storage.read_npy(storage.join(uri, f"{name}.npy")) for _, uri in parts])

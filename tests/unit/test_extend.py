@@ -95,6 +95,29 @@ def test_the_state_round_trips(tmp_path) -> None:  # type: ignore[no-untyped-def
         [o.tolist() for o in label_block(fit, 0, toy_rows(), [])]
 
 
+def test_the_state_holds_half_precision_values_rounded_in_place() -> None:
+    """The sample's parts are rounded to float16 values (held as float32, as stored): a writable
+    float32 part in place, a block of rows at a time (no second copy at 20,000 x 20,000), any
+    other part copied; the loaded state equals the fitted one exactly."""
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=(2500, 7)).astype(np.float32)
+    half = values.astype(np.float16).astype(np.float32)
+    assert not np.array_equal(values, half)
+    own = values.copy()
+    frozen = values.copy()
+    frozen.flags.writeable = False
+    wide, strided = values.astype(np.float64), np.asfortranarray(values)
+    fit = SampleFit(np.arange(2500), [own, frozen, wide, strided], np.full((2500, 2), 0.5),
+                    np.zeros(2500, dtype=np.int64), np.ones(2500), 3)
+    assert fit.parts[0] is own  # rounded where it lies
+    for part in fit.parts:
+        assert part.dtype == np.float32 and part.flags.c_contiguous
+        np.testing.assert_array_equal(part, half)  # every row, past the first block too
+    assert fit.parts[1] is not frozen and fit.parts[3] is not strided
+    np.testing.assert_array_equal(frozen, values)  # a part it may not write stays as it was
+    np.testing.assert_array_equal(wide, values.astype(np.float64))
+
+
 @pytest.fixture(scope="module")
 def sampled() -> tuple:
     a, source, truth = planted(2, 100, noise=0.1, seed=3)

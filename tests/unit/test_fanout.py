@@ -119,7 +119,7 @@ def test_fanned_out_labels_equal_the_in_process_fit(planted_run: dict, tmp_path:
     if dev:  # the clusters carry the dev labels' names, and the dev images keep their class
         names = labels["label_name"].to_pylist()
         assert [names[r] for r in planted_run["dev_rows"]] == planted_run["names"]
-        assert state["dev"]["rows"] == planted_run["dev_rows"]
+        assert state["dev"]["rows"] == planted_run["dev_rows"] and state["dev"]["seeded"]
 
 
 def test_each_task_reads_its_shard_or_the_sample(planted_run: dict, tmp_path: Path) -> None:
@@ -135,6 +135,18 @@ def test_each_task_reads_its_shard_or_the_sample(planted_run: dict, tmp_path: Pa
 
 def test_a_missing_sample_part_is_refused(planted_run: dict, tmp_path: Path) -> None:
     fanned_out(planted_run, 3, False, tmp_path)
+    assert fanout.run_label_shard(str(tmp_path / "fit"), str(tmp_path / "affinity-1"),
+                                  str(tmp_path / "again")) == {"start": 40, "stop": 80}
+    # a fit of another run (other images) is refused even when the label parts are complete
+    state = storage.read_json(str(tmp_path / "fit" / "state.json"))
+    storage.write_json({**state, "n_images": N + 1}, str(tmp_path / "fit" / "state.json"))
+    with pytest.raises(StageError, match="fit is of a run of 121 images but the manifest"):
+        fanout.run_gather_labels(str(planted_run["tmp"] / "manifest.parquet"),
+                                 str(tmp_path / "fit"),
+                                 [str(tmp_path / f"labels-{s}") for s in range(3)],
+                                 str(planted_run["tmp"] / "prototypes.parquet"),
+                                 str(tmp_path / "l.parquet"), str(tmp_path / "i.json"))
+    storage.write_json(state, str(tmp_path / "fit" / "state.json"))
     config = InferConfig(num_classes=2, seed=0)
     with pytest.raises(StageError, match="sample.s parts do not tile the rows"):
         fanout.run_fit(config, str(tmp_path / "sample"),

@@ -67,6 +67,37 @@ def test_npy_stored_and_read_as_another_type(base: str, shape: tuple[int, ...]) 
     np.testing.assert_array_equal(storage.read_npy(uri, dtype=np.float32), array)
 
 
+def test_npy_conversions_hold_one_copy_of_a_large_array(tmp_path: Path) -> None:
+    """Converting a 72 MB float32 array to float16 on write and back on read holds the array
+    and a block of rows (16 MiB), never a whole converted copy beside it."""
+    import tracemalloc
+
+    array = np.ones((6000, 3000), dtype=np.float32)
+    uri = str(tmp_path / "big.npy")
+    tracemalloc.start()
+    try:
+        storage.write_npy(array, uri, dtype=np.float16)
+        written = tracemalloc.get_traced_memory()[1]
+        tracemalloc.reset_peak()
+        back = storage.read_npy(uri, dtype=np.float32)
+        read = tracemalloc.get_traced_memory()[1] - back.nbytes
+    finally:
+        tracemalloc.stop()
+    # a block is 16 MiB; a whole converted copy would add 36 MB
+    assert written < 20 << 20 and read < 20 << 20, (written, read)
+    np.testing.assert_array_equal(back, array)
+
+
+def test_npy_of_objects_is_refused_not_unpickled(tmp_path: Path) -> None:
+    """A ``.npy`` of Python objects would run a pickle: refused, with or without a conversion."""
+    uri = str(tmp_path / "objects.npy")
+    with open(uri, "wb") as handle:
+        np.save(handle, np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+    for dtype in (None, np.float32):
+        with pytest.raises(ValueError, match="allow_pickle"):
+            storage.read_npy(uri, dtype=dtype)
+
+
 def test_truncated_npy_read_with_conversion_names_the_file(tmp_path: Path) -> None:
     uri = str(tmp_path / "a.npy")
     storage.write_npy(np.ones((1000, 8), dtype=np.float16), uri)
