@@ -104,9 +104,8 @@ def label_block(fit: SampleFit, start: int, rows: np.ndarray,
     posteriors = np.empty((n, fit.num_classes))
     initial = np.empty(n, dtype=np.int64)
     if len(others):
-        near = nearest_references(np.asarray(rows)[others],
-                                  [np.asarray(d)[others] for d in described], fit.parts,
-                                  fit.neighbours)
+        near = nearest_references(np.asarray(rows), [np.asarray(d) for d in described],
+                                  fit.parts, fit.neighbours, index=others)
         posteriors[others] = fit.posteriors[near].mean(axis=1)
         votes = np.eye(fit.num_classes)[fit.labels][near].mean(axis=1)
         initial[others] = votes.argmax(axis=1)

@@ -86,15 +86,19 @@ EXTEND_ROWS = 1024
 
 
 def nearest_references(rows: np.ndarray, described: Sequence[np.ndarray],
-                       parts: Sequence[np.ndarray], neighbours: int) -> np.ndarray:
+                       parts: Sequence[np.ndarray], neighbours: int,
+                       index: np.ndarray | None = None) -> np.ndarray:
     """[n, k] indices into the graph's images of the ``neighbours`` most similar to each of
     ``n`` other images, by the sum of the parts' cosines: ``rows`` [n, M] are their rows of A
-    (raw), ``described`` their descriptors, ``parts`` :func:`reference_parts`."""
-    near = np.empty((rows.shape[0], min(neighbours, len(parts[0]))), dtype=np.int64)
-    for first in range(0, rows.shape[0], EXTEND_ROWS):  # bounds the [rows, sample] sort
-        stop = first + EXTEND_ROWS
-        similarity = _unit_rows(rows[first:stop]) @ parts[0].T
+    (raw), ``described`` their descriptors, ``parts`` :func:`reference_parts`. With ``index``
+    the images are those rows of ``rows`` and ``described`` alone (taken 1,024 at a time: no
+    copy of them all)."""
+    take = np.arange(rows.shape[0]) if index is None else np.asarray(index, dtype=np.int64)
+    near = np.empty((len(take), min(neighbours, len(parts[0]))), dtype=np.int64)
+    for first in range(0, len(take), EXTEND_ROWS):  # bounds the [rows, sample] sort
+        chunk = take[first:first + EXTEND_ROWS]
+        similarity = _unit_rows(np.asarray(rows[chunk])) @ parts[0].T
         for d, part in zip(described, parts[1:], strict=True):
-            similarity += np.asarray(d[first:stop], dtype=np.float32) @ part.T
+            similarity += np.asarray(d[chunk], dtype=np.float32) @ part.T
         near[first:first + len(similarity)] = top_k(similarity, near.shape[1])[0]
     return near
