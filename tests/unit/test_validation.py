@@ -36,7 +36,7 @@ from tests.conftest import small_source
      r"top_k=1281 exceeds the 1280 channels of mobilenet_v2's filter map; use top_k <= 1280"),
     (lambda: ExtractConfig(top_k=0), r"top_k must be at least 1"),
     (lambda: ExtractConfig(device="tpu"), r"unknown device 'tpu'; choose one of auto, cpu"),
-    (lambda: AffinityConfig(num_shards=0), r"num_shards must be at least 1"),
+    (lambda: AffinityConfig(num_shards=-1), r"num_shards must be at least 0"),
     (lambda: AffinityConfig(dtype="int8"), r"unknown dtype 'int8'; choose one of float32"),
     (lambda: IngestConfig(extensions=("jpg",)), r"extensions must start with a dot"),
     (lambda: IngestConfig(max_pixels=0), r"max_pixels must be positive"),
