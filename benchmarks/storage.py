@@ -2,7 +2,7 @@
 
 * listing 20,000 objects with :func:`goggles.listing.list_files` (objects/s, and the number of
   HTTP requests it took, counted by a pass-through proxy: paginated, not one per object);
-* reading 1,000 real cub-dev JPEGs with :func:`goggles.io.storage.read_many` at several
+* reading 1,000 real cub-dev JPEGs with :func:`goggles.io.transfer.read_many` at several
   concurrency limits (images/s, MB/s, speed-up over one request at a time);
 * writing them back with :func:`goggles.io.storage.write_bytes` (atomic: upload to a temporary,
   server-side copy, delete), 16 at a time.
@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.cub import CUB  # noqa: E402
-from goggles.io import listing, storage  # noqa: E402
+from goggles.io import listing, storage, transfer  # noqa: E402
 from goggles.io.concurrency import map_bounded  # noqa: E402
 from tests.integration.servers import FaultyProxy, GCSServer  # noqa: E402
 
@@ -133,14 +133,14 @@ def main() -> None:
             slow = FaultyProxy(server.url, fail_rate=0.0, latency_s=latency_ms / 1000).start() \
                 if latency_ms else None
             use_endpoint(server, slow.url if slow else server.url)
-            print(f"\nread {len(uris)} images ({megabytes:.1f} MB) with storage.read_many, "
+            print(f"\nread {len(uris)} images ({megabytes:.1f} MB) with transfer.read_many, "
                   f"{latency_ms} ms added per request:")
             print(f"{'concurrency':>11} {'seconds':>8} {'images/s':>9} {'MB/s':>7} "
                   f"{'speed-up':>8}")
             baseline = None
             for limit in (1, 4, 16, 32):
                 seconds, got = timed(repeats, lambda limit=limit: [
-                    data for _, data in storage.read_many(uris, max_concurrency=limit)])
+                    data for _, data in transfer.read_many(uris, max_concurrency=limit)])
                 assert [len(d) if isinstance(d, bytes) else d for d in got] == expected
                 baseline = baseline or seconds
                 print(f"{limit:>11} {seconds:>8.2f} {len(uris) / seconds:>9.0f} "

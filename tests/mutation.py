@@ -102,8 +102,8 @@ TARGETS: list[tuple[str, str, list[str]]] = [
     ("goggles/pipeline/fanout.py", "run_gather_labels", FANOUT_TESTS),
     ("goggles/inference/extend.py", "_half_rounded", FANOUT_TESTS),
     ("goggles/inference/extend.py", "SampleFit.load", FANOUT_TESTS),
-    ("goggles/io/storage.py", "write_npy", STORAGE_TESTS),
-    ("goggles/io/storage.py", "read_npy", STORAGE_TESTS),
+    ("goggles/io/npy.py", "write_array", STORAGE_TESTS),
+    ("goggles/io/npy.py", "read_array", STORAGE_TESTS),
 ]
 
 #: (name, python file, a distinctive piece of the line, what that piece becomes, tests)

@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
 
 from goggles.ingest.config import IngestConfig
-from goggles.io import listing, storage
+from goggles.io import listing, storage, transfer
 from goggles.io.artifacts import MANIFEST_SCHEMA
 from goggles.io.images import ImageRejected, decode_image
 
@@ -192,9 +192,9 @@ def inspect_listed(listed: list[listing.ListedFile], config: IngestConfig) -> li
         else:
             records[index] = refused(file, config, reason)
     # Only files that passed the precheck are ever opened: a FIFO blocks, /dev/zero never ends.
-    # Reads go through storage.read_many: bounded concurrent requests for remote stores (one at
+    # Reads go through transfer.read_many: bounded concurrent requests for remote stores (one at
     # a time for local files), retried, in order; decoding stays in this thread.
-    reads = storage.read_many([listed[index].uri for index in to_read], desc="ingest",
+    reads = transfer.read_many([listed[index].uri for index in to_read], desc="ingest",
                               sizes=[listed[index].size for index in to_read])
     for index, (_, data) in zip(to_read, reads, strict=True):
         records[index] = (inspect_data(listed[index], data, config) if isinstance(data, bytes)

@@ -14,8 +14,8 @@ No other module opens a file.
   (:mod:`goggles.io.retries`); a permanent one (missing object, no permission) raises
   :class:`StorageError` at once, naming the URI and the likely fix.
 * **Scale.** Remote folders are listed with the store's paginated listing
-  (:mod:`goggles.io.listing`), never a request per object; :func:`read_many` reads with a
-  bounded number of requests in flight and reports progress.
+  (:mod:`goggles.io.listing`), never a request per object; :func:`goggles.io.transfer.read_many`
+  reads with a bounded number of requests in flight and reports progress.
 
 Credentials and endpoints come from the environment of the process, never from URIs or pipeline
 parameters: for GCS, application default credentials or ``GOOGLE_APPLICATION_CREDENTIALS``
@@ -34,7 +34,7 @@ import os
 import posixpath
 import re
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 # gcsfs's experimental zonal/HNS layer talks gRPC to the Storage Control API, which emulators
@@ -47,7 +47,7 @@ import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from goggles.io import concurrency, retries  # noqa: E402
+from goggles.io import npy, retries  # noqa: E402
 from goggles.io.uris import is_local, join, local_path, protocol_of, redact, refusal  # noqa: E402,E501
 
 logger = logging.getLogger(__name__)
@@ -81,28 +81,6 @@ def set_retry_policy(policy: retries.RetryPolicy) -> retries.RetryPolicy:
     global _policy
     previous, _policy = _policy, policy
     return previous
-
-
-def default_concurrency() -> int:
-    """Requests in flight for :func:`read_many` on remote stores (``GOGGLES_STORAGE_CONCURRENCY``,
-    default 16)."""
-    value = os.environ.get("GOGGLES_STORAGE_CONCURRENCY", "16")
-    try:
-        return max(1, int(value))
-    except ValueError as error:
-        raise ValueError(f"GOGGLES_STORAGE_CONCURRENCY={value!r} is not a whole number; set it "
-                         "to the number of requests in flight, e.g. 16") from error
-
-
-def default_bytes_in_flight() -> int:
-    """Bytes :func:`read_many` holds in flight at most (``GOGGLES_STORAGE_MAX_BYTES_IN_FLIGHT``,
-    default 256 MiB: a sixteenth of the ingest pod's memory limit)."""
-    value = os.environ.get("GOGGLES_STORAGE_MAX_BYTES_IN_FLIGHT", str(256 * 2**20))
-    try:
-        return max(1, int(value))
-    except ValueError as error:
-        raise ValueError(f"GOGGLES_STORAGE_MAX_BYTES_IN_FLIGHT={value!r} is not a whole number "
-                         "of bytes, e.g. 268435456") from error
 
 
 # -- URIs ---------------------------------------------------------------------------------------
@@ -267,36 +245,21 @@ def read_parquet(uri: str, columns: list[str] | None = None) -> pa.Table:
 
 
 def write_npy(array: np.ndarray, uri: str, *, dtype: Any = None) -> None:
-    """``array`` as a ``.npy`` file at ``uri``, stored as ``dtype`` (default its own): converted a
-    block of rows at a time and, for a local file, written straight to it, so a large array is
-    never copied whole in memory."""
+    """``array`` as a ``.npy`` file at ``uri``, stored as ``dtype`` (default its own), converted a
+    block of rows at a time (:mod:`goggles.io.npy`); a local file is written straight to."""
     array = np.asarray(array)
     stored = array.dtype if dtype is None else np.dtype(dtype)
-
-    def fill(handle: Any) -> None:
-        if stored == array.dtype and array.flags.c_contiguous:
-            np.save(handle, array, allow_pickle=False)
-            return
-        np.lib.format.write_array_header_1_0(handle, {
-            "descr": np.lib.format.dtype_to_descr(stored), "fortran_order": False,
-            "shape": array.shape})
-        rows = array.reshape(1, -1) if array.ndim == 0 else array
-        step = max(1, (16 << 20) // max(1, rows[:1].size * stored.itemsize))
-        for first in range(0, len(rows), step):  # each block's own buffer, not a bytes copy
-            handle.write(np.ascontiguousarray(rows[first:first + step], dtype=stored).data)
-
     if is_local(uri):
-        _write_local(uri, fill)
+        _write_local(uri, lambda handle: npy.write_array(handle, array, stored))
         return
     buffer = io.BytesIO()
-    fill(buffer)
+    npy.write_array(buffer, array, stored)
     write_bytes(uri, buffer.getvalue())
 
 
 def read_npy(uri: str, *, dtype: Any = None) -> np.ndarray:
-    """The array of the ``.npy`` file at ``uri``, as ``dtype`` (default as stored): a local file
-    is read straight into the array, converted a block of rows at a time (one copy in memory,
-    not two)."""
+    """The array of the ``.npy`` file at ``uri``, as ``dtype`` (default as stored); a local file
+    is read straight into the array (:mod:`goggles.io.npy`: one copy in memory, not two)."""
     if not is_local(uri):
         array = np.load(io.BytesIO(read_bytes(uri)), allow_pickle=False)
         return array if dtype is None else array.astype(dtype, copy=False)
@@ -304,25 +267,11 @@ def read_npy(uri: str, *, dtype: Any = None) -> np.ndarray:
     with handle:
         if dtype is None:
             return np.load(handle, allow_pickle=False)  # type: ignore[no-any-return]
-        version = np.lib.format.read_magic(handle)
-        header = {(1, 0): np.lib.format.read_array_header_1_0,
-                  (2, 0): np.lib.format.read_array_header_2_0}.get(version)
-        shape, fortran, stored = header(handle) if header else ((), True, None)
-        if fortran or stored is None or stored.hasobject:  # rare layouts: numpy's own reader
-            handle.seek(0)
-            return np.load(handle, allow_pickle=False).astype(dtype, copy=False)
-        out = np.empty(shape, dtype=dtype)
-        rows = out.reshape(1, -1) if out.ndim == 0 else out
-        step = max(1, (16 << 20) // max(1, rows[:1].size * stored.itemsize))
-        buffer = np.empty(min(len(rows), step) * rows[:1].size, dtype=stored)
-        for first in range(0, len(rows), step):  # read into one reused block, then converted
-            block = rows[first:first + step]
-            data = buffer[:block.size]
-            if handle.readinto(data.data.cast("B")) != data.nbytes:
-                raise StorageError(f"{uri} ends before its {shape} array does: the file is "
-                                   "truncated; rerun the stage that wrote it")
-            block[...] = data.reshape(block.shape)
-        return out
+        try:
+            return npy.read_array(handle, dtype)
+        except EOFError as error:
+            raise StorageError(f"{uri} {error}: the file is truncated; rerun the stage that "
+                               "wrote it") from None
 
 
 def write_json(obj: Any, uri: str) -> None:
@@ -412,31 +361,3 @@ def remove(uri: str) -> None:
         retrying("delete", uri, lambda: fs.rm_file(path))
     except MissingObjectError:
         pass
-
-
-# -- many objects ---------------------------------------------------------------------------------
-
-def read_many(uris: Sequence[str], *, max_concurrency: int | None = None,
-              desc: str | None = None, sizes: Sequence[int] | None = None,
-              max_bytes_in_flight: int | None = None,
-              ) -> Iterator[tuple[str, bytes | StorageError]]:
-    """Read ``uris`` with at most ``max_concurrency`` requests in flight (default: 1 for local
-    files, :func:`default_concurrency` for remote stores) and, given their listed ``sizes``, at
-    most ``max_bytes_in_flight`` bytes (default :func:`default_bytes_in_flight`; a larger object
-    is read alone), yielding ``(uri, bytes)`` in order, or ``(uri, StorageError)`` for an object
-    that could not be read (each read is retried first)."""
-    if max_concurrency is None:
-        remote = any(not is_local(u) for u in uris)
-        max_concurrency = default_concurrency() if remote else 1
-    size_of = dict(zip(uris, sizes, strict=True)) if sizes is not None else {}
-
-    def read(uri: str) -> tuple[str, bytes | StorageError]:
-        try:
-            return uri, read_bytes(uri)
-        except StorageError as error:
-            return uri, error
-
-    yield from concurrency.map_bounded(
-        read, uris, max_concurrency=max_concurrency, desc=desc, unit="obj", total=len(uris),
-        cost=lambda uri: max(0, size_of.get(uri, 0)),
-        max_cost=max_bytes_in_flight or default_bytes_in_flight())

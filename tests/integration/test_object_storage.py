@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from goggles.io import listing, retries, storage
+from goggles.io import listing, retries, storage, transfer
 from goggles.io import lock as lock_module
 from goggles.io.lock import (
     LockHeld,
@@ -345,7 +345,7 @@ def test_reads_and_listing_survive_a_proxy_that_fails_a_third_of_requests(
         with FaultyProxy(server.url, fail_rate=0.33, seed=3) as proxy, \
                 environment(server.environment(proxy.url)):
             listed = listing.list_files(f"{protocol}://{DATA_BUCKET}/flaky", (".jpg",))
-            got = dict(storage.read_many([f.uri for f in listed], max_concurrency=8))
+            got = dict(transfer.read_many([f.uri for f in listed], max_concurrency=8))
     finally:
         storage.set_retry_policy(previous)
     assert [f.uri for f in listed] == [f"{protocol}://{path}" for path in sorted(objects)]
@@ -370,7 +370,7 @@ def test_goggles_retries_what_the_client_library_gives_up_on(
             for uri, data in objects.items():
                 storage.write_bytes(uri, data)
             listed = listing.list_files(f"s3://{OUT_BUCKET}/own-retries", (".jpg",))
-            got = dict(storage.read_many(list(objects), max_concurrency=4))
+            got = dict(transfer.read_many(list(objects), max_concurrency=4))
     finally:
         storage.set_retry_policy(previous)
     assert [f.uri for f in listed] == sorted(objects)

@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from goggles.io import listing, retries, storage
+from goggles.io import listing, retries, storage, transfer
 
 
 @pytest.fixture(params=["local", "memory"])
@@ -190,7 +190,7 @@ def test_read_many_keeps_order_and_reports_failures_inline(base: str) -> None:
     for i, uri in enumerate(uris):
         storage.write_bytes(uri, bytes([i]) * (i + 1))
     wanted = uris[:5] + [storage.join(base, "missing.jpg")] + uris[5:]
-    results = list(storage.read_many(wanted, max_concurrency=4))
+    results = list(transfer.read_many(wanted, max_concurrency=4))
     assert [uri for uri, _ in results] == wanted
     assert isinstance(results[5][1], storage.MissingObjectError)
     assert [data for _, data in results[:5] + results[6:]] == \
@@ -198,12 +198,12 @@ def test_read_many_keeps_order_and_reports_failures_inline(base: str) -> None:
 
 
 def test_read_concurrency_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert storage.default_concurrency() == 16
+    assert transfer.default_concurrency() == 16
     monkeypatch.setenv("GOGGLES_STORAGE_CONCURRENCY", "3")
-    assert storage.default_concurrency() == 3
+    assert transfer.default_concurrency() == 3
     monkeypatch.setenv("GOGGLES_STORAGE_CONCURRENCY", "lots")
     with pytest.raises(ValueError, match="GOGGLES_STORAGE_CONCURRENCY='lots'"):
-        storage.default_concurrency()
+        transfer.default_concurrency()
 
 
 def test_listing_a_bucket_like_store(base: str) -> None:
